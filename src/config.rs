@@ -1,0 +1,680 @@
+//! Configuration: every variable of the contract, parsed and validated before anything binds.
+//!
+//! [`Config::from_lookup`] takes a lookup function so unit tests never touch the process
+//! environment; [`Config::from_env`] is the thin wrapper `main` uses (after `dotenvy` has loaded
+//! an optional `.env`). Any bad value is a [`ConfigError`] naming the variable, which `main`
+//! prints as one line before exiting with code 2.
+
+use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+/// A configuration value that could not be used, with the variable it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable, exactly as spelled in the contract.
+    pub var: &'static str,
+    /// What was wrong with it, including the offending value where that is not a secret.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where the data lives, normalised from `DATABASE_URL`.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    /// An SQLite file (created when missing).
+    SqliteFile(PathBuf),
+    /// A private in-memory SQLite database (`sqlite::memory:`), gone when the process ends.
+    SqliteMemory,
+    /// A PostgreSQL connection string (`postgres://` or `postgresql://`).
+    Postgres(SecretString),
+}
+
+impl DatabaseUrl {
+    /// Parses every form the contract accepts.
+    ///
+    /// - `sqlite::memory:`
+    /// - the original's SQLAlchemy forms `sqlite:///./relative.db` and `sqlite:////absolute.db`
+    /// - sqlx's forms `sqlite://relative.db`, `sqlite:///absolute.db` and `sqlite:relative.db`
+    /// - `postgres://...` and `postgresql://...`
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `DATABASE_URL` when the scheme is unknown or the path is empty.
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        const VAR: &str = "DATABASE_URL";
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(SecretString::from(raw.to_owned())));
+        }
+        let Some(rest) = raw.strip_prefix("sqlite:") else {
+            return Err(ConfigError::new(
+                VAR,
+                "expected a URL starting with sqlite:, postgres:// or postgresql://",
+            ));
+        };
+        if rest == ":memory:" || rest == "//:memory:" {
+            return Ok(Self::SqliteMemory);
+        }
+        if rest.contains('?') {
+            return Err(ConfigError::new(
+                VAR,
+                "query parameters are not supported in a sqlite URL",
+            ));
+        }
+        let path = if let Some(abs) = rest.strip_prefix("////") {
+            // SQLAlchemy: four slashes is an absolute path.
+            format!("/{abs}")
+        } else if let Some(tail) = rest.strip_prefix("///") {
+            // `sqlite:///./x.db` is the original's relative form; otherwise three slashes is
+            // the URL convention for an absolute path.
+            if tail.starts_with("./") || tail.starts_with("../") {
+                tail.to_owned()
+            } else {
+                format!("/{tail}")
+            }
+        } else if let Some(tail) = rest.strip_prefix("//") {
+            tail.to_owned()
+        } else {
+            rest.to_owned()
+        };
+        if path.is_empty() || path.ends_with('/') {
+            return Err(ConfigError::new(VAR, "the sqlite URL names no file"));
+        }
+        Ok(Self::SqliteFile(PathBuf::from(path)))
+    }
+
+    /// Whether this is a PostgreSQL database.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::SqliteFile(a), Self::SqliteFile(b)) => a == b,
+            (Self::SqliteMemory, Self::SqliteMemory) => true,
+            (Self::Postgres(a), Self::Postgres(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DatabaseUrl {}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
+            Self::SqliteMemory => f.write_str("sqlite::memory:"),
+            Self::Postgres(url) => f.write_str(&mask_password(url.expose_secret())),
+        }
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/...` so the URL can be logged.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The JWT signing algorithm. Only HS256 is available in this build; the asymmetric
+/// algorithms of the contract (RS256, ES256, EdDSA) are refused at start-up with a clear line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and the shared `JWT_SECRET_KEY`.
+    Hs256,
+}
+
+/// Log output for machines or for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    Json,
+    /// Human-readable, multi-line.
+    Pretty,
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin, without credentials.
+    Any,
+    /// An explicit list, with credentials allowed.
+    List(Vec<String>),
+}
+
+/// The whole validated configuration. Field docs name the variable and its default.
+#[derive(Clone)]
+pub struct Config {
+    /// `DATABASE_URL` (default `sqlite://./auth_service.db`).
+    pub database_url: DatabaseUrl,
+    /// `DATABASE_MAX_CONNECTIONS` (default 20): pool size.
+    pub database_max_connections: u32,
+    /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 30): how long start-up retries the database.
+    pub database_connect_timeout: Duration,
+    /// `JWT_SECRET_KEY` (alias `JWT_SECRET`): at least 32 bytes; random per process when unset.
+    pub jwt_secret: SecretString,
+    /// True when no secret was configured and a random one was generated.
+    pub jwt_secret_generated: bool,
+    /// `JWT_ALGORITHM` (default `HS256`).
+    pub jwt_algorithm: JwtAlgorithm,
+    /// `JWT_ISSUER` (default `auth-service`).
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE` (default unset): when set, issued as `aud` and required on verification.
+    pub jwt_audience: Option<String>,
+    /// `JWT_LEEWAY_SECONDS` (default 30): clock skew allowed on `exp`, `nbf` and `iat`.
+    pub jwt_leeway_seconds: u64,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES` (default 15).
+    pub access_token_expire_minutes: u32,
+    /// `REFRESH_TOKEN_EXPIRE_DAYS` (default 30).
+    pub refresh_token_expire_days: u32,
+    /// `REFRESH_REUSE_GRACE_SECONDS` (default 10, `0` turns the grace off).
+    pub refresh_reuse_grace_seconds: u32,
+    /// `BCRYPT_ROUNDS` (default 12, 4 to 31).
+    pub bcrypt_rounds: u32,
+    /// `HOST` (default `0.0.0.0`).
+    pub host: IpAddr,
+    /// `PORT` (default 8001).
+    pub port: u16,
+    /// `LOG_LEVEL` (default `info`): a level or a tracing filter directive.
+    pub log_level: String,
+    /// `LOG_FORMAT` (default `json`).
+    pub log_format: LogFormat,
+    /// `CORS_ORIGINS` (default `http://localhost:3000,http://127.0.0.1:3000`).
+    pub cors_origins: CorsOrigins,
+    /// `LOGIN_MAX_ATTEMPTS` (default 5): failed logins per email before the lockout.
+    pub login_max_attempts: u32,
+    /// `LOGIN_WINDOW_MINUTES` (default 15): the window those failures are counted in.
+    pub login_window_minutes: u32,
+    /// `LOCKOUT_MINUTES` (default 15): how long a locked email stays locked.
+    pub lockout_minutes: u32,
+    /// `RATE_LIMIT_PER_SECOND` (default 10, `0` = off): per-client-IP refill rate.
+    pub rate_limit_per_second: u32,
+    /// `RATE_LIMIT_BURST` (default 50, `0` = off): per-client-IP bucket size.
+    pub rate_limit_burst: u32,
+    /// `TRUSTED_PROXIES` (default empty): peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
+    pub request_timeout: Duration,
+    /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
+    /// 503 while the listener still accepts, so a load balancer can take the pod out first.
+    pub shutdown_drain: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("database_connect_timeout", &self.database_connect_timeout)
+            .field("jwt_secret", &"[redacted]")
+            .field("jwt_secret_generated", &self.jwt_secret_generated)
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_seconds", &self.jwt_leeway_seconds)
+            .field(
+                "access_token_expire_minutes",
+                &self.access_token_expire_minutes,
+            )
+            .field("refresh_token_expire_days", &self.refresh_token_expire_days)
+            .field(
+                "refresh_reuse_grace_seconds",
+                &self.refresh_reuse_grace_seconds,
+            )
+            .field("bcrypt_rounds", &self.bcrypt_rounds)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("cors_origins", &self.cors_origins)
+            .field("login_max_attempts", &self.login_max_attempts)
+            .field("login_window_minutes", &self.login_window_minutes)
+            .field("lockout_minutes", &self.lockout_minutes)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("request_timeout", &self.request_timeout)
+            .field("shutdown_drain", &self.shutdown_drain)
+            .finish()
+    }
+}
+
+/// Reads one variable through the lookup, treating an empty value as unset.
+struct Vars<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        match raw.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(ConfigError::new(
+                var,
+                format!("expected an integer {min}-{max}, got {raw:?}"),
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment (after `main` loaded `.env`).
+    ///
+    /// # Errors
+    /// The first invalid variable, as a [`ConfigError`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds and validates the configuration from any lookup function.
+    ///
+    /// # Errors
+    /// The first invalid variable, as a [`ConfigError`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(lookup);
+
+        let database_url = DatabaseUrl::parse(
+            &vars
+                .get("DATABASE_URL")
+                .unwrap_or_else(|| "sqlite://./auth_service.db".to_owned()),
+        )?;
+
+        let (jwt_secret, jwt_secret_generated) = match vars
+            .get("JWT_SECRET_KEY")
+            .map(|v| ("JWT_SECRET_KEY", v))
+            .or_else(|| vars.get("JWT_SECRET").map(|v| ("JWT_SECRET", v)))
+        {
+            Some((var, secret)) if secret.len() < 32 => {
+                return Err(ConfigError::new(
+                    var,
+                    format!("must be at least 32 bytes, got {}", secret.len()),
+                ));
+            }
+            Some((_, secret)) => (SecretString::from(secret), false),
+            None => (SecretString::from(random_secret()), true),
+        };
+
+        let jwt_algorithm = match vars.get("JWT_ALGORITHM").as_deref() {
+            None | Some("HS256") => JwtAlgorithm::Hs256,
+            Some(other @ ("RS256" | "ES256" | "EdDSA")) => {
+                return Err(ConfigError::new(
+                    "JWT_ALGORITHM",
+                    format!(
+                        "{other} (asymmetric keys) is not available in this build yet; use HS256"
+                    ),
+                ));
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "JWT_ALGORITHM",
+                    format!("expected one of HS256, RS256, ES256, EdDSA, got {other:?}"),
+                ));
+            }
+        };
+
+        let host = match vars.get("HOST") {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(raw) if raw.eq_ignore_ascii_case("localhost") => IpAddr::from([127, 0, 0, 1]),
+            Some(raw) => raw.parse().map_err(|_| {
+                ConfigError::new("HOST", format!("expected an IP address, got {raw:?}"))
+            })?,
+        };
+
+        let log_level = vars.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError::new(
+                "LOG_LEVEL",
+                format!(
+                    "expected a level (error, warn, info, debug, trace) or filter, got {log_level:?}"
+                ),
+            ));
+        }
+        let log_format = match vars
+            .get("LOG_FORMAT")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty" | "text") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ));
+            }
+        };
+
+        let cors_origins = parse_cors(
+            &vars
+                .get("CORS_ORIGINS")
+                .unwrap_or_else(|| "http://localhost:3000,http://127.0.0.1:3000".to_owned()),
+        )?;
+
+        let trusted_proxies = match vars.get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(raw) => parse_proxies(&raw)?,
+        };
+
+        Ok(Self {
+            database_url,
+            database_max_connections: vars.number("DATABASE_MAX_CONNECTIONS", 20, 1, 10_000)?,
+            database_connect_timeout: Duration::from_secs(vars.number(
+                "DATABASE_CONNECT_TIMEOUT_SECONDS",
+                30,
+                0,
+                3600,
+            )?),
+            jwt_secret,
+            jwt_secret_generated,
+            jwt_algorithm,
+            jwt_issuer: vars
+                .get("JWT_ISSUER")
+                .unwrap_or_else(|| "auth-service".to_owned()),
+            jwt_audience: vars.get("JWT_AUDIENCE"),
+            jwt_leeway_seconds: vars.number("JWT_LEEWAY_SECONDS", 30, 0, 3600)?,
+            access_token_expire_minutes: vars.number(
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+                15,
+                1,
+                24 * 60,
+            )?,
+            refresh_token_expire_days: vars.number("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
+            refresh_reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
+            bcrypt_rounds: vars.number("BCRYPT_ROUNDS", 12, 4, 31)?,
+            host,
+            port: vars.number("PORT", 8001, 0, u16::MAX)?,
+            log_level,
+            log_format,
+            cors_origins,
+            login_max_attempts: vars.number("LOGIN_MAX_ATTEMPTS", 5, 1, 1_000_000)?,
+            login_window_minutes: vars.number("LOGIN_WINDOW_MINUTES", 15, 1, 7 * 24 * 60)?,
+            lockout_minutes: vars.number("LOCKOUT_MINUTES", 15, 1, 7 * 24 * 60)?,
+            rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
+            rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
+            trusted_proxies,
+            request_timeout: Duration::from_secs(vars.number(
+                "REQUEST_TIMEOUT_SECONDS",
+                30,
+                1,
+                3600,
+            )?),
+            shutdown_drain: Duration::from_secs(vars.number(
+                "SHUTDOWN_DRAIN_SECONDS",
+                0,
+                0,
+                600,
+            )?),
+        })
+    }
+}
+
+/// 48 random bytes, URL-safe base64: the per-process secret used when none is configured.
+fn random_secret() -> String {
+    let bytes: [u8; 48] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn parse_cors(raw: &str) -> Result<CorsOrigins, ConfigError> {
+    if raw == "*" {
+        return Ok(CorsOrigins::Any);
+    }
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin.ends_with('/')
+            && origin.is_ascii()
+            && !origin.contains(char::is_whitespace)
+            && origin != "*";
+        if !valid {
+            return Err(ConfigError::new(
+                "CORS_ORIGINS",
+                format!(
+                    "expected `*` or a comma list of origins like https://shop.example.com, got {origin:?}"
+                ),
+            ));
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(CorsOrigins::List(origins))
+}
+
+fn parse_proxies(raw: &str) -> Result<Vec<IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "TRUSTED_PROXIES",
+                        format!("expected a comma list of IPs or CIDRs, got {p:?}"),
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn no_configuration_at_all_gives_the_documented_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.database_url,
+            DatabaseUrl::SqliteFile(PathBuf::from("./auth_service.db"))
+        );
+        assert_eq!(c.port, 8001);
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+        assert!(c.jwt_secret_generated);
+        assert!(c.jwt_secret.expose_secret().len() >= 32);
+        assert_eq!(c.jwt_algorithm, JwtAlgorithm::Hs256);
+        assert_eq!(c.jwt_issuer, "auth-service");
+        assert_eq!(c.jwt_audience, None);
+        assert_eq!(c.jwt_leeway_seconds, 30);
+        assert_eq!(c.access_token_expire_minutes, 15);
+        assert_eq!(c.refresh_token_expire_days, 30);
+        assert_eq!(c.refresh_reuse_grace_seconds, 10);
+        assert_eq!(c.bcrypt_rounds, 12);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.cors_origins,
+            CorsOrigins::List(vec![
+                "http://localhost:3000".into(),
+                "http://127.0.0.1:3000".into()
+            ])
+        );
+        assert_eq!(
+            (
+                c.login_max_attempts,
+                c.login_window_minutes,
+                c.lockout_minutes
+            ),
+            (5, 15, 15)
+        );
+        assert_eq!((c.rate_limit_per_second, c.rate_limit_burst), (10, 50));
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.database_max_connections, 20);
+    }
+
+    #[test]
+    fn database_url_accepts_every_documented_form() {
+        let cases = [
+            (
+                "sqlite:///./auth_service.db",
+                DatabaseUrl::SqliteFile("./auth_service.db".into()),
+            ),
+            (
+                "sqlite://./auth_service.db",
+                DatabaseUrl::SqliteFile("./auth_service.db".into()),
+            ),
+            (
+                "sqlite:////data/auth.db",
+                DatabaseUrl::SqliteFile("/data/auth.db".into()),
+            ),
+            (
+                "sqlite:///data/auth.db",
+                DatabaseUrl::SqliteFile("/data/auth.db".into()),
+            ),
+            ("sqlite:auth.db", DatabaseUrl::SqliteFile("auth.db".into())),
+            ("sqlite::memory:", DatabaseUrl::SqliteMemory),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(DatabaseUrl::parse(raw).unwrap(), expected, "{raw}");
+        }
+        assert!(
+            DatabaseUrl::parse("postgres://u:p@h/db")
+                .unwrap()
+                .is_postgres()
+        );
+        assert!(
+            DatabaseUrl::parse("postgresql://u@h/db")
+                .unwrap()
+                .is_postgres()
+        );
+        for bad in [
+            "mysql://x",
+            "sqlite://",
+            "http://x",
+            "sqlite://x.db?mode=ro",
+        ] {
+            assert_eq!(
+                DatabaseUrl::parse(bad).unwrap_err().var,
+                "DATABASE_URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_password_never_shows_in_debug_output() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:hunter2-secret@db:5432/auth"),
+            ("JWT_SECRET_KEY", "k".repeat(40).as_str()),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains(&"k".repeat(40)), "{shown}");
+        assert!(shown.contains("postgres://app:***@db:5432/auth"), "{shown}");
+    }
+
+    #[test]
+    fn jwt_secret_alias_and_minimum_length() {
+        let long = "s".repeat(32);
+        let c = config(&[("JWT_SECRET", long.as_str())]).unwrap();
+        assert!(!c.jwt_secret_generated);
+        assert_eq!(c.jwt_secret.expose_secret(), long);
+        let err = config(&[("JWT_SECRET_KEY", "short")]).unwrap_err();
+        assert_eq!(err.var, "JWT_SECRET_KEY");
+        assert_eq!(
+            err.to_string(),
+            "invalid JWT_SECRET_KEY: must be at least 32 bytes, got 5"
+        );
+        assert_eq!(
+            config(&[("JWT_SECRET", "short")]).unwrap_err().var,
+            "JWT_SECRET"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("PORT", "80a"),
+            ("PORT", "70000"),
+            ("BCRYPT_ROUNDS", "3"),
+            ("BCRYPT_ROUNDS", "32"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+            ("REFRESH_TOKEN_EXPIRE_DAYS", "x"),
+            ("JWT_ALGORITHM", "HS512"),
+            ("JWT_ALGORITHM", "none"),
+            ("JWT_ALGORITHM", "RS256"),
+            ("HOST", "not a host"),
+            ("LOG_LEVEL", "loud=["),
+            ("LOG_FORMAT", "xml"),
+            ("CORS_ORIGINS", "localhost:3000"),
+            ("LOGIN_MAX_ATTEMPTS", "-1"),
+            ("LOGIN_WINDOW_MINUTES", "0"),
+            ("LOCKOUT_MINUTES", "many"),
+            ("RATE_LIMIT_PER_SECOND", "1.5"),
+            ("RATE_LIMIT_BURST", "-2"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
+            ("JWT_LEEWAY_SECONDS", "soon"),
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("DATABASE_URL", "mysql://db"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, *var, "{var}={value}");
+            assert!(
+                err.to_string().starts_with(&format!("invalid {var}: ")),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            config(&[("PORT", "80a")]).unwrap_err().to_string(),
+            r#"invalid PORT: expected an integer 0-65535, got "80a""#
+        );
+    }
+
+    #[test]
+    fn cors_star_and_trusted_proxies_parse() {
+        let c = config(&[
+            ("CORS_ORIGINS", "*"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1"),
+        ])
+        .unwrap();
+        assert_eq!(c.cors_origins, CorsOrigins::Any);
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+    }
+}

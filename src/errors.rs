@@ -1,0 +1,501 @@
+//! The error half of the HTTP contract, in one place.
+//!
+//! [`ApiError`] is the only error type that becomes a response. Its `IntoResponse` owns the
+//! status, the `error_code`, the `detail` and the headers of every failure, service errors and
+//! framework errors alike; the table test at the bottom pins each of them to API.md.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::service::AuthError;
+
+/// The machine-readable `error_code` of every error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// 409 on registration of an existing email.
+    UserExists,
+    /// 422: malformed email.
+    InvalidEmail,
+    /// 422: password policy.
+    WeakPassword,
+    /// 422: missing or wrongly typed field, or a field rule.
+    ValidationError,
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 401: unknown email or wrong password.
+    InvalidCredentials,
+    /// 401: right password, disabled account.
+    AccountDisabled,
+    /// 429: per-email lockout.
+    TooManyAttempts,
+    /// 429: per-client-IP rate limit.
+    RateLimited,
+    /// 401: no bearer token.
+    MissingToken,
+    /// 401: bad access token.
+    InvalidToken,
+    /// 401: bad refresh token.
+    InvalidRefreshToken,
+    /// 404: no such route.
+    NotFound,
+    /// 405: route exists, method does not.
+    MethodNotAllowed,
+    /// 413: body over the limit.
+    PayloadTooLarge,
+    /// 415: body that is not JSON by its content type.
+    UnsupportedMediaType,
+    /// 408: the request took too long.
+    RequestTimeout,
+    /// 503: the database does not answer.
+    ServiceUnavailable,
+    /// 500: a bug; details only in the log.
+    InternalError,
+}
+
+/// One field-level validation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field's name (dotted path for nested fields).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable message (the original's `detail`).
+    #[schema(example = "Invalid email or password")]
+    pub detail: String,
+    /// Machine-readable code.
+    pub error_code: ErrorCode,
+    /// Field-level problems, on validation errors only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Seconds a client should wait before retrying while the database is down.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Every failure a request can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A service error.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The body is not JSON.
+    #[error("Invalid JSON in request body")]
+    InvalidJson,
+    /// Missing, wrongly typed or invalid fields.
+    #[error("Request validation failed")]
+    Validation(Vec<FieldError>),
+    /// No such route.
+    #[error("Not Found")]
+    NotFound,
+    /// No such method on this route.
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+    /// Body over the limit.
+    #[error("Request body too large")]
+    PayloadTooLarge,
+    /// Content type other than JSON.
+    #[error("Unsupported media type: send application/json")]
+    UnsupportedMediaType,
+    /// Per-client-IP rate limit.
+    #[error("Too many requests")]
+    RateLimited {
+        /// Seconds until a token is available.
+        retry_after_secs: u64,
+    },
+    /// The request did not complete in time.
+    #[error("Request timeout")]
+    Timeout,
+    /// The database (or another dependency) does not answer.
+    #[error("Service temporarily unavailable")]
+    Unavailable,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Auth(err) => match err {
+                AuthError::UserExists => StatusCode::CONFLICT,
+                AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                AuthError::InvalidCredentials
+                | AuthError::AccountDisabled
+                | AuthError::MissingToken
+                | AuthError::InvalidToken
+                | AuthError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::InvalidJson => StatusCode::BAD_REQUEST,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `error_code`.
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Auth(err) => match err {
+                AuthError::UserExists => ErrorCode::UserExists,
+                AuthError::InvalidEmail => ErrorCode::InvalidEmail,
+                AuthError::WeakPassword(_) => ErrorCode::WeakPassword,
+                AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
+                AuthError::AccountDisabled => ErrorCode::AccountDisabled,
+                AuthError::TooManyAttempts { .. } => ErrorCode::TooManyAttempts,
+                AuthError::MissingToken => ErrorCode::MissingToken,
+                AuthError::InvalidToken => ErrorCode::InvalidToken,
+                AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
+                AuthError::Unavailable(_) => ErrorCode::ServiceUnavailable,
+                AuthError::Internal(_) => ErrorCode::InternalError,
+            },
+            Self::InvalidJson => ErrorCode::InvalidJson,
+            Self::Validation(_) => ErrorCode::ValidationError,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Timeout => ErrorCode::RequestTimeout,
+            Self::Unavailable => ErrorCode::ServiceUnavailable,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of 401s (RFC 6750), when there is one.
+    fn challenge(&self) -> Option<&'static str> {
+        match self {
+            Self::Auth(AuthError::InvalidToken) => Some(r#"Bearer error="invalid_token""#),
+            Self::Auth(
+                AuthError::InvalidCredentials
+                | AuthError::AccountDisabled
+                | AuthError::MissingToken
+                | AuthError::InvalidRefreshToken,
+            ) => Some("Bearer"),
+            _ => None,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when the client should come back later.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Auth(AuthError::TooManyAttempts {
+                retry_after_secs, ..
+            })
+            | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::Auth(AuthError::Unavailable(_)) | Self::Unavailable => {
+                Some(UNAVAILABLE_RETRY_AFTER_SECS)
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    #[must_use]
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            detail: self.to_string(),
+            error_code: self.code(),
+            errors: match self {
+                Self::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Auth(AuthError::Internal(cause)) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+            }
+            Self::Auth(AuthError::Unavailable(cause)) => {
+                tracing::warn!(error = %error_chain(cause), "database unavailable");
+            }
+            _ => {}
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        if let Some(challenge) = self.challenge() {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// `err: cause: cause` on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone as _, Utc};
+
+    use super::*;
+    use crate::store::StoreError;
+
+    /// error, status, `error_code`, `detail`, `WWW-Authenticate`, `Retry-After`.
+    type Row = (
+        ApiError,
+        u16,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+
+    /// The contract table: every error, its status, code, detail and headers, as in API.md.
+    #[test]
+    fn every_error_matches_the_contract() {
+        let until = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let bearer = Some("Bearer");
+        let cases: Vec<Row> = vec![
+            (
+                AuthError::UserExists.into(),
+                409,
+                "USER_EXISTS",
+                "User already exists",
+                None,
+                None,
+            ),
+            (
+                AuthError::InvalidEmail.into(),
+                422,
+                "INVALID_EMAIL",
+                "Invalid email format",
+                None,
+                None,
+            ),
+            (
+                AuthError::WeakPassword(vec![
+                    "Password must be at least 8 characters long",
+                    "Password must contain at least one number",
+                ])
+                .into(),
+                422,
+                "WEAK_PASSWORD",
+                "Password validation failed: Password must be at least 8 characters long, Password must contain at least one number",
+                None,
+                None,
+            ),
+            (
+                AuthError::InvalidCredentials.into(),
+                401,
+                "INVALID_CREDENTIALS",
+                "Invalid email or password",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::AccountDisabled.into(),
+                401,
+                "ACCOUNT_DISABLED",
+                "Account is disabled",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::TooManyAttempts {
+                    until,
+                    retry_after_secs: 42,
+                }
+                .into(),
+                429,
+                "TOO_MANY_ATTEMPTS",
+                "Too many login attempts. Try again after 2026-01-02T03:04:05Z",
+                None,
+                Some("42"),
+            ),
+            (
+                AuthError::MissingToken.into(),
+                401,
+                "MISSING_TOKEN",
+                "Authorization header missing",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::InvalidToken.into(),
+                401,
+                "INVALID_TOKEN",
+                "Invalid or expired token",
+                Some(r#"Bearer error="invalid_token""#),
+                None,
+            ),
+            (
+                AuthError::InvalidRefreshToken.into(),
+                401,
+                "INVALID_REFRESH_TOKEN",
+                "Invalid or expired refresh token",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::Unavailable(StoreError::Unavailable(sqlx::Error::PoolTimedOut)).into(),
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+                None,
+                Some("5"),
+            ),
+            (
+                AuthError::Internal(anyhow::anyhow!("select * from secrets")).into(),
+                500,
+                "INTERNAL_ERROR",
+                "Internal server error",
+                None,
+                None,
+            ),
+            (
+                ApiError::InvalidJson,
+                400,
+                "INVALID_JSON",
+                "Invalid JSON in request body",
+                None,
+                None,
+            ),
+            (
+                ApiError::Validation(vec![]),
+                422,
+                "VALIDATION_ERROR",
+                "Request validation failed",
+                None,
+                None,
+            ),
+            (
+                ApiError::NotFound,
+                404,
+                "NOT_FOUND",
+                "Not Found",
+                None,
+                None,
+            ),
+            (
+                ApiError::MethodNotAllowed,
+                405,
+                "METHOD_NOT_ALLOWED",
+                "Method Not Allowed",
+                None,
+                None,
+            ),
+            (
+                ApiError::PayloadTooLarge,
+                413,
+                "PAYLOAD_TOO_LARGE",
+                "Request body too large",
+                None,
+                None,
+            ),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Unsupported media type: send application/json",
+                None,
+                None,
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+                "RATE_LIMITED",
+                "Too many requests",
+                None,
+                Some("3"),
+            ),
+            (
+                ApiError::Timeout,
+                408,
+                "REQUEST_TIMEOUT",
+                "Request timeout",
+                None,
+                None,
+            ),
+            (
+                ApiError::Unavailable,
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+                None,
+                Some("5"),
+            ),
+        ];
+        for (err, status, code, detail, challenge, retry_after) in cases {
+            let body = serde_json::to_value(err.body()).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"detail": detail, "error_code": code}),
+                "{err:?}"
+            );
+            let response = err.into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            assert_eq!(
+                header(header::WWW_AUTHENTICATE).as_deref(),
+                challenge,
+                "{code}"
+            );
+            assert_eq!(
+                header(header::RETRY_AFTER).as_deref(),
+                retry_after,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_errors_list_their_fields() {
+        let err = ApiError::Validation(vec![FieldError {
+            field: "password".into(),
+            message: "must be at least 8 characters".into(),
+        }]);
+        assert_eq!(
+            serde_json::to_value(err.body()).unwrap(),
+            serde_json::json!({
+                "detail": "Request validation failed",
+                "error_code": "VALIDATION_ERROR",
+                "errors": [{"field": "password", "message": "must be at least 8 characters"}],
+            })
+        );
+    }
+}

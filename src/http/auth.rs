@@ -1,0 +1,270 @@
+//! `/auth/*` handlers and their DTOs. Each handler extracts, calls one [`AuthService`] method
+//! and shapes the success; every failure is an [`ApiError`].
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use validator::Validate;
+
+use super::extract::{AppJson, AuthUser};
+use crate::{
+    errors::{ApiError, ErrorBody},
+    service::{AuthService, TokenPair, lockout::AttemptStatus},
+    state::AppState,
+};
+
+/// The `/auth` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/verify", get(verify))
+}
+
+/// `POST /auth/register` body.
+#[derive(Deserialize, Validate, ToSchema)]
+pub struct RegisterRequest {
+    /// Email address; trimmed and lower-cased.
+    #[schema(example = "newuser@example.com")]
+    pub email: String,
+    /// At least 8 characters, with a lower-case letter, an upper-case letter and a digit; at
+    /// most 72 bytes.
+    #[schema(example = "SecurePass123", format = Password)]
+    pub password: String,
+}
+
+/// `POST /auth/register` success.
+#[derive(Serialize, ToSchema)]
+pub struct RegisterResponse {
+    /// The new user's id.
+    #[schema(example = 123)]
+    pub user_id: i64,
+    /// The normalised email.
+    #[schema(example = "newuser@example.com")]
+    pub email: String,
+    /// Always `User registered successfully`.
+    #[schema(example = "User registered successfully")]
+    pub message: String,
+}
+
+/// `POST /auth/login` body.
+#[derive(Deserialize, Validate, ToSchema)]
+pub struct LoginRequest {
+    /// Email address.
+    #[schema(example = "test@example.com")]
+    pub email: String,
+    /// The password (at least 8 characters, as the original's schema required).
+    #[validate(length(min = 8, message = "Password must be at least 8 characters long"))]
+    #[schema(example = "SecurePass123", format = Password, min_length = 8)]
+    pub password: String,
+}
+
+/// `POST /auth/refresh` and `POST /auth/logout` body.
+#[derive(Deserialize, Validate, ToSchema)]
+pub struct RefreshRequest {
+    /// A refresh token from `/auth/login` or `/auth/refresh`.
+    pub refresh_token: String,
+}
+
+/// Tokens handed out by login and refresh.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// Access JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Refresh JWT; each works once (rotation).
+    pub refresh_token: String,
+    /// Always `bearer`.
+    #[schema(example = "bearer")]
+    pub token_type: String,
+    /// Access-token lifetime in seconds.
+    #[schema(example = 900)]
+    pub expires_in: i64,
+}
+
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "bearer".to_owned(),
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+/// A plain confirmation.
+#[derive(Serialize, ToSchema)]
+pub struct MessageResponse {
+    /// What happened.
+    pub message: String,
+}
+
+/// `GET /auth/verify` success.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyResponse {
+    /// Always true.
+    pub valid: bool,
+    /// The token owner's id.
+    #[schema(example = 123)]
+    pub user_id: i64,
+    /// The token owner's email.
+    #[schema(example = "test@example.com")]
+    pub email: String,
+}
+
+/// A token response: never cached (RFC 6749 section 5.1).
+fn tokens(pair: TokenPair) -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(TokenResponse::from(pair)),
+    )
+        .into_response()
+}
+
+/// `X-RateLimit-*` headers of a login response.
+fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(s) = status {
+        for (name, value) in [
+            ("x-ratelimit-limit", u64::from(s.limit)),
+            ("x-ratelimit-remaining", u64::from(s.remaining)),
+            ("x-ratelimit-reset", s.reset_after_secs),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+    headers
+}
+
+/// `POST /auth/register`: create a user.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "User created", body = RegisterResponse),
+        (status = 400, description = "Body is not JSON (INVALID_JSON)", body = ErrorBody),
+        (status = 409, description = "Email already registered (USER_EXISTS)", body = ErrorBody),
+        (status = 413, description = "Body too large (PAYLOAD_TOO_LARGE)", body = ErrorBody),
+        (status = 415, description = "Not JSON (UNSUPPORTED_MEDIA_TYPE)", body = ErrorBody),
+        (status = 422, description = "INVALID_EMAIL, WEAK_PASSWORD or VALIDATION_ERROR", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn register(
+    State(auth): State<AuthService>,
+    AppJson(req): AppJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let user = auth
+        .register(&req.email, SecretString::from(req.password))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            user_id: user.id,
+            email: user.email,
+            message: "User registered successfully".to_owned(),
+        }),
+    ))
+}
+
+/// `POST /auth/login`: exchange email and password for an access and a refresh token.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse, headers(
+            ("X-RateLimit-Limit" = u32, description = "Failed attempts allowed per window"),
+            ("X-RateLimit-Remaining" = u32, description = "Failed attempts left before the lockout"),
+            ("X-RateLimit-Reset" = u64, description = "Seconds until the window or lockout ends"),
+        )),
+        (status = 400, description = "Body is not JSON (INVALID_JSON)", body = ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS or ACCOUNT_DISABLED", body = ErrorBody),
+        (status = 415, description = "Not JSON (UNSUPPORTED_MEDIA_TYPE)", body = ErrorBody),
+        (status = 422, description = "VALIDATION_ERROR or INVALID_EMAIL", body = ErrorBody),
+        (status = 429, description = "Locked out (TOO_MANY_ATTEMPTS)", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn login(
+    State(auth): State<AuthService>,
+    AppJson(req): AppJson<LoginRequest>,
+) -> (HeaderMap, Result<Response, ApiError>) {
+    let outcome = auth
+        .login(&req.email, SecretString::from(req.password))
+        .await;
+    (
+        attempt_headers(outcome.status),
+        outcome.result.map(tokens).map_err(ApiError::from),
+    )
+}
+
+/// `POST /auth/refresh`: exchange a refresh token for a new pair (the old one stops working).
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "Rotated", body = TokenResponse),
+        (status = 401, description = "INVALID_REFRESH_TOKEN", body = ErrorBody),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn refresh(
+    State(auth): State<AuthService>,
+    AppJson(req): AppJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    Ok(tokens(auth.refresh(&req.refresh_token).await?))
+}
+
+/// `POST /auth/logout`: revoke a refresh token (and its family). Always 200.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "Logged out", body = MessageResponse),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn logout(
+    State(auth): State<AuthService>,
+    AppJson(req): AppJson<RefreshRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    auth.logout(&req.refresh_token).await?;
+    Ok(Json(MessageResponse {
+        message: "Successfully logged out".to_owned(),
+    }))
+}
+
+/// `POST /auth/logout-all`: revoke every refresh token of the bearer's user.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Logged out everywhere", body = MessageResponse),
+        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn logout_all(
+    State(auth): State<AuthService>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<MessageResponse>, ApiError> {
+    auth.logout_all(user.id).await?;
+    Ok(Json(MessageResponse {
+        message: "Successfully logged out from all devices".to_owned(),
+    }))
+}
+
+/// `GET /auth/verify`: who an access token belongs to.
+#[utoipa::path(get, path = "/auth/verify", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Valid token", body = VerifyResponse),
+        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
+    Json(VerifyResponse {
+        valid: true,
+        user_id: user.id,
+        email: user.email,
+    })
+}

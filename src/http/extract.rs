@@ -1,0 +1,202 @@
+//! Extractors that speak the contract: [`AppJson`] (our rejections), [`AuthUser`] (bearer
+//! access token) and [`ClientIp`] (peer or trusted `X-Forwarded-For`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    body::Bytes,
+    extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request},
+    http::{StatusCode, header, request::Parts},
+};
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use validator::Validate;
+
+use crate::{
+    errors::{ApiError, FieldError},
+    service::{AuthError, AuthService, VerifiedUser},
+    state::AppState,
+};
+
+/// A JSON body, deserialised and validated, whose every failure is a contract error:
+/// 415 for another content type (none at all is read as JSON, as the original did), 413 over
+/// the body limit, 400 for what is not JSON, 422 for missing, mistyped or invalid fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson
+            }
+        })?;
+        let value = parse_json::<T>(&bytes)?;
+        value
+            .validate()
+            .map_err(|errors| ApiError::Validation(field_errors(&errors)))?;
+        Ok(Self(value))
+    }
+}
+
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserialises `bytes` as `T`: syntax errors are 400, shape errors 422 naming the field.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.classify() != serde_json::error::Category::Data {
+            return ApiError::InvalidJson;
+        }
+        let message = inner.to_string();
+        // serde reports a missing field at the parent's path, naming it in the message.
+        let field = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+            .or_else(|| (path != ".").then_some(path))
+            .unwrap_or_else(|| "body".to_owned());
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ApiError::Validation(vec![FieldError { field, message }])
+    })?;
+    de.end().map_err(|_| ApiError::InvalidJson)?;
+    Ok(value)
+}
+
+fn field_errors(errors: &validator::ValidationErrors) -> Vec<FieldError> {
+    let mut out: Vec<FieldError> = errors
+        .field_errors()
+        .into_iter()
+        .flat_map(|(field, errs)| {
+            errs.iter().map(move |e| FieldError {
+                field: field.to_string(),
+                message: e
+                    .message
+                    .as_ref()
+                    .map_or_else(|| e.code.to_string(), ToString::to_string),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.field.cmp(&b.field));
+    out
+}
+
+/// The bearer token of the `Authorization` header (scheme case-insensitive).
+///
+/// Absent, empty, another scheme, or nothing after `Bearer`: `MissingToken`, as the original.
+#[derive(Debug, Clone)]
+pub struct BearerToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let missing = || ApiError::Auth(AuthError::MissingToken);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .ok_or_else(missing)?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(missing());
+        }
+        Ok(Self(token.to_owned()))
+    }
+}
+
+/// The user behind a valid access token.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub VerifiedUser);
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    AuthService: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
+        let auth = AuthService::from_ref(state);
+        Ok(Self(auth.verify_access(&token).await?))
+    }
+}
+
+/// The client's address: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts, &state.config().trusted_proxies)))
+    }
+}
+
+/// See [`ClientIp`]; `0.0.0.0` when the connection info is missing (router-only tests).
+#[must_use]
+pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| {
+            addr.ip().to_canonical()
+        });
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}

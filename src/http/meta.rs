@@ -1,0 +1,110 @@
+//! `/`, `/openapi.json`, `/docs`, `/metrics` and `/.well-known/jwks.json`.
+
+use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
+use serde::Serialize;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{auth, health};
+use crate::{errors, state::AppState};
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "auth-service", description = "JWT authentication service (Rust port of the Project Zero App auth service)."),
+    paths(
+        service_info, metrics, jwks,
+        health::health, health::ready, health::live,
+        auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all, auth::verify,
+    ),
+    components(schemas(errors::ErrorBody, errors::ErrorCode, errors::FieldError)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Registration, login and tokens"),
+        (name = "health", description = "Probes"),
+        (name = "meta", description = "Service information and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The meta routes, Swagger UI included.
+pub fn router() -> Router<AppState> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    Router::new()
+        .route("/", get(service_info))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+}
+
+/// `GET /` body.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceInfo {
+    /// Always `auth-service`.
+    pub service: &'static str,
+    /// The crate version.
+    pub version: &'static str,
+    /// Always `running`.
+    pub status: &'static str,
+    /// Where the docs are.
+    pub docs: &'static str,
+}
+
+/// `GET /`: service information.
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = ServiceInfo)))]
+pub async fn service_info() -> Json<ServiceInfo> {
+    Json(ServiceInfo {
+        service: "auth-service",
+        version: env!("CARGO_PKG_VERSION"),
+        status: "running",
+        docs: "/docs",
+    })
+}
+
+/// `GET /metrics`: Prometheus text exposition. Filter it at the ingress.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics().run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+}
+
+/// JSON Web Key Set.
+#[derive(Serialize, ToSchema)]
+pub struct Jwks {
+    /// Public keys; empty for HS256 (the shared secret is never published).
+    pub keys: Vec<serde_json::Value>,
+}
+
+/// `GET /.well-known/jwks.json`: public signing keys (none with HS256).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", responses((status = 200, body = Jwks)))]
+pub async fn jwks() -> Json<Jwks> {
+    Json(Jwks { keys: Vec::new() })
+}

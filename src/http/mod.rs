@@ -1,0 +1,93 @@
+//! The HTTP layer: routes, extractors, middleware. Handlers call [`crate::service`] only; no
+//! SQL, bcrypt or JWT code lives here.
+
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod meta;
+pub mod middleware;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, StatusCode, header},
+};
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{config::CorsOrigins, errors::ApiError, state::AppState};
+
+/// Request bodies over this get 413 (the largest legitimate body is well under 1 KiB).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The whole application router with its layers.
+pub fn router(state: AppState) -> Router {
+    let config = state.config();
+    let request_id = HeaderName::from_static("x-request-id");
+    let span = middleware::RequestSpan {
+        trusted_proxies: Arc::from(config.trusted_proxies.clone()),
+    };
+
+    // Layers run outermost-last: request id is set first, then the span opens around
+    // everything else, so every log line of a request carries its id and client.
+    Router::new()
+        .merge(meta::router())
+        .merge(health::router())
+        .merge(auth::router())
+        .route_layer(axum::middleware::from_fn(middleware::record_route))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state.clone())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn(middleware::track_metrics))
+        .layer(cors(&config.cors_origins))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            middleware::nosniff(),
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span)
+                .on_request(())
+                .on_response(middleware::on_response)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods(middleware::cors_methods())
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+            header::RETRY_AFTER,
+        ]);
+    match origins {
+        CorsOrigins::Any => layer.allow_origin(Any),
+        CorsOrigins::List(list) => layer
+            .allow_origin(AllowOrigin::list(
+                list.iter().filter_map(|o| o.parse().ok()),
+            ))
+            .allow_credentials(true),
+    }
+}

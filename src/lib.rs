@@ -1,0 +1,89 @@
+//! auth-service: a JWT authentication service, a Rust port of the Project Zero App
+//! authentication service, on SQLite or PostgreSQL.
+//!
+//! # Layout
+//!
+//! A request flows one way: `http` -> `service` -> `store`.
+//!
+//! - [`config`]: every environment variable, parsed and validated before anything binds.
+//! - [`state`]: [`state::AppState`], built once from the configuration.
+//! - [`http`]: routes, extractors and middleware; handlers call the service only.
+//! - [`errors`]: [`errors::ApiError`], the one error that becomes a response (the contract).
+//! - [`service`]: the auth rules (registration, login lockout, rotation); no HTTP.
+//! - [`store`]: one [`store::Store`] trait, a SQLite and a PostgreSQL implementation; all SQL.
+//! - [`tokens`], [`passwords`]: JWTs and bcrypt.
+//! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
+//! - [`telemetry`]: logs and the Prometheus recorder.
+
+pub mod clock;
+pub mod config;
+pub mod errors;
+pub mod http;
+pub mod passwords;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::Config,
+    state::{AppState, StartupError},
+};
+
+/// Runs the service on an already bound listener until `shutdown` resolves and in-flight
+/// requests have finished. This is what `main` and every test call.
+///
+/// # Errors
+/// [`StartupError::Database`] when the database cannot be reached or migrated; `Other` when
+/// serving fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    run_with_clock(config, Arc::new(SystemClock), listener, shutdown).await
+}
+
+/// [`run`] with an injected clock (tests).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let state = AppState::build(config, clock).await?;
+    serve(state, listener, shutdown).await
+}
+
+/// Serves a built state on `listener` with graceful shutdown.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let app = http::router(state.clone());
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(state.drain_on(shutdown))
+    .await
+    .map_err(|e| StartupError::Other(e.into()))?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}

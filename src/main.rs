@@ -1,0 +1,155 @@
+//! The `auth-service` binary: configuration, logging, then [`auth_service::run`].
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use auth_service::{clock::SystemClock, config::Config, state::StartupError};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "auth-service", version, about = "JWT authentication service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply the database migrations to DATABASE_URL and exit.
+    Migrate,
+    /// Exit 0 when the local server answers GET /health/ready with 200 within 3 s, 1 otherwise.
+    Healthcheck {
+        /// Base URL of the server (default http://127.0.0.1:$PORT).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A missing .env is fine; a malformed one is a configuration error.
+    if let Err(err) = dotenvy::dotenv()
+        && !err.not_found()
+    {
+        eprintln!("auth-service: invalid .env: {err}");
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("auth-service: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Healthcheck { url } => healthcheck(&config, url).await,
+        }
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    auth_service::telemetry::init(&config);
+    if config.jwt_secret_generated {
+        tracing::warn!(
+            "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
+             not survive a restart or verify on other replicas. Generate one with: openssl rand -base64 48"
+        );
+    }
+    tracing::info!(config = ?config, "starting auth-service");
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("auth-service: invalid PORT: cannot listen on {addr}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match auth_service::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ StartupError::Database(_)) => {
+            eprintln!("auth-service: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("auth-service: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    match auth_service::state::AppState::build(config, std::sync::Arc::new(SystemClock)).await {
+        Ok(_) => {
+            println!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn healthcheck(config: &Config, url: Option<String>) -> ExitCode {
+    let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+    let target = format!("{}/health/ready", base.trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("auth-service: healthcheck: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match client.get(&target).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!(
+                "auth-service: healthcheck: {target} answered {}",
+                response.status()
+            );
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("auth-service: healthcheck: {target}: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

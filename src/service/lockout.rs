@@ -1,0 +1,155 @@
+//! The per-email lockout: turns the counter the store returns into a decision and the
+//! `X-RateLimit-*` figures. The counting itself is one atomic statement in the store.
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::store::{AttemptLimits, AttemptRow};
+
+/// `LOGIN_MAX_ATTEMPTS` failures within `LOGIN_WINDOW_MINUTES` lock for `LOCKOUT_MINUTES`.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    /// Attempts allowed per window.
+    pub max_attempts: u32,
+    /// The counting window.
+    pub window: Duration,
+    /// How long a lock lasts.
+    pub lockout: Duration,
+}
+
+/// What a client is told about its remaining attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptStatus {
+    /// `X-RateLimit-Limit`: the max attempts.
+    pub limit: u32,
+    /// `X-RateLimit-Remaining`: failed attempts left before the lockout.
+    pub remaining: u32,
+    /// `X-RateLimit-Reset`: seconds until the window or the lockout ends.
+    pub reset_after_secs: u64,
+}
+
+/// The verdict on one reserved attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptDecision {
+    /// Check the password; `status` assumes this attempt fails.
+    Allowed(AttemptStatus),
+    /// Refuse without checking anything.
+    Locked {
+        /// When the lock ends.
+        until: DateTime<Utc>,
+        /// Figures for the headers.
+        status: AttemptStatus,
+    },
+}
+
+impl LockoutPolicy {
+    /// The limits in the form the store's upsert takes.
+    #[must_use]
+    pub fn limits(&self) -> AttemptLimits {
+        AttemptLimits {
+            max_attempts: i64::from(self.max_attempts),
+            window: self.window,
+            lockout: self.lockout,
+        }
+    }
+
+    /// The figures after a successful login, which clears the counter.
+    #[must_use]
+    pub fn fresh(&self) -> AttemptStatus {
+        AttemptStatus {
+            limit: self.max_attempts,
+            remaining: self.max_attempts,
+            reset_after_secs: 0,
+        }
+    }
+
+    /// Decides on the attempt the store just reserved.
+    #[must_use]
+    pub fn decide(&self, row: &AttemptRow, now: DateTime<Utc>) -> AttemptDecision {
+        let max = i64::from(self.max_attempts);
+        let ends = row.locked_until.unwrap_or(row.window_start + self.window);
+        let status = AttemptStatus {
+            limit: self.max_attempts,
+            remaining: u32::try_from((max - row.attempts).max(0)).unwrap_or(0),
+            reset_after_secs: seconds_until(ends, now),
+        };
+        match row.locked_until {
+            Some(until) if row.attempts > max => AttemptDecision::Locked { until, status },
+            _ => AttemptDecision::Allowed(status),
+        }
+    }
+}
+
+/// Whole seconds from `now` to `then`, rounded up, at least 1 while `then` is ahead.
+#[must_use]
+pub fn seconds_until(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let millis = (then - now).num_milliseconds();
+    if millis <= 0 {
+        0
+    } else {
+        u64::try_from((millis + 999) / 1000).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> LockoutPolicy {
+        LockoutPolicy {
+            max_attempts: 5,
+            window: Duration::minutes(15),
+            lockout: Duration::minutes(15),
+        }
+    }
+
+    #[test]
+    fn the_fifth_attempt_is_allowed_and_the_sixth_locked() {
+        let now = Utc::now();
+        let until = now + Duration::minutes(15);
+        let fifth = AttemptRow {
+            attempts: 5,
+            window_start: now,
+            locked_until: Some(until),
+        };
+        assert_eq!(
+            policy().decide(&fifth, now),
+            AttemptDecision::Allowed(AttemptStatus {
+                limit: 5,
+                remaining: 0,
+                reset_after_secs: 900
+            })
+        );
+        let sixth = AttemptRow {
+            attempts: 6,
+            ..fifth
+        };
+        assert!(
+            matches!(policy().decide(&sixth, now), AttemptDecision::Locked { until: u, .. } if u == until)
+        );
+    }
+
+    #[test]
+    fn remaining_counts_down_and_reset_is_the_window_end() {
+        let now = Utc::now();
+        let row = AttemptRow {
+            attempts: 2,
+            window_start: now - Duration::minutes(5),
+            locked_until: None,
+        };
+        assert_eq!(
+            policy().decide(&row, now),
+            AttemptDecision::Allowed(AttemptStatus {
+                limit: 5,
+                remaining: 3,
+                reset_after_secs: 600
+            })
+        );
+    }
+
+    #[test]
+    fn seconds_until_rounds_up() {
+        let now = Utc::now();
+        assert_eq!(seconds_until(now + Duration::milliseconds(1), now), 1);
+        assert_eq!(seconds_until(now - Duration::seconds(3), now), 0);
+    }
+}

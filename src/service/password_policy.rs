@@ -1,0 +1,85 @@
+//! The registration password policy, with its reasons in the contract's order.
+
+use crate::passwords::MAX_PASSWORD_BYTES;
+
+/// The shortest password the contract accepts, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Every rule the password breaks, in API.md order; empty when it is acceptable.
+#[must_use]
+pub fn violations(password: &str) -> Vec<&'static str> {
+    let mut reasons = Vec::new();
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        reasons.push("Password must be at least 8 characters long");
+    }
+    if !password.chars().any(char::is_lowercase) {
+        reasons.push("Password must contain at least one lowercase letter");
+    }
+    if !password.chars().any(char::is_uppercase) {
+        reasons.push("Password must contain at least one uppercase letter");
+    }
+    if !password.chars().any(|c| c.is_ascii_digit()) {
+        reasons.push("Password must contain at least one number");
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        reasons.push("Password is too long (maximum 72 bytes)");
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        assert!(violations("SecurePass123").is_empty());
+    }
+
+    #[test]
+    fn reasons_come_in_contract_order() {
+        assert_eq!(
+            violations(""),
+            vec![
+                "Password must be at least 8 characters long",
+                "Password must contain at least one lowercase letter",
+                "Password must contain at least one uppercase letter",
+                "Password must contain at least one number",
+            ]
+        );
+        assert_eq!(
+            violations("short1A"),
+            vec!["Password must be at least 8 characters long"]
+        );
+        assert_eq!(
+            violations("ALLUPPER123"),
+            vec!["Password must contain at least one lowercase letter"]
+        );
+        assert_eq!(
+            violations("alllower123"),
+            vec!["Password must contain at least one uppercase letter"]
+        );
+        assert_eq!(
+            violations("NoNumbersHere"),
+            vec!["Password must contain at least one number"]
+        );
+    }
+
+    #[test]
+    fn seventy_three_bytes_is_refused_and_seventy_two_accepted() {
+        let ok = format!("Aa1{}", "x".repeat(69));
+        assert_eq!(ok.len(), 72);
+        assert!(violations(&ok).is_empty());
+        let long = format!("Aa1{}", "x".repeat(70));
+        assert_eq!(
+            violations(&long),
+            vec!["Password is too long (maximum 72 bytes)"]
+        );
+        // Bytes, not characters: 25 three-byte characters are 75 bytes.
+        let wide = format!("Aa1{}", "€".repeat(25));
+        assert_eq!(
+            violations(&wide),
+            vec!["Password is too long (maximum 72 bytes)"]
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Application state: everything a request may need, built once from [`Config`].
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{
+    clock::Clock,
+    config::Config,
+    passwords::Passwords,
+    service::{AuthService, AuthSettings, lockout::LockoutPolicy},
+    store::{self, PoolSettings, Store, StoreError},
+    telemetry,
+    tokens::TokenKeys,
+};
+
+/// How long a request waits for a pooled connection before answering 503.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database did not answer within `DATABASE_CONNECT_TIMEOUT_SECONDS`, or migrating it
+    /// failed. `main` exits with code 2.
+    #[error("invalid DATABASE_URL: database not reachable or not usable: {0:#}")]
+    Database(#[source] anyhow::Error),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+struct AppInner {
+    /// The validated configuration (secrets inside stay wrapped).
+    config: Config,
+    /// The only thing handlers call.
+    auth: AuthService,
+    /// Renders `/metrics`.
+    metrics: PrometheusHandle,
+    /// Set on SIGTERM: `/health/ready` answers 503 from then on.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Connects (retrying), migrates, and assembles the service.
+    ///
+    /// # Errors
+    /// `Database` when the database cannot be reached or migrated.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let store = connect_with_retry(&config).await?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| StartupError::Database(e.into()))?;
+        let keys = TokenKeys::from_config(&config)?;
+        let passwords = Passwords::new(config.bcrypt_rounds).await?;
+        let settings = AuthSettings {
+            access_ttl: chrono::Duration::minutes(config.access_token_expire_minutes.into()),
+            refresh_ttl: chrono::Duration::days(config.refresh_token_expire_days.into()),
+            reuse_grace: chrono::Duration::seconds(config.refresh_reuse_grace_seconds.into()),
+            lockout: LockoutPolicy {
+                max_attempts: config.login_max_attempts,
+                window: chrono::Duration::minutes(config.login_window_minutes.into()),
+                lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
+            },
+        };
+        let auth = AuthService::new(store, keys, passwords, clock, settings);
+        Ok(Self(Arc::new(AppInner {
+            config,
+            auth,
+            metrics: telemetry::metrics_handle(),
+            draining: AtomicBool::new(false),
+        })))
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The auth service.
+    #[must_use]
+    pub fn auth(&self) -> &AuthService {
+        &self.0.auth
+    }
+
+    /// The Prometheus handle.
+    #[must_use]
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+
+    /// Whether shutdown has begun.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when `shutdown` does, after flipping readiness to 503 and holding the listener
+    /// open for `SHUTDOWN_DRAIN_SECONDS` so load balancers notice first.
+    pub async fn drain_on(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        self.0.draining.store(true, Ordering::SeqCst);
+        tracing::info!(
+            drain_seconds = self.0.config.shutdown_drain.as_secs(),
+            "shutting down: draining"
+        );
+        tokio::time::sleep(self.0.config.shutdown_drain).await;
+    }
+}
+
+impl FromRef<AppState> for AuthService {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.auth.clone()
+    }
+}
+
+/// Connects to the database, retrying a PostgreSQL server that is not up yet with backoff for
+/// up to `DATABASE_CONNECT_TIMEOUT_SECONDS`, so a pod that starts first does not crash-loop.
+async fn connect_with_retry(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    let settings = PoolSettings {
+        max_connections: config.database_max_connections,
+        acquire_timeout: ACQUIRE_TIMEOUT,
+    };
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store::connect(&config.database_url, settings).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Unavailable(err))
+                if config.database_url.is_postgres()
+                    && started.elapsed() + backoff < config.database_connect_timeout =>
+            {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "database not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(StartupError::Database(err.into())),
+        }
+    }
+}

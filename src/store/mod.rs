@@ -1,0 +1,261 @@
+//! Persistence: one [`Store`] trait, a SQLite and a PostgreSQL implementation.
+//!
+//! Every invariant the contract promises under concurrency is enforced here by the database
+//! itself: a unique index for registrations, a single upsert per login attempt, and a
+//! compare-and-set for refresh-token rotation. No method reads a row, decides in Rust, and
+//! writes it back. This module knows nothing about HTTP or about the service's rules; SQL lives
+//! only in `sqlite.rs` and `postgres.rs`, once per dialect.
+
+mod postgres;
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::DatabaseUrl;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in the store, in terms the service can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key was violated; each method documents which one.
+    #[error("duplicate key")]
+    Duplicate,
+    /// The database did not answer (down, closed, pool acquire timed out).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a broken schema.
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Duplicate,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
+                Self::Unavailable(err)
+            }
+            _ => Self::Other(err),
+        }
+    }
+}
+
+/// Database error codes that mean "not answering right now" rather than "bad query":
+/// PostgreSQL's connection and shutdown classes (08xxx, 57P0x) and SQLite's BUSY/LOCKED.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    match code {
+        Some(code) => {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        None => false,
+    }
+}
+
+/// A user as stored. Never serialised to clients.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    /// The numeric id the contract returns as `user_id`.
+    pub id: i64,
+    /// Normalised (trimmed, lower case) email.
+    pub email: String,
+    /// bcrypt hash.
+    pub password_hash: String,
+    /// False when an operator disabled the account.
+    pub is_active: bool,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// When the account last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A refresh token as stored; the JWT is re-signed from these fields when needed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefreshTokenRow {
+    /// The token's `jti` claim.
+    pub jti: Uuid,
+    /// Whose token it is.
+    pub user_id: i64,
+    /// Every token descended from one login shares the family id.
+    pub family_id: Uuid,
+    /// The token this one replaced, if any.
+    pub parent_jti: Option<Uuid>,
+    /// The `iat` claim (whole seconds).
+    pub issued_at: DateTime<Utc>,
+    /// The `exp` claim (whole seconds).
+    pub expires_at: DateTime<Utc>,
+    /// When it was exchanged for its child.
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// When it was revoked (logout, logout-all, reuse detected).
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A refresh token about to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRefreshToken {
+    /// The token's `jti` claim.
+    pub jti: Uuid,
+    /// Whose token it is.
+    pub user_id: i64,
+    /// The family: a fresh id at login, the parent's on rotation.
+    pub family_id: Uuid,
+    /// The token it replaces, on rotation.
+    pub parent_jti: Option<Uuid>,
+    /// The `iat` claim (whole seconds).
+    pub issued_at: DateTime<Utc>,
+    /// The `exp` claim (whole seconds).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<NewRefreshToken> for RefreshTokenRow {
+    fn from(token: NewRefreshToken) -> Self {
+        Self {
+            jti: token.jti,
+            user_id: token.user_id,
+            family_id: token.family_id,
+            parent_jti: token.parent_jti,
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            rotated_at: None,
+            revoked_at: None,
+        }
+    }
+}
+
+/// The rules of the login counter, handed to the store by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    /// Attempts allowed per window; the one that reaches it locks the key.
+    pub max_attempts: i64,
+    /// Counting window.
+    pub window: chrono::Duration,
+    /// Lock duration.
+    pub lockout: chrono::Duration,
+}
+
+/// The counter after one attempt was reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct AttemptRow {
+    /// Attempts in this window, this one included; `max_attempts + 1` means refused.
+    pub attempts: i64,
+    /// When the current window began.
+    pub window_start: DateTime<Utc>,
+    /// Until when the key is locked, once the limit was reached.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// Pool settings that both backends understand.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Maximum open connections (PostgreSQL; SQLite files use it too).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before the 503.
+    pub acquire_timeout: Duration,
+}
+
+/// Everything the service needs from a database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Applies the embedded migrations of this backend.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Inserts a user. `Duplicate` when the (normalised) email is taken.
+    async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UserRow, StoreError>;
+
+    /// The user with this normalised email.
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError>;
+
+    /// The user with this id.
+    async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError>;
+
+    /// Reserves one login attempt for `key` in a single atomic statement and returns the
+    /// counter as it stands afterwards: a reset window or an expired lock starts again at 1,
+    /// the attempt that reaches `max_attempts` sets the lock, and while locked the count stays
+    /// at `max_attempts + 1`.
+    async fn reserve_login_attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        limits: AttemptLimits,
+    ) -> Result<AttemptRow, StoreError>;
+
+    /// Forgets the counter of `key` (after a successful login).
+    async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Stores a new refresh token. `Duplicate` when the `jti` exists.
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError>;
+
+    /// The refresh token with this `jti`.
+    async fn find_refresh_token(&self, jti: Uuid) -> Result<Option<RefreshTokenRow>, StoreError>;
+
+    /// The token issued when `parent` was rotated.
+    async fn find_child_token(&self, parent: Uuid) -> Result<Option<RefreshTokenRow>, StoreError>;
+
+    /// Compare-and-set rotation: marks `parent` rotated and stores `child`, in one transaction,
+    /// only if `parent` is neither rotated nor revoked nor expired at `now`. Returns whether it
+    /// did; `false` means somebody else rotated (or revoked) it first.
+    async fn rotate_refresh_token(
+        &self,
+        parent: Uuid,
+        child: &NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes every live token of the family `jti` belongs to; returns how many.
+    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Revokes every live token of a user; returns how many.
+    async fn revoke_user_tokens(&self, user_id: i64, now: DateTime<Utc>)
+    -> Result<u64, StoreError>;
+}
+
+/// Opens a pool for `url` (without retrying) and returns the matching store.
+///
+/// # Errors
+/// `Unavailable` when the database does not answer.
+pub async fn connect(url: &DatabaseUrl, pool: PoolSettings) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match url {
+        DatabaseUrl::Postgres(_) => Arc::new(PgStore::connect(url, pool).await?),
+        DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory => {
+            Arc::new(SqliteStore::connect(url, pool).await?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, fs};
+
+    #[test]
+    fn both_backends_have_the_same_migration_files() {
+        let names = |dir: &str| -> BTreeSet<String> {
+            fs::read_dir(format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let sqlite = names("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, names("postgres"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The PostgreSQL store: PostgreSQL dialect SQL only (`$N` placeholders, TIMESTAMPTZ, UUID).
+//!
+//! Concurrency rests on row locks under READ COMMITTED: a second `update ... where rotated_at
+//! is null` waits for the first transaction and then finds nothing to update, and the upsert on
+//! `login_attempts` serialises attempts on one key.
+
+use std::str::FromStr as _;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret as _;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use super::{
+    AttemptLimits, AttemptRow, NewRefreshToken, PoolSettings, RefreshTokenRow, Store, StoreError,
+    UserRow,
+};
+use crate::config::DatabaseUrl;
+
+/// [`Store`] on a PostgreSQL database shared by every replica.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database `url` names.
+    ///
+    /// # Errors
+    /// `Other` for a malformed URL, `Unavailable` when the server does not answer.
+    pub async fn connect(url: &DatabaseUrl, settings: PoolSettings) -> Result<Self, StoreError> {
+        let DatabaseUrl::Postgres(url) = url else {
+            return Err(StoreError::Other(sqlx::Error::Configuration(
+                "not a postgres URL".into(),
+            )));
+        };
+        let options = PgConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Other)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool (tests and admin commands).
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Other(e.into()))
+    }
+
+    async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UserRow, StoreError> {
+        Ok(sqlx::query_as(
+            r"insert into users (email, password_hash, is_active, created_at, updated_at)
+              values ($1, $2, true, $3, $3)
+              returning id, email, password_hash, is_active, created_at, updated_at",
+        )
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select id, email, password_hash, is_active, created_at, updated_at
+              from users where email = $1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select id, email, password_hash, is_active, created_at, updated_at
+              from users where id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn reserve_login_attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        limits: AttemptLimits,
+    ) -> Result<AttemptRow, StoreError> {
+        // $1 key, $2 now, $3 window cut-off, $4 lock end if this attempt locks, $5 max.
+        Ok(sqlx::query_as(
+            r"insert into login_attempts as la (key, attempts, window_start, locked_until)
+              values ($1, 1, $2, case when 1 >= $5 then $4 else null end)
+              on conflict (key) do update set
+                attempts = case
+                  when la.locked_until > $2 then least(la.attempts + 1, $5 + 1)
+                  when la.locked_until is not null or la.window_start <= $3 then 1
+                  else la.attempts + 1
+                end,
+                window_start = case
+                  when la.locked_until > $2 then la.window_start
+                  when la.locked_until is not null or la.window_start <= $3 then $2
+                  else la.window_start
+                end,
+                locked_until = case
+                  when la.locked_until > $2 then la.locked_until
+                  when la.locked_until is not null or la.window_start <= $3
+                    then case when 1 >= $5 then $4 else null end
+                  when la.attempts + 1 >= $5 then $4
+                  else null
+                end
+              returning attempts, window_start, locked_until",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now - limits.window)
+        .bind(now + limits.lockout)
+        .bind(limits.max_attempts)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("delete from login_attempts where key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
+        sqlx::query(
+            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+              values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.jti)
+        .bind(token.user_id)
+        .bind(token.family_id)
+        .bind(token.parent_jti)
+        .bind(token.issued_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_refresh_token(&self, jti: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
+              from refresh_tokens where jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn find_child_token(&self, parent: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
+              from refresh_tokens where parent_jti = $1",
+        )
+        .bind(parent)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        parent: Uuid,
+        child: &NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            r"update refresh_tokens set rotated_at = $2
+              where jti = $1 and rotated_at is null and revoked_at is null and expires_at > $2",
+        )
+        .bind(parent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+              values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(child.jti)
+        .bind(child.user_id)
+        .bind(child.family_id)
+        .bind(parent)
+        .bind(child.issued_at)
+        .bind(child.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            r"update refresh_tokens set revoked_at = $2
+              where revoked_at is null
+                and family_id = (select family_id from refresh_tokens where jti = $1)",
+        )
+        .bind(jti)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "update refresh_tokens set revoked_at = $2 where user_id = $1 and revoked_at is null",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

@@ -1,0 +1,278 @@
+//! The SQLite store: SQLite dialect SQL only (`?N` placeholders, TEXT timestamps).
+//!
+//! Writers are serialised by SQLite itself; the pool waits on `busy_timeout` instead of failing,
+//! and the one multi-statement write (rotation) opens with `BEGIN IMMEDIATE` so it queues for
+//! the write lock up front rather than failing when it upgrades from a read.
+
+use std::{str::FromStr as _, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{
+    AttemptLimits, AttemptRow, NewRefreshToken, PoolSettings, RefreshTokenRow, Store, StoreError,
+    UserRow,
+};
+use crate::config::DatabaseUrl;
+
+/// How long a writer waits for SQLite's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`Store`] on an SQLite file (or a private in-memory database).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database `url` names.
+    ///
+    /// # Errors
+    /// `Unavailable` when the file cannot be opened.
+    pub async fn connect(url: &DatabaseUrl, settings: PoolSettings) -> Result<Self, StoreError> {
+        let base = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(StoreError::Other)?
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let (options, pool) = match url {
+            DatabaseUrl::SqliteFile(path) => (
+                base.filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal),
+                SqlitePoolOptions::new().max_connections(settings.max_connections),
+            ),
+            // Every connection to `:memory:` is its own empty database: keep exactly one,
+            // forever.
+            _ => (
+                base,
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+            ),
+        };
+        let pool = pool
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool (tests and admin commands).
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Other(e.into()))
+    }
+
+    async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<UserRow, StoreError> {
+        Ok(sqlx::query_as(
+            r"insert into users (email, password_hash, is_active, created_at, updated_at)
+              values (?1, ?2, true, ?3, ?3)
+              returning id, email, password_hash, is_active, created_at, updated_at",
+        )
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select id, email, password_hash, is_active, created_at, updated_at
+              from users where email = ?1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select id, email, password_hash, is_active, created_at, updated_at
+              from users where id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn reserve_login_attempt(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        limits: AttemptLimits,
+    ) -> Result<AttemptRow, StoreError> {
+        // ?1 key, ?2 now, ?3 window cut-off, ?4 lock end if this attempt locks, ?5 max.
+        Ok(sqlx::query_as(
+            r"insert into login_attempts (key, attempts, window_start, locked_until)
+              values (?1, 1, ?2, case when 1 >= ?5 then ?4 else null end)
+              on conflict (key) do update set
+                attempts = case
+                  when login_attempts.locked_until > ?2
+                    then min(login_attempts.attempts + 1, ?5 + 1)
+                  when login_attempts.locked_until is not null
+                    or login_attempts.window_start <= ?3 then 1
+                  else login_attempts.attempts + 1
+                end,
+                window_start = case
+                  when login_attempts.locked_until > ?2 then login_attempts.window_start
+                  when login_attempts.locked_until is not null
+                    or login_attempts.window_start <= ?3 then ?2
+                  else login_attempts.window_start
+                end,
+                locked_until = case
+                  when login_attempts.locked_until > ?2 then login_attempts.locked_until
+                  when login_attempts.locked_until is not null
+                    or login_attempts.window_start <= ?3
+                    then case when 1 >= ?5 then ?4 else null end
+                  when login_attempts.attempts + 1 >= ?5 then ?4
+                  else null
+                end
+              returning attempts, window_start, locked_until",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now - limits.window)
+        .bind(now + limits.lockout)
+        .bind(limits.max_attempts)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("delete from login_attempts where key = ?1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
+        sqlx::query(
+            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+              values (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(token.jti)
+        .bind(token.user_id)
+        .bind(token.family_id)
+        .bind(token.parent_jti)
+        .bind(token.issued_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_refresh_token(&self, jti: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
+              from refresh_tokens where jti = ?1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn find_child_token(&self, parent: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
+              from refresh_tokens where parent_jti = ?1",
+        )
+        .bind(parent)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        parent: Uuid,
+        child: &NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let claimed = sqlx::query(
+            r"update refresh_tokens set rotated_at = ?2
+              where jti = ?1 and rotated_at is null and revoked_at is null and expires_at > ?2",
+        )
+        .bind(parent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+              values (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(child.jti)
+        .bind(child.user_id)
+        .bind(child.family_id)
+        .bind(parent)
+        .bind(child.issued_at)
+        .bind(child.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            r"update refresh_tokens set revoked_at = ?2
+              where revoked_at is null
+                and family_id = (select family_id from refresh_tokens where jti = ?1)",
+        )
+        .bind(jti)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "update refresh_tokens set revoked_at = ?2 where user_id = ?1 and revoked_at is null",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

@@ -1,0 +1,73 @@
+//! Logging and metrics set-up.
+//!
+//! Logs are JSON by default (`LOG_FORMAT=pretty` for people), filtered by `LOG_LEVEL` unless
+//! `RUST_LOG` is set. The Prometheus recorder is process-global by nature (the `metrics` facade
+//! has one global recorder), so it is installed once and its handle shared.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+use crate::config::{Config, LogFormat};
+
+/// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
+const QUIET: &[&str] = &["sqlx::postgres::notice=warn", "sqlx::query=warn"];
+
+/// Installs the global subscriber. Call once, from `main`.
+pub fn init(config: &Config) {
+    let mut filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in QUIET {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match config.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().pretty())
+            .try_init(),
+    };
+    if result.is_err() {
+        eprintln!("auth-service: a tracing subscriber was already installed");
+    }
+}
+
+/// Bucket bounds (seconds) for request latency: bcrypt at cost 12 sits around 0.25 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The handle of the process-wide Prometheus recorder, installing it on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets_for_metric(
+                Matcher::Full("http_request_duration_seconds".to_owned()),
+                LATENCY_BUCKETS,
+            ) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+            }
+            handle
+        })
+        .clone()
+}

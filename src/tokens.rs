@@ -1,0 +1,323 @@
+//! JWTs: issuing and verifying access and refresh tokens.
+//!
+//! The algorithm is pinned (a token whose header names any other, `none` included, is refused),
+//! the header must say `typ: JWT` and carry no `crit` or `kid`, and the time claims are checked
+//! against the injected clock (jsonwebtoken's own checks read the wall clock, so they are off).
+//! This module knows nothing about HTTP or the database.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{Config, JwtAlgorithm};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Which of the two tokens a JWT is (the `type` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Short-lived, presented to `/auth/verify` and other services.
+    Access,
+    /// Long-lived, exchanged at `/auth/refresh`; also a database row.
+    Refresh,
+}
+
+/// The claims of both token kinds. `iat`, `exp`, `jti`, `sub` and `type` are not optional, so a
+/// token missing any of them fails to decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id as a string (RFC 7519).
+    pub sub: String,
+    /// The same id as a number, for clients of the original.
+    pub user_id: i64,
+    /// `access` or `refresh`.
+    #[serde(rename = "type")]
+    pub kind: TokenKind,
+    /// Issued at (seconds since the epoch).
+    pub iat: i64,
+    /// Expires at (seconds since the epoch).
+    pub exp: i64,
+    /// Unique token id; for refresh tokens, the database key.
+    pub jti: Uuid,
+    /// Not before, when a token carries one (ours do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// `JWT_ISSUER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// `JWT_AUDIENCE`, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Why a token was refused; all of them are the same 401 to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Malformed, wrong algorithm or header, bad signature, missing claim.
+    #[error("malformed or badly signed token")]
+    Invalid,
+    /// Past `exp` plus the leeway.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` or `iat` in the future beyond the leeway.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Wrong `iss` or `aud`.
+    #[error("wrong issuer or audience")]
+    WrongParty,
+    /// An access token where a refresh token belongs, or the reverse.
+    #[error("wrong token type")]
+    WrongKind,
+}
+
+/// Signing and verification keys plus the rules, built once from the configuration.
+#[derive(Clone)]
+pub struct TokenKeys {
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: Option<String>,
+    leeway: i64,
+}
+
+impl TokenKeys {
+    /// Builds the keys for the configured algorithm.
+    ///
+    /// # Errors
+    /// When the key material is unusable (never for a validated HS256 configuration).
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let algorithm = match config.jwt_algorithm {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+        };
+        let secret = config.jwt_secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(algorithm);
+        // Time, issuer and audience are checked below against the injected clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Ok(Self {
+            algorithm,
+            encoding: EncodingKey::from_secret(secret)?,
+            decoding: DecodingKey::from_secret(secret)?,
+            validation,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            leeway: i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Builds the claims of a token for `user_id`.
+    #[must_use]
+    pub fn claims(
+        &self,
+        kind: TokenKind,
+        user_id: i64,
+        jti: Uuid,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Claims {
+        Claims {
+            sub: user_id.to_string(),
+            user_id,
+            kind,
+            iat: issued_at.timestamp(),
+            exp: expires_at.timestamp(),
+            jti,
+            nbf: None,
+            iss: Some(self.issuer.clone()),
+            aud: self.audience.clone(),
+        }
+    }
+
+    /// Signs `claims`. Signing the same claims twice gives the same token.
+    ///
+    /// # Errors
+    /// Only if the crypto backend fails.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &Header::new(self.algorithm),
+            claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Verifies a token of the expected kind at `now`.
+    ///
+    /// # Errors
+    /// A [`TokenError`] saying why it was refused.
+    pub fn verify(
+        &self,
+        token: &str,
+        expected: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Invalid);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| TokenError::Invalid)?;
+        let header = data.header;
+        if header.typ.as_deref() != Some("JWT") || header.crit.is_some() || header.kid.is_some() {
+            return Err(TokenError::Invalid);
+        }
+        let claims = data.claims;
+        if claims.sub != claims.user_id.to_string() {
+            return Err(TokenError::Invalid);
+        }
+        if claims.iss.as_deref() != Some(self.issuer.as_str()) {
+            return Err(TokenError::WrongParty);
+        }
+        if let Some(audience) = &self.audience
+            && claims.aud.as_deref() != Some(audience.as_str())
+        {
+            return Err(TokenError::WrongParty);
+        }
+        let now = now.timestamp();
+        if now > claims.exp.saturating_add(self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        let not_before = claims.nbf.map_or(claims.iat, |nbf| nbf.max(claims.iat));
+        if not_before > now.saturating_add(self.leeway) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.kind != expected {
+            return Err(TokenError::WrongKind);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use base64::Engine as _;
+    use chrono::Duration;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn keys(extra: &[(&str, &str)]) -> TokenKeys {
+        let mut vars: HashMap<&str, &str> = extra.iter().copied().collect();
+        vars.insert("JWT_SECRET_KEY", SECRET);
+        let config = Config::from_lookup(|n| vars.get(n).map(|v| (*v).to_owned())).unwrap();
+        TokenKeys::from_config(&config).unwrap()
+    }
+
+    fn token(keys: &TokenKeys, kind: TokenKind, now: DateTime<Utc>) -> String {
+        let claims = keys.claims(kind, 42, Uuid::new_v4(), now, now + Duration::minutes(15));
+        keys.sign(&claims).unwrap()
+    }
+
+    #[test]
+    fn a_valid_token_round_trips() {
+        let keys = keys(&[]);
+        let now = Utc::now();
+        let claims = keys.claims(
+            TokenKind::Access,
+            7,
+            Uuid::new_v4(),
+            now,
+            now + Duration::minutes(1),
+        );
+        let token = keys.sign(&claims).unwrap();
+        assert_eq!(keys.verify(&token, TokenKind::Access, now).unwrap(), claims);
+        assert_eq!(
+            keys.sign(&claims).unwrap(),
+            token,
+            "signing is deterministic"
+        );
+    }
+
+    #[test]
+    fn expiry_honours_the_leeway() {
+        let keys = keys(&[]);
+        let now = Utc::now();
+        let t = token(&keys, TokenKind::Access, now);
+        let at = |s| now + Duration::minutes(15) + Duration::seconds(s);
+        assert!(keys.verify(&t, TokenKind::Access, at(30)).is_ok());
+        assert_eq!(
+            keys.verify(&t, TokenKind::Access, at(31)),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            keys.verify(&t, TokenKind::Access, now - Duration::seconds(31)),
+            Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn kinds_are_not_interchangeable() {
+        let keys = keys(&[]);
+        let now = Utc::now();
+        let refresh = token(&keys, TokenKind::Refresh, now);
+        assert_eq!(
+            keys.verify(&refresh, TokenKind::Access, now),
+            Err(TokenError::WrongKind)
+        );
+        let access = token(&keys, TokenKind::Access, now);
+        assert_eq!(
+            keys.verify(&access, TokenKind::Refresh, now),
+            Err(TokenError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced() {
+        let now = Utc::now();
+        let other = keys(&[("JWT_ISSUER", "someone-else")]);
+        let t = token(&other, TokenKind::Access, now);
+        assert_eq!(
+            keys(&[]).verify(&t, TokenKind::Access, now),
+            Err(TokenError::WrongParty)
+        );
+        let with_aud = keys(&[("JWT_AUDIENCE", "shop")]);
+        let t = token(&keys(&[]), TokenKind::Access, now);
+        assert_eq!(
+            with_aud.verify(&t, TokenKind::Access, now),
+            Err(TokenError::WrongParty)
+        );
+        let t = token(&with_aud, TokenKind::Access, now);
+        assert!(with_aud.verify(&t, TokenKind::Access, now).is_ok());
+    }
+
+    #[test]
+    fn alg_none_and_any_one_byte_change_are_refused() {
+        let keys = keys(&[]);
+        let now = Utc::now();
+        let t = token(&keys, TokenKind::Access, now);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = t.split('.').nth(1).unwrap();
+        for alg in ["none", "None", "NONE", "HS512"] {
+            let header = b64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            let forged = format!("{header}.{payload}.");
+            assert_eq!(
+                keys.verify(&forged, TokenKind::Access, now),
+                Err(TokenError::Invalid)
+            );
+        }
+        for i in 0..t.len() {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).unwrap();
+            if changed != t {
+                assert!(
+                    keys.verify(&changed, TokenKind::Access, now).is_err(),
+                    "byte {i}"
+                );
+            }
+        }
+        assert_eq!(
+            keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1), TokenKind::Access, now),
+            Err(TokenError::Invalid)
+        );
+    }
+}
