@@ -69,6 +69,16 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
 
 /// Deserialises `bytes` as `T`: syntax errors are 400, shape errors 422 naming the field.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body is an object; serde would otherwise accept `[email, password]`.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(ApiError::Validation(vec![FieldError {
+                field: "body".to_owned(),
+                message: "expected a JSON object".to_owned(),
+            }])),
+            Err(_) => Err(ApiError::InvalidJson),
+        };
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

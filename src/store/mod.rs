@@ -188,6 +188,14 @@ pub trait Store: Send + Sync + 'static {
     /// The user with this id.
     async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError>;
 
+    /// Enables or disables a user; returns whether the user exists.
+    async fn set_user_active(
+        &self,
+        id: i64,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Reserves one login attempt for `key` in a single atomic statement and returns the
     /// counter as it stands afterwards: a reset window or an expired lock starts again at 1,
     /// the attempt that reaches `max_attempts` sets the lock, and while locked the count stays

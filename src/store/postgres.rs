@@ -107,6 +107,24 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn set_user_active(
+        &self,
+        id: i64,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("update users set is_active = $2, updated_at = $3 where id = $1")
+                .bind(id)
+                .bind(active)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
     async fn reserve_login_attempt(
         &self,
         key: &str,

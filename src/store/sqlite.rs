@@ -35,13 +35,10 @@ impl SqliteStore {
     /// # Errors
     /// `Unavailable` when the file cannot be opened.
     pub async fn connect(url: &DatabaseUrl, settings: PoolSettings) -> Result<Self, StoreError> {
-        let base = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(StoreError::Other)?
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
         let (options, pool) = match url {
             DatabaseUrl::SqliteFile(path) => (
-                base.filename(path)
+                SqliteConnectOptions::new()
+                    .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal),
@@ -50,7 +47,7 @@ impl SqliteStore {
             // Every connection to `:memory:` is its own empty database: keep exactly one,
             // forever.
             _ => (
-                base,
+                SqliteConnectOptions::from_str("sqlite::memory:").map_err(StoreError::Other)?,
                 SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
@@ -58,6 +55,7 @@ impl SqliteStore {
                     .max_lifetime(None),
             ),
         };
+        let options = options.busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
         let pool = pool
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
@@ -123,6 +121,24 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    async fn set_user_active(
+        &self,
+        id: i64,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("update users set is_active = ?2, updated_at = ?3 where id = ?1")
+                .bind(id)
+                .bind(active)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
     }
 
     async fn reserve_login_attempt(
