@@ -1,0 +1,120 @@
+//! `POST /auth/refresh`: rotation, reuse detection, the grace window.
+
+use chrono::Duration;
+use futures::future::join_all;
+use reqwest::StatusCode;
+
+use crate::{dual_backend, helpers::*};
+
+async fn assert_invalid_refresh(response: reqwest::Response) {
+    assert_eq!(
+        header(&response, "www-authenticate").as_deref(),
+        Some("Bearer")
+    );
+    let (status, body) = status_and_json(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "Invalid or expired refresh token",
+        "INVALID_REFRESH_TOKEN",
+    );
+}
+
+async fn rotate(app: &TestApp, token: &str) -> (String, String) {
+    let response = app.refresh(token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "cache-control").as_deref(),
+        Some("no-store")
+    );
+    let body = json_of(response).await;
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["expires_in"], 900);
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+dual_backend! {
+    async fn refresh_rotates_to_a_new_working_pair(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let (_, _, first) = app.user_with_tokens("r@example.com").await;
+        let (access, second) = rotate(&app, &first).await;
+        assert_ne!(second, first);
+        assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
+        let (_, third) = rotate(&app, &second).await;
+        assert_ne!(third, second);
+    }
+
+    async fn reuse_within_the_grace_window_returns_the_same_child(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let (_, _, parent) = app.user_with_tokens("tabs@example.com").await;
+        let (_, child) = rotate(&app, &parent).await;
+        app.clock.advance(Duration::seconds(10));
+        let (access, again) = rotate(&app, &parent).await;
+        assert_eq!(again, child, "the already-issued child, byte for byte");
+        assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
+        rotate(&app, &child).await;
+    }
+
+    async fn reuse_after_the_grace_window_revokes_the_whole_family(backend: Backend) {
+        // Arrange
+        let app = TestApp::spawn(backend).await;
+        let (_, _, parent) = app.user_with_tokens("theft@example.com").await;
+        let (_, child) = rotate(&app, &parent).await;
+        // Act
+        app.clock.advance(Duration::seconds(11));
+        let reuse = app.refresh(&parent).await;
+        // Assert
+        assert_invalid_refresh(reuse).await;
+        assert_invalid_refresh(app.refresh(&child).await).await;
+        // Another login is another family and still works.
+        let (_, other) = app.tokens("theft@example.com").await;
+        rotate(&app, &other).await;
+    }
+
+    async fn grace_zero_turns_the_grace_off(backend: Backend) {
+        let app = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE_SECONDS", "0")]).await;
+        let (_, _, parent) = app.user_with_tokens("nograce@example.com").await;
+        let (_, child) = rotate(&app, &parent).await;
+        assert_invalid_refresh(app.refresh(&parent).await).await;
+        assert_invalid_refresh(app.refresh(&child).await).await;
+    }
+
+    async fn concurrent_refreshes_of_one_token_yield_one_child(backend: Backend) {
+        // Arrange
+        let app = TestApp::spawn(backend).await;
+        let (id, _, parent) = app.user_with_tokens("race@example.com").await;
+        // Act
+        let responses = join_all((0..10).map(|_| app.refresh(&parent))).await;
+        // Assert
+        let mut children = Vec::new();
+        for response in responses {
+            assert_eq!(response.status(), StatusCode::OK);
+            children.push(json_of(response).await["refresh_token"].as_str().unwrap().to_owned());
+        }
+        children.dedup();
+        assert_eq!(children.len(), 1, "every racer got the same child");
+        let _ = id;
+        rotate(&app, &children[0]).await;
+    }
+
+    async fn access_tokens_garbage_and_expired_tokens_are_refused(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let (_, access, refresh) = app.user_with_tokens("bad@example.com").await;
+        for token in [access.as_str(), "garbage", ""] {
+            assert_invalid_refresh(app.refresh(token).await).await;
+        }
+        app.clock.advance(Duration::days(30) + Duration::seconds(31));
+        assert_invalid_refresh(app.refresh(&refresh).await).await;
+    }
+
+    async fn a_disabled_users_refresh_token_is_refused(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let (id, _, refresh) = app.user_with_tokens("gone@example.com").await;
+        app.store.set_user_active(id, false, chrono::Utc::now()).await.unwrap();
+        assert_invalid_refresh(app.refresh(&refresh).await).await;
+    }
+}

@@ -1,0 +1,389 @@
+//! Test harness: a fresh database per test (SQLite file or PostgreSQL database), the real app
+//! on an ephemeral port over a real socket, an injected clock, and typed request helpers.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use auth_service::{
+    clock::TestClock,
+    config::{Config, DatabaseUrl},
+    store::{self, PoolSettings, Store},
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// The secret every test app signs with, so tokens survive a restart.
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+/// A password the policy accepts (the original README's example).
+pub const PASSWORD: &str = "SecurePass123";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Expands each test into `<name>::sqlite` and `<name>::postgres`. The PostgreSQL half never
+/// skips: with no server it fails, naming `TEST_POSTGRES_URL`.
+#[macro_export]
+macro_rules! dual_backend {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() { body($crate::helpers::Backend::Sqlite).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { body($crate::helpers::Backend::Postgres).await }
+                async fn body($backend: $crate::helpers::Backend) $body
+            }
+        )*
+    };
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber_init();
+        }
+    });
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    let config = Config::from_lookup(|n| (n == "LOG_FORMAT").then(|| "pretty".to_owned())).ok()?;
+    auth_service::telemetry::init(&config);
+    Some(())
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A throwaway database, removed on drop (unless `KEEP_TEST_DB=1`).
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Arc<Self> {
+        init_logs();
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = DatabaseUrl::SqliteFile(dir.path().join("auth.db"));
+                Arc::new(Self {
+                    url,
+                    _dir: Some(dir),
+                    pg_name: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = connect_admin(&admin).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let (base, _) = admin
+                    .rsplit_once('/')
+                    .expect("TEST_POSTGRES_URL has a database");
+                let url = DatabaseUrl::parse(&format!("{base}/{name}")).expect("postgres url");
+                Arc::new(Self {
+                    url,
+                    _dir: None,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+
+    /// A separate store on the same database, for arranging and inspecting state.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let settings = PoolSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(10),
+        };
+        let store = store::connect(&self.url, settings)
+            .await
+            .expect("connect test store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+async fn connect_admin(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect(url).await {
+        Ok(conn) => conn,
+        Err(err) => panic!(
+            "PostgreSQL tests need a server: cannot connect to {url} ({err}). Start it (see \
+             README) or point TEST_POSTGRES_URL at one; these tests never skip."
+        ),
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        if std::env::var_os("KEEP_TEST_DB").is_some() {
+            eprintln!("keeping test database {name}");
+            return;
+        }
+        // Drop is not async: drop the database from a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = connect_admin(&postgres_admin_url()).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {name} with (force)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The configuration every test app starts from; `overrides` replace or add variables.
+pub fn test_config(db: &TestDb, overrides: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("JWT_SECRET_KEY".into(), SECRET.into()),
+        ("BCRYPT_ROUNDS".into(), "4".into()),
+        ("RATE_LIMIT_PER_SECOND".into(), "0".into()),
+        ("DATABASE_MAX_CONNECTIONS".into(), "5".into()),
+        ("LOG_FORMAT".into(), "pretty".into()),
+    ]);
+    for (k, v) in overrides {
+        vars.insert((*k).into(), (*v).into());
+    }
+    let mut config = Config::from_lookup(|n| vars.get(n).cloned()).expect("valid test config");
+    config.database_url = db.url.clone();
+    config
+}
+
+/// A running app.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: TestClock,
+    pub db: Arc<TestDb>,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// A fresh database and an app on it.
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// A fresh database and an app on it with extra variables.
+    pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let db = TestDb::new(backend).await;
+        Self::spawn_on(db, TestClock::new(), overrides).await
+    }
+
+    /// An app on an existing database (restarts, several replicas), with its own clock handle.
+    pub async fn spawn_on(db: Arc<TestDb>, clock: TestClock, overrides: &[(&str, &str)]) -> Self {
+        let config = test_config(&db, overrides);
+        Self::spawn_config(db, clock, config).await
+    }
+
+    /// An app with a fully built configuration.
+    pub async fn spawn_config(db: Arc<TestDb>, clock: TestClock, config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let app_clock = Arc::new(clock.clone());
+        let handle = tokio::spawn(async move {
+            auth_service::run_with_clock(config, app_clock, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("app runs");
+        });
+        let client = reqwest::Client::builder().build().expect("client");
+        // The listener is bound; this waits for start-up (migrations) without sleeping.
+        let live = client
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .expect("app answers");
+        assert_eq!(live.status(), StatusCode::OK);
+        let store = db.store().await;
+        Self {
+            base,
+            client,
+            clock,
+            db,
+            store,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Asks the app to shut down and waits until it has.
+    pub async fn stop(mut self) -> Arc<TestDb> {
+        self.begin_shutdown();
+        self.wait_stopped().await;
+        Arc::clone(&self.db)
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to end.
+    pub async fn wait_stopped(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("app stops within 30 s")
+                .expect("app task ends cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/auth/register",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, token: &str) -> Response {
+        self.post_json("/auth/refresh", &json!({"refresh_token": token}))
+            .await
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.post_json("/auth/logout", &json!({"refresh_token": token}))
+            .await
+    }
+
+    pub async fn verify(&self, token: &str) -> Response {
+        self.get_bearer("/auth/verify", token).await
+    }
+
+    /// Registers `email` and logs in: (user id, access token, refresh token).
+    pub async fn user_with_tokens(&self, email: &str) -> (i64, String, String) {
+        let registered = self.register(email, PASSWORD).await;
+        assert_eq!(registered.status(), StatusCode::CREATED);
+        let id = json_of(registered).await["user_id"]
+            .as_i64()
+            .expect("user_id");
+        let (access, refresh) = self.tokens(email).await;
+        (id, access, refresh)
+    }
+
+    /// Logs in with [`PASSWORD`]: (access token, refresh token).
+    pub async fn tokens(&self, email: &str) -> (String, String) {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = json_of(response).await;
+        (
+            body["access_token"].as_str().expect("access").to_owned(),
+            body["refresh_token"].as_str().expect("refresh").to_owned(),
+        )
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+/// The JSON body of a response.
+pub async fn json_of(response: Response) -> Value {
+    response.json().await.expect("JSON body")
+}
+
+/// Asserts status and the exact error body.
+#[track_caller]
+pub fn assert_error(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    detail: &str,
+    code: &str,
+) {
+    assert_eq!(status, expected, "body: {body}");
+    assert_eq!(body, &json!({"detail": detail, "error_code": code}));
+}
+
+/// Status and JSON body in one go.
+pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, json_of(response).await)
+}
+
+/// A header as a string.
+pub fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii header").to_owned())
+}

@@ -1,0 +1,19 @@
+//! The integration suite: one binary, every test on SQLite and on PostgreSQL over a real socket.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly; that is their job"
+)]
+
+mod helpers;
+
+mod api_errors;
+mod api_health;
+mod api_login;
+mod api_logout;
+mod api_refresh;
+mod api_register;
+mod api_verify;
+mod lifecycle;
+mod startup_config;
