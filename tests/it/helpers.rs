@@ -124,6 +124,54 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The PostgreSQL URL of this database through another port (an outage proxy).
+    pub fn postgres_url_via(&self, port: u16) -> DatabaseUrl {
+        let name = self.pg_name.as_deref().expect("a PostgreSQL test database");
+        let admin = postgres_admin_url();
+        let (scheme_user, rest) = admin
+            .split_once('@')
+            .expect("user@host in TEST_POSTGRES_URL");
+        let (_, _db) = rest.split_once('/').expect("host/db in TEST_POSTGRES_URL");
+        DatabaseUrl::parse(&format!("{scheme_user}@127.0.0.1:{port}/{name}")).expect("url")
+    }
+}
+
+/// A TCP forwarder in front of the database, which a test can cut to simulate an outage.
+pub struct TcpProxy {
+    pub port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let registry = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+        Self { port, tasks }
+    }
+
+    /// Closes the listener and every forwarded connection.
+    pub fn cut(&self) {
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
 async fn connect_admin(url: &str) -> sqlx::PgConnection {
     use sqlx::Connection as _;
     match sqlx::PgConnection::connect(url).await {

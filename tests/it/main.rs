@@ -16,4 +16,6 @@ mod api_refresh;
 mod api_register;
 mod api_verify;
 mod lifecycle;
+mod outage;
 mod startup_config;
+mod store_contract;

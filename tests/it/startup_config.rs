@@ -7,7 +7,7 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
-/// Runs the binary with exactly `vars` (plus PATH) in a fresh directory and waits for it.
+/// Runs the binary with exactly `vars` in a fresh directory and waits for it.
 fn run_with(vars: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(BIN);
@@ -78,57 +78,165 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The built binary running in a temp directory with exactly the given variables.
+struct Binary {
+    child: std::process::Child,
+    port: String,
+    dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn spawn(vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().to_string();
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("PORT", &port)
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, port, dir }
+    }
+
+    /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
+    fn wait_ready(&self) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let status = Command::new(BIN)
+                .env_clear()
+                .env("PORT", &self.port)
+                .arg("healthcheck")
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            if status.success() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, then the exit code, stdout and stderr.
+    fn terminate(self) -> (Option<i32>, String, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let output = self.child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
 #[test]
 fn with_no_configuration_it_serves_sqlite_and_exits_0_on_sigterm() {
     // Arrange: only PORT, so parallel test runs do not fight over 8001.
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("PORT", &port)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Act: the healthcheck subcommand polls readiness (no sleeps beyond its own retry pace).
-    let started = Instant::now();
-    let mut healthy = false;
-    while started.elapsed() < Duration::from_secs(60) {
-        let status = Command::new(BIN)
-            .env_clear()
-            .env("PORT", &port)
-            .args(["healthcheck"])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        if status.success() {
-            healthy = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    let binary = Binary::spawn(&[]);
+    // Act
+    let healthy = binary.wait_ready();
+    let db_created = binary.dir.path().join("auth_service.db").exists();
+    let (code, stdout, stderr) = binary.terminate();
     // Assert
-    assert!(healthy, "healthcheck never succeeded");
-    assert_eq!(status.code(), Some(0));
+    assert!(healthy, "healthcheck never succeeded: {stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(db_created, "SQLite file created in the working directory");
     assert!(
-        dir.path().join("auth_service.db").exists(),
-        "SQLite file created in the working directory"
+        stdout.contains("JWT_SECRET_KEY is not set"),
+        "loud warning about the random secret"
     );
-    let mut stderr = String::new();
-    use std::io::Read as _;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
+    // Arrange
+    let binary = Binary::spawn(&[
+        ("JWT_SECRET_KEY", crate::helpers::SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let client = reqwest::Client::new();
+    let email = "private.person@example.com";
+    let password = "SecretPass123";
+    // Act
+    client
+        .post(binary.url("/auth/register"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let tokens: serde_json::Value = client
+        .post(binary.url("/auth/login"))
+        .header("x-request-id", "req-login-1")
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    client
+        .get(binary.url("/auth/verify"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(binary.url("/auth/refresh"))
+        .json(&serde_json::json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(binary.url("/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": "WrongPass123"}))
+        .send()
+        .await
+        .unwrap();
+    let (code, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
+    // Assert
+    assert_eq!(code, Some(0));
+    let hash_prefix = "$2b$";
+    for secret in [
+        email,
+        password,
+        "WrongPass123",
+        access.as_str(),
+        refresh.as_str(),
+        hash_prefix,
+        crate::helpers::SECRET,
+    ] {
+        assert!(
+            !stdout.contains(secret),
+            "the log contains a secret: {secret}"
+        );
+    }
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let login = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "req-login-1" && l["message"] == "request completed")
+        .expect("a completion line for the login request");
+    assert_eq!(login["span"]["http.method"], "POST");
+    assert_eq!(login["span"]["http.route"], "/auth/login");
+    assert_eq!(login["span"]["http.status"], 200);
+    assert!(login["span"]["duration_ms"].is_u64());
+    assert_eq!(login["span"]["client.ip"], "127.0.0.1");
 }
 
 #[test]
