@@ -115,4 +115,20 @@ dual_backend! {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(app.login("'or'1'='1'--@example.com", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
     }
+
+    async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let app = TestApp::spawn_with(backend, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
+        let addr = app.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Headers promise 100 bytes; only 5 ever come.
+        let head = format!("POST /auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"ema");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(30), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(response.ends_with(r#"{"detail":"Request timeout","error_code":"REQUEST_TIMEOUT"}"#), "{response}");
+        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+    }
 }

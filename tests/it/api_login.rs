@@ -45,6 +45,9 @@ dual_backend! {
             let response = app.login(email, BAD).await;
             assert_eq!(header(&response, "www-authenticate").as_deref(), Some("Bearer"));
             assert_eq!(header(&response, "x-ratelimit-remaining").as_deref(), Some("4"));
+            assert_eq!(header(&response, "x-ratelimit-limit").as_deref(), Some("5"));
+            let reset: u64 = header(&response, "x-ratelimit-reset").unwrap().parse().unwrap();
+            assert!((899..=900).contains(&reset), "seconds to the window's end: {reset}");
             let (status, body) = status_and_json(response).await;
             assert_error(status, &body, StatusCode::UNAUTHORIZED, "Invalid email or password", "INVALID_CREDENTIALS");
         }
@@ -83,6 +86,8 @@ dual_backend! {
         let retry: i64 = header(&locked, "retry-after").unwrap().parse().unwrap();
         assert!((899..=900).contains(&retry), "{retry}");
         assert_eq!(header(&locked, "x-ratelimit-remaining").as_deref(), Some("0"));
+        let reset: i64 = header(&locked, "x-ratelimit-reset").unwrap().parse().unwrap();
+        assert_eq!(reset, retry, "X-RateLimit-Reset is the lockout's end while locked");
         let until = (app.clock_now_truncated() + Duration::minutes(15)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let body = json_of(locked).await;
         assert_eq!(body["error_code"], "TOO_MANY_ATTEMPTS");
