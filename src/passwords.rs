@@ -89,11 +89,30 @@ impl Passwords {
         &self,
         job: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        let waiting = std::time::Instant::now();
         let _permit = self.permits.acquire().await?;
+        metrics::histogram!("password_hash_wait_seconds").record(waiting.elapsed().as_secs_f64());
+        let _in_flight = InFlight::start();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(job))
             .in_current_span()
             .await?
+    }
+}
+
+/// `password_hash_in_flight`: bcrypt calls running now (decremented even if cancelled).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("password_hash_in_flight").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("password_hash_in_flight").decrement(1.0);
     }
 }
 

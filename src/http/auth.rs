@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
-use super::extract::{AppJson, AuthUser};
+use super::extract::{AppJson, AuthUser, RequestCaller};
 use crate::{
     errors::{ApiError, ErrorBody},
     service::{AuthService, TokenPair, lockout::AttemptStatus},
@@ -162,10 +162,11 @@ fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
     ))]
 pub async fn register(
     State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
     AppJson(req): AppJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let user = auth
-        .register(&req.email, SecretString::from(req.password))
+        .register(&req.email, SecretString::from(req.password), &caller)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -194,10 +195,11 @@ pub async fn register(
     ))]
 pub async fn login(
     State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
     AppJson(req): AppJson<LoginRequest>,
 ) -> (HeaderMap, Result<Response, ApiError>) {
     let outcome = auth
-        .login(&req.email, SecretString::from(req.password))
+        .login(&req.email, SecretString::from(req.password), &caller)
         .await;
     (
         attempt_headers(outcome.status),
@@ -215,9 +217,10 @@ pub async fn login(
     ))]
 pub async fn refresh(
     State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
     AppJson(req): AppJson<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(tokens(auth.refresh(&req.refresh_token).await?))
+    Ok(tokens(auth.refresh(&req.refresh_token, &caller).await?))
 }
 
 /// `POST /auth/logout`: revoke a refresh token (and its family). Always 200.
@@ -229,9 +232,10 @@ pub async fn refresh(
     ))]
 pub async fn logout(
     State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
     AppJson(req): AppJson<RefreshRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
-    auth.logout(&req.refresh_token).await?;
+    auth.logout(&req.refresh_token, &caller).await?;
     Ok(Json(MessageResponse {
         message: "Successfully logged out".to_owned(),
     }))
@@ -246,9 +250,10 @@ pub async fn logout(
     ))]
 pub async fn logout_all(
     State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
     AuthUser(user): AuthUser,
 ) -> Result<Json<MessageResponse>, ApiError> {
-    auth.logout_all(user.id).await?;
+    auth.logout_all(user.id, &caller).await?;
     Ok(Json(MessageResponse {
         message: "Successfully logged out from all devices".to_owned(),
     }))

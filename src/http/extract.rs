@@ -14,7 +14,7 @@ use validator::Validate;
 
 use crate::{
     errors::{ApiError, FieldError},
-    service::{AuthError, AuthService, VerifiedUser},
+    service::{AuthError, AuthService, VerifiedUser, audit::Caller},
     state::AppState,
 };
 
@@ -180,6 +180,30 @@ impl FromRequestParts<AppState> for ClientIp {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         Ok(Self(client_ip(parts, &state.config().trusted_proxies)))
+    }
+}
+
+/// The caller for the audit trail: client IP and request id.
+#[derive(Debug, Clone)]
+pub struct RequestCaller(pub Caller);
+
+impl FromRequestParts<AppState> for RequestCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ip = client_ip(parts, &state.config().trusted_proxies);
+        Ok(Self(Caller {
+            ip: Some(ip),
+            request_id,
+        }))
     }
 }
 

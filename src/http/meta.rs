@@ -86,6 +86,7 @@ pub async fn service_info() -> Json<ServiceInfo> {
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.auth().record_pool_metrics();
     state.metrics().run_upkeep();
     (
         [(

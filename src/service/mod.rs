@@ -4,6 +4,7 @@
 //! policies. Its methods are named after the API actions and return [`AuthError`], whose
 //! messages are the contract's `detail` strings. This module does not know about HTTP.
 
+pub mod audit;
 pub mod email;
 pub mod lockout;
 pub mod password_policy;
@@ -16,6 +17,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
 use self::{
+    audit::{Caller, Event},
     email::Email,
     lockout::{AttemptDecision, AttemptStatus, LockoutPolicy},
     rotation::Reuse,
@@ -188,6 +190,28 @@ impl AuthService {
         &self,
         email: &str,
         password: SecretString,
+        caller: &Caller,
+    ) -> Result<RegisteredUser, AuthError> {
+        let result = self.create_user(email, password).await;
+        match &result {
+            Ok(user) => {
+                tracing::Span::current().record("user.id", user.id);
+                audit::record(Event::Register, "success", Some(user.id), caller);
+            }
+            Err(AuthError::UserExists) => audit::record(Event::Register, "exists", None, caller),
+            Err(AuthError::InvalidEmail | AuthError::WeakPassword(_)) => {
+                audit::record(Event::Register, "invalid", None, caller);
+            }
+            Err(_) => audit::record(Event::Register, "error", None, caller),
+        }
+        result
+    }
+
+    /// Validates, hashes and inserts a user (registration and the admin command).
+    async fn create_user(
+        &self,
+        email: &str,
+        password: SecretString,
     ) -> Result<RegisteredUser, AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
         let reasons = password_policy::violations(password.expose_secret());
@@ -195,21 +219,19 @@ impl AuthService {
             return Err(AuthError::WeakPassword(reasons));
         }
         let hash = self.0.passwords.hash(password).await?;
-        let user = match self
+        match self
             .0
             .store
             .insert_user(email.as_str(), &hash, self.now())
             .await
         {
-            Ok(user) => user,
-            Err(StoreError::Duplicate) => return Err(AuthError::UserExists),
-            Err(other) => return Err(other.into()),
-        };
-        tracing::Span::current().record("user.id", user.id);
-        Ok(RegisteredUser {
-            id: user.id,
-            email: user.email,
-        })
+            Ok(user) => Ok(RegisteredUser {
+                id: user.id,
+                email: user.email,
+            }),
+            Err(StoreError::Duplicate) => Err(AuthError::UserExists),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// `POST /auth/login`: exchanges email and password for tokens.
@@ -217,8 +239,14 @@ impl AuthService {
     /// The attempt is reserved in the database before anything is verified, so a parallel
     /// burst can never test more passwords than the limit allows.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
-    pub async fn login(&self, email: &str, password: SecretString) -> LoginOutcome {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        caller: &Caller,
+    ) -> LoginOutcome {
         let Some(email) = Email::parse(email) else {
+            audit::record(Event::Login, "invalid_request", None, caller);
             return LoginOutcome {
                 result: Err(AuthError::InvalidEmail),
                 status: None,
@@ -239,7 +267,7 @@ impl AuthService {
                 };
             }
             Ok(AttemptDecision::Locked { until, status }) => {
-                tracing::warn!(reason = "locked", "login refused while locked out");
+                audit::record(Event::Login, "locked", None, caller);
                 let retry_after_secs = lockout::seconds_until(until, now).max(1);
                 return LoginOutcome {
                     result: Err(AuthError::TooManyAttempts {
@@ -251,34 +279,41 @@ impl AuthService {
             }
             Ok(AttemptDecision::Allowed(status)) => status,
         };
-        match self.check_credentials(&email, password).await {
-            Ok(user) => {
-                tracing::Span::current().record("user.id", user.id);
-                if let Err(err) = self.0.store.clear_login_attempts(email.as_str()).await {
-                    return LoginOutcome {
-                        result: Err(err.into()),
-                        status: Some(status),
-                    };
-                }
-                let result = if user.is_active {
-                    self.issue_pair(user.id, Uuid::new_v4(), None).await
-                } else {
-                    Err(AuthError::AccountDisabled)
-                };
-                LoginOutcome {
-                    result,
-                    status: Some(policy.fresh()),
-                }
-            }
+        let user = match self.check_credentials(&email, password).await {
+            Ok(user) => user,
             Err(err) => {
-                if status.remaining == 0 {
-                    tracing::warn!("login failure locked the account");
+                if matches!(err, AuthError::InvalidCredentials) {
+                    audit::record(Event::Login, "invalid_credentials", None, caller);
+                    if status.remaining == 0 {
+                        audit::record(Event::Lockout, "locked", None, caller);
+                    }
                 }
-                LoginOutcome {
+                return LoginOutcome {
                     result: Err(err),
                     status: Some(status),
-                }
+                };
             }
+        };
+        tracing::Span::current().record("user.id", user.id);
+        if let Err(err) = self.0.store.clear_login_attempts(email.as_str()).await {
+            return LoginOutcome {
+                result: Err(err.into()),
+                status: Some(status),
+            };
+        }
+        let result = if user.is_active {
+            let issued = self.issue_pair(user.id, Uuid::new_v4(), None).await;
+            if issued.is_ok() {
+                audit::record(Event::Login, "success", Some(user.id), caller);
+            }
+            issued
+        } else {
+            audit::record(Event::Login, "disabled", Some(user.id), caller);
+            Err(AuthError::AccountDisabled)
+        };
+        LoginOutcome {
+            result,
+            status: Some(policy.fresh()),
         }
     }
 
@@ -348,25 +383,40 @@ impl AuthService {
     /// `InvalidRefreshToken` (also after reuse, which revokes the family), `Unavailable`,
     /// `Internal`.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
-    pub async fn refresh(&self, token: &str) -> Result<TokenPair, AuthError> {
+    pub async fn refresh(&self, token: &str, caller: &Caller) -> Result<TokenPair, AuthError> {
+        let (pair, outcome, user_id) = self.rotate(token).await?;
+        let event = if outcome == "reuse_detected" {
+            Event::ReuseDetected
+        } else {
+            Event::Refresh
+        };
+        audit::record(event, outcome, user_id, caller);
+        pair.ok_or(AuthError::InvalidRefreshToken)
+    }
+
+    /// The rotation itself: the new pair (or none, for a 401) with the audit outcome.
+    async fn rotate(
+        &self,
+        token: &str,
+    ) -> Result<(Option<TokenPair>, &'static str, Option<i64>), AuthError> {
+        const INVALID: &str = "invalid";
         let now = self.now();
-        let claims = self
-            .0
-            .keys
-            .verify(token, TokenKind::Refresh, now)
-            .map_err(|_| AuthError::InvalidRefreshToken)?;
+        let Ok(claims) = self.0.keys.verify(token, TokenKind::Refresh, now) else {
+            return Ok((None, INVALID, None));
+        };
         tracing::Span::current().record("user.id", claims.user_id);
+        let user_id = Some(claims.user_id);
         let store = &self.0.store;
         let row = store.find_refresh_token(claims.jti).await?;
         let Some(row) = row.filter(|r| r.user_id == claims.user_id) else {
-            return Err(AuthError::InvalidRefreshToken);
+            return Ok((None, INVALID, user_id));
         };
         if !store
             .find_user_by_id(row.user_id)
             .await?
             .is_some_and(|u| u.is_active)
         {
-            return Err(AuthError::InvalidRefreshToken);
+            return Ok((None, INVALID, user_id));
         }
         let child = NewRefreshToken {
             jti: Uuid::new_v4(),
@@ -377,21 +427,23 @@ impl AuthService {
             expires_at: now + self.0.settings.refresh_ttl,
         };
         if store.rotate_refresh_token(row.jti, &child, now).await? {
-            return self.pair_for(&child.into());
+            return Ok((Some(self.pair_for(&child.into())?), "success", user_id));
         }
         // Lost the compare-and-set: read the row as it is now and apply the grace rule.
         let current = store.find_refresh_token(row.jti).await?.unwrap_or(row);
         match rotation::on_reuse(&current, now, self.0.settings.reuse_grace) {
             Reuse::ReturnChild => match store.find_child_token(current.jti).await? {
-                Some(child) if child.revoked_at.is_none() => self.pair_for(&child),
-                _ => Err(AuthError::InvalidRefreshToken),
+                Some(child) if child.revoked_at.is_none() => {
+                    Ok((Some(self.pair_for(&child)?), "grace_reuse", user_id))
+                }
+                _ => Ok((None, INVALID, user_id)),
             },
             Reuse::RevokeFamily => {
                 let revoked = store.revoke_family_of(current.jti, now).await?;
                 tracing::warn!(token.family = %current.family_id, revoked, "refresh token reuse detected; family revoked");
-                Err(AuthError::InvalidRefreshToken)
+                Ok((None, "reuse_detected", user_id))
             }
-            Reuse::Refuse => Err(AuthError::InvalidRefreshToken),
+            Reuse::Refuse => Ok((None, INVALID, user_id)),
         }
     }
 
@@ -401,13 +453,16 @@ impl AuthService {
     /// # Errors
     /// `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all)]
-    pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
+    pub async fn logout(&self, token: &str, caller: &Caller) -> Result<(), AuthError> {
         // Anything that does not verify (expired included) can no longer refresh: ignore it.
         if let Ok(claims) = self.0.keys.verify(token, TokenKind::Refresh, self.now()) {
             self.0
                 .store
                 .revoke_family_of(claims.jti, self.now())
                 .await?;
+            audit::record(Event::Logout, "success", Some(claims.user_id), caller);
+        } else {
+            audit::record(Event::Logout, "ignored", None, caller);
         }
         Ok(())
     }
@@ -417,8 +472,9 @@ impl AuthService {
     /// # Errors
     /// `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all, fields(user.id = user_id))]
-    pub async fn logout_all(&self, user_id: i64) -> Result<(), AuthError> {
+    pub async fn logout_all(&self, user_id: i64, caller: &Caller) -> Result<(), AuthError> {
         self.0.store.revoke_user_tokens(user_id, self.now()).await?;
+        audit::record(Event::LogoutAll, "success", Some(user_id), caller);
         Ok(())
     }
 
@@ -428,6 +484,16 @@ impl AuthService {
     /// `InvalidToken` (also for a deleted or disabled user), `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
     pub async fn verify_access(&self, token: &str) -> Result<VerifiedUser, AuthError> {
+        let result = self.check_access(token).await;
+        match &result {
+            Ok(_) => audit::verify_result("valid"),
+            Err(AuthError::InvalidToken) => audit::verify_result("invalid"),
+            Err(_) => audit::verify_result("error"),
+        }
+        result
+    }
+
+    async fn check_access(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let claims = self
             .0
             .keys
@@ -441,6 +507,13 @@ impl AuthService {
             }),
             _ => Err(AuthError::InvalidToken),
         }
+    }
+
+    /// Publishes the database pool's size and idle connections as gauges.
+    pub fn record_pool_metrics(&self) {
+        let stats = self.0.store.pool_stats();
+        metrics::gauge!("db_pool_connections").set(f64::from(stats.size));
+        metrics::gauge!("db_pool_idle_connections").set(f64::from(stats.idle));
     }
 
     /// Whether the database answers (health checks).

@@ -156,6 +156,15 @@ pub struct AttemptRow {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+/// Connection counts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections.
+    pub size: u32,
+    /// Of which idle.
+    pub idle: u32,
+}
+
 /// Pool settings that both backends understand.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -170,6 +179,9 @@ pub struct PoolSettings {
 pub trait Store: Send + Sync + 'static {
     /// Answers when the database does.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Open and idle connections of the pool, for `/metrics`.
+    fn pool_stats(&self) -> PoolStats;
 
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> Result<(), StoreError>;

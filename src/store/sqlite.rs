@@ -15,8 +15,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AttemptLimits, AttemptRow, NewRefreshToken, PoolSettings, RefreshTokenRow, Store, StoreError,
-    UserRow,
+    AttemptLimits, AttemptRow, NewRefreshToken, PoolSettings, PoolStats, RefreshTokenRow, Store,
+    StoreError, UserRow,
 };
 use crate::config::DatabaseUrl;
 
@@ -76,6 +76,13 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

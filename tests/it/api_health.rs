@@ -62,6 +62,46 @@ dual_backend! {
         let text = response.text().await.unwrap();
         assert!(text.contains(r#"http_requests_total{method="POST",route="/auth/login",status="401"}"#), "{text}");
         assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
+        assert!(!text.contains("nobody@example.com"));
+        for gauge in ["db_pool_connections", "db_pool_idle_connections", "password_hash_in_flight", "password_hash_wait_seconds"] {
+            assert!(text.contains(gauge), "{gauge} in {text}");
+        }
+    }
+
+    async fn auth_counters_move_after_real_requests(backend: Backend) {
+        // The recorder is process-wide and tests run in parallel: compare before and after,
+        // expecting at least this test's own increments.
+        let app = TestApp::spawn(backend).await;
+        let counters = [
+            r#"auth_registrations_total{result="success"}"#,
+            r#"auth_registrations_total{result="exists"}"#,
+            r#"auth_logins_total{result="success"}"#,
+            r#"auth_logins_total{result="invalid_credentials"}"#,
+            r#"auth_logins_total{result="locked"}"#,
+            r#"auth_lockouts_total"#,
+            r#"auth_refresh_total{result="success"}"#,
+            r#"auth_refresh_total{result="grace_reuse"}"#,
+            r#"auth_refresh_total{result="reuse_detected"}"#,
+            r#"auth_refresh_total{result="invalid"}"#,
+            r#"auth_verify_total{result="valid"}"#,
+            r#"auth_verify_total{result="invalid"}"#,
+        ];
+        let before = metric_values(&app, &counters).await;
+        let (_, access, refresh) = app.user_with_tokens("m@example.com").await;
+        app.register("m@example.com", PASSWORD).await;
+        app.verify(&access).await;
+        app.verify("garbage").await;
+        let child = json_of(app.refresh(&refresh).await).await["refresh_token"].as_str().unwrap().to_owned();
+        app.refresh(&refresh).await; // within grace
+        app.clock.advance(chrono::Duration::seconds(11));
+        app.refresh(&refresh).await; // reuse
+        app.refresh("garbage").await;
+        let _ = child;
+        for _ in 0..6 { app.login("m@example.com", "WrongPass123").await; }
+        let after = metric_values(&app, &counters).await;
+        for (name, (b, a)) in counters.iter().zip(before.iter().zip(&after)) {
+            assert!(a >= &(b + 1.0), "{name}: {b} -> {a}");
+        }
     }
 
     async fn request_ids_are_echoed_or_generated_and_nosniff_is_sent(backend: Backend) {
@@ -83,4 +123,20 @@ dual_backend! {
         let denied = preflight("https://evil.example").await.unwrap();
         assert_eq!(header(&denied, "access-control-allow-origin"), None);
     }
+}
+
+/// Current values of the named series on `/metrics` (0 when absent).
+async fn metric_values(app: &TestApp, names: &[&str]) -> Vec<f64> {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    names
+        .iter()
+        .map(|name| {
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)
+                        .and_then(|rest| rest.strip_prefix(' '))
+                })
+                .map_or(0.0, |v| v.trim().parse().unwrap())
+        })
+        .collect()
 }

@@ -237,6 +237,34 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
     assert_eq!(login["span"]["http.status"], 200);
     assert!(login["span"]["duration_ms"].is_u64());
     assert_eq!(login["span"]["client.ip"], "127.0.0.1");
+    // The audit trail: one event per action on target `audit`.
+    let audit: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["target"] == "audit")
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap().to_owned(),
+                l["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("register", "success"),
+        ("login", "success"),
+        ("refresh", "success"),
+        ("login", "invalid_credentials"),
+    ]
+    .iter()
+    .map(|(e, o)| ((*e).to_owned(), (*o).to_owned()))
+    .collect();
+    assert_eq!(audit, expected);
+    let login_audit = lines
+        .iter()
+        .find(|l| l["target"] == "audit" && l["event"] == "login")
+        .unwrap();
+    assert_eq!(login_audit["request_id"], "req-login-1");
+    assert_eq!(login_audit["client.ip"], "127.0.0.1");
+    assert!(login_audit["user.id"].is_i64(), "{login_audit}");
 }
 
 #[test]
