@@ -24,6 +24,27 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Manage users in DATABASE_URL.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user; the password is read from standard input (same policy as /auth/register).
+    Create { email: String },
+    /// Disable a user: logins answer ACCOUNT_DISABLED, tokens stop working.
+    Disable { email: String },
+    /// Enable a disabled user.
+    Enable { email: String },
+    /// Clear a user's login lockout.
+    Unlock { email: String },
+    /// Delete a user and their refresh tokens.
+    Delete { email: String },
+    /// Show id, active flag, creation time and lockout (never the hash).
+    Show { email: String },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +75,7 @@ fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
             Command::Healthcheck { url } => healthcheck(&config, url).await,
+            Command::User { action } => user(config, action).await,
         }
     })
 }
@@ -97,6 +119,73 @@ async fn migrate(config: Config) -> ExitCode {
         Err(err) => {
             eprintln!("auth-service: {err}");
             ExitCode::from(2)
+        }
+    }
+}
+
+async fn user(config: Config, action: UserAction) -> ExitCode {
+    auth_service::telemetry::init_cli(&config);
+    let state = match auth_service::state::AppState::build(config, std::sync::Arc::new(SystemClock))
+        .await
+    {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let auth = state.auth();
+    let result = match action {
+        UserAction::Create { email } => {
+            let mut password = String::new();
+            if let Err(err) = std::io::stdin().read_line(&mut password) {
+                eprintln!("auth-service: cannot read the password from stdin: {err}");
+                return ExitCode::from(2);
+            }
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            auth.admin_create_user(&email, password.into())
+                .await
+                .map(|u| format!("created user {} ({})", u.id, u.email))
+        }
+        UserAction::Disable { email } => auth
+            .admin_set_active(&email, false)
+            .await
+            .map(|id| format!("disabled user {id}")),
+        UserAction::Enable { email } => auth
+            .admin_set_active(&email, true)
+            .await
+            .map(|id| format!("enabled user {id}")),
+        UserAction::Unlock { email } => auth
+            .admin_unlock(&email)
+            .await
+            .map(|id| format!("unlocked user {id}")),
+        UserAction::Delete { email } => auth
+            .admin_delete(&email)
+            .await
+            .map(|id| format!("deleted user {id}")),
+        UserAction::Show { email } => auth.admin_show(&email).await.map(|u| {
+            let locked = u.locked_until.map_or_else(
+                || "-".to_owned(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            format!(
+                "id: {}\nemail: {}\nactive: {}\ncreated: {}\nlocked_until: {locked}",
+                u.id,
+                u.email,
+                u.active,
+                u.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        }),
+    };
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            ExitCode::from(1)
         }
     }
 }

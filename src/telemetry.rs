@@ -14,11 +14,24 @@ use crate::config::{Config, LogFormat};
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
 const QUIET: &[&str] = &["sqlx::postgres::notice=warn", "sqlx::query=warn"];
 
-/// Installs the global subscriber. Call once, from `main`.
+/// Installs the global subscriber for the server (stdout, `LOG_LEVEL`). Call once, from `main`.
 pub fn init(config: &Config) {
-    let mut filter = EnvFilter::try_from_default_env()
+    let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    install(config, filter, std::io::stdout);
+}
+
+/// Installs the subscriber for admin commands: stderr, warnings plus the audit events, so
+/// stdout carries only the command's own output.
+pub fn init_cli(config: &Config) {
+    install(config, EnvFilter::new("warn,audit=info"), std::io::stderr);
+}
+
+fn install<W>(config: &Config, mut filter: EnvFilter, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     for directive in QUIET {
         if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);
@@ -29,6 +42,7 @@ pub fn init(config: &Config) {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)

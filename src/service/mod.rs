@@ -4,6 +4,7 @@
 //! policies. Its methods are named after the API actions and return [`AuthError`], whose
 //! messages are the contract's `detail` strings. This module does not know about HTTP.
 
+pub mod admin;
 pub mod audit;
 pub mod email;
 pub mod lockout;

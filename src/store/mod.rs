@@ -219,7 +219,13 @@ pub trait Store: Send + Sync + 'static {
         limits: AttemptLimits,
     ) -> Result<AttemptRow, StoreError>;
 
-    /// Forgets the counter of `key` (after a successful login).
+    /// The counter of `key`, if any.
+    async fn find_login_attempt(&self, key: &str) -> Result<Option<AttemptRow>, StoreError>;
+
+    /// Deletes a user and, by cascade, their refresh tokens; returns whether the user existed.
+    async fn delete_user(&self, id: i64) -> Result<bool, StoreError>;
+
+    /// Forgets the counter of `key` (after a successful login, or `user unlock`).
     async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError>;
 
     /// Stores a new refresh token. `Duplicate` when the `jti` exists.

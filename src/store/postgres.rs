@@ -171,6 +171,24 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn find_login_attempt(&self, key: &str) -> Result<Option<AttemptRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "select attempts, window_start, locked_until from login_attempts where key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query("delete from users where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
     async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError> {
         sqlx::query("delete from login_attempts where key = $1")
             .bind(key)

@@ -110,6 +110,15 @@ impl TestDb {
         }
     }
 
+    /// `DATABASE_URL` for this database, as an operator would write it.
+    pub fn url_string(&self) -> String {
+        match &self.url {
+            DatabaseUrl::SqliteFile(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::SqliteMemory => "sqlite::memory:".to_owned(),
+            DatabaseUrl::Postgres(url) => secrecy::ExposeSecret::expose_secret(url).to_owned(),
+        }
+    }
+
     /// A separate store on the same database, for arranging and inspecting state.
     pub async fn store(&self) -> Arc<dyn Store> {
         let settings = PoolSettings {

@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod admin_cli;
 mod api_errors;
 mod api_health;
 mod api_login;

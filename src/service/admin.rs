@@ -1,0 +1,171 @@
+//! Operator actions behind the `auth-service user ...` commands. Same rules as the API
+//! (email normalisation, password policy), each one audited as `admin_user_*`.
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use super::{
+    AuthError, AuthService, RegisteredUser,
+    audit::{self, Caller, Event},
+    email::Email,
+};
+use crate::store::UserRow;
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No user has that email.
+    #[error("user not found")]
+    NotFound,
+    /// A rule of the API refused it (invalid email, weak password, existing user, ...).
+    #[error("{0}")]
+    Refused(#[from] AuthError),
+}
+
+/// What `user show` prints; never the hash.
+#[derive(Debug, Clone)]
+pub struct UserSummary {
+    /// The user's id.
+    pub id: i64,
+    /// Normalised email.
+    pub email: String,
+    /// False when disabled.
+    pub active: bool,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// Until when logins are locked, if they are now.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl AuthService {
+    async fn user_by_email(&self, email: &str) -> Result<(Email, UserRow), AdminError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        let user = self
+            .0
+            .store
+            .find_user_by_email(email.as_str())
+            .await
+            .map_err(AuthError::from)?;
+        user.map(|u| (email, u)).ok_or(AdminError::NotFound)
+    }
+
+    /// `user create EMAIL`: as `/auth/register`.
+    ///
+    /// # Errors
+    /// `Refused` with the API's reason.
+    pub async fn admin_create_user(
+        &self,
+        email: &str,
+        password: SecretString,
+    ) -> Result<RegisteredUser, AdminError> {
+        let user = self.create_user(email, password).await?;
+        audit::record(
+            Event::Admin("admin_user_create"),
+            "success",
+            Some(user.id),
+            &Caller::cli(),
+        );
+        Ok(user)
+    }
+
+    /// `user disable EMAIL` / `user enable EMAIL`. Disabling also revokes every refresh token;
+    /// access tokens stop verifying at once because `/auth/verify` reads the flag.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Refused` for a database failure.
+    pub async fn admin_set_active(&self, email: &str, active: bool) -> Result<i64, AdminError> {
+        let (_, user) = self.user_by_email(email).await?;
+        let now = self.now();
+        let store = &self.0.store;
+        if !store
+            .set_user_active(user.id, active, now)
+            .await
+            .map_err(AuthError::from)?
+        {
+            return Err(AdminError::NotFound);
+        }
+        if !active {
+            store
+                .revoke_user_tokens(user.id, now)
+                .await
+                .map_err(AuthError::from)?;
+        }
+        let name = if active {
+            "admin_user_enable"
+        } else {
+            "admin_user_disable"
+        };
+        audit::record(Event::Admin(name), "success", Some(user.id), &Caller::cli());
+        Ok(user.id)
+    }
+
+    /// `user unlock EMAIL`: clears the lockout counter.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Refused` for a database failure.
+    pub async fn admin_unlock(&self, email: &str) -> Result<i64, AdminError> {
+        let (email, user) = self.user_by_email(email).await?;
+        self.0
+            .store
+            .clear_login_attempts(email.as_str())
+            .await
+            .map_err(AuthError::from)?;
+        audit::record(
+            Event::Admin("admin_user_unlock"),
+            "success",
+            Some(user.id),
+            &Caller::cli(),
+        );
+        Ok(user.id)
+    }
+
+    /// `user delete EMAIL`: removes the user, their refresh tokens and their counter.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Refused` for a database failure.
+    pub async fn admin_delete(&self, email: &str) -> Result<i64, AdminError> {
+        let (email, user) = self.user_by_email(email).await?;
+        let store = &self.0.store;
+        if !store.delete_user(user.id).await.map_err(AuthError::from)? {
+            return Err(AdminError::NotFound);
+        }
+        store
+            .clear_login_attempts(email.as_str())
+            .await
+            .map_err(AuthError::from)?;
+        audit::record(
+            Event::Admin("admin_user_delete"),
+            "success",
+            Some(user.id),
+            &Caller::cli(),
+        );
+        Ok(user.id)
+    }
+
+    /// `user show EMAIL`.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Refused` for a database failure.
+    pub async fn admin_show(&self, email: &str) -> Result<UserSummary, AdminError> {
+        let (email, user) = self.user_by_email(email).await?;
+        let attempts = self
+            .0
+            .store
+            .find_login_attempt(email.as_str())
+            .await
+            .map_err(AuthError::from)?;
+        let now = self.0.clock.now();
+        let max = i64::from(self.0.settings.lockout.max_attempts);
+        let locked_until = attempts.and_then(|a| {
+            a.locked_until
+                .filter(|until| *until > now && a.attempts >= max)
+        });
+        Ok(UserSummary {
+            id: user.id,
+            email: user.email,
+            active: user.is_active,
+            created_at: user.created_at,
+            locked_until,
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! `auth-service user ...` and `migrate`, run as the built binary against both backends, with
+//! their effects checked through the API.
+
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use reqwest::StatusCode;
+
+use crate::{dual_backend, helpers::*};
+
+const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+
+/// Runs `auth-service ARGS` on the test database, feeding `stdin`.
+fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", db.url_string())
+        .env("JWT_SECRET_KEY", SECRET)
+        .env("BCRYPT_ROUNDS", "4")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts exit code 1 and exactly one stderr line, which is `expected`.
+#[track_caller]
+fn assert_failed(o: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), [expected]);
+}
+
+async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    tokio::task::block_in_place(|| cli(db, args, stdin))
+}
+
+dual_backend! {
+    async fn user_create_follows_the_registration_rules(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let db = &app.db;
+        let created = cli_async(db, &["user", "create", " Admin@Example.com"], "SecurePass123\n").await;
+        assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+        assert!(stdout(&created).starts_with("created user "), "{}", stdout(&created));
+        assert!(stdout(&created).contains("(admin@example.com)"));
+        assert_eq!(app.login("admin@example.com", PASSWORD).await.status(), StatusCode::OK);
+        let again = cli_async(db, &["user", "create", "admin@example.com"], "SecurePass123\n").await;
+        assert_failed(&again, "auth-service: User already exists");
+        let weak = cli_async(db, &["user", "create", "weak@example.com"], "weak\n").await;
+        assert_failed(&weak, "auth-service: Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number");
+        let bad = cli_async(db, &["user", "create", "not-an-email"], "SecurePass123\n").await;
+        assert_failed(&bad, "auth-service: Invalid email format");
+    }
+
+    async fn disable_stops_login_refresh_and_verify_and_enable_restores_login(backend: Backend) {
+        // Arrange
+        let app = TestApp::spawn(backend).await;
+        let (_, access, refresh) = app.user_with_tokens("d@example.com").await;
+        // Act
+        let out = cli_async(&app.db, &["user", "disable", "D@example.com"], "").await;
+        // Assert
+        assert_eq!(out.status.code(), Some(0));
+        let (status, body) = status_and_json(app.login("d@example.com", PASSWORD).await).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "Account is disabled", "ACCOUNT_DISABLED");
+        assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("admin_user_disable") && !stderr.contains("d@example.com"), "{stderr}");
+        assert_eq!(cli_async(&app.db, &["user", "enable", "d@example.com"], "").await.status.code(), Some(0));
+        let (_, new_refresh) = app.tokens("d@example.com").await;
+        assert_eq!(app.refresh(&new_refresh).await.status(), StatusCode::OK);
+        // The refresh tokens revoked by the disable stay revoked.
+        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    async fn unlock_clears_the_lockout_and_show_reports_it(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        app.register("l@example.com", PASSWORD).await;
+        for _ in 0..5 { app.login("l@example.com", "WrongPass123").await; }
+        assert_eq!(app.login("l@example.com", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(lines[0].starts_with("id: "), "{shown}");
+        assert_eq!(lines[1..3], ["email: l@example.com", "active: true"]);
+        assert!(lines[3].starts_with("created: 20"), "{shown}");
+        assert!(lines[4].starts_with("locked_until: 20"), "{shown}");
+        assert!(!shown.contains("$2b$"), "never the hash");
+        assert_eq!(cli_async(&app.db, &["user", "unlock", "l@example.com"], "").await.status.code(), Some(0));
+        assert_eq!(app.login("l@example.com", PASSWORD).await.status(), StatusCode::OK);
+        let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
+        assert!(shown.ends_with("locked_until: -\n"), "{shown}");
+    }
+
+    async fn delete_removes_the_user_and_every_token(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        let (_, access, refresh) = app.user_with_tokens("del@example.com").await;
+        assert_eq!(cli_async(&app.db, &["user", "delete", "del@example.com"], "").await.status.code(), Some(0));
+        assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
+        let (status, body) = status_and_json(app.login("del@example.com", PASSWORD).await).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "Invalid email or password", "INVALID_CREDENTIALS");
+        for action in ["show", "delete", "disable", "enable", "unlock"] {
+            assert_failed(&cli_async(&app.db, &["user", action, "del@example.com"], "").await, "auth-service: user not found");
+        }
+        // The email can be registered again.
+        assert_eq!(app.register("del@example.com", PASSWORD).await.status(), StatusCode::CREATED);
+    }
+
+    async fn migrate_prepares_an_empty_database(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let out = cli_async(&db, &["migrate"], "").await;
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout(&out), "migrations applied\n");
+        let store = db.store().await;
+        assert!(store.find_user_by_email("x@example.com").await.unwrap().is_none());
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    for args in [
+        &["user"][..],
+        &["user", "create"],
+        &["user", "frobnicate", "a@b.co"],
+        &["nonsense"],
+    ] {
+        let out = Command::new(BIN).env_clear().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
