@@ -1,24 +1,25 @@
 # syntax=docker/dockerfile:1
-# Build stage: the official Rust image; dependencies are cached in their own layer.
+# Build stage: the official Rust image; dependencies are cached in their own layer, so a source
+# change recompiles only this crate.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src \
+    && mkdir /data
 COPY migrations migrations
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-# Runtime stage: a small Debian with only CA certificates; runs as a non-root user.
-FROM debian:bookworm-slim
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /data auth \
-    && mkdir -p /data && chown auth /data
+# Runtime stage: distroless (glibc, no shell, no package manager), as the non-root user 65532.
+# TLS to PostgreSQL uses rustls with bundled roots, so no CA package is needed.
+FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/auth-service /usr/local/bin/auth-service
-USER 10001
+COPY --from=build --chown=65532:65532 /data /data
+USER 65532:65532
 WORKDIR /data
 VOLUME ["/data"]
 ENV DATABASE_URL=sqlite:////data/auth_service.db \
@@ -26,6 +27,6 @@ ENV DATABASE_URL=sqlite:////data/auth_service.db \
     PORT=8001
 EXPOSE 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["auth-service", "healthcheck"]
-ENTRYPOINT ["auth-service"]
+    CMD ["/usr/local/bin/auth-service", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/auth-service"]
 CMD ["serve"]

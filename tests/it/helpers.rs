@@ -154,7 +154,14 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on(0, target).await
+    }
+
+    /// A proxy on a given local port (0 for any).
+    pub async fn start_on(port: u16, target: String) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let registry = Arc::clone(&tasks);
@@ -312,6 +319,19 @@ impl TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Sends the shutdown signal and waits (at most 10 s) until `/health/ready` reports the
+    /// drain, which the app flips asynchronously.
+    pub async fn begin_draining(&mut self) {
+        self.begin_shutdown();
+        for _ in 0..200 {
+            if self.get("/health/ready").await.status() == StatusCode::SERVICE_UNAVAILABLE {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the app never reported draining");
     }
 
     /// Waits for the server task to end.

@@ -96,7 +96,7 @@ dual_backend! {
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body.as_bytes()[..10]).await.unwrap();
         // Act
-        app.begin_shutdown();
+        app.begin_draining().await;
         // Assert: draining is visible, and the half-sent request still completes.
         let (status, ready) = status_and_json(app.get("/health/ready").await).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -52,3 +52,40 @@ async fn a_database_outage_is_503_everywhere_it_matters() {
     );
     assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_database_that_comes_up_late() {
+    // Arrange: a port where nothing listens yet.
+    let db = TestDb::new(Backend::Postgres).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config(&db, &[("DATABASE_CONNECT_TIMEOUT_SECONDS", "30")]);
+    config.database_url = db.postgres_url_via(port);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(auth_service::run(config, listener, async {
+        let _ = rx.await;
+    }));
+    // Act: the database appears a second later (the app is retrying meanwhile).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        !server.is_finished(),
+        "the app must not give up on a late database"
+    );
+    let proxy = TcpProxy::start_on(port, "127.0.0.1:5432".to_owned()).await;
+    // Assert: it comes up and serves.
+    let health: serde_json::Value = reqwest::get(format!("{base}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["database"], "connected");
+    tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    drop(proxy);
+}

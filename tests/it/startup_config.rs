@@ -279,3 +279,28 @@ fn healthcheck_fails_when_nothing_listens() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_passes_on_a_ready_server_and_fails_on_a_draining_one() {
+    let mut app = crate::helpers::TestApp::spawn_with(
+        crate::helpers::Backend::Sqlite,
+        &[("SHUTDOWN_DRAIN_SECONDS", "3")],
+    )
+    .await;
+    let check = |base: String| {
+        tokio::task::block_in_place(move || {
+            Command::new(BIN)
+                .env_clear()
+                .args(["healthcheck", "--url", &base])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .code()
+        })
+    };
+    assert_eq!(check(app.base.clone()), Some(0));
+    app.begin_draining().await;
+    assert_eq!(check(app.base.clone()), Some(1), "draining is not ready");
+    app.wait_stopped().await;
+    assert_eq!(check(app.base.clone()), Some(1), "nothing listens");
+}

@@ -1,0 +1,175 @@
+//! The deployment files: every probe they name is a route the app serves on the port they
+//! name; the Dockerfile and Compose file say what the README promises.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::StatusCode;
+use serde_yaml_ng::Value;
+
+use crate::helpers::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every `httpGet` probe (path, port) in a YAML tree.
+fn probes(value: &Value, out: &mut Vec<(String, u64)>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                if key.as_str() == Some("httpGet") {
+                    let path = child["path"].as_str().expect("probe path").to_owned();
+                    let port = child["port"].as_u64().expect("numeric probe port");
+                    out.push((path, port));
+                }
+                probes(child, out);
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|v| probes(v, out)),
+        _ => {}
+    }
+}
+
+/// Every `containerPort` in a YAML tree.
+fn container_ports(value: &Value, out: &mut Vec<u64>) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                if key.as_str() == Some("containerPort") {
+                    out.push(child.as_u64().expect("numeric containerPort"));
+                }
+                container_ports(child, out);
+            }
+        }
+        Value::Sequence(items) => items.iter().for_each(|v| container_ports(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_probe_in_the_deployment_files_is_served() {
+    // Arrange
+    let mut files = Vec::new();
+    yaml_files(&root().join("deploy"), &mut files);
+    files.push(root().join("docker-compose.yml"));
+    assert!(files.len() >= 6, "{files:?}");
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let default_port = auth_service::config::Config::from_lookup(|_| None)
+        .unwrap()
+        .port;
+    let mut checked = 0;
+    for file in &files {
+        let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut found = Vec::new();
+        probes(&doc, &mut found);
+        let mut ports = Vec::new();
+        container_ports(&doc, &mut ports);
+        for (path, port) in found {
+            // Act / Assert
+            assert_eq!(
+                port,
+                u64::from(default_port),
+                "{}: probe port",
+                file.display()
+            );
+            assert!(
+                ports.contains(&port),
+                "{}: probe port {port} is a container port",
+                file.display()
+            );
+            let response = app.get(&path).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "{}: {path}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "probes found: {checked}");
+}
+
+#[test]
+fn the_kubernetes_deployment_is_hardened() {
+    let doc: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    let spec = &doc["spec"]["template"]["spec"];
+    assert_eq!(doc["spec"]["replicas"].as_u64(), Some(3));
+    assert_eq!(
+        spec["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let secrets: Vec<&str> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|e| !e["valueFrom"]["secretKeyRef"].is_null())
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(secrets, ["JWT_SECRET_KEY", "DATABASE_URL"]);
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        assert!(!container[probe].is_null(), "{probe}");
+    }
+    for kind in ["service.yaml", "hpa.yaml", "pdb.yaml"] {
+        let doc: Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(root().join("deploy/kubernetes").join(kind)).unwrap(),
+        )
+        .unwrap();
+        assert!(doc["kind"].is_string(), "{kind}");
+    }
+}
+
+#[test]
+fn dockerfile_and_compose_match_the_binary() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("EXPOSE 8001"));
+    assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/auth-service", "healthcheck"]"#));
+    assert!(dockerfile.contains("USER 65532"));
+    let db_url = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ENV DATABASE_URL="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("ENV DATABASE_URL");
+    assert_eq!(
+        auth_service::config::DatabaseUrl::parse(db_url).unwrap(),
+        auth_service::config::DatabaseUrl::SqliteFile("/data/auth_service.db".into())
+    );
+    let compose: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let services = &compose["services"];
+    assert_eq!(services["postgres"]["image"].as_str(), Some("postgres:15"));
+    assert!(
+        services["postgres"]["healthcheck"]["test"][1]
+            .as_str()
+            .unwrap()
+            .contains("pg_isready")
+    );
+    assert_eq!(
+        services["auth-service"]["depends_on"]["postgres"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert!(!compose["volumes"]["postgres-data"].is_sequence());
+}
