@@ -24,6 +24,19 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Copy users and live refresh tokens from one database to another (SQLite or PostgreSQL,
+    /// either way), in one transaction on the target.
+    CopyData {
+        /// Source DATABASE_URL.
+        #[arg(long)]
+        from: String,
+        /// Target DATABASE_URL (migrated first).
+        #[arg(long)]
+        to: String,
+        /// Add to a target that already has users (skipping ids or emails it has).
+        #[arg(long)]
+        merge: bool,
+    },
     /// Manage users in DATABASE_URL.
     User {
         #[command(subcommand)]
@@ -76,6 +89,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(config).await,
             Command::Healthcheck { url } => healthcheck(&config, url).await,
             Command::User { action } => user(config, action).await,
+            Command::CopyData { from, to, merge } => copy_data(&config, &from, &to, merge).await,
         }
     })
 }
@@ -181,6 +195,54 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
     match result {
         Ok(message) => {
             println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCode {
+    use auth_service::{clock::Clock as _, config::DatabaseUrl, store};
+    auth_service::telemetry::init_cli(config);
+    let (from_url, to_url) = match (DatabaseUrl::parse(from), DatabaseUrl::parse(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(err), _) => {
+            eprintln!("auth-service: --from: {}", err.reason);
+            return ExitCode::from(2);
+        }
+        (_, Err(err)) => {
+            eprintln!("auth-service: --to: {}", err.reason);
+            return ExitCode::from(2);
+        }
+    };
+    let settings = store::PoolSettings {
+        max_connections: 2,
+        acquire_timeout: auth_service::state::ACQUIRE_TIMEOUT,
+    };
+    let mut stores = Vec::new();
+    for (flag, url) in [("--from", &from_url), ("--to", &to_url)] {
+        let connected = match store::connect(url, settings).await {
+            Ok(s) => s.migrate().await.map(|()| s),
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(s) => stores.push(s),
+            Err(err) => {
+                eprintln!("auth-service: {flag} {url:?}: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let now = SystemClock.now();
+    match auth_service::service::copy::copy_data(&*stores[0], &*stores[1], merge, now).await {
+        Ok(report) => {
+            println!(
+                "copied {} users ({} skipped) and {} refresh tokens from {from_url:?} to {to_url:?}",
+                report.users, report.skipped_users, report.tokens
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {

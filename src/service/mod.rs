@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod copy;
 pub mod email;
 pub mod lockout;
 pub mod password_policy;

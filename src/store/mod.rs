@@ -156,6 +156,17 @@ pub struct AttemptRow {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+/// What an import wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Users inserted.
+    pub users: u64,
+    /// Users skipped (merge only: id or email already there).
+    pub skipped_users: u64,
+    /// Refresh tokens inserted.
+    pub tokens: u64,
+}
+
 /// Connection counts of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -249,6 +260,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes every live token of the family `jti` belongs to; returns how many.
     async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Every user, by id (for `copy-data`).
+    async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;
+
+    /// Every refresh token not expired at `now`, oldest first (for `copy-data`).
+    async fn export_refresh_tokens(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RefreshTokenRow>, StoreError>;
+
+    /// Imports users (ids kept) and refresh tokens in one transaction. Refuses (returns
+    /// `None`) when the target already has users, unless `merge`, in which case users whose id
+    /// or email exists are skipped along with their tokens. Leaves the id sequence past the
+    /// largest id, so the next registration does not collide.
+    async fn import(
+        &self,
+        users: &[UserRow],
+        tokens: &[RefreshTokenRow],
+        merge: bool,
+    ) -> Result<Option<ImportReport>, StoreError>;
 
     /// Revokes every live token of a user; returns how many.
     async fn revoke_user_tokens(&self, user_id: i64, now: DateTime<Utc>)

@@ -16,8 +16,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AttemptLimits, AttemptRow, NewRefreshToken, PoolSettings, PoolStats, RefreshTokenRow, Store,
-    StoreError, UserRow,
+    AttemptLimits, AttemptRow, ImportReport, NewRefreshToken, PoolSettings, PoolStats,
+    RefreshTokenRow, Store, StoreError, UserRow,
 };
 use crate::config::DatabaseUrl;
 
@@ -267,6 +267,96 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select id, email, password_hash, is_active, created_at, updated_at
+              from users order by id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn export_refresh_tokens(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RefreshTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
+              from refresh_tokens where expires_at > $1 order by issued_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn import(
+        &self,
+        users: &[UserRow],
+        tokens: &[RefreshTokenRow],
+        merge: bool,
+    ) -> Result<Option<ImportReport>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing: i64 = sqlx::query_scalar("select count(*) from users")
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 && !merge {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut inserted = std::collections::HashSet::new();
+        for user in users {
+            let id: Option<i64> = sqlx::query_scalar(
+                r"insert into users (id, email, password_hash, is_active, created_at, updated_at)
+                  values ($1, $2, $3, $4, $5, $6)
+                  on conflict do nothing
+                  returning id",
+            )
+            .bind(user.id)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.is_active)
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            inserted.extend(id);
+        }
+        let mut copied_tokens = 0;
+        for token in tokens.iter().filter(|t| inserted.contains(&t.user_id)) {
+            copied_tokens += sqlx::query(
+                r"insert into refresh_tokens
+                    (jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8)
+                  on conflict do nothing",
+            )
+            .bind(token.jti)
+            .bind(token.user_id)
+            .bind(token.family_id)
+            .bind(token.parent_jti)
+            .bind(token.issued_at)
+            .bind(token.expires_at)
+            .bind(token.rotated_at)
+            .bind(token.revoked_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        // Explicit ids do not move the identity sequence: move it past the largest id.
+        sqlx::query(
+            r"select setval(pg_get_serial_sequence('users', 'id'),
+                            greatest((select max(id) from users), 1))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let users_inserted = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
+        Ok(Some(ImportReport {
+            users: users_inserted,
+            skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
+            tokens: copied_tokens,
+        }))
     }
 
     async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -143,3 +143,125 @@ fn bad_usage_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+fn copy(from: &TestDb, to: &TestDb, merge: bool) -> Output {
+    let (from_url, to_url) = (from.url_string(), to.url_string());
+    let mut args = vec!["copy-data", "--from", &from_url, "--to", &to_url];
+    if merge {
+        args.push("--merge");
+    }
+    cli(from, &args, "")
+}
+
+async fn copy_async(from: &TestDb, to: &TestDb, merge: bool) -> Output {
+    tokio::task::block_in_place(|| copy(from, to, merge))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
+    // Arrange: users on SQLite, one with a rotated refresh token (parent and child are both
+    // copied, so reuse detection keeps working), one disabled.
+    let source = TestApp::spawn(Backend::Sqlite).await;
+    let (alice, _, first) = source.user_with_tokens("alice@example.com").await;
+    let rotated = json_of(source.refresh(&first).await).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (bob, _, _) = source.user_with_tokens("bob@example.com").await;
+    assert_eq!(
+        cli_async(&source.db, &["user", "disable", "bob@example.com"], "")
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+    let postgres = TestDb::new(Backend::Postgres).await;
+
+    // Act
+    let out = copy_async(&source.db, &postgres, false).await;
+
+    // Assert
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).starts_with("copied 2 users (0 skipped) and 3 refresh tokens"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("password"));
+    let target = TestApp::spawn_on(postgres.clone(), source.clock.clone(), &[]).await;
+    let (status, body) = status_and_json(target.login("alice@example.com", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_and_json(target.verify(body["access_token"].as_str().unwrap()).await)
+            .await
+            .1["user_id"],
+        alice
+    );
+    assert_eq!(
+        target.refresh(&rotated).await.status(),
+        StatusCode::OK,
+        "live refresh tokens work"
+    );
+    let (status, body) = status_and_json(target.login("bob@example.com", PASSWORD).await).await;
+    assert_eq!(
+        (status, &body["error_code"]),
+        (
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!("ACCOUNT_DISABLED")
+        )
+    );
+    let (status, body) =
+        status_and_json(target.register("carol@example.com", PASSWORD).await).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the sequence was moved past the copied ids: {body}"
+    );
+    assert!(body["user_id"].as_i64().unwrap() > bob);
+
+    // A non-empty target is refused, unless merging.
+    assert_failed(
+        &copy_async(&source.db, &postgres, false).await,
+        "auth-service: the target database already has users; pass --merge to add to them",
+    );
+    let merged = copy_async(&source.db, &postgres, true).await;
+    assert_eq!(merged.status.code(), Some(0));
+    assert!(
+        stdout(&merged).starts_with("copied 0 users (2 skipped)"),
+        "{}",
+        stdout(&merged)
+    );
+
+    // And back, to a fresh SQLite file.
+    let back = TestDb::new(Backend::Sqlite).await;
+    let out = copy_async(&postgres, &back, false).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).starts_with("copied 3 users"),
+        "{}",
+        stdout(&out)
+    );
+    let returned = TestApp::spawn_on(back, source.clock.clone(), &[]).await;
+    assert_eq!(
+        returned.login("carol@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        returned.login("alice@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let (status, body) =
+        status_and_json(returned.register("dave@example.com", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(body["user_id"].as_i64().unwrap() > bob + 1);
+}
