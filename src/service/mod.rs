@@ -281,7 +281,7 @@ impl AuthService {
             }
             Ok(AttemptDecision::Allowed(status)) => status,
         };
-        let user = match self.check_credentials(&email, password).await {
+        let user = match self.check_credentials(&email, &password).await {
             Ok(user) => user,
             Err(err) => {
                 if matches!(err, AuthError::InvalidCredentials) {
@@ -304,6 +304,7 @@ impl AuthService {
             };
         }
         let result = if user.is_active {
+            self.upgrade_hash(&user, password).await;
             let issued = self.issue_pair(user.id, Uuid::new_v4(), None).await;
             if issued.is_ok() {
                 audit::record(Event::Login, "success", Some(user.id), caller);
@@ -323,14 +324,40 @@ impl AuthService {
     async fn check_credentials(
         &self,
         email: &Email,
-        password: SecretString,
+        password: &SecretString,
     ) -> Result<UserRow, AuthError> {
         let user = self.0.store.find_user_by_email(email.as_str()).await?;
         let hash = user.as_ref().map(|u| u.password_hash.as_str());
-        if self.0.passwords.verify(password, hash).await? {
+        let candidate = SecretString::from(password.expose_secret());
+        if self.0.passwords.verify(candidate, hash).await? {
             user.ok_or(AuthError::InvalidCredentials)
         } else {
             Err(AuthError::InvalidCredentials)
+        }
+    }
+
+    /// After a successful login: re-hash at `BCRYPT_ROUNDS` when the stored cost differs (one
+    /// extra hash, only then). A failure here is logged, never fatal to the login.
+    async fn upgrade_hash(&self, user: &UserRow, password: SecretString) {
+        if !self.0.passwords.needs_rehash(&user.password_hash) {
+            return;
+        }
+        let upgraded = match self.0.passwords.hash(password).await {
+            Ok(hash) => {
+                let store = &self.0.store;
+                store
+                    .update_password_hash(user.id, &user.password_hash, &hash, self.now())
+                    .await
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "password re-hash failed");
+                return;
+            }
+        };
+        match upgraded {
+            Ok(true) => tracing::info!("password hash upgraded to the configured cost"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "storing the re-hashed password failed"),
         }
     }
 

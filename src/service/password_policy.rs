@@ -24,7 +24,18 @@ pub fn violations(password: &str) -> Vec<&'static str> {
     if password.len() > MAX_PASSWORD_BYTES {
         reasons.push("Password is too long (maximum 72 bytes)");
     }
+    if is_common(password) {
+        reasons.push("Password is too common");
+    }
     reasons
+}
+
+/// Whether the password, or its lower-case form, is among the ~100,000 most common breached
+/// passwords (the list the `passwords` crate ships, MIT licence).
+#[must_use]
+pub fn is_common(password: &str) -> bool {
+    passwords::analyzer::is_common_password(password)
+        || passwords::analyzer::is_common_password(password.to_lowercase())
 }
 
 #[cfg(test)]
@@ -63,6 +74,22 @@ mod tests {
             violations("NoNumbersHere"),
             vec!["Password must contain at least one number"]
         );
+    }
+
+    #[test]
+    fn common_passwords_are_refused_last() {
+        assert_eq!(violations("Password123"), vec!["Password is too common"]);
+        assert_eq!(violations("Qwerty123"), vec!["Password is too common"]);
+        assert_eq!(
+            violations("password"),
+            vec![
+                "Password must contain at least one uppercase letter",
+                "Password must contain at least one number",
+                "Password is too common",
+            ]
+        );
+        assert!(is_common("123456") && is_common("PASSWORD1"));
+        assert!(!is_common("SecurePass123"));
     }
 
     #[test]

@@ -233,6 +233,16 @@ pub trait Store: Send + Sync + 'static {
     /// The counter of `key`, if any.
     async fn find_login_attempt(&self, key: &str) -> Result<Option<AttemptRow>, StoreError>;
 
+    /// Replaces the password hash if it is still `old_hash` (a compare-and-set, so a concurrent
+    /// change is never overwritten); returns whether it did.
+    async fn update_password_hash(
+        &self,
+        id: i64,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Deletes a user and, by cascade, their refresh tokens; returns whether the user existed.
     async fn delete_user(&self, id: i64) -> Result<bool, StoreError>;
 

@@ -180,6 +180,26 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn update_password_hash(
+        &self,
+        id: i64,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "update users set password_hash = $3, updated_at = $4 where id = $1 and password_hash = $2",
+        )
+        .bind(id)
+        .bind(old_hash)
+        .bind(new_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
     async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
         Ok(sqlx::query("delete from users where id = $1")
             .bind(id)

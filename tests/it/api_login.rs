@@ -158,6 +158,27 @@ dual_backend! {
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "Invalid email or password", "INVALID_CREDENTIALS");
     }
 
+    async fn a_login_upgrades_a_hash_made_with_another_cost(backend: Backend) {
+        // Arrange: a user hashed at cost 4, then the service restarted at cost 5.
+        let app = TestApp::spawn(backend).await;
+        let (id, _, _) = app.user_with_tokens("cost@example.com").await;
+        let old = app.store.find_user_by_id(id).await.unwrap().unwrap().password_hash;
+        assert!(old.starts_with("$2b$04$"));
+        let (db, clock) = (app.db.clone(), app.clock.clone());
+        app.stop().await;
+        let app = TestApp::spawn_on(db, clock, &[("BCRYPT_ROUNDS", "5")]).await;
+        // Act
+        assert_eq!(app.login("cost@example.com", "WrongPass123").await.status(), StatusCode::UNAUTHORIZED);
+        let unchanged = app.store.find_user_by_id(id).await.unwrap().unwrap().password_hash;
+        assert_eq!(unchanged, old, "a failed login changes nothing");
+        assert_eq!(app.login("cost@example.com", PASSWORD).await.status(), StatusCode::OK);
+        // Assert
+        let new = app.store.find_user_by_id(id).await.unwrap().unwrap().password_hash;
+        assert!(new.starts_with("$2b$05$"), "{new}");
+        assert_eq!(app.login("cost@example.com", PASSWORD).await.status(), StatusCode::OK);
+        assert_eq!(app.store.find_user_by_id(id).await.unwrap().unwrap().password_hash, new, "no re-hash at the right cost");
+    }
+
     async fn a_malformed_email_at_login_is_422(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let (status, body) = status_and_json(app.login("not-an-email", PASSWORD).await).await;

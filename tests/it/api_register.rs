@@ -57,6 +57,17 @@ dual_backend! {
         assert!(app.store.find_user_by_email("weak@example.com").await.unwrap().is_none());
     }
 
+    async fn common_passwords_are_refused_but_the_documented_example_is_not(backend: Backend) {
+        let app = TestApp::spawn(backend).await;
+        for password in ["Password123", "Qwerty123", "PASSWORD1"] {
+            let (status, body) = status_and_json(app.register("common@example.com", password).await).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{password}");
+            assert_eq!(body["error_code"], "WEAK_PASSWORD");
+            assert!(body["detail"].as_str().unwrap().ends_with("Password is too common"), "{body}");
+        }
+        assert_eq!(app.register("common@example.com", "SecurePass123").await.status(), StatusCode::CREATED);
+    }
+
     async fn a_73_byte_password_is_refused_and_72_accepted(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let long = format!("Aa1{}", "x".repeat(70));
