@@ -213,6 +213,9 @@ pub struct Config {
     pub login_window_minutes: u32,
     /// `LOCKOUT_MINUTES` (default 15): how long a locked email stays locked.
     pub lockout_minutes: u32,
+    /// `LOGIN_MAX_FAILURES_PER_IP` (default 50, `0` = off): failed logins from one client IP
+    /// within `LOGIN_WINDOW_MINUTES` before that IP is refused for `LOCKOUT_MINUTES`.
+    pub login_max_failures_per_ip: u32,
     /// `RATE_LIMIT_PER_SECOND` (default 10, `0` = off): per-client-IP refill rate.
     pub rate_limit_per_second: u32,
     /// `RATE_LIMIT_BURST` (default 50, `0` = off): per-client-IP bucket size.
@@ -256,6 +259,7 @@ impl fmt::Debug for Config {
             .field("login_max_attempts", &self.login_max_attempts)
             .field("login_window_minutes", &self.login_window_minutes)
             .field("lockout_minutes", &self.lockout_minutes)
+            .field("login_max_failures_per_ip", &self.login_max_failures_per_ip)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -424,6 +428,12 @@ impl Config {
             login_max_attempts: vars.number("LOGIN_MAX_ATTEMPTS", 5, 1, 1_000_000)?,
             login_window_minutes: vars.number("LOGIN_WINDOW_MINUTES", 15, 1, 7 * 24 * 60)?,
             lockout_minutes: vars.number("LOCKOUT_MINUTES", 15, 1, 7 * 24 * 60)?,
+            login_max_failures_per_ip: vars.number(
+                "LOGIN_MAX_FAILURES_PER_IP",
+                50,
+                0,
+                1_000_000,
+            )?,
             rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
             rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
             trusted_proxies,
@@ -541,6 +551,7 @@ mod tests {
             (5, 15, 15)
         );
         assert_eq!((c.rate_limit_per_second, c.rate_limit_burst), (10, 50));
+        assert_eq!(c.login_max_failures_per_ip, 50);
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.database_max_connections, 20);
     }
@@ -646,6 +657,7 @@ mod tests {
             ("LOCKOUT_MINUTES", "many"),
             ("RATE_LIMIT_PER_SECOND", "1.5"),
             ("RATE_LIMIT_BURST", "-2"),
+            ("LOGIN_MAX_FAILURES_PER_IP", "x"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
             ("JWT_LEEWAY_SECONDS", "soon"),

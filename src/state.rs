@@ -73,6 +73,11 @@ impl AppState {
                 window: chrono::Duration::minutes(config.login_window_minutes.into()),
                 lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
             },
+            ip_lockout: (config.login_max_failures_per_ip > 0).then(|| LockoutPolicy {
+                max_attempts: config.login_max_failures_per_ip,
+                window: chrono::Duration::minutes(config.login_window_minutes.into()),
+                lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
+            }),
         };
         let auth = AuthService::new(store, keys, passwords, clock, settings);
         Ok(Self(Arc::new(AppInner {

@@ -15,20 +15,26 @@ use validator::Validate;
 
 use super::extract::{AppJson, AuthUser, RequestCaller};
 use crate::{
+    config::Config,
     errors::{ApiError, ErrorBody},
     service::{AuthService, TokenPair, lockout::AttemptStatus},
     state::AppState,
 };
 
-/// The `/auth` routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The `/auth` routes. The per-IP limiter covers the POST routes only: `/auth/verify` is what
+/// other services call on every request they serve.
+pub fn router(config: &Config) -> Router<AppState> {
+    let limited = Router::new()
         .route("/auth/register", post(register))
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/verify", get(verify))
+        .route("/auth/logout-all", post(logout_all));
+    let limited = match super::rate_limit::layer(config) {
+        Some(layer) => limited.route_layer(layer),
+        None => limited,
+    };
+    limited.route("/auth/verify", get(verify))
 }
 
 /// `POST /auth/register` body.

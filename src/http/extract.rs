@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request},
-    http::{StatusCode, header, request::Parts},
+    http::{Extensions, HeaderMap, StatusCode, header, request::Parts},
 };
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -179,7 +179,11 @@ impl FromRequestParts<AppState> for ClientIp {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(client_ip(parts, &state.config().trusted_proxies)))
+        Ok(Self(client_ip(
+            &parts.headers,
+            &parts.extensions,
+            &state.config().trusted_proxies,
+        )))
     }
 }
 
@@ -199,7 +203,11 @@ impl FromRequestParts<AppState> for RequestCaller {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let ip = client_ip(parts, &state.config().trusted_proxies);
+        let ip = client_ip(
+            &parts.headers,
+            &parts.extensions,
+            &state.config().trusted_proxies,
+        );
         Ok(Self(Caller {
             ip: Some(ip),
             request_id,
@@ -209,9 +217,8 @@ impl FromRequestParts<AppState> for RequestCaller {
 
 /// See [`ClientIp`]; `0.0.0.0` when the connection info is missing (router-only tests).
 #[must_use]
-pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> IpAddr {
-    let peer = parts
-        .extensions
+pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]) -> IpAddr {
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| {
             addr.ip().to_canonical()
@@ -220,8 +227,7 @@ pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> IpAddr {
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = parts
-        .headers
+    let forwarded: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())

@@ -107,8 +107,8 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get::<RequestId>()
             .and_then(|id| id.header_value().to_str().ok())
             .unwrap_or_default();
-        let (parts, ()) = clone_parts(req);
-        let client = super::extract::client_ip(&parts, &self.trusted_proxies);
+        let client =
+            super::extract::client_ip(req.headers(), req.extensions(), &self.trusted_proxies);
         tracing::info_span!(
             "request",
             http.method = %req.method(),
@@ -119,26 +119,6 @@ impl<B> MakeSpan<B> for RequestSpan {
             client.ip = %client,
         )
     }
-}
-
-/// The head of a request without its body (for `client_ip`, which reads parts).
-fn clone_parts<B>(req: &axum::http::Request<B>) -> (axum::http::request::Parts, ()) {
-    let mut builder = axum::http::Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri());
-    for (name, value) in req.headers() {
-        if name == "x-forwarded-for" {
-            builder = builder.header(name, value);
-        }
-    }
-    let mut request = builder.body(()).unwrap_or_default();
-    if let Some(info) = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        request.extensions_mut().insert(*info);
-    }
-    request.into_parts()
 }
 
 /// Records status, route and latency on the span and logs one line per request (probes and

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod meta;
 pub mod middleware;
+pub mod rate_limit;
 
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(meta::router())
         .merge(health::router())
-        .merge(auth::router())
+        .merge(auth::router(config))
         .route_layer(axum::middleware::from_fn(middleware::record_route))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())

@@ -79,6 +79,27 @@ impl LockoutPolicy {
     }
 }
 
+impl LockoutPolicy {
+    /// For a counter read without reserving (the per-IP guard): the lock end and figures when
+    /// the limit was reached and the lock still holds.
+    #[must_use]
+    pub fn lock_of(
+        &self,
+        row: &AttemptRow,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, AttemptStatus)> {
+        let until = row.locked_until.filter(|until| *until > now)?;
+        (row.attempts >= i64::from(self.max_attempts)).then(|| {
+            let status = AttemptStatus {
+                limit: self.max_attempts,
+                remaining: 0,
+                reset_after_secs: seconds_until(until, now),
+            };
+            (until, status)
+        })
+    }
+}
+
 /// Whole seconds from `now` to `then`, rounded up, at least 1 while `then` is ahead.
 #[must_use]
 pub fn seconds_until(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {

@@ -136,8 +136,10 @@ pub struct AuthSettings {
     pub refresh_ttl: Duration,
     /// How long a rotated refresh token may be presented again.
     pub reuse_grace: Duration,
-    /// The login lockout.
+    /// The per-email login lockout.
     pub lockout: LockoutPolicy,
+    /// The per-client-IP failure limit (password spraying), when on.
+    pub ip_lockout: Option<LockoutPolicy>,
 }
 
 /// The authentication service; cheap to clone.
@@ -256,6 +258,36 @@ impl AuthService {
         };
         let policy = self.0.settings.lockout;
         let now = self.0.clock.now();
+        let ip_guard = self
+            .0
+            .settings
+            .ip_lockout
+            .zip(caller.ip)
+            .map(|(p, ip)| (p, format!("ip:{ip}")));
+        if let Some((ip_policy, key)) = &ip_guard {
+            match self.0.store.find_login_attempt(key).await {
+                Err(err) => {
+                    return LoginOutcome {
+                        result: Err(err.into()),
+                        status: None,
+                    };
+                }
+                Ok(Some(row)) => {
+                    if let Some((until, status)) = ip_policy.lock_of(&row, now) {
+                        audit::record(Event::Login, "ip_blocked", None, caller);
+                        let retry_after_secs = lockout::seconds_until(until, now).max(1);
+                        return LoginOutcome {
+                            result: Err(AuthError::TooManyAttempts {
+                                until,
+                                retry_after_secs,
+                            }),
+                            status: Some(status),
+                        };
+                    }
+                }
+                Ok(None) => {}
+            }
+        }
         let reserved = self
             .0
             .store
@@ -286,6 +318,25 @@ impl AuthService {
             Err(err) => {
                 if matches!(err, AuthError::InvalidCredentials) {
                     audit::record(Event::Login, "invalid_credentials", None, caller);
+                    if let Some((ip_policy, key)) = &ip_guard {
+                        let counted = self
+                            .0
+                            .store
+                            .reserve_login_attempt(key, now, ip_policy.limits())
+                            .await;
+                        match counted {
+                            Ok(row) if row.attempts == i64::from(ip_policy.max_attempts) => {
+                                audit::record(Event::Lockout, "ip_locked", None, caller);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                return LoginOutcome {
+                                    result: Err(e.into()),
+                                    status: None,
+                                };
+                            }
+                        }
+                    }
                     if status.remaining == 0 {
                         audit::record(Event::Lockout, "locked", None, caller);
                     }

@@ -45,7 +45,7 @@ dual_backend! {
     async fn weak_passwords_list_every_reason_in_order(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let cases = [
-            ("short", "Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number"),
+            ("shrt", "Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number"),
             ("alllowercase1", "Password validation failed: Password must contain at least one uppercase letter"),
             ("ALLUPPERCASE1", "Password validation failed: Password must contain at least one lowercase letter"),
             ("NoDigitsHere", "Password validation failed: Password must contain at least one number"),

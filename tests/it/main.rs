@@ -16,6 +16,7 @@ mod api_logout;
 mod api_refresh;
 mod api_register;
 mod api_verify;
+mod attacks;
 mod deploy_files;
 mod lifecycle;
 mod outage;

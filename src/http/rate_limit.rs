@@ -1,0 +1,90 @@
+//! Per-client-IP token bucket on the POST `/auth/*` routes (`RATE_LIMIT_PER_SECOND`,
+//! `RATE_LIMIT_BURST`), with tower_governor keyed by the same client IP as the logs and the
+//! audit trail (so a spoofed `X-Forwarded-For` from an untrusted peer changes nothing).
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{HeaderName, HeaderValue, Request, Response},
+    response::IntoResponse as _,
+};
+use ipnet::IpNet;
+use tower_governor::{
+    GovernorError, GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor,
+};
+
+use crate::{config::Config, errors::ApiError};
+
+/// Keys the bucket by [`super::extract::client_ip`].
+#[derive(Debug, Clone)]
+pub struct ClientIpKey {
+    trusted: Arc<[IpNet]>,
+}
+
+impl KeyExtractor for ClientIpKey {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
+        Ok(super::extract::client_ip(
+            req.headers(),
+            req.extensions(),
+            &self.trusted,
+        ))
+    }
+}
+
+/// How often idle buckets are forgotten, so memory follows active clients only.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// The layer type: buckets keyed by client IP, no extra headers on allowed requests (login's
+/// `X-RateLimit-*` describe the lockout).
+pub type RateLimitLayer = GovernorLayer<ClientIpKey, governor::middleware::NoOpMiddleware, Body>;
+
+/// The limiter layer, or `None` when either setting is 0.
+pub fn layer(config: &Config) -> Option<RateLimitLayer> {
+    let (per_second, burst) = (config.rate_limit_per_second, config.rate_limit_burst);
+    if per_second == 0 || burst == 0 {
+        return None;
+    }
+    let governor = GovernorConfigBuilder::default()
+        .key_extractor(ClientIpKey {
+            trusted: Arc::from(config.trusted_proxies.clone()),
+        })
+        .period(Duration::from_secs(1) / per_second)
+        .burst_size(burst)
+        .finish()?;
+    let limiter = Arc::downgrade(governor.limiter());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
+        loop {
+            tick.tick().await;
+            match limiter.upgrade() {
+                Some(limiter) => limiter.retain_recent(),
+                None => break,
+            }
+        }
+    });
+    Some(GovernorLayer::new(governor).error_handler(move |err| refused(&err, burst)))
+}
+
+/// 429 `RATE_LIMITED` in the contract's shape with `Retry-After` and `X-RateLimit-*`.
+fn refused(err: &GovernorError, burst: u32) -> Response<Body> {
+    let wait = match err {
+        GovernorError::TooManyRequests { wait_time, .. } => (*wait_time).max(1),
+        _ => 1,
+    };
+    let mut response = ApiError::RateLimited {
+        retry_after_secs: wait,
+    }
+    .into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", u64::from(burst)),
+        ("x-ratelimit-remaining", 0),
+        ("x-ratelimit-reset", wait),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    response
+}
