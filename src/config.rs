@@ -222,6 +222,12 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// `TRUSTED_PROXIES` (default empty): peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `HEADER_READ_TIMEOUT_SECONDS` (default 10): a client must send its request head within
+    /// this, or the connection is closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 1024): open connections served at once; more wait in the
+    /// backlog.
+    pub max_connections: usize,
     /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
     pub request_timeout: Duration,
     /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
@@ -263,6 +269,8 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
             .field("request_timeout", &self.request_timeout)
             .field("shutdown_drain", &self.shutdown_drain)
             .finish()
@@ -437,6 +445,13 @@ impl Config {
             rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
             rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
             trusted_proxies,
+            header_read_timeout: Duration::from_secs(vars.number(
+                "HEADER_READ_TIMEOUT_SECONDS",
+                10,
+                1,
+                3600,
+            )?),
+            max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
             request_timeout: Duration::from_secs(vars.number(
                 "REQUEST_TIMEOUT_SECONDS",
                 30,
@@ -662,6 +677,8 @@ mod tests {
             ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
             ("JWT_LEEWAY_SECONDS", "soon"),
             ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("MAX_CONNECTIONS", "none"),
             ("DATABASE_URL", "mysql://db"),
         ];
         for (var, value) in cases {

@@ -12,6 +12,7 @@
 //! - [`service`]: the auth rules (registration, login lockout, rotation); no HTTP.
 //! - [`store`]: one [`store::Store`] trait, a SQLite and a PostgreSQL implementation; all SQL.
 //! - [`tokens`], [`passwords`]: JWTs and bcrypt.
+//! - [`server`]: the accept loop (header read timeout, connection cap, graceful shutdown).
 //! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 
@@ -20,13 +21,14 @@ pub mod config;
 pub mod errors;
 pub mod http;
 pub mod passwords;
+pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
@@ -77,13 +79,9 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(state.drain_on(shutdown))
-    .await
-    .map_err(|e| StartupError::Other(e.into()))?;
+    server::serve(state, app, listener, shutdown)
+        .await
+        .map_err(|e| StartupError::Other(e.into()))?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -244,3 +244,65 @@ dual_backend! {
         assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Arrange
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("HEADER_READ_TIMEOUT_SECONDS", "1")]).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Act: a request head that never ends (slowloris).
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buf)).await;
+    // Assert: the server closed the connection (EOF or reset) long before our 30 s bound.
+    match read.expect("the server must not wait forever") {
+        Ok(n) => assert!(
+            n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    // Arrange: a cap of 2, both taken by idle connections.
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("MAX_CONNECTIONS", "2"),
+            ("HEADER_READ_TIMEOUT_SECONDS", "60"),
+        ],
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Act
+    let url = app.url("/health/live");
+    let mut third = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    // Assert: not served while both slots are held...
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut third).await;
+    assert!(early.is_err(), "served past the cap: {early:?}");
+    // ...and served once one closes.
+    drop(first);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(second);
+}

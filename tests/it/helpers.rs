@@ -287,13 +287,18 @@ impl TestApp {
             .await
             .expect("app runs");
         });
-        let client = reqwest::Client::builder().build().expect("client");
-        // The listener is bound; this waits for start-up (migrations) without sleeping.
-        let live = client
+        // The listener is bound; this waits for start-up (migrations) without sleeping. The probe
+        // keeps no connection open, so tests own every connection the app sees.
+        let probe = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let live = probe
             .get(format!("{base}/health/live"))
             .send()
             .await
             .expect("app answers");
+        let client = reqwest::Client::builder().build().expect("client");
         assert_eq!(live.status(), StatusCode::OK);
         let store = db.store().await;
         Self {
