@@ -320,4 +320,34 @@ mod tests {
             Err(TokenError::Invalid)
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_string_is_refused_without_panicking(token in "\\PC{0,400}") {
+            let keys = keys(&[]);
+            proptest::prop_assert!(keys.verify(&token, TokenKind::Access, Utc::now()).is_err());
+        }
+
+        #[test]
+        fn a_valid_token_round_trips_and_any_one_byte_change_is_refused(
+            user_id in 1i64..i64::MAX,
+            ttl in 1i64..100_000,
+            position in proptest::prelude::any::<proptest::sample::Index>(),
+            replacement in proptest::prelude::any::<u8>(),
+        ) {
+            let keys = keys(&[]);
+            let now = Utc::now();
+            let claims = keys.claims(TokenKind::Refresh, user_id, Uuid::new_v4(), now, now + Duration::seconds(ttl));
+            let token = keys.sign(&claims).unwrap();
+            proptest::prop_assert_eq!(keys.verify(&token, TokenKind::Refresh, now).unwrap(), claims);
+            let mut bytes = token.clone().into_bytes();
+            let i = position.index(bytes.len());
+            proptest::prop_assume!(bytes[i] != replacement);
+            bytes[i] = replacement;
+            let changed = String::from_utf8_lossy(&bytes).into_owned();
+            proptest::prop_assert!(keys.verify(&changed, TokenKind::Refresh, now).is_err(), "accepted a changed byte at {}", i);
+        }
+    }
 }

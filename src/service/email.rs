@@ -92,4 +92,31 @@ mod tests {
         let email = Email::parse("secret@example.com").unwrap();
         assert!(!format!("{email:?}").contains("secret"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(raw in "\\PC{0,300}") {
+            let _ = Email::parse(&raw);
+        }
+
+        #[test]
+        fn a_parsed_email_parses_to_itself(raw in "[ ]{0,2}[A-Za-z0-9._%+-]{1,40}@[A-Za-z0-9-]{1,20}(\\.[A-Za-z]{2,8}){1,3}[ ]{0,2}") {
+            let email = Email::parse(&raw).expect("well-formed");
+            proptest::prop_assert_eq!(Email::parse(email.as_str()), Some(email.clone()));
+            proptest::prop_assert_eq!(email.as_str(), email.as_str().trim().to_lowercase());
+        }
+
+        #[test]
+        fn anything_accepted_keeps_the_rules(raw in "\\PC{0,300}") {
+            if let Some(email) = Email::parse(&raw) {
+                let s = email.as_str();
+                proptest::prop_assert!(s.chars().count() <= MAX_EMAIL_LEN);
+                proptest::prop_assert_eq!(s.matches('@').count(), 1);
+                let (local, domain) = s.split_once('@').unwrap();
+                proptest::prop_assert!(!local.is_empty());
+                proptest::prop_assert!(domain.contains('.') && domain.split('.').all(|l| !l.is_empty()));
+                proptest::prop_assert_eq!(Email::parse(s), Some(email.clone()));
+            }
+        }
+    }
 }

@@ -109,4 +109,32 @@ mod tests {
             vec!["Password is too long (maximum 72 bytes)"]
         );
     }
+
+    proptest::proptest! {
+        // The common-password lookup is a linear scan in debug builds (the crate's choice):
+        // fewer cases keep this under a couple of seconds.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn the_policy_never_panics_and_reasons_keep_their_order(password in "\\PC{0,100}") {
+            let reasons = violations(&password);
+            let order = [
+                "Password must be at least 8 characters long",
+                "Password must contain at least one lowercase letter",
+                "Password must contain at least one uppercase letter",
+                "Password must contain at least one number",
+                "Password is too long (maximum 72 bytes)",
+                "Password is too common",
+            ];
+            let positions: Vec<usize> = reasons.iter().map(|r| order.iter().position(|o| o == r).unwrap()).collect();
+            proptest::prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "{:?}", reasons);
+            proptest::prop_assert_eq!(reasons.contains(&order[4]), password.len() > MAX_PASSWORD_BYTES);
+        }
+
+        #[test]
+        fn strong_random_passwords_pass(password in "[a-z]{3,10}[A-Z]{3,10}[0-9]{3,10}[a-zA-Z0-9]{0,30}") {
+            proptest::prop_assume!(!is_common(&password));
+            proptest::prop_assert!(violations(&password).is_empty());
+        }
+    }
 }
