@@ -128,6 +128,41 @@ pub struct VerifyResponse {
     pub email: String,
 }
 
+/// The errors every JSON-body endpoint can answer, documented once.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// The body is not JSON.
+    #[response(status = 400, description = "INVALID_JSON: the body is not JSON")]
+    InvalidJson(ErrorBody),
+    /// The request took too long.
+    #[response(status = 408, description = "REQUEST_TIMEOUT")]
+    Timeout(ErrorBody),
+    /// Body over 64 KiB.
+    #[response(status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB")]
+    TooLarge(ErrorBody),
+    /// Another content type than JSON.
+    #[response(status = 415, description = "UNSUPPORTED_MEDIA_TYPE")]
+    UnsupportedMediaType(ErrorBody),
+    /// Field problems.
+    #[response(
+        status = 422,
+        description = "VALIDATION_ERROR (missing or mistyped field), INVALID_EMAIL, WEAK_PASSWORD"
+    )]
+    Validation(ErrorBody),
+    /// Rate limits.
+    #[response(
+        status = 429,
+        description = "RATE_LIMITED (per-IP token bucket) or, on login, TOO_MANY_ATTEMPTS (lockout); with Retry-After"
+    )]
+    TooMany(ErrorBody),
+    /// The database does not answer.
+    #[response(
+        status = 503,
+        description = "SERVICE_UNAVAILABLE: the database does not answer; with Retry-After"
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// A token response: never cached (RFC 6749 section 5.1).
 fn tokens(pair: TokenPair) -> Response {
     (
@@ -159,12 +194,8 @@ fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
         (status = 201, description = "User created", body = RegisterResponse),
-        (status = 400, description = "Body is not JSON (INVALID_JSON)", body = ErrorBody),
         (status = 409, description = "Email already registered (USER_EXISTS)", body = ErrorBody),
-        (status = 413, description = "Body too large (PAYLOAD_TOO_LARGE)", body = ErrorBody),
-        (status = 415, description = "Not JSON (UNSUPPORTED_MEDIA_TYPE)", body = ErrorBody),
-        (status = 422, description = "INVALID_EMAIL, WEAK_PASSWORD or VALIDATION_ERROR", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+        BodyErrors,
     ))]
 pub async fn register(
     State(auth): State<AuthService>,
@@ -192,12 +223,8 @@ pub async fn register(
             ("X-RateLimit-Remaining" = u32, description = "Failed attempts left before the lockout"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until the window or lockout ends"),
         )),
-        (status = 400, description = "Body is not JSON (INVALID_JSON)", body = ErrorBody),
         (status = 401, description = "INVALID_CREDENTIALS or ACCOUNT_DISABLED", body = ErrorBody),
-        (status = 415, description = "Not JSON (UNSUPPORTED_MEDIA_TYPE)", body = ErrorBody),
-        (status = 422, description = "VALIDATION_ERROR or INVALID_EMAIL", body = ErrorBody),
-        (status = 429, description = "Locked out (TOO_MANY_ATTEMPTS)", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+        BodyErrors,
     ))]
 pub async fn login(
     State(auth): State<AuthService>,
@@ -218,8 +245,7 @@ pub async fn login(
     responses(
         (status = 200, description = "Rotated", body = TokenResponse),
         (status = 401, description = "INVALID_REFRESH_TOKEN", body = ErrorBody),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+        BodyErrors,
     ))]
 pub async fn refresh(
     State(auth): State<AuthService>,
@@ -233,8 +259,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "Logged out", body = MessageResponse),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+        BodyErrors,
     ))]
 pub async fn logout(
     State(auth): State<AuthService>,
@@ -252,6 +277,7 @@ pub async fn logout(
     responses(
         (status = 200, description = "Logged out everywhere", body = MessageResponse),
         (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED, with Retry-After", body = ErrorBody),
         (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
     ))]
 pub async fn logout_all(
