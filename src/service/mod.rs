@@ -127,6 +127,20 @@ pub struct LoginOutcome {
     pub status: Option<AttemptStatus>,
 }
 
+impl LoginOutcome {
+    /// Refused while locked until `until`: 429 with `Retry-After`, nothing verified.
+    fn locked(until: DateTime<Utc>, now: DateTime<Utc>, status: AttemptStatus) -> Self {
+        let retry_after_secs = lockout::seconds_until(until, now).max(1);
+        Self {
+            result: Err(AuthError::TooManyAttempts {
+                until,
+                retry_after_secs,
+            }),
+            status: Some(status),
+        }
+    }
+}
+
 /// Settings of the service, taken from [`crate::config::Config`].
 #[derive(Debug, Clone, Copy)]
 pub struct AuthSettings {
@@ -275,14 +289,7 @@ impl AuthService {
                 Ok(Some(row)) => {
                     if let Some((until, status)) = ip_policy.lock_of(&row, now) {
                         audit::record(Event::Login, "ip_blocked", None, caller);
-                        let retry_after_secs = lockout::seconds_until(until, now).max(1);
-                        return LoginOutcome {
-                            result: Err(AuthError::TooManyAttempts {
-                                until,
-                                retry_after_secs,
-                            }),
-                            status: Some(status),
-                        };
+                        return LoginOutcome::locked(until, now, status);
                     }
                 }
                 Ok(None) => {}
@@ -302,14 +309,7 @@ impl AuthService {
             }
             Ok(AttemptDecision::Locked { until, status }) => {
                 audit::record(Event::Login, "locked", None, caller);
-                let retry_after_secs = lockout::seconds_until(until, now).max(1);
-                return LoginOutcome {
-                    result: Err(AuthError::TooManyAttempts {
-                        until,
-                        retry_after_secs,
-                    }),
-                    status: Some(status),
-                };
+                return LoginOutcome::locked(until, now, status);
             }
             Ok(AttemptDecision::Allowed(status)) => status,
         };
