@@ -121,11 +121,21 @@ dual_backend! {
         let app = TestApp::spawn_with(backend, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
         let addr = app.base.trim_start_matches("http://").to_owned();
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        // Headers promise 100 bytes; only 5 ever come.
-        let head = format!("POST /auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"ema");
+        // Headers promise 100 bytes; the body then trickles in one byte a second.
+        let head = format!("POST /auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{");
         stream.write_all(head.as_bytes()).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let trickle = tokio::spawn(async move {
+            for byte in b"\"email\": \"slow@example.com\"".iter().cycle().take(60) {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if writer.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+            }
+        });
         let mut response = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(30), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), reader.read_to_end(&mut response)).await.unwrap().unwrap();
+        trickle.abort();
         let response = String::from_utf8_lossy(&response);
         assert!(response.starts_with("HTTP/1.1 408"), "{response}");
         assert!(response.ends_with(r#"{"detail":"Request timeout","error_code":"REQUEST_TIMEOUT"}"#), "{response}");
