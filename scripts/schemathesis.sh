@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${BIN:-target/debug/auth-service}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/debug/auth-service}
 MAX_EXAMPLES=${MAX_EXAMPLES:-25}
 SEED=${SEED:-1}
 [ -x "$BIN" ] || cargo build --locked
@@ -24,6 +24,12 @@ env -i PATH="$PATH" PORT="$port" HOST=127.0.0.1 BCRYPT_ROUNDS=4 RATE_LIMIT_PER_S
     DATABASE_URL="sqlite://$workdir/st.db" "$BIN" >"$workdir/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$workdir"' EXIT
+sleep 0.5
+if ! kill -0 "$server" 2>/dev/null; then
+    echo "schemathesis: the server did not start:" >&2
+    cat "$workdir/server.log" >&2
+    exit 1
+fi
 
 seed_args=(--seed "$SEED")
 [ "$SEED" = random ] && seed_args=()
