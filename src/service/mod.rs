@@ -128,6 +128,14 @@ pub struct LoginOutcome {
 }
 
 impl LoginOutcome {
+    /// A failure, with the attempt figures when the counter was reached.
+    fn error(err: impl Into<AuthError>, status: Option<AttemptStatus>) -> Self {
+        Self {
+            result: Err(err.into()),
+            status,
+        }
+    }
+
     /// Refused while locked until `until`: 429 with `Retry-After`, nothing verified.
     fn locked(until: DateTime<Utc>, now: DateTime<Utc>, status: AttemptStatus) -> Self {
         let retry_after_secs = lockout::seconds_until(until, now).max(1);
@@ -254,8 +262,9 @@ impl AuthService {
 
     /// `POST /auth/login`: exchanges email and password for tokens.
     ///
-    /// The attempt is reserved in the database before anything is verified, so a parallel
-    /// burst can never test more passwords than the limit allows.
+    /// Order matters: the client IP's spraying guard, then the email's attempt is reserved in
+    /// the database before anything is verified (so a parallel burst can never test more
+    /// passwords than the limit allows), then exactly one bcrypt verification.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
     pub async fn login(
         &self,
@@ -265,12 +274,8 @@ impl AuthService {
     ) -> LoginOutcome {
         let Some(email) = Email::parse(email) else {
             audit::record(Event::Login, "invalid_request", None, caller);
-            return LoginOutcome {
-                result: Err(AuthError::InvalidEmail),
-                status: None,
-            };
+            return LoginOutcome::error(AuthError::InvalidEmail, None);
         };
-        let policy = self.0.settings.lockout;
         let now = self.0.clock.now();
         let ip_guard = self
             .0
@@ -280,33 +285,23 @@ impl AuthService {
             .map(|(p, ip)| (p, format!("ip:{ip}")));
         if let Some((ip_policy, key)) = &ip_guard {
             match self.0.store.find_login_attempt(key).await {
-                Err(err) => {
-                    return LoginOutcome {
-                        result: Err(err.into()),
-                        status: None,
-                    };
-                }
-                Ok(Some(row)) => {
-                    if let Some((until, status)) = ip_policy.lock_of(&row, now) {
+                Err(err) => return LoginOutcome::error(err, None),
+                Ok(row) => {
+                    if let Some((until, status)) = row.and_then(|r| ip_policy.lock_of(&r, now)) {
                         audit::record(Event::Login, "ip_blocked", None, caller);
                         return LoginOutcome::locked(until, now, status);
                     }
                 }
-                Ok(None) => {}
             }
         }
+        let policy = self.0.settings.lockout;
         let reserved = self
             .0
             .store
             .reserve_login_attempt(email.as_str(), now, policy.limits())
             .await;
         let status = match reserved.map(|row| policy.decide(&row, now)) {
-            Err(err) => {
-                return LoginOutcome {
-                    result: Err(err.into()),
-                    status: None,
-                };
-            }
+            Err(err) => return LoginOutcome::error(err, None),
             Ok(AttemptDecision::Locked { until, status }) => {
                 audit::record(Event::Login, "locked", None, caller);
                 return LoginOutcome::locked(until, now, status);
@@ -315,44 +310,23 @@ impl AuthService {
         };
         let user = match self.check_credentials(&email, &password).await {
             Ok(user) => user,
-            Err(err) => {
-                if matches!(err, AuthError::InvalidCredentials) {
-                    audit::record(Event::Login, "invalid_credentials", None, caller);
-                    if let Some((ip_policy, key)) = &ip_guard {
-                        let counted = self
-                            .0
-                            .store
-                            .reserve_login_attempt(key, now, ip_policy.limits())
-                            .await;
-                        match counted {
-                            Ok(row) if row.attempts == i64::from(ip_policy.max_attempts) => {
-                                audit::record(Event::Lockout, "ip_locked", None, caller);
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                return LoginOutcome {
-                                    result: Err(e.into()),
-                                    status: None,
-                                };
-                            }
-                        }
-                    }
-                    if status.remaining == 0 {
-                        audit::record(Event::Lockout, "locked", None, caller);
-                    }
+            Err(AuthError::InvalidCredentials) => {
+                audit::record(Event::Login, "invalid_credentials", None, caller);
+                if status.remaining == 0 {
+                    audit::record(Event::Lockout, "locked", None, caller);
                 }
-                return LoginOutcome {
-                    result: Err(err),
-                    status: Some(status),
-                };
+                if let Some((ip_policy, key)) = &ip_guard
+                    && let Err(err) = self.count_ip_failure(*ip_policy, key, now, caller).await
+                {
+                    return LoginOutcome::error(err, Some(status));
+                }
+                return LoginOutcome::error(AuthError::InvalidCredentials, Some(status));
             }
+            Err(err) => return LoginOutcome::error(err, Some(status)),
         };
         tracing::Span::current().record("user.id", user.id);
         if let Err(err) = self.0.store.clear_login_attempts(email.as_str()).await {
-            return LoginOutcome {
-                result: Err(err.into()),
-                status: Some(status),
-            };
+            return LoginOutcome::error(err, Some(status));
         }
         let result = if user.is_active {
             self.upgrade_hash(&user, password).await;
@@ -369,6 +343,25 @@ impl AuthService {
             result,
             status: Some(policy.fresh()),
         }
+    }
+
+    /// Counts one failed login against the client IP (password spraying).
+    async fn count_ip_failure(
+        &self,
+        ip_policy: LockoutPolicy,
+        key: &str,
+        now: DateTime<Utc>,
+        caller: &Caller,
+    ) -> Result<(), StoreError> {
+        let row = self
+            .0
+            .store
+            .reserve_login_attempt(key, now, ip_policy.limits())
+            .await?;
+        if row.attempts == i64::from(ip_policy.max_attempts) {
+            audit::record(Event::Lockout, "ip_locked", None, caller);
+        }
+        Ok(())
     }
 
     /// Exactly one bcrypt verification, whether or not the email is known.
