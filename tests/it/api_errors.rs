@@ -30,6 +30,10 @@ dual_backend! {
             let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), body.to_vec()).await;
             assert_error(status, &body, StatusCode::BAD_REQUEST, "Invalid JSON in request body", "INVALID_JSON");
         }
+        // 100,000-deep nesting is 200 KB: over the body limit, so 413 before any parsing.
+        let deepest = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let (status, body) = post_raw(&app, "/auth/login", Some("application/json"), deepest.into_bytes()).await;
+        assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large", "PAYLOAD_TOO_LARGE");
         // 30,000-deep nesting (under the body limit): refused in the contract's shape, no crash.
         for deep in [
             format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)),
