@@ -6,6 +6,20 @@
 //! writes it back. This module knows nothing about HTTP or about the service's rules; SQL lives
 //! only in `sqlite.rs` and `postgres.rs`, once per dialect.
 
+/// The `users` columns every `UserRow` query selects, in one place for both dialects.
+macro_rules! user_columns {
+    () => {
+        "id, email, password_hash, is_active, created_at, updated_at"
+    };
+}
+
+/// The `refresh_tokens` columns every `RefreshTokenRow` query selects.
+macro_rules! token_columns {
+    () => {
+        "jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at"
+    };
+}
+
 mod postgres;
 mod sqlite;
 

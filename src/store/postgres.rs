@@ -82,11 +82,12 @@ impl Store for PgStore {
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<UserRow, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(concat!(
             r"insert into users (email, password_hash, is_active, created_at, updated_at)
               values ($1, $2, true, $3, $3)
-              returning id, email, password_hash, is_active, created_at, updated_at",
-        )
+              returning ",
+            user_columns!()
+        ))
         .bind(email)
         .bind(password_hash)
         .bind(now)
@@ -95,20 +96,22 @@ impl Store for PgStore {
     }
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select id, email, password_hash, is_active, created_at, updated_at
-              from users where email = $1",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            user_columns!(),
+            " from users where email = $1"
+        ))
         .bind(email)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select id, email, password_hash, is_active, created_at, updated_at
-              from users where id = $1",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            user_columns!(),
+            " from users where id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
@@ -218,36 +221,27 @@ impl Store for PgStore {
     }
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
-        sqlx::query(
-            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
-              values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token.jti)
-        .bind(token.user_id)
-        .bind(token.family_id)
-        .bind(token.parent_jti)
-        .bind(token.issued_at)
-        .bind(token.expires_at)
-        .execute(&self.pool)
-        .await?;
+        insert_token(&self.pool, token).await?;
         Ok(())
     }
 
     async fn find_refresh_token(&self, jti: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
-              from refresh_tokens where jti = $1",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            token_columns!(),
+            " from refresh_tokens where jti = $1"
+        ))
         .bind(jti)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     async fn find_child_token(&self, parent: Uuid) -> Result<Option<RefreshTokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
-              from refresh_tokens where parent_jti = $1",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            token_columns!(),
+            " from refresh_tokens where parent_jti = $1"
+        ))
         .bind(parent)
         .fetch_optional(&self.pool)
         .await?)
@@ -273,27 +267,21 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
-            r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
-              values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(child.jti)
-        .bind(child.user_id)
-        .bind(child.family_id)
-        .bind(parent)
-        .bind(child.issued_at)
-        .bind(child.expires_at)
-        .execute(&mut *tx)
-        .await?;
+        let child = NewRefreshToken {
+            parent_jti: Some(parent),
+            ..child.clone()
+        };
+        insert_token(&mut *tx, &child).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select id, email, password_hash, is_active, created_at, updated_at
-              from users order by id",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            user_columns!(),
+            " from users order by id"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -302,10 +290,11 @@ impl Store for PgStore {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<RefreshTokenRow>, StoreError> {
-        Ok(sqlx::query_as(
-            r"select jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at
-              from refresh_tokens where expires_at > $1 order by issued_at",
-        )
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            token_columns!(),
+            " from refresh_tokens where expires_at > $1 order by issued_at"
+        ))
         .bind(now)
         .fetch_all(&self.pool)
         .await?)
@@ -406,4 +395,24 @@ impl Store for PgStore {
         .await?
         .rows_affected())
     }
+}
+
+/// The one refresh-token insert, on the pool or inside the rotation transaction.
+async fn insert_token<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    token: &NewRefreshToken,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r"insert into refresh_tokens (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+          values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.jti)
+    .bind(token.user_id)
+    .bind(token.family_id)
+    .bind(token.parent_jti)
+    .bind(token.issued_at)
+    .bind(token.expires_at)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
