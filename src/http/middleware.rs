@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request},
-    http::{HeaderValue, Method, Response, StatusCode, header},
+    http::{Response, StatusCode, header},
     middleware::Next,
     response::IntoResponse,
 };
@@ -146,16 +146,4 @@ pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span
             "request completed"
         );
     }
-}
-
-/// `Allow` for the CORS layer's method list.
-#[must_use]
-pub fn cors_methods() -> [Method; 3] {
-    [Method::GET, Method::POST, Method::OPTIONS]
-}
-
-/// `X-Content-Type-Options: nosniff`, sent on every response.
-#[must_use]
-pub fn nosniff() -> HeaderValue {
-    HeaderValue::from_static("nosniff")
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    http::{HeaderName, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
 };
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&config.cors_origins))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
-            middleware::nosniff(),
+            HeaderValue::from_static("nosniff"),
         ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -70,7 +70,7 @@ pub fn router(state: AppState) -> Router {
 
 fn cors(origins: &CorsOrigins) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods(middleware::cors_methods())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
