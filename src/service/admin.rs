@@ -9,7 +9,7 @@ use super::{
     audit::{self, Caller, Event},
     email::Email,
 };
-use crate::store::UserRow;
+use crate::store::{StoreError, UserRow};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,23 @@ pub enum AdminError {
     /// A rule of the API refused it (invalid email, weak password, existing user, ...).
     #[error("{0}")]
     Refused(#[from] AuthError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(err: StoreError) -> Self {
+        Self::Refused(err.into())
+    }
+}
+
+/// Records a successful admin action on the audit trail.
+fn audited(action: &'static str, user_id: i64) -> i64 {
+    audit::record(
+        Event::Admin(action),
+        "success",
+        Some(user_id),
+        &Caller::cli(),
+    );
+    user_id
 }
 
 /// What `user show` prints; never the hash.
@@ -40,12 +57,7 @@ pub struct UserSummary {
 impl AuthService {
     async fn user_by_email(&self, email: &str) -> Result<(Email, UserRow), AdminError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        let user = self
-            .0
-            .store
-            .find_user_by_email(email.as_str())
-            .await
-            .map_err(AuthError::from)?;
+        let user = self.0.store.find_user_by_email(email.as_str()).await?;
         user.map(|u| (email, u)).ok_or(AdminError::NotFound)
     }
 
@@ -59,12 +71,7 @@ impl AuthService {
         password: SecretString,
     ) -> Result<RegisteredUser, AdminError> {
         let user = self.create_user(email, password).await?;
-        audit::record(
-            Event::Admin("admin_user_create"),
-            "success",
-            Some(user.id),
-            &Caller::cli(),
-        );
+        audited("admin_user_create", user.id);
         Ok(user)
     }
 
@@ -77,26 +84,18 @@ impl AuthService {
         let (_, user) = self.user_by_email(email).await?;
         let now = self.now();
         let store = &self.0.store;
-        if !store
-            .set_user_active(user.id, active, now)
-            .await
-            .map_err(AuthError::from)?
-        {
+        if !store.set_user_active(user.id, active, now).await? {
             return Err(AdminError::NotFound);
         }
         if !active {
-            store
-                .revoke_user_tokens(user.id, now)
-                .await
-                .map_err(AuthError::from)?;
+            store.revoke_user_tokens(user.id, now).await?;
         }
         let name = if active {
             "admin_user_enable"
         } else {
             "admin_user_disable"
         };
-        audit::record(Event::Admin(name), "success", Some(user.id), &Caller::cli());
-        Ok(user.id)
+        Ok(audited(name, user.id))
     }
 
     /// `user unlock EMAIL`: clears the lockout counter.
@@ -105,18 +104,8 @@ impl AuthService {
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_unlock(&self, email: &str) -> Result<i64, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
-        self.0
-            .store
-            .clear_login_attempts(email.as_str())
-            .await
-            .map_err(AuthError::from)?;
-        audit::record(
-            Event::Admin("admin_user_unlock"),
-            "success",
-            Some(user.id),
-            &Caller::cli(),
-        );
-        Ok(user.id)
+        self.0.store.clear_login_attempts(email.as_str()).await?;
+        Ok(audited("admin_user_unlock", user.id))
     }
 
     /// `user delete EMAIL`: removes the user, their refresh tokens and their counter.
@@ -126,20 +115,11 @@ impl AuthService {
     pub async fn admin_delete(&self, email: &str) -> Result<i64, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
         let store = &self.0.store;
-        if !store.delete_user(user.id).await.map_err(AuthError::from)? {
+        if !store.delete_user(user.id).await? {
             return Err(AdminError::NotFound);
         }
-        store
-            .clear_login_attempts(email.as_str())
-            .await
-            .map_err(AuthError::from)?;
-        audit::record(
-            Event::Admin("admin_user_delete"),
-            "success",
-            Some(user.id),
-            &Caller::cli(),
-        );
-        Ok(user.id)
+        store.clear_login_attempts(email.as_str()).await?;
+        Ok(audited("admin_user_delete", user.id))
     }
 
     /// `user show EMAIL`.
@@ -148,12 +128,7 @@ impl AuthService {
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_show(&self, email: &str) -> Result<UserSummary, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
-        let attempts = self
-            .0
-            .store
-            .find_login_attempt(email.as_str())
-            .await
-            .map_err(AuthError::from)?;
+        let attempts = self.0.store.find_login_attempt(email.as_str()).await?;
         let now = self.0.clock.now();
         let max = i64::from(self.0.settings.lockout.max_attempts);
         let locked_until = attempts.and_then(|a| {

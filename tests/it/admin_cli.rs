@@ -46,6 +46,17 @@ fn assert_failed(o: &Output, expected: &str) {
     assert_eq!(stderr.lines().collect::<Vec<_>>(), [expected]);
 }
 
+/// Asserts exit code 0, showing stderr otherwise.
+#[track_caller]
+fn assert_succeeded(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
     tokio::task::block_in_place(|| cli(db, args, stdin))
 }
@@ -55,7 +66,7 @@ dual_backend! {
         let app = TestApp::spawn(backend).await;
         let db = &app.db;
         let created = cli_async(db, &["user", "create", " Admin@Example.com"], "SecurePass123\n").await;
-        assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+        assert_succeeded(&created);
         assert!(stdout(&created).starts_with("created user "), "{}", stdout(&created));
         assert!(stdout(&created).contains("(admin@example.com)"));
         assert_eq!(app.login("admin@example.com", PASSWORD).await.status(), StatusCode::OK);
@@ -74,14 +85,14 @@ dual_backend! {
         // Act
         let out = cli_async(&app.db, &["user", "disable", "D@example.com"], "").await;
         // Assert
-        assert_eq!(out.status.code(), Some(0));
+        assert_succeeded(&out);
         let (status, body) = status_and_json(app.login("d@example.com", PASSWORD).await).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "Account is disabled", "ACCOUNT_DISABLED");
         assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("admin_user_disable") && !stderr.contains("d@example.com"), "{stderr}");
-        assert_eq!(cli_async(&app.db, &["user", "enable", "d@example.com"], "").await.status.code(), Some(0));
+        assert_succeeded(&cli_async(&app.db, &["user", "enable", "d@example.com"], "").await);
         let (_, new_refresh) = app.tokens("d@example.com").await;
         assert_eq!(app.refresh(&new_refresh).await.status(), StatusCode::OK);
         // The refresh tokens revoked by the disable stay revoked.
@@ -100,7 +111,7 @@ dual_backend! {
         assert!(lines[3].starts_with("created: 20"), "{shown}");
         assert!(lines[4].starts_with("locked_until: 20"), "{shown}");
         assert!(!shown.contains("$2b$"), "never the hash");
-        assert_eq!(cli_async(&app.db, &["user", "unlock", "l@example.com"], "").await.status.code(), Some(0));
+        assert_succeeded(&cli_async(&app.db, &["user", "unlock", "l@example.com"], "").await);
         assert_eq!(app.login("l@example.com", PASSWORD).await.status(), StatusCode::OK);
         let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
         assert!(shown.ends_with("locked_until: -\n"), "{shown}");
@@ -109,7 +120,7 @@ dual_backend! {
     async fn delete_removes_the_user_and_every_token(backend: Backend) {
         let app = TestApp::spawn(backend).await;
         let (_, access, refresh) = app.user_with_tokens("del@example.com").await;
-        assert_eq!(cli_async(&app.db, &["user", "delete", "del@example.com"], "").await.status.code(), Some(0));
+        assert_succeeded(&cli_async(&app.db, &["user", "delete", "del@example.com"], "").await);
         assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
         let (status, body) = status_and_json(app.login("del@example.com", PASSWORD).await).await;
@@ -124,7 +135,7 @@ dual_backend! {
     async fn migrate_prepares_an_empty_database(backend: Backend) {
         let db = TestDb::new(backend).await;
         let out = cli_async(&db, &["migrate"], "").await;
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_succeeded(&out);
         assert_eq!(stdout(&out), "migrations applied\n");
         let store = db.store().await;
         assert!(store.find_user_by_email("x@example.com").await.unwrap().is_none());
@@ -168,25 +179,14 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
         .unwrap()
         .to_owned();
     let (bob, _, _) = source.user_with_tokens("bob@example.com").await;
-    assert_eq!(
-        cli_async(&source.db, &["user", "disable", "bob@example.com"], "")
-            .await
-            .status
-            .code(),
-        Some(0)
-    );
+    assert_succeeded(&cli_async(&source.db, &["user", "disable", "bob@example.com"], "").await);
     let postgres = TestDb::new(Backend::Postgres).await;
 
     // Act
     let out = copy_async(&source.db, &postgres, false).await;
 
     // Assert
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(
         stdout(&out).starts_with("copied 2 users (0 skipped) and 3 refresh tokens"),
         "{}",
@@ -230,7 +230,7 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
         "auth-service: the target database already has users; pass --merge to add to them",
     );
     let merged = copy_async(&source.db, &postgres, true).await;
-    assert_eq!(merged.status.code(), Some(0));
+    assert_succeeded(&merged);
     assert!(
         stdout(&merged).starts_with("copied 0 users (2 skipped)"),
         "{}",
@@ -240,12 +240,7 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
     // And back, to a fresh SQLite file.
     let back = TestDb::new(Backend::Sqlite).await;
     let out = copy_async(&postgres, &back, false).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert!(
         stdout(&out).starts_with("copied 3 users"),
         "{}",
