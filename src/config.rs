@@ -5,11 +5,13 @@
 //! an optional `.env`). Any bad value is a [`ConfigError`] naming the variable, which `main`
 //! prints as one line before exiting with code 2.
 
-use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use base64::Engine as _;
 use ipnet::IpNet;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
+
+pub use crate::{database_url::DatabaseUrl, service::RotationMode};
 
 /// A configuration value that could not be used, with the variable it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,118 +29,6 @@ impl ConfigError {
             var,
             reason: reason.into(),
         }
-    }
-}
-
-/// Where the data lives, normalised from `DATABASE_URL`.
-#[derive(Clone)]
-pub enum DatabaseUrl {
-    /// An SQLite file (created when missing).
-    SqliteFile(PathBuf),
-    /// A private in-memory SQLite database (`sqlite::memory:`), gone when the process ends.
-    SqliteMemory,
-    /// A PostgreSQL connection string (`postgres://` or `postgresql://`).
-    Postgres(SecretString),
-}
-
-impl DatabaseUrl {
-    /// Parses every form the contract accepts.
-    ///
-    /// - `sqlite::memory:`
-    /// - the original's SQLAlchemy forms `sqlite:///./relative.db` and `sqlite:////absolute.db`
-    /// - sqlx's forms `sqlite://relative.db`, `sqlite:///absolute.db` and `sqlite:relative.db`
-    /// - `postgres://...` and `postgresql://...`
-    ///
-    /// # Errors
-    /// A [`ConfigError`] for `DATABASE_URL` when the scheme is unknown or the path is empty.
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
-        const VAR: &str = "DATABASE_URL";
-        let raw = raw.trim();
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return Ok(Self::Postgres(SecretString::from(raw.to_owned())));
-        }
-        let Some(rest) = raw.strip_prefix("sqlite:") else {
-            return Err(ConfigError::new(
-                VAR,
-                "expected a URL starting with sqlite:, postgres:// or postgresql://",
-            ));
-        };
-        if rest == ":memory:" || rest == "//:memory:" {
-            return Ok(Self::SqliteMemory);
-        }
-        if rest.contains('?') {
-            return Err(ConfigError::new(
-                VAR,
-                "query parameters are not supported in a sqlite URL",
-            ));
-        }
-        let path = if let Some(abs) = rest.strip_prefix("////") {
-            // SQLAlchemy: four slashes is an absolute path.
-            format!("/{abs}")
-        } else if let Some(tail) = rest.strip_prefix("///") {
-            // `sqlite:///./x.db` is the original's relative form; otherwise three slashes is
-            // the URL convention for an absolute path.
-            if tail.starts_with("./") || tail.starts_with("../") {
-                tail.to_owned()
-            } else {
-                format!("/{tail}")
-            }
-        } else if let Some(tail) = rest.strip_prefix("//") {
-            tail.to_owned()
-        } else {
-            rest.to_owned()
-        };
-        if path.is_empty() || path.ends_with('/') {
-            return Err(ConfigError::new(VAR, "the sqlite URL names no file"));
-        }
-        Ok(Self::SqliteFile(PathBuf::from(path)))
-    }
-
-    /// Whether this is a PostgreSQL database.
-    #[must_use]
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Self::Postgres(_))
-    }
-}
-
-impl PartialEq for DatabaseUrl {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Self::SqliteFile(a), Self::SqliteFile(b)) => a == b,
-            (Self::SqliteMemory, Self::SqliteMemory) => true,
-            (Self::Postgres(a), Self::Postgres(b)) => a.expose_secret() == b.expose_secret(),
-            _ => false,
-        }
-    }
-}
-
-impl Eq for DatabaseUrl {}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
-            Self::SqliteMemory => f.write_str("sqlite::memory:"),
-            Self::Postgres(url) => f.write_str(&mask_password(url.expose_secret())),
-        }
-    }
-}
-
-/// Hides the password of `scheme://user:password@host/...` so the URL can be logged.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable url>".to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}")
-            } else {
-                format!("{scheme}://{user}@{host}")
-            }
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -169,7 +59,10 @@ pub enum CorsOrigins {
 }
 
 /// The whole validated configuration. Field docs name the variable and its default.
-#[derive(Clone)]
+///
+/// `Debug` is derived: secrets are [`SecretString`]s and the database URL describes itself
+/// without its password, so the whole configuration can be logged at start-up.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// `DATABASE_URL` (default `sqlite://./auth_service.db`).
     pub database_url: DatabaseUrl,
@@ -193,6 +86,9 @@ pub struct Config {
     pub access_token_expire_minutes: u32,
     /// `REFRESH_TOKEN_EXPIRE_DAYS` (default 30).
     pub refresh_token_expire_days: u32,
+    /// `REFRESH_TOKEN_ROTATION` (default `off`, the original's behaviour): `on` makes each
+    /// refresh token work once, with reuse detection.
+    pub refresh_token_rotation: RotationMode,
     /// `REFRESH_REUSE_GRACE_SECONDS` (default 10, `0` turns the grace off).
     pub refresh_reuse_grace_seconds: u32,
     /// `BCRYPT_ROUNDS` (default 12, 4 to 31).
@@ -233,48 +129,6 @@ pub struct Config {
     /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
     /// 503 while the listener still accepts, so a load balancer can take the pod out first.
     pub shutdown_drain: Duration,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &self.database_url)
-            .field("database_max_connections", &self.database_max_connections)
-            .field("database_connect_timeout", &self.database_connect_timeout)
-            .field("jwt_secret", &"[redacted]")
-            .field("jwt_secret_generated", &self.jwt_secret_generated)
-            .field("jwt_algorithm", &self.jwt_algorithm)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_leeway_seconds", &self.jwt_leeway_seconds)
-            .field(
-                "access_token_expire_minutes",
-                &self.access_token_expire_minutes,
-            )
-            .field("refresh_token_expire_days", &self.refresh_token_expire_days)
-            .field(
-                "refresh_reuse_grace_seconds",
-                &self.refresh_reuse_grace_seconds,
-            )
-            .field("bcrypt_rounds", &self.bcrypt_rounds)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .field("cors_origins", &self.cors_origins)
-            .field("login_max_attempts", &self.login_max_attempts)
-            .field("login_window_minutes", &self.login_window_minutes)
-            .field("lockout_minutes", &self.lockout_minutes)
-            .field("login_max_failures_per_ip", &self.login_max_failures_per_ip)
-            .field("rate_limit_per_second", &self.rate_limit_per_second)
-            .field("rate_limit_burst", &self.rate_limit_burst)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("header_read_timeout", &self.header_read_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("request_timeout", &self.request_timeout)
-            .field("shutdown_drain", &self.shutdown_drain)
-            .finish()
-    }
 }
 
 /// Reads one variable through the lookup, treating an empty value as unset.
@@ -324,7 +178,8 @@ impl Config {
             &vars
                 .get("DATABASE_URL")
                 .unwrap_or_else(|| "sqlite://./auth_service.db".to_owned()),
-        )?;
+        )
+        .map_err(|err| ConfigError::new("DATABASE_URL", err.0))?;
 
         let (jwt_secret, jwt_secret_generated) = match vars
             .get("JWT_SECRET_KEY")
@@ -397,6 +252,21 @@ impl Config {
                 .unwrap_or_else(|| "http://localhost:3000,http://127.0.0.1:3000".to_owned()),
         )?;
 
+        let refresh_token_rotation = match vars
+            .get("REFRESH_TOKEN_ROTATION")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("off" | "false" | "0") => RotationMode::Off,
+            Some("on" | "true" | "1") => RotationMode::On,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "REFRESH_TOKEN_ROTATION",
+                    format!("expected on or off, got {other:?}"),
+                ));
+            }
+        };
+
         let trusted_proxies = match vars.get("TRUSTED_PROXIES") {
             None => Vec::new(),
             Some(raw) => parse_proxies(&raw)?,
@@ -426,6 +296,7 @@ impl Config {
                 24 * 60,
             )?,
             refresh_token_expire_days: vars.number("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
+            refresh_token_rotation,
             refresh_reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
             bcrypt_rounds: vars.number("BCRYPT_ROUNDS", 12, 4, 31)?,
             host,
@@ -519,6 +390,8 @@ fn parse_proxies(raw: &str) -> Result<Vec<IpNet>, ConfigError> {
 mod tests {
     use std::collections::HashMap;
 
+    use secrecy::ExposeSecret as _;
+
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -534,7 +407,7 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(
             c.database_url,
-            DatabaseUrl::SqliteFile(PathBuf::from("./auth_service.db"))
+            DatabaseUrl::SqliteFile("./auth_service.db".into())
         );
         assert_eq!(c.port, 8001);
         assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
@@ -546,6 +419,7 @@ mod tests {
         assert_eq!(c.jwt_leeway_seconds, 30);
         assert_eq!(c.access_token_expire_minutes, 15);
         assert_eq!(c.refresh_token_expire_days, 30);
+        assert_eq!(c.refresh_token_rotation, RotationMode::Off);
         assert_eq!(c.refresh_reuse_grace_seconds, 10);
         assert_eq!(c.bcrypt_rounds, 12);
         assert_eq!(c.log_level, "info");
@@ -572,55 +446,6 @@ mod tests {
     }
 
     #[test]
-    fn database_url_accepts_every_documented_form() {
-        let cases = [
-            (
-                "sqlite:///./auth_service.db",
-                DatabaseUrl::SqliteFile("./auth_service.db".into()),
-            ),
-            (
-                "sqlite://./auth_service.db",
-                DatabaseUrl::SqliteFile("./auth_service.db".into()),
-            ),
-            (
-                "sqlite:////data/auth.db",
-                DatabaseUrl::SqliteFile("/data/auth.db".into()),
-            ),
-            (
-                "sqlite:///data/auth.db",
-                DatabaseUrl::SqliteFile("/data/auth.db".into()),
-            ),
-            ("sqlite:auth.db", DatabaseUrl::SqliteFile("auth.db".into())),
-            ("sqlite::memory:", DatabaseUrl::SqliteMemory),
-        ];
-        for (raw, expected) in cases {
-            assert_eq!(DatabaseUrl::parse(raw).unwrap(), expected, "{raw}");
-        }
-        assert!(
-            DatabaseUrl::parse("postgres://u:p@h/db")
-                .unwrap()
-                .is_postgres()
-        );
-        assert!(
-            DatabaseUrl::parse("postgresql://u@h/db")
-                .unwrap()
-                .is_postgres()
-        );
-        for bad in [
-            "mysql://x",
-            "sqlite://",
-            "http://x",
-            "sqlite://x.db?mode=ro",
-        ] {
-            assert_eq!(
-                DatabaseUrl::parse(bad).unwrap_err().var,
-                "DATABASE_URL",
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
     fn postgres_password_never_shows_in_debug_output() {
         let c = config(&[
             ("DATABASE_URL", "postgres://app:hunter2-secret@db:5432/auth"),
@@ -630,7 +455,10 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
         assert!(!shown.contains(&"k".repeat(40)), "{shown}");
-        assert!(shown.contains("postgres://app:***@db:5432/auth"), "{shown}");
+        assert!(
+            shown.contains(r#"postgresql database "auth" on db:5432"#),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -675,6 +503,7 @@ mod tests {
             ("LOGIN_MAX_FAILURES_PER_IP", "x"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
+            ("REFRESH_TOKEN_ROTATION", "sometimes"),
             ("JWT_LEEWAY_SECONDS", "soon"),
             ("DATABASE_MAX_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),

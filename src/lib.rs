@@ -18,7 +18,7 @@
 
 pub mod clock;
 pub mod config;
-pub mod errors;
+pub mod database_url;
 pub mod http;
 pub mod passwords;
 pub mod server;

@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use auth_service::{clock::SystemClock, config::Config, state::StartupError};
+use auth_service::{
+    clock::SystemClock, config::Config, state::StartupError, telemetry::error_chain,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -198,7 +200,7 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("auth-service: {err}");
+            eprintln!("auth-service: {}", error_chain(&err));
             ExitCode::from(1)
         }
     }
@@ -210,20 +212,20 @@ async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCo
     let (from_url, to_url) = match (DatabaseUrl::parse(from), DatabaseUrl::parse(to)) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(err), _) => {
-            eprintln!("auth-service: --from: {}", err.reason);
+            eprintln!("auth-service: --from: {}", err.0);
             return ExitCode::from(2);
         }
         (_, Err(err)) => {
-            eprintln!("auth-service: --to: {}", err.reason);
+            eprintln!("auth-service: --to: {}", err.0);
             return ExitCode::from(2);
         }
     };
-    let settings = store::PoolSettings {
-        max_connections: 2,
-        acquire_timeout: auth_service::state::ACQUIRE_TIMEOUT,
-    };
     let mut stores = Vec::new();
     for (flag, url) in [("--from", &from_url), ("--to", &to_url)] {
+        let settings = store::PoolSettings {
+            max_connections: 2,
+            acquire_timeout: auth_service::state::acquire_timeout(url),
+        };
         let connected = match store::connect(url, settings).await {
             Ok(s) => s.migrate().await.map(|()| s),
             Err(err) => Err(err),
@@ -231,7 +233,7 @@ async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCo
         match connected {
             Ok(s) => stores.push(s),
             Err(err) => {
-                eprintln!("auth-service: {flag} {url:?}: {err}");
+                eprintln!("auth-service: {flag} {url:?}: {}", error_chain(&err));
                 return ExitCode::from(2);
             }
         }
@@ -246,7 +248,7 @@ async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCo
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("auth-service: {err}");
+            eprintln!("auth-service: {}", error_chain(&err));
             ExitCode::from(1)
         }
     }

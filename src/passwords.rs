@@ -90,13 +90,18 @@ impl Passwords {
         job: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let waiting = std::time::Instant::now();
-        let _permit = self.permits.acquire().await?;
+        let permit = Arc::clone(&self.permits).acquire_owned().await?;
         metrics::histogram!("password_hash_wait_seconds").record(waiting.elapsed().as_secs_f64());
-        let _in_flight = InFlight::start();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(job))
-            .in_current_span()
-            .await?
+        // The permit and the in-flight gauge live inside the blocking job: if the request is
+        // dropped (timeout, client gone), the hash still runs to its end and keeps its slot.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _in_flight = InFlight::start();
+            span.in_scope(job)
+        })
+        .in_current_span()
+        .await?
     }
 }
 

@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
     clock::Clock,
-    config::Config,
+    config::{Config, DatabaseUrl},
     passwords::Passwords,
     service::{AuthService, AuthSettings, lockout::LockoutPolicy},
     store::{self, PoolSettings, Store, StoreError},
@@ -22,7 +22,18 @@ use crate::{
 };
 
 /// How long a request waits for a pooled connection before answering 503.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+///
+/// PostgreSQL: one second, so an unreachable or refusing server is a 503 well before the 5 s
+/// after which callers of `/auth/verify` commonly give up. SQLite: the file is local and
+/// writers queue for its one write lock, so waiting longer is waiting for work, not an outage.
+#[must_use]
+pub fn acquire_timeout(url: &DatabaseUrl) -> Duration {
+    if url.is_postgres() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    }
+}
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +89,7 @@ impl AppState {
                 window: chrono::Duration::minutes(config.login_window_minutes.into()),
                 lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
             }),
+            rotation: config.refresh_token_rotation,
         };
         let auth = AuthService::new(store, keys, passwords, clock, settings);
         Ok(Self(Arc::new(AppInner {
@@ -136,7 +148,7 @@ impl FromRef<AppState> for AuthService {
 async fn connect_with_retry(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
     let settings = PoolSettings {
         max_connections: config.database_max_connections,
-        acquire_timeout: ACQUIRE_TIMEOUT,
+        acquire_timeout: acquire_timeout(&config.database_url),
     };
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);

@@ -4,7 +4,7 @@
 //! `RUST_LOG` is set. The Prometheus recorder is process-global by nature (the `metrics` facade
 //! has one global recorder), so it is installed once and its handle shared.
 
-use std::sync::OnceLock;
+use std::{io::IsTerminal as _, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
@@ -19,16 +19,23 @@ pub fn init(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    install(config, filter, std::io::stdout);
+    let ansi = std::io::stdout().is_terminal();
+    install(config, filter, std::io::stdout, ansi);
 }
 
 /// Installs the subscriber for admin commands: stderr, warnings plus the audit events, so
 /// stdout carries only the command's own output.
 pub fn init_cli(config: &Config) {
-    install(config, EnvFilter::new("warn,audit=info"), std::io::stderr);
+    let ansi = std::io::stderr().is_terminal();
+    install(
+        config,
+        EnvFilter::new("warn,audit=info"),
+        std::io::stderr,
+        ansi,
+    );
 }
 
-fn install<W>(config: &Config, mut filter: EnvFilter, writer: W)
+fn install<W>(config: &Config, mut filter: EnvFilter, writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -50,7 +57,12 @@ where
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().pretty())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(ansi)
+                    .pretty(),
+            )
             .try_init(),
     };
     if result.is_err() {
@@ -84,4 +96,21 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// An error and its causes on one line, `error: cause: root cause`, each text once: a cause
+/// whose text the line already holds (wrappers that repeat their source) is not repeated.
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }

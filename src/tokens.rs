@@ -43,6 +43,14 @@ pub struct Claims {
     pub exp: i64,
     /// Unique token id; for refresh tokens, the database key.
     pub jti: Uuid,
+    /// The session: the refresh-token family a login starts, shared by every token of it.
+    /// Optional only so that refresh tokens issued before sessions existed still decode (their
+    /// row knows the family); access tokens without it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// The user's email, in access tokens only (services that verify locally need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// Not before, when a token carries one (ours do not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
@@ -52,6 +60,17 @@ pub struct Claims {
     /// `JWT_AUDIENCE`, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+}
+
+/// Whom a token is for, and in which session.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The user's id.
+    pub user_id: i64,
+    /// The user's normalised email (access tokens carry it).
+    pub email: &'a str,
+    /// The session (refresh-token family).
+    pub session: Uuid,
 }
 
 /// Why a token was refused; all of them are the same 401 to the client.
@@ -113,23 +132,25 @@ impl TokenKeys {
         })
     }
 
-    /// Builds the claims of a token for `user_id`.
+    /// Builds the claims of a token: an access token carries the email, a refresh token not.
     #[must_use]
     pub fn claims(
         &self,
         kind: TokenKind,
-        user_id: i64,
+        subject: &Subject<'_>,
         jti: Uuid,
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Claims {
         Claims {
-            sub: user_id.to_string(),
-            user_id,
+            sub: subject.user_id.to_string(),
+            user_id: subject.user_id,
             kind,
             iat: issued_at.timestamp(),
             exp: expires_at.timestamp(),
             jti,
+            sid: Some(subject.session),
+            email: (kind == TokenKind::Access).then(|| subject.email.to_owned()),
             nbf: None,
             iss: Some(self.issuer.clone()),
             aud: self.audience.clone(),
@@ -205,6 +226,14 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    fn subject(user_id: i64) -> Subject<'static> {
+        Subject {
+            user_id,
+            email: "someone@example.com",
+            session: Uuid::nil(),
+        }
+    }
+
     fn keys(extra: &[(&str, &str)]) -> TokenKeys {
         let mut vars: HashMap<&str, &str> = extra.iter().copied().collect();
         vars.insert("JWT_SECRET_KEY", SECRET);
@@ -213,7 +242,13 @@ mod tests {
     }
 
     fn token(keys: &TokenKeys, kind: TokenKind, now: DateTime<Utc>) -> String {
-        let claims = keys.claims(kind, 42, Uuid::new_v4(), now, now + Duration::minutes(15));
+        let claims = keys.claims(
+            kind,
+            &subject(42),
+            Uuid::new_v4(),
+            now,
+            now + Duration::minutes(15),
+        );
         keys.sign(&claims).unwrap()
     }
 
@@ -223,7 +258,7 @@ mod tests {
         let now = Utc::now();
         let claims = keys.claims(
             TokenKind::Access,
-            7,
+            &subject(7),
             Uuid::new_v4(),
             now,
             now + Duration::minutes(1),
@@ -235,6 +270,10 @@ mod tests {
             token,
             "signing is deterministic"
         );
+        assert_eq!(claims.email.as_deref(), Some("someone@example.com"));
+        assert_eq!(claims.sid, Some(Uuid::nil()));
+        let refresh = keys.claims(TokenKind::Refresh, &subject(7), Uuid::new_v4(), now, now);
+        assert_eq!(refresh.email, None, "refresh tokens carry no email");
     }
 
     #[test]
@@ -339,7 +378,7 @@ mod tests {
         ) {
             let keys = keys(&[]);
             let now = Utc::now();
-            let claims = keys.claims(TokenKind::Refresh, user_id, Uuid::new_v4(), now, now + Duration::seconds(ttl));
+            let claims = keys.claims(TokenKind::Refresh, &subject(user_id), Uuid::new_v4(), now, now + Duration::seconds(ttl));
             let token = keys.sign(&claims).unwrap();
             proptest::prop_assert_eq!(keys.verify(&token, TokenKind::Refresh, now).unwrap(), claims);
             let mut bytes = token.clone().into_bytes();

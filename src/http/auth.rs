@@ -11,12 +11,13 @@ use axum::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use validator::Validate;
 
-use super::extract::{AppJson, AuthUser, RequestCaller};
+use super::{
+    errors::{ApiError, ErrorBody},
+    extract::{AppJson, AuthUser, RequestCaller},
+};
 use crate::{
     config::Config,
-    errors::{ApiError, ErrorBody},
     service::{AuthService, TokenPair, lockout::AttemptStatus},
     state::AppState,
 };
@@ -38,7 +39,7 @@ pub fn router(config: &Config) -> Router<AppState> {
 }
 
 /// `POST /auth/register` body.
-#[derive(Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// Email address; trimmed and lower-cased.
     #[schema(example = "newuser@example.com")]
@@ -64,19 +65,36 @@ pub struct RegisterResponse {
 }
 
 /// `POST /auth/login` body.
-#[derive(Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// Email address.
     #[schema(example = "test@example.com")]
     pub email: String,
     /// The password (at least 8 characters, as the original's schema required).
-    #[validate(length(min = 8, message = "Password must be at least 8 characters long"))]
-    #[schema(example = "SecurePass123", format = Password, min_length = 8)]
-    pub password: String,
+    #[schema(value_type = String, example = "SecurePass123", format = Password, min_length = 8)]
+    pub password: LoginPassword,
+}
+
+/// A login password: shorter than 8 characters is a 422 `VALIDATION_ERROR` on `password`
+/// (the original's schema rule), refused while the body is read, so it is never counted as an
+/// attempt.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+pub struct LoginPassword(pub String);
+
+impl TryFrom<String> for LoginPassword {
+    type Error = &'static str;
+
+    fn try_from(password: String) -> Result<Self, Self::Error> {
+        if password.chars().count() < 8 {
+            return Err("Password must be at least 8 characters long");
+        }
+        Ok(Self(password))
+    }
 }
 
 /// `POST /auth/refresh` and `POST /auth/logout` body.
-#[derive(Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct RefreshRequest {
     /// A refresh token from `/auth/login` or `/auth/refresh`.
     pub refresh_token: String,
@@ -87,7 +105,8 @@ pub struct RefreshRequest {
 pub struct TokenResponse {
     /// Access JWT for `Authorization: Bearer`.
     pub access_token: String,
-    /// Refresh JWT; each works once (rotation).
+    /// Refresh JWT: with `REFRESH_TOKEN_ROTATION=off` (the default) the one that was sent;
+    /// with `on`, a new one (the old one stops working).
     pub refresh_token: String,
     /// Always `bearer`.
     #[schema(example = "bearer")]
@@ -131,22 +150,16 @@ pub struct VerifyResponse {
 /// The errors every JSON-body endpoint can answer, documented once.
 #[derive(utoipa::IntoResponses)]
 pub enum BodyErrors {
-    /// The body is not JSON.
-    #[response(status = 400, description = "INVALID_JSON: the body is not JSON")]
-    InvalidJson(ErrorBody),
     /// The request took too long.
     #[response(status = 408, description = "REQUEST_TIMEOUT")]
     Timeout(ErrorBody),
     /// Body over 64 KiB.
     #[response(status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB")]
     TooLarge(ErrorBody),
-    /// Another content type than JSON.
-    #[response(status = 415, description = "UNSUPPORTED_MEDIA_TYPE")]
-    UnsupportedMediaType(ErrorBody),
-    /// Field problems.
+    /// Body and field problems.
     #[response(
         status = 422,
-        description = "VALIDATION_ERROR (missing or mistyped field), INVALID_EMAIL, WEAK_PASSWORD"
+        description = "INVALID_JSON (not JSON), UNSUPPORTED_MEDIA_TYPE (another content type), VALIDATION_ERROR (missing or mistyped field), INVALID_EMAIL, WEAK_PASSWORD"
     )]
     Validation(ErrorBody),
     /// Rate limits.
@@ -191,7 +204,7 @@ fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
 }
 
 /// `POST /auth/register`: create a user.
-#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+#[utoipa::path(post, path = "/auth/register", tag = "auth", summary = "Create a user", request_body = RegisterRequest,
     responses(
         (status = 201, description = "User created", body = RegisterResponse),
         (status = 409, description = "Email already registered (USER_EXISTS)", body = ErrorBody),
@@ -216,7 +229,7 @@ pub async fn register(
 }
 
 /// `POST /auth/login`: exchange email and password for an access and a refresh token.
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/auth/login", tag = "auth", summary = "Exchange email and password for tokens", request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenResponse, headers(
             ("X-RateLimit-Limit" = u32, description = "Failed attempts allowed per window"),
@@ -232,7 +245,7 @@ pub async fn login(
     AppJson(req): AppJson<LoginRequest>,
 ) -> (HeaderMap, Result<Response, ApiError>) {
     let outcome = auth
-        .login(&req.email, SecretString::from(req.password), &caller)
+        .login(&req.email, SecretString::from(req.password.0), &caller)
         .await;
     (
         attempt_headers(outcome.status),
@@ -241,7 +254,7 @@ pub async fn login(
 }
 
 /// `POST /auth/refresh`: exchange a refresh token for a new pair (the old one stops working).
-#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", summary = "Exchange a refresh token for a new access token", request_body = RefreshRequest,
     responses(
         (status = 200, description = "Rotated", body = TokenResponse),
         (status = 401, description = "INVALID_REFRESH_TOKEN", body = ErrorBody),
@@ -256,7 +269,7 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout`: revoke a refresh token (and its family). Always 200.
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", summary = "Revoke a refresh token and its session", request_body = RefreshRequest,
     responses(
         (status = 200, description = "Logged out", body = MessageResponse),
         BodyErrors,
@@ -273,7 +286,7 @@ pub async fn logout(
 }
 
 /// `POST /auth/logout-all`: revoke every refresh token of the bearer's user.
-#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", summary = "Revoke every session of the bearer's user", security(("bearer" = [])),
     responses(
         (status = 200, description = "Logged out everywhere", body = MessageResponse),
         (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
@@ -292,7 +305,7 @@ pub async fn logout_all(
 }
 
 /// `GET /auth/verify`: who an access token belongs to.
-#[utoipa::path(get, path = "/auth/verify", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, path = "/auth/verify", tag = "auth", summary = "Who an access token belongs to", security(("bearer" = [])),
     responses(
         (status = 200, description = "Valid token", body = VerifyResponse),
         (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),

@@ -1,5 +1,5 @@
 //! Extractors that speak the contract: [`AppJson`] (our rejections), [`AuthUser`] (bearer
-//! access token) and [`ClientIp`] (peer or trusted `X-Forwarded-For`).
+//! access token) and [`RequestCaller`] (client IP and request id for the audit trail).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -10,24 +10,25 @@ use axum::{
 };
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
-use validator::Validate;
 
+use super::errors::{ApiError, FieldError};
 use crate::{
-    errors::{ApiError, FieldError},
     service::{AuthError, AuthService, VerifiedUser, audit::Caller},
     state::AppState,
 };
 
-/// A JSON body, deserialised and validated, whose every failure is a contract error:
-/// 415 for another content type (none at all is read as JSON, as the original did), 413 over
-/// the body limit, 400 for what is not JSON, 422 for missing, mistyped or invalid fields.
+/// A JSON body, deserialised, whose every failure is a contract error with the original's
+/// (FastAPI's) statuses: 422 `UNSUPPORTED_MEDIA_TYPE` for another content type (none at all is
+/// read as JSON, as the original did), 413 over the body limit, 422 `INVALID_JSON` for what is
+/// not JSON, 422 `VALIDATION_ERROR` for missing, mistyped or invalid fields (field rules live
+/// in the DTO's own `Deserialize`). A leading UTF-8 byte order mark is skipped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned + Validate,
+    T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
@@ -42,11 +43,8 @@ where
                 ApiError::InvalidJson
             }
         })?;
-        let value = parse_json::<T>(&bytes)?;
-        value
-            .validate()
-            .map_err(|errors| ApiError::Validation(field_errors(&errors)))?;
-        Ok(Self(value))
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        Ok(Self(parse_json::<T>(body)?))
     }
 }
 
@@ -67,7 +65,8 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Deserialises `bytes` as `T`: syntax errors are 400, shape errors 422 naming the field.
+/// Deserialises `bytes` as `T`: syntax errors are `InvalidJson`, shape errors `Validation`
+/// naming the field.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every request body is an object; serde would otherwise accept `[email, password]`.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -103,24 +102,6 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|_| ApiError::InvalidJson)?;
     Ok(value)
-}
-
-fn field_errors(errors: &validator::ValidationErrors) -> Vec<FieldError> {
-    let mut out: Vec<FieldError> = errors
-        .field_errors()
-        .into_iter()
-        .flat_map(|(field, errs)| {
-            errs.iter().map(move |e| FieldError {
-                field: field.to_string(),
-                message: e
-                    .message
-                    .as_ref()
-                    .map_or_else(|| e.code.to_string(), ToString::to_string),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.field.cmp(&b.field));
-    out
 }
 
 /// The bearer token of the `Authorization` header (scheme case-insensitive).
@@ -167,26 +148,6 @@ where
     }
 }
 
-/// The client's address: the socket peer, unless the peer is a trusted proxy, in which case the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(client_ip(
-            &parts.headers,
-            &parts.extensions,
-            &state.config().trusted_proxies,
-        )))
-    }
-}
-
 /// The caller for the audit trail: client IP and request id.
 #[derive(Debug, Clone)]
 pub struct RequestCaller(pub Caller);
@@ -215,7 +176,9 @@ impl FromRequestParts<AppState> for RequestCaller {
     }
 }
 
-/// See [`ClientIp`]; `0.0.0.0` when the connection info is missing (router-only tests).
+/// The client's address: the socket peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. `0.0.0.0` when the
+/// connection info is missing (router-only tests).
 #[must_use]
 pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]) -> IpAddr {
     let peer = extensions

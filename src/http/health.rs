@@ -7,7 +7,8 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{errors::ErrorCode, state::AppState};
+use super::errors::ErrorCode;
+use crate::state::AppState;
 
 /// A database that has not answered within this is "disconnected".
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,7 +81,7 @@ async fn database_answers(state: &AppState) -> bool {
 }
 
 /// `GET /health`: the service and its database.
-#[utoipa::path(get, path = "/health", tag = "health", responses(
+#[utoipa::path(get, path = "/health", tag = "health", summary = "Service and database health", responses(
     (status = 200, description = "Healthy", body = HealthResponse),
     (status = 503, description = "Database not answering within 2 s", body = HealthResponse),
 ))]
@@ -97,7 +98,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
 
 /// `GET /health/ready`: whether to send traffic here (migrated, database answering, not
 /// shutting down).
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+#[utoipa::path(get, path = "/health/ready", tag = "health", summary = "Readiness probe", responses(
     (status = 200, description = "Ready", body = HealthResponse),
     (status = 503, description = "Not ready: database down or draining", body = HealthResponse),
 ))]
@@ -116,7 +117,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthRes
 }
 
 /// `GET /health/live`: the process runs. Never touches the database.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses(
+#[utoipa::path(get, path = "/health/live", tag = "health", summary = "Liveness probe", responses(
     (status = 200, description = "Alive", body = LiveResponse),
 ))]
 pub async fn live() -> Json<LiveResponse> {

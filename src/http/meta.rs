@@ -1,15 +1,22 @@
 //! `/`, `/openapi.json`, `/docs`, `/metrics` and `/.well-known/jwks.json`.
 
-use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use serde::Serialize;
 use utoipa::{
     Modify, OpenApi, ToSchema,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
-use utoipa_swagger_ui::SwaggerUi;
 
-use super::{auth, health};
-use crate::{errors, state::AppState};
+use super::{auth, errors, errors::ApiError, health};
+use crate::state::AppState;
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -51,11 +58,50 @@ impl Modify for BearerAuth {
 pub fn router() -> Router<AppState> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let doc = Arc::new(doc);
+    let swagger = Arc::new(utoipa_swagger_ui::Config::new(["/openapi.json"]));
     Router::new()
         .route("/", get(service_info))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .route("/openapi.json", get(move || async move { Json(doc) }))
+        .route("/docs", get(docs_index))
+        .route("/docs/", get(docs_index))
+        .route(
+            "/docs/{*file}",
+            get(move |Path(file): Path<String>| docs_file(file, Arc::clone(&swagger))),
+        )
+}
+
+/// `GET /docs`: Swagger UI's page, answered here with 200 (the original's clients do not
+/// follow a redirect). Its assets are relative, so a `<base>` points them at `/docs/`.
+async fn docs_index() -> Response {
+    // index.html is static; only swagger-initializer.js carries the configuration.
+    let config = Arc::new(utoipa_swagger_ui::Config::default());
+    match utoipa_swagger_ui::serve("index.html", config) {
+        Ok(Some(file)) => {
+            let page = String::from_utf8_lossy(&file.bytes).replacen(
+                "<head>",
+                r#"<head><base href="/docs/">"#,
+                1,
+            );
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+        }
+        _ => ApiError::NotFound.into_response(),
+    }
+}
+
+/// `GET /docs/{file}`: Swagger UI's assets, embedded in the binary (no CDN).
+async fn docs_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
+    match utoipa_swagger_ui::serve(&file, config) {
+        Ok(Some(file)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, file.content_type)],
+            file.bytes.into_owned(),
+        )
+            .into_response(),
+        _ => ApiError::NotFound.into_response(),
+    }
 }
 
 /// `GET /` body.
@@ -72,7 +118,7 @@ pub struct ServiceInfo {
 }
 
 /// `GET /`: service information.
-#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = ServiceInfo)))]
+#[utoipa::path(get, path = "/", tag = "meta", summary = "Service information", responses((status = 200, body = ServiceInfo)))]
 pub async fn service_info() -> Json<ServiceInfo> {
     Json(ServiceInfo {
         service: "auth-service",
@@ -83,7 +129,7 @@ pub async fn service_info() -> Json<ServiceInfo> {
 }
 
 /// `GET /metrics`: Prometheus text exposition. Filter it at the ingress.
-#[utoipa::path(get, path = "/metrics", tag = "meta",
+#[utoipa::path(get, path = "/metrics", tag = "meta", summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.auth().record_pool_metrics();
@@ -105,7 +151,7 @@ pub struct Jwks {
 }
 
 /// `GET /.well-known/jwks.json`: public signing keys (none with HS256).
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", responses((status = 200, body = Jwks)))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", summary = "Public signing keys", responses((status = 200, body = Jwks)))]
 pub async fn jwks() -> Json<Jwks> {
     Json(Jwks { keys: Vec::new() })
 }

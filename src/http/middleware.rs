@@ -13,42 +13,26 @@ use ipnet::IpNet;
 use tower_http::{request_id::RequestId, trace::MakeSpan};
 use tracing::{Level, Span, field::Empty};
 
-use crate::errors::ApiError;
-
-/// The matched route template (`/auth/login`), carried on the response so layers outside the
-/// router (where `MatchedPath` is not yet known) can label logs and metrics without raw paths.
-#[derive(Debug, Clone)]
-pub struct RouteTemplate(pub Arc<str>);
+use super::errors::ApiError;
 
 /// Label for requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
-/// `route_layer`: copy `MatchedPath` onto the response.
-pub async fn record_route(req: Request, next: Next) -> axum::response::Response {
-    let route = req
-        .extensions()
+/// The route template of a request (`/auth/login`), or `unmatched`: never the raw path, so
+/// logs and metrics labels stay bounded. `Router::layer` runs after routing, so the template
+/// is known here, for every response of the route (timeouts included).
+fn route_of<B>(req: &axum::http::Request<B>) -> &str {
+    req.extensions()
         .get::<MatchedPath>()
-        .map(|p| Arc::<str>::from(p.as_str()));
-    let mut response = next.run(req).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(RouteTemplate(route));
-    }
-    response
-}
-
-fn route_of<B>(response: &Response<B>) -> Arc<str> {
-    response
-        .extensions()
-        .get::<RouteTemplate>()
-        .map_or_else(|| Arc::from(UNMATCHED), |r| Arc::clone(&r.0))
+        .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
 /// Counts requests and observes their latency by method, route template and status.
 pub async fn track_metrics(req: Request, next: Next) -> axum::response::Response {
     let started = Instant::now();
     let method = req.method().to_string();
+    let route = route_of(&req).to_owned();
     let response = next.run(req).await;
-    let route = route_of(&response).to_string();
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
     metrics::counter!("http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
@@ -109,28 +93,42 @@ impl<B> MakeSpan<B> for RequestSpan {
             .unwrap_or_default();
         let client =
             super::extract::client_ip(req.headers(), req.extensions(), &self.trusted_proxies);
-        tracing::info_span!(
-            "request",
-            http.method = %req.method(),
-            http.route = Empty,
-            http.status = Empty,
-            duration_ms = Empty,
-            request_id = %request_id,
-            client.ip = %client,
-        )
+        let route = route_of(req);
+        let quiet = route.starts_with("/health") || route == "/metrics";
+        macro_rules! request_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "request",
+                    http.method = %req.method(),
+                    http.route = route,
+                    http.status = Empty,
+                    duration_ms = Empty,
+                    request_id = %request_id,
+                    client.ip = %client,
+                )
+            };
+        }
+        if quiet {
+            request_span!(Level::DEBUG)
+        } else {
+            request_span!(Level::INFO)
+        }
     }
 }
 
-/// Records status, route and latency on the span and logs one line per request (probes and
-/// metrics scrapes at DEBUG so they do not drown the log).
+/// Records status and latency on the span and logs one line per request (probes and metrics
+/// scrapes at DEBUG so they do not drown the log).
 pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span: &Span) {
-    let route = route_of(response);
     let status = response.status().as_u16();
     let duration_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-    span.record("http.route", &*route);
     span.record("http.status", status);
     span.record("duration_ms", duration_ms);
-    let quiet = route.starts_with("/health") || &*route == "/metrics";
+    // Probes and scrapes get a DEBUG span (see `make_span`); the line has the span's level.
+    let quiet = match span.metadata() {
+        Some(meta) => *meta.level() == Level::DEBUG,
+        None => return,
+    };
     if quiet {
         tracing::event!(
             Level::DEBUG,

@@ -2,6 +2,7 @@
 //! SQL, bcrypt or JWT code lives here.
 
 pub mod auth;
+pub mod errors;
 pub mod extract;
 pub mod health;
 pub mod meta;
@@ -16,14 +17,15 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
 };
 use tower_http::{
-    cors::{AllowOrigin, Any, CorsLayer},
+    cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
 
-use crate::{config::CorsOrigins, errors::ApiError, state::AppState};
+use self::errors::ApiError;
+use crate::{config::CorsOrigins, state::AppState};
 
 /// Request bodies over this get 413 (the largest legitimate body is well under 1 KiB).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -42,7 +44,6 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::router())
         .merge(health::router())
         .merge(auth::router(config))
-        .route_layer(axum::middleware::from_fn(middleware::record_route))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -71,11 +72,10 @@ pub fn router(state: AppState) -> Router {
 fn cors(origins: &CorsOrigins) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-request-id"),
-        ])
+        // Any request header, as the original allowed (a browser sending `X-Correlation-ID`
+        // must pass its preflight). Mirrored rather than `*`, which browsers ignore on
+        // credentialed requests.
+        .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("x-ratelimit-limit"),

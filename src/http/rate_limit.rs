@@ -14,7 +14,8 @@ use tower_governor::{
     GovernorError, GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor,
 };
 
-use crate::{config::Config, errors::ApiError};
+use super::errors::ApiError;
+use crate::config::Config;
 
 /// Keys the bucket by [`super::extract::client_ip`].
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::{
     AuthError, AuthService, RegisteredUser,
-    audit::{self, Caller, Event},
+    audit::{self, Caller, Event, Outcome},
     email::Email,
 };
 use crate::store::{StoreError, UserRow};
@@ -19,12 +19,22 @@ pub enum AdminError {
     NotFound,
     /// A rule of the API refused it (invalid email, weak password, existing user, ...).
     #[error("{0}")]
-    Refused(#[from] AuthError),
+    Refused(AuthError),
+    /// The database failed; the operator sees the whole cause, not the API's generic text.
+    #[error(transparent)]
+    Database(#[from] StoreError),
+    /// Anything else unexpected, with its cause.
+    #[error(transparent)]
+    Internal(anyhow::Error),
 }
 
-impl From<StoreError> for AdminError {
-    fn from(err: StoreError) -> Self {
-        Self::Refused(err.into())
+impl From<AuthError> for AdminError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unavailable(store) => Self::Database(store),
+            AuthError::Internal(cause) => Self::Internal(cause),
+            refused => Self::Refused(refused),
+        }
     }
 }
 
@@ -32,7 +42,7 @@ impl From<StoreError> for AdminError {
 fn audited(action: &'static str, user_id: i64) -> i64 {
     audit::record(
         Event::Admin(action),
-        "success",
+        Outcome::Success,
         Some(user_id),
         &Caller::cli(),
     );

@@ -75,8 +75,62 @@ impl Event {
     }
 }
 
+/// How an audited action ended: the `outcome` field and the counters' `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `success`
+    Success,
+    /// `exists`: registration of a taken email.
+    Exists,
+    /// `invalid`: a request the rules refused (bad email or password, unusable token).
+    Invalid,
+    /// `error`: the database or another dependency failed.
+    Error,
+    /// `invalid_request`: a login whose email cannot be an address.
+    InvalidRequest,
+    /// `invalid_credentials`
+    InvalidCredentials,
+    /// `locked`: refused by (or, for `lockout`, causing) the per-email lockout.
+    Locked,
+    /// `ip_blocked`: refused by the per-IP failure limit.
+    IpBlocked,
+    /// `ip_locked`: the failure that blocked a client IP.
+    IpLocked,
+    /// `disabled`
+    Disabled,
+    /// `grace_reuse`: a rotated refresh token presented again within the grace window.
+    GraceReuse,
+    /// `reuse_detected`: a rotated refresh token presented after the grace window.
+    ReuseDetected,
+    /// `ignored`: a logout with a string that is not a valid refresh token.
+    Ignored,
+}
+
+impl Outcome {
+    /// The label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Exists => "exists",
+            Self::Invalid => "invalid",
+            Self::Error => "error",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::Locked => "locked",
+            Self::IpBlocked => "ip_blocked",
+            Self::IpLocked => "ip_locked",
+            Self::Disabled => "disabled",
+            Self::GraceReuse => "grace_reuse",
+            Self::ReuseDetected => "reuse_detected",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
 /// Records one audited action: a log event on target `audit`, and its counter.
-pub fn record(event: Event, outcome: &'static str, user_id: Option<i64>, caller: &Caller) {
+pub fn record(event: Event, outcome: Outcome, user_id: Option<i64>, caller: &Caller) {
+    let outcome = outcome.as_str();
     if let Some(counter) = event.counter() {
         metrics::counter!(counter, "result" => outcome).increment(1);
     }
@@ -96,6 +150,22 @@ pub fn record(event: Event, outcome: &'static str, user_id: Option<i64>, caller:
 }
 
 /// Counts a `/auth/verify` result (not audited: services call it on every request).
-pub fn verify_result(result: &'static str) {
+pub fn verify_result(result: VerifyResult) {
+    let result = match result {
+        VerifyResult::Valid => "valid",
+        VerifyResult::Invalid => "invalid",
+        VerifyResult::Error => "error",
+    };
     metrics::counter!("auth_verify_total", "result" => result).increment(1);
+}
+
+/// The `result` label of `auth_verify_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyResult {
+    /// `valid`
+    Valid,
+    /// `invalid`
+    Invalid,
+    /// `error` (503 or 500)
+    Error,
 }

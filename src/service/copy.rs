@@ -15,7 +15,7 @@ pub enum CopyError {
     #[error("the target database already has users; pass --merge to add to them")]
     TargetNotEmpty,
     /// Either database failed.
-    #[error("database error: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

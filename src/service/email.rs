@@ -95,11 +95,6 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn parse_never_panics(raw in "\\PC{0,300}") {
-            let _ = Email::parse(&raw);
-        }
-
-        #[test]
         fn a_parsed_email_parses_to_itself(raw in "[ ]{0,2}[A-Za-z0-9._%+-]{1,40}@[A-Za-z0-9-]{1,20}(\\.[A-Za-z]{2,8}){1,3}[ ]{0,2}") {
             let email = Email::parse(&raw).expect("well-formed");
             proptest::prop_assert_eq!(Email::parse(email.as_str()), Some(email.clone()));

@@ -44,7 +44,7 @@ pub enum StoreError {
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// Anything else: a bug or a broken schema.
-    #[error("database error")]
+    #[error("database query failed")]
     Other(#[source] sqlx::Error),
 }
 
@@ -56,7 +56,9 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => Self::Unavailable(err),
             sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
                 Self::Unavailable(err)
             }
@@ -65,16 +67,48 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Database error codes that mean "not answering right now" rather than "bad query":
-/// PostgreSQL's connection and shutdown classes (08xxx, 57P0x) and SQLite's BUSY/LOCKED.
+/// Database error codes that mean "not answering right now" rather than "bad query", so the
+/// client gets 503 with `Retry-After` (never a 500, never a 401):
+///
+/// - PostgreSQL, connection-level: `08` connection exceptions, `28` authorization (a rotated
+///   password), `3D000` no such database, `53` insufficient resources (too many clients),
+///   `55000` not accepting connections (`ALLOW_CONNECTIONS false`), `57` operator
+///   intervention (shutting down, cannot connect now, `57014` statement timeout);
+/// - PostgreSQL, contention: `55P03` lock timeout, `25P03` idle-in-transaction timeout,
+///   `40001` serialization failure, `40P01` deadlock;
+/// - SQLite: `SQLITE_BUSY` and `SQLITE_LOCKED` (5 and 6, with their extended codes).
 fn is_unavailable_code(code: Option<&str>) -> bool {
+    const CLASSES: &[&str] = &["08", "28", "53", "57"];
+    const CODES: &[&str] = &["3D000", "55000", "55P03", "25P03", "40001", "40P01"];
     match code {
-        Some(code) => {
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        // A PostgreSQL SQLSTATE is five characters; SQLite's result codes are at most four
+        // digits.
+        Some(state) if state.len() == 5 => {
+            CLASSES.iter().any(|class| state.starts_with(class)) || CODES.contains(&state)
         }
+        Some(sqlite) => sqlite
+            .parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod classification_tests {
+    use super::is_unavailable_code;
+
+    #[test]
+    fn connection_level_and_contention_codes_are_unavailable() {
+        for code in [
+            "08006", "08001", "28P01", "3D000", "53300", "55000", "57P01", "57P03", "57014",
+            "55P03", "25P03", "40001", "40P01", "5", "6", "517", "262",
+        ] {
+            assert!(is_unavailable_code(Some(code)), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "1", "19", "2067"] {
+            assert!(!is_unavailable_code(Some(code)), "{code}");
+        }
+        assert!(!is_unavailable_code(None));
     }
 }
 

@@ -47,12 +47,6 @@ impl PgStore {
             .map_err(StoreError::Unavailable)?;
         Ok(Self { pool })
     }
-
-    /// The underlying pool (tests and admin commands).
-    #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 #[async_trait]

@@ -63,12 +63,6 @@ impl SqliteStore {
             .map_err(StoreError::Unavailable)?;
         Ok(Self { pool })
     }
-
-    /// The underlying pool (tests and admin commands).
-    #[must_use]
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 #[async_trait]

@@ -10,8 +10,6 @@ use reqwest::StatusCode;
 
 use crate::{dual_backend, helpers::*};
 
-const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
-
 /// Runs `auth-service ARGS` on the test database, feeding `stdin`.
 fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
@@ -61,85 +59,155 @@ async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
     tokio::task::block_in_place(|| cli(db, args, stdin))
 }
 
-dual_backend! {
-    async fn user_create_follows_the_registration_rules(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let db = &app.db;
-        let created = cli_async(db, &["user", "create", " Admin@Example.com"], "SecurePass123\n").await;
-        assert_succeeded(&created);
-        assert!(stdout(&created).starts_with("created user "), "{}", stdout(&created));
-        assert!(stdout(&created).contains("(admin@example.com)"));
-        assert_eq!(app.login("admin@example.com", PASSWORD).await.status(), StatusCode::OK);
-        let again = cli_async(db, &["user", "create", "admin@example.com"], "SecurePass123\n").await;
-        assert_failed(&again, "auth-service: User already exists");
-        let weak = cli_async(db, &["user", "create", "weak@example.com"], "weak\n").await;
-        assert_failed(&weak, "auth-service: Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number");
-        let bad = cli_async(db, &["user", "create", "not-an-email"], "SecurePass123\n").await;
-        assert_failed(&bad, "auth-service: Invalid email format");
-    }
+dual_backend!(
+    user_create_follows_the_registration_rules,
+    disable_stops_login_refresh_and_verify_and_enable_restores_login,
+    unlock_clears_the_lockout_and_show_reports_it,
+    delete_removes_the_user_and_every_token,
+    migrate_prepares_an_empty_database,
+);
 
-    async fn disable_stops_login_refresh_and_verify_and_enable_restores_login(backend: Backend) {
-        // Arrange
-        let app = TestApp::spawn(backend).await;
-        let (_, access, refresh) = app.user_with_tokens("d@example.com").await;
-        // Act
-        let out = cli_async(&app.db, &["user", "disable", "D@example.com"], "").await;
-        // Assert
-        assert_succeeded(&out);
-        let (status, body) = status_and_json(app.login("d@example.com", PASSWORD).await).await;
-        assert_error(status, &body, StatusCode::UNAUTHORIZED, "Account is disabled", "ACCOUNT_DISABLED");
-        assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("admin_user_disable") && !stderr.contains("d@example.com"), "{stderr}");
-        assert_succeeded(&cli_async(&app.db, &["user", "enable", "d@example.com"], "").await);
-        let (_, new_refresh) = app.tokens("d@example.com").await;
-        assert_eq!(app.refresh(&new_refresh).await.status(), StatusCode::OK);
-        // The refresh tokens revoked by the disable stay revoked.
-        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
-    }
+async fn user_create_follows_the_registration_rules(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let db = &app.db;
+    let created = cli_async(
+        db,
+        &["user", "create", " Admin@Example.com"],
+        "SecurePass123\n",
+    )
+    .await;
+    assert_succeeded(&created);
+    assert!(
+        stdout(&created).starts_with("created user "),
+        "{}",
+        stdout(&created)
+    );
+    assert!(stdout(&created).contains("(admin@example.com)"));
+    assert_eq!(
+        app.login("admin@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let again = cli_async(
+        db,
+        &["user", "create", "admin@example.com"],
+        "SecurePass123\n",
+    )
+    .await;
+    assert_failed(&again, "auth-service: User already exists");
+    let weak = cli_async(db, &["user", "create", "weak@example.com"], "weak\n").await;
+    assert_failed(
+        &weak,
+        "auth-service: Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number",
+    );
+    let bad = cli_async(db, &["user", "create", "not-an-email"], "SecurePass123\n").await;
+    assert_failed(&bad, "auth-service: Invalid email format");
+}
 
-    async fn unlock_clears_the_lockout_and_show_reports_it(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        app.register("l@example.com", PASSWORD).await;
-        for _ in 0..5 { app.login("l@example.com", "WrongPass123").await; }
-        assert_eq!(app.login("l@example.com", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
-        let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
-        let lines: Vec<&str> = shown.lines().collect();
-        assert!(lines[0].starts_with("id: "), "{shown}");
-        assert_eq!(lines[1..3], ["email: l@example.com", "active: true"]);
-        assert!(lines[3].starts_with("created: 20"), "{shown}");
-        assert!(lines[4].starts_with("locked_until: 20"), "{shown}");
-        assert!(!shown.contains("$2b$"), "never the hash");
-        assert_succeeded(&cli_async(&app.db, &["user", "unlock", "l@example.com"], "").await);
-        assert_eq!(app.login("l@example.com", PASSWORD).await.status(), StatusCode::OK);
-        let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
-        assert!(shown.ends_with("locked_until: -\n"), "{shown}");
-    }
+async fn disable_stops_login_refresh_and_verify_and_enable_restores_login(backend: Backend) {
+    // Arrange
+    let app = TestApp::spawn(backend).await;
+    let (_, access, refresh) = app.user_with_tokens("d@example.com").await;
+    // Act
+    let out = cli_async(&app.db, &["user", "disable", "D@example.com"], "").await;
+    // Assert
+    assert_succeeded(&out);
+    let (status, body) = status_and_json(app.login("d@example.com", PASSWORD).await).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "Account is disabled",
+        "ACCOUNT_DISABLED",
+    );
+    assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin_user_disable") && !stderr.contains("d@example.com"),
+        "{stderr}"
+    );
+    assert_succeeded(&cli_async(&app.db, &["user", "enable", "d@example.com"], "").await);
+    let (_, new_refresh) = app.tokens("d@example.com").await;
+    assert_eq!(app.refresh(&new_refresh).await.status(), StatusCode::OK);
+    // The refresh tokens revoked by the disable stay revoked.
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
 
-    async fn delete_removes_the_user_and_every_token(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let (_, access, refresh) = app.user_with_tokens("del@example.com").await;
-        assert_succeeded(&cli_async(&app.db, &["user", "delete", "del@example.com"], "").await);
-        assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(app.refresh(&refresh).await.status(), StatusCode::UNAUTHORIZED);
-        let (status, body) = status_and_json(app.login("del@example.com", PASSWORD).await).await;
-        assert_error(status, &body, StatusCode::UNAUTHORIZED, "Invalid email or password", "INVALID_CREDENTIALS");
-        for action in ["show", "delete", "disable", "enable", "unlock"] {
-            assert_failed(&cli_async(&app.db, &["user", action, "del@example.com"], "").await, "auth-service: user not found");
-        }
-        // The email can be registered again.
-        assert_eq!(app.register("del@example.com", PASSWORD).await.status(), StatusCode::CREATED);
+async fn unlock_clears_the_lockout_and_show_reports_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("l@example.com", PASSWORD).await;
+    for _ in 0..5 {
+        app.login("l@example.com", "WrongPass123").await;
     }
+    assert_eq!(
+        app.login("l@example.com", PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].starts_with("id: "), "{shown}");
+    assert_eq!(lines[1..3], ["email: l@example.com", "active: true"]);
+    assert!(lines[3].starts_with("created: 20"), "{shown}");
+    assert!(lines[4].starts_with("locked_until: 20"), "{shown}");
+    assert!(!shown.contains("$2b$"), "never the hash");
+    assert_succeeded(&cli_async(&app.db, &["user", "unlock", "l@example.com"], "").await);
+    assert_eq!(
+        app.login("l@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
+    assert!(shown.ends_with("locked_until: -\n"), "{shown}");
+}
 
-    async fn migrate_prepares_an_empty_database(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let out = cli_async(&db, &["migrate"], "").await;
-        assert_succeeded(&out);
-        assert_eq!(stdout(&out), "migrations applied\n");
-        let store = db.store().await;
-        assert!(store.find_user_by_email("x@example.com").await.unwrap().is_none());
+async fn delete_removes_the_user_and_every_token(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, access, refresh) = app.user_with_tokens("del@example.com").await;
+    assert_succeeded(&cli_async(&app.db, &["user", "delete", "del@example.com"], "").await);
+    assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = status_and_json(app.login("del@example.com", PASSWORD).await).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "Invalid email or password",
+        "INVALID_CREDENTIALS",
+    );
+    for action in ["show", "delete", "disable", "enable", "unlock"] {
+        assert_failed(
+            &cli_async(&app.db, &["user", action, "del@example.com"], "").await,
+            "auth-service: user not found",
+        );
     }
+    // The email can be registered again.
+    assert_eq!(
+        app.register("del@example.com", PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+async fn migrate_prepares_an_empty_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let out = cli_async(&db, &["migrate"], "").await;
+    assert_succeeded(&out);
+    assert_eq!(stdout(&out), "migrations applied\n");
+    let store = db.store().await;
+    assert!(
+        store
+            .find_user_by_email("x@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -172,7 +240,8 @@ async fn copy_async(from: &TestDb, to: &TestDb, merge: bool) -> Output {
 async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
     // Arrange: users on SQLite, one with a rotated refresh token (parent and child are both
     // copied, so reuse detection keeps working), one disabled.
-    let source = TestApp::spawn(Backend::Sqlite).await;
+    let on = [("REFRESH_TOKEN_ROTATION", "on")];
+    let source = TestApp::spawn_with(Backend::Sqlite, &on).await;
     let (alice, _, first) = source.user_with_tokens("alice@example.com").await;
     let rotated = json_of(source.refresh(&first).await).await["refresh_token"]
         .as_str()
@@ -193,7 +262,7 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
         stdout(&out)
     );
     assert!(!stdout(&out).contains("password"));
-    let target = TestApp::spawn_on(postgres.clone(), source.clock.clone(), &[]).await;
+    let target = TestApp::spawn_on(postgres.clone(), source.clock.clone(), &on).await;
     let (status, body) = status_and_json(target.login("alice@example.com", PASSWORD).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(

@@ -23,126 +23,285 @@ async fn post_raw(
     status_and_json(response).await
 }
 
-dual_backend! {
-    async fn a_body_that_is_not_json_is_400_invalid_json(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        for body in [&b"{not json"[..], b"", b"{\"email\": \"a@b.co\", \"password\": \"\xff\xfe\"}", b"{\"email\":\"a@b.co\",\"password\":\"SecurePass123\"} trailing"] {
-            let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), body.to_vec()).await;
-            assert_error(status, &body, StatusCode::BAD_REQUEST, "Invalid JSON in request body", "INVALID_JSON");
-        }
-        // 100,000-deep nesting is 200 KB: over the body limit, so 413 before any parsing.
-        let deepest = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let (status, body) = post_raw(&app, "/auth/login", Some("application/json"), deepest.into_bytes()).await;
-        assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large", "PAYLOAD_TOO_LARGE");
-        // 30,000-deep nesting (under the body limit): refused in the contract's shape, no crash.
-        for deep in [
-            format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)),
-            format!("{{\"email\":{}{}}}", "{\"a\":".repeat(10_000), "}".repeat(10_000)),
-            format!("{{\"extra\":{}{}}}", "[".repeat(30_000), "]".repeat(30_000)),
-        ] {
-            let (status, body) = post_raw(&app, "/auth/login", Some("application/json"), deep.into_bytes()).await;
-            assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY, "{status}");
-            assert!(body["error_code"] == "INVALID_JSON" || body["error_code"] == "VALIDATION_ERROR", "{body}");
-        }
-        assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
-    }
+dual_backend!(
+    a_body_that_is_not_json_is_422_invalid_json,
+    missing_or_mistyped_fields_are_422_validation_error,
+    content_type_rules,
+    a_body_over_64_kib_is_413,
+    unknown_routes_and_methods_get_json_404_and_405,
+    sql_fragments_are_just_data,
+    a_request_slower_than_the_timeout_gets_a_json_408,
+);
 
-    async fn missing_or_mistyped_fields_are_422_validation_error(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let cases = [
-            (json!({"password": PASSWORD}), "email"),
-            (json!({"email": 5, "password": PASSWORD}), "email"),
-            (json!({"email": "a@example.com", "password": ["x"]}), "password"),
-            (json!(["a@example.com", PASSWORD]), "body"),
-            (json!("text"), "body"),
-        ];
-        for (payload, field) in cases {
-            let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), payload.to_string().into_bytes()).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{payload}");
-            assert_eq!(body["detail"], "Request validation failed");
-            assert_eq!(body["error_code"], "VALIDATION_ERROR");
-            assert_eq!(body["errors"][0]["field"], field, "{payload}: {body}");
-        }
-        let dup = br#"{"email":"a@example.com","email":"b@example.com","password":"SecurePass123"}"#;
-        let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), dup.to_vec()).await;
-        assert_eq!((status, &body["error_code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("VALIDATION_ERROR")));
+async fn a_body_that_is_not_json_is_422_invalid_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"{\"email\": \"a@b.co\", \"password\": \"\xff\xfe\"}",
+        b"{\"email\":\"a@b.co\",\"password\":\"SecurePass123\"} trailing",
+    ] {
+        let (status, body) = post_raw(
+            &app,
+            "/auth/register",
+            Some("application/json"),
+            body.to_vec(),
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid JSON in request body",
+            "INVALID_JSON",
+        );
     }
-
-    async fn content_type_rules(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let payload = json!({"email": "ct@example.com", "password": PASSWORD}).to_string().into_bytes();
-        let (status, body) = post_raw(&app, "/auth/register", Some("text/plain"), payload.clone()).await;
-        assert_error(status, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type: send application/json", "UNSUPPORTED_MEDIA_TYPE");
-        // No content type at all is read as JSON, as the original did; extra fields are ignored.
-        let (status, _) = post_raw(&app, "/auth/register", None, payload).await;
-        assert_eq!(status, StatusCode::CREATED);
-        let extra = json!({"email": "ct2@example.com", "password": PASSWORD, "role": "admin"}).to_string().into_bytes();
-        let (status, _) = post_raw(&app, "/auth/register", Some("application/json; charset=utf-8"), extra).await;
-        assert_eq!(status, StatusCode::CREATED);
+    // 100,000-deep nesting is 200 KB: over the body limit, so 413 before any parsing.
+    let deepest = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, body) = post_raw(
+        &app,
+        "/auth/login",
+        Some("application/json"),
+        deepest.into_bytes(),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body too large",
+        "PAYLOAD_TOO_LARGE",
+    );
+    // 30,000-deep nesting (under the body limit): refused in the contract's shape, no crash.
+    for deep in [
+        format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)),
+        format!(
+            "{{\"email\":{}{}}}",
+            "{\"a\":".repeat(10_000),
+            "}".repeat(10_000)
+        ),
+        format!("{{\"extra\":{}{}}}", "[".repeat(30_000), "]".repeat(30_000)),
+    ] {
+        let (status, body) = post_raw(
+            &app,
+            "/auth/login",
+            Some("application/json"),
+            deep.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            body["error_code"] == "INVALID_JSON" || body["error_code"] == "VALIDATION_ERROR",
+            "{body}"
+        );
     }
+    assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+}
 
-    async fn a_body_over_64_kib_is_413(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let big = json!({"email": "big@example.com", "password": "x".repeat(70 * 1024)}).to_string().into_bytes();
-        let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), big).await;
-        assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large", "PAYLOAD_TOO_LARGE");
-        // 10 MB: the server answers 413 as soon as the limit is crossed; the client may see the
-        // answer or, still writing, a closed connection. Either way nothing is read past 64 KiB.
-        let huge = vec![b' '; 10 * 1024 * 1024];
-        match app.client.post(app.url("/auth/login")).header("content-type", "application/json").body(huge).send().await {
-            Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
-            Err(err) => assert!(err.is_request(), "{err}"),
-        }
-        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+async fn missing_or_mistyped_fields_are_422_validation_error(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let cases = [
+        (json!({"password": PASSWORD}), "email"),
+        (json!({"email": 5, "password": PASSWORD}), "email"),
+        (
+            json!({"email": "a@example.com", "password": ["x"]}),
+            "password",
+        ),
+        (json!(["a@example.com", PASSWORD]), "body"),
+        (json!("text"), "body"),
+    ];
+    for (payload, field) in cases {
+        let (status, body) = post_raw(
+            &app,
+            "/auth/register",
+            Some("application/json"),
+            payload.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{payload}");
+        assert_eq!(body["detail"], "Request validation failed");
+        assert_eq!(body["error_code"], "VALIDATION_ERROR");
+        assert_eq!(body["errors"][0]["field"], field, "{payload}: {body}");
     }
+    let dup = br#"{"email":"a@example.com","email":"b@example.com","password":"SecurePass123"}"#;
+    let (status, body) = post_raw(
+        &app,
+        "/auth/register",
+        Some("application/json"),
+        dup.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error_code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("VALIDATION_ERROR"))
+    );
+}
 
-    async fn unknown_routes_and_methods_get_json_404_and_405(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let response = app.get("/nope").await;
-        assert_eq!(header(&response, "content-type").as_deref(), Some("application/json"));
-        let (status, body) = status_and_json(response).await;
-        assert_error(status, &body, StatusCode::NOT_FOUND, "Not Found", "NOT_FOUND");
-        let response = app.client.delete(app.url("/auth/login")).send().await.unwrap();
-        assert_eq!(header(&response, "allow").as_deref(), Some("POST"));
-        let (status, body) = status_and_json(response).await;
-        assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "METHOD_NOT_ALLOWED");
-        let (status, body) = status_and_json(app.get("/auth/login").await).await;
-        assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "METHOD_NOT_ALLOWED");
+async fn content_type_rules(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let payload = json!({"email": "ct@example.com", "password": PASSWORD})
+        .to_string()
+        .into_bytes();
+    // Another media type is 422, as the original (FastAPI) answered, for every body route.
+    for (path, content_type) in [
+        ("/auth/register", "text/plain"),
+        ("/auth/login", "application/x-www-form-urlencoded"),
+        ("/auth/logout", "multipart/form-data; boundary=x"),
+    ] {
+        let (status, body) = post_raw(&app, path, Some(content_type), payload.clone()).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unsupported media type: send application/json",
+            "UNSUPPORTED_MEDIA_TYPE",
+        );
     }
+    // A UTF-8 byte order mark before the JSON is skipped.
+    let with_bom = [
+        &b"\xEF\xBB\xBF"[..],
+        br#"{"email":"bom@example.com","password":"SecurePass123"}"#,
+    ]
+    .concat();
+    let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), with_bom).await;
+    assert_eq!(
+        (status, &body["email"]),
+        (StatusCode::CREATED, &json!("bom@example.com"))
+    );
+    // No content type at all is read as JSON, as the original did; extra fields are ignored.
+    let (status, _) = post_raw(&app, "/auth/register", None, payload).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let extra = json!({"email": "ct2@example.com", "password": PASSWORD, "role": "admin"})
+        .to_string()
+        .into_bytes();
+    let (status, _) = post_raw(
+        &app,
+        "/auth/register",
+        Some("application/json; charset=utf-8"),
+        extra,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
 
-    async fn sql_fragments_are_just_data(backend: Backend) {
-        let app = TestApp::spawn(backend).await;
-        let email = "x');drop/**/table/**/users;--@example.com";
-        let (status, body) = status_and_json(app.register(email, PASSWORD).await).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let (status, _) = status_and_json(app.login(email, PASSWORD).await).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(app.login("'or'1'='1'--@example.com", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+async fn a_body_over_64_kib_is_413(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let big = json!({"email": "big@example.com", "password": "x".repeat(70 * 1024)})
+        .to_string()
+        .into_bytes();
+    let (status, body) = post_raw(&app, "/auth/register", Some("application/json"), big).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body too large",
+        "PAYLOAD_TOO_LARGE",
+    );
+    // 10 MB: the server answers 413 as soon as the limit is crossed; the client may see the
+    // answer or, still writing, a closed connection. Either way nothing is read past 64 KiB.
+    let huge = vec![b' '; 10 * 1024 * 1024];
+    match app
+        .client
+        .post(app.url("/auth/login"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+    {
+        Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        Err(err) => assert!(err.is_request(), "{err}"),
     }
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
 
-    async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let app = TestApp::spawn_with(backend, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
-        let addr = app.base.trim_start_matches("http://").to_owned();
-        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        // Headers promise 100 bytes; the body then trickles in one byte a second.
-        let head = format!("POST /auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let (mut reader, mut writer) = stream.into_split();
-        let trickle = tokio::spawn(async move {
-            for byte in b"\"email\": \"slow@example.com\"".iter().cycle().take(60) {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                if writer.write_all(&[*byte]).await.is_err() {
-                    break;
-                }
+async fn unknown_routes_and_methods_get_json_404_and_405(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let response = app.get("/nope").await;
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let (status, body) = status_and_json(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        "NOT_FOUND",
+    );
+    let response = app
+        .client
+        .delete(app.url("/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&response, "allow").as_deref(), Some("POST"));
+    let (status, body) = status_and_json(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        "METHOD_NOT_ALLOWED",
+    );
+    let (status, body) = status_and_json(app.get("/auth/login").await).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        "METHOD_NOT_ALLOWED",
+    );
+}
+
+async fn sql_fragments_are_just_data(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "x');drop/**/table/**/users;--@example.com";
+    let (status, body) = status_and_json(app.register(email, PASSWORD).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = status_and_json(app.login(email, PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.login("'or'1'='1'--@example.com", PASSWORD)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::spawn_with(backend, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Headers promise 100 bytes; the body then trickles in one byte a second.
+    let head = format!(
+        "POST /auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for byte in b"\"email\": \"slow@example.com\"".iter().cycle().take(60) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
             }
-        });
-        let mut response = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(30), reader.read_to_end(&mut response)).await.unwrap().unwrap();
-        trickle.abort();
-        let response = String::from_utf8_lossy(&response);
-        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
-        assert!(response.ends_with(r#"{"detail":"Request timeout","error_code":"REQUEST_TIMEOUT"}"#), "{response}");
-        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
-    }
+        }
+    });
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reader.read_to_end(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    trickle.abort();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.ends_with(r#"{"detail":"Request timeout","error_code":"REQUEST_TIMEOUT"}"#),
+        "{response}"
+    );
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
 }

@@ -3,8 +3,10 @@
 
 use std::{
     collections::HashMap,
+    process::{Command, Stdio},
     sync::{Arc, Once},
     time::Duration,
+    time::Instant,
 };
 
 use auth_service::{
@@ -15,6 +17,9 @@ use auth_service::{
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// The service binary cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
 
 /// The secret every test app signs with, so tokens survive a restart.
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
@@ -28,21 +33,22 @@ pub enum Backend {
     Postgres,
 }
 
-/// Expands each test into `<name>::sqlite` and `<name>::postgres`. The PostgreSQL half never
-/// skips: with no server it fails, naming `TEST_POSTGRES_URL`.
+/// Runs each named test, a plain `async fn name(backend: Backend)`, twice: as
+/// `name::sqlite` and `name::postgres`. The PostgreSQL half never skips: with no server it
+/// fails, naming `TEST_POSTGRES_URL`.
 #[macro_export]
 macro_rules! dual_backend {
-    ($($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block)*) => {
+    ($($name:ident),* $(,)?) => {
         $(
-            $(#[$meta])*
             mod $name {
-                #[allow(unused_imports)]
-                use super::*;
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() { body($crate::helpers::Backend::Sqlite).await }
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { body($crate::helpers::Backend::Postgres).await }
-                async fn body($backend: $crate::helpers::Backend) $body
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
             }
         )*
     };
@@ -67,6 +73,21 @@ fn tracing_subscriber_init() -> Option<()> {
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `host:port` of the PostgreSQL server in `TEST_POSTGRES_URL`.
+pub fn postgres_host_port() -> String {
+    let url = url::Url::parse(&postgres_admin_url()).expect("TEST_POSTGRES_URL parses");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    )
+}
+
+/// A connection to the maintenance database of the test server.
+pub async fn postgres_admin_connection() -> sqlx::PgConnection {
+    connect_admin(&postgres_admin_url()).await
 }
 
 /// A throwaway database, removed on drop (unless `KEEP_TEST_DB=1`).
@@ -134,6 +155,11 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// The name of this PostgreSQL test database.
+    pub fn postgres_name(&self) -> String {
+        self.pg_name.clone().expect("a PostgreSQL test database")
+    }
+
     /// The PostgreSQL URL of this database through another port (an outage proxy).
     pub fn postgres_url_via(&self, port: u16) -> DatabaseUrl {
         let name = self.pg_name.as_deref().expect("a PostgreSQL test database");
@@ -462,10 +488,90 @@ pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
     (status, json_of(response).await)
 }
 
+/// The (unverified) claims of a JWT.
+pub fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
 /// A header as a string.
 pub fn header(response: &Response, name: &str) -> Option<String> {
     response
         .headers()
         .get(name)
         .map(|v| v.to_str().expect("ascii header").to_owned())
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The built binary running in a temp directory with exactly the given variables.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub port: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Binary {
+    pub fn spawn(vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().to_string();
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("PORT", &port)
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, port, dir }
+    }
+
+    /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
+    pub fn wait_ready(&self) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let status = Command::new(BIN)
+                .env_clear()
+                .env("PORT", &self.port)
+                .arg("healthcheck")
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            if status.success() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, then the exit code, stdout and stderr.
+    pub fn terminate(self) -> (Option<i32>, String, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let output = self.child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
 }

@@ -12,7 +12,7 @@ use crate::helpers::*;
 async fn a_database_outage_is_503_everywhere_it_matters() {
     // Arrange: the app reaches PostgreSQL through a proxy we can cut.
     let db = TestDb::new(Backend::Postgres).await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".to_owned()).await;
+    let proxy = TcpProxy::start(postgres_host_port()).await;
     let mut config = test_config(&db, &[]);
     config.database_url = db.postgres_url_via(proxy.port);
     let app = TestApp::spawn_config(db, TestClock::new(), config).await;
@@ -22,13 +22,20 @@ async fn a_database_outage_is_503_everywhere_it_matters() {
     // Assert
     let unavailable =
         json!({"detail": "Service temporarily unavailable", "error_code": "SERVICE_UNAVAILABLE"});
-    // In parallel: each waits out the pool's acquire timeout before its 503.
+    // In parallel: each waits out the pool's acquire timeout (1 s) before its 503, well before
+    // the 5 s after which callers of /auth/verify give up.
+    let started = std::time::Instant::now();
     let (verify, login, register, refreshed, logout) = tokio::join!(
         app.verify(&access),
         app.login("outage@example.com", PASSWORD),
         app.register("new@example.com", PASSWORD),
         app.refresh(&refresh),
         app.logout(&refresh),
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(4),
+        "503s took {elapsed:?}"
     );
     for response in [verify, login, register, refreshed, logout] {
         assert_eq!(header(&response, "retry-after").as_deref(), Some("5"));
@@ -54,6 +61,60 @@ async fn a_database_outage_is_503_everywhere_it_matters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_refusing_connections_is_503_not_500() {
+    // Arrange: a working app, then its database stops accepting connections (what
+    // `ALLOW_CONNECTIONS false`, "too many clients" and a shutdown look like to a client) and
+    // every open connection is closed.
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let (_, access, refresh) = app.user_with_tokens("refused@example.com").await;
+    let name = app.db.postgres_name();
+    let mut admin = postgres_admin_connection().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "alter database {name} allow_connections false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // Act
+    let (login, refreshed, logout, logout_all) = tokio::join!(
+        app.login("refused@example.com", PASSWORD),
+        app.refresh(&refresh),
+        app.logout(&refresh),
+        app.client
+            .post(app.url("/auth/logout-all"))
+            .bearer_auth(&access)
+            .send(),
+    );
+    // Assert
+    let unavailable =
+        json!({"detail": "Service temporarily unavailable", "error_code": "SERVICE_UNAVAILABLE"});
+    for response in [login, refreshed, logout, logout_all.unwrap()] {
+        assert!(header(&response, "retry-after").is_some());
+        let (status, body) = status_and_json(response).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::SERVICE_UNAVAILABLE, unavailable.clone())
+        );
+    }
+    // The database comes back: so does the service, without a restart.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "alter database {name} allow_connections true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        app.login("refused@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_waits_for_a_database_that_comes_up_late() {
     // Arrange: a port where nothing listens yet.
     let db = TestDb::new(Backend::Postgres).await;
@@ -76,7 +137,7 @@ async fn start_up_waits_for_a_database_that_comes_up_late() {
         !server.is_finished(),
         "the app must not give up on a late database"
     );
-    let proxy = TcpProxy::start_on(port, "127.0.0.1:5432".to_owned()).await;
+    let proxy = TcpProxy::start_on(port, postgres_host_port()).await;
     // Assert: it comes up and serves.
     let health: serde_json::Value = reqwest::get(format!("{base}/health"))
         .await

@@ -1,11 +1,8 @@
 //! The built binary: configuration errors exit 2 with one line; defaults serve; SIGTERM exits 0.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_auth-service");
+use crate::helpers::{BIN, Binary, free_port};
 
 /// Runs the binary with exactly `vars` in a fresh directory and waits for it.
 fn run_with(vars: &[(&str, &str)]) -> std::process::Output {
@@ -68,75 +65,6 @@ fn an_unreachable_database_exits_2_naming_database_url() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The built binary running in a temp directory with exactly the given variables.
-struct Binary {
-    child: std::process::Child,
-    port: String,
-    dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn spawn(vars: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().to_string();
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("PORT", &port)
-            .envs(vars.iter().copied())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { child, port, dir }
-    }
-
-    /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
-    fn wait_ready(&self) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            let status = Command::new(BIN)
-                .env_clear()
-                .env("PORT", &self.port)
-                .arg("healthcheck")
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            if status.success() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// SIGTERM, then the exit code, stdout and stderr.
-    fn terminate(self) -> (Option<i32>, String, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let output = self.child.wait_with_output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::service::AuthError;
+use crate::{service::AuthError, telemetry::error_chain};
 
 /// The machine-readable `error_code` of every error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -26,7 +26,7 @@ pub enum ErrorCode {
     WeakPassword,
     /// 422: missing or wrongly typed field, or a field rule.
     ValidationError,
-    /// 400: the body is not JSON.
+    /// 422: the body is not JSON.
     InvalidJson,
     /// 401: unknown email or wrong password.
     InvalidCredentials,
@@ -48,7 +48,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 413: body over the limit.
     PayloadTooLarge,
-    /// 415: body that is not JSON by its content type.
+    /// 422: a body that is not JSON by its content type.
     UnsupportedMediaType,
     /// 408: the request took too long.
     RequestTimeout,
@@ -140,12 +140,13 @@ impl ApiError {
                 AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Self::InvalidJson => StatusCode::BAD_REQUEST,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // 422 for bodies, as the original (FastAPI) answered and its clients expect.
+            Self::InvalidJson | Self::Validation(_) | Self::UnsupportedMediaType => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -227,7 +228,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Auth(AuthError::Internal(cause)) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
+                tracing::error!(error = %error_chain(cause.as_ref()), "internal error");
             }
             Self::Auth(AuthError::Unavailable(cause)) => {
                 tracing::warn!(error = %error_chain(cause), "database unavailable");
@@ -247,18 +248,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// `err: cause: cause` on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -382,7 +371,7 @@ mod tests {
             ),
             (
                 ApiError::InvalidJson,
-                400,
+                422,
                 "INVALID_JSON",
                 "Invalid JSON in request body",
                 None,
@@ -422,7 +411,7 @@ mod tests {
             ),
             (
                 ApiError::UnsupportedMediaType,
-                415,
+                422,
                 "UNSUPPORTED_MEDIA_TYPE",
                 "Unsupported media type: send application/json",
                 None,

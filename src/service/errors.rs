@@ -1,0 +1,64 @@
+//! [`AuthError`]: every way an auth action can fail, in domain words. Its `Display` is the
+//! contract's `detail`; the HTTP layer maps each variant to a status and an `error_code`.
+
+use chrono::{DateTime, Utc};
+
+use crate::store::StoreError;
+
+/// Every way an auth action can fail; `Display` is the contract's `detail`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Registration of an email that exists.
+    #[error("User already exists")]
+    UserExists,
+    /// An email that breaks the format rules.
+    #[error("Invalid email format")]
+    InvalidEmail,
+    /// A password that breaks the policy; the reasons in contract order.
+    #[error("Password validation failed: {}", .0.join(", "))]
+    WeakPassword(Vec<&'static str>),
+    /// Unknown email or wrong password.
+    #[error("Invalid email or password")]
+    InvalidCredentials,
+    /// Right password, disabled account.
+    #[error("Account is disabled")]
+    AccountDisabled,
+    /// Locked out until `until`.
+    #[error("Too many login attempts. Try again after {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+    TooManyAttempts {
+        /// When the lock ends.
+        until: DateTime<Utc>,
+        /// Seconds until then, for `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// No bearer token was presented.
+    #[error("Authorization header missing")]
+    MissingToken,
+    /// An access token that does not verify, or whose user is gone or disabled.
+    #[error("Invalid or expired token")]
+    InvalidToken,
+    /// A refresh token that does not verify, was revoked, or was reused.
+    #[error("Invalid or expired refresh token")]
+    InvalidRefreshToken,
+    /// The database did not answer.
+    #[error("Service temporarily unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Anything unexpected; the cause is logged, never shown.
+    #[error("Internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(err),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for AuthError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Internal(err)
+    }
+}

@@ -1,0 +1,191 @@
+//! `POST /auth/login`: the per-IP spraying guard, the per-email lockout (reserved before any
+//! password is checked), exactly one bcrypt verification, and the re-hash at a new cost.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{
+    AuthError, AuthService, TokenPair,
+    audit::{self, Caller, Event, Outcome},
+    email::Email,
+    lockout::{self, AttemptDecision, AttemptStatus, LockoutPolicy},
+};
+use crate::store::{StoreError, UserRow};
+
+/// A login's result plus the attempt figures for the response headers (absent when the
+/// request never reached the counter).
+pub struct LoginOutcome {
+    /// Tokens, or why not.
+    pub result: Result<TokenPair, AuthError>,
+    /// The `X-RateLimit-*` figures.
+    pub status: Option<AttemptStatus>,
+}
+
+impl LoginOutcome {
+    /// A failure, with the attempt figures when the counter was reached.
+    fn error(err: impl Into<AuthError>, status: Option<AttemptStatus>) -> Self {
+        Self {
+            result: Err(err.into()),
+            status,
+        }
+    }
+
+    /// Refused while locked until `until`: 429 with `Retry-After`, nothing verified.
+    fn locked(until: DateTime<Utc>, now: DateTime<Utc>, status: AttemptStatus) -> Self {
+        let retry_after_secs = lockout::seconds_until(until, now).max(1);
+        Self {
+            result: Err(AuthError::TooManyAttempts {
+                until,
+                retry_after_secs,
+            }),
+            status: Some(status),
+        }
+    }
+}
+
+impl AuthService {
+    /// `POST /auth/login`: exchanges email and password for tokens.
+    ///
+    /// Order matters: the client IP's spraying guard, then the email's attempt is reserved in
+    /// the database before anything is verified (so a parallel burst can never test more
+    /// passwords than the limit allows), then exactly one bcrypt verification.
+    #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
+    pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        caller: &Caller,
+    ) -> LoginOutcome {
+        let Some(email) = Email::parse(email) else {
+            audit::record(Event::Login, Outcome::InvalidRequest, None, caller);
+            return LoginOutcome::error(AuthError::InvalidEmail, None);
+        };
+        let now = self.0.clock.now();
+        let ip_guard = self
+            .0
+            .settings
+            .ip_lockout
+            .zip(caller.ip)
+            .map(|(p, ip)| (p, format!("ip:{ip}")));
+        if let Some((ip_policy, key)) = &ip_guard {
+            match self.0.store.find_login_attempt(key).await {
+                Err(err) => return LoginOutcome::error(err, None),
+                Ok(row) => {
+                    if let Some((until, status)) = row.and_then(|r| ip_policy.lock_of(&r, now)) {
+                        audit::record(Event::Login, Outcome::IpBlocked, None, caller);
+                        return LoginOutcome::locked(until, now, status);
+                    }
+                }
+            }
+        }
+        let policy = self.0.settings.lockout;
+        let reserved = self
+            .0
+            .store
+            .reserve_login_attempt(email.as_str(), now, policy.limits())
+            .await;
+        let status = match reserved.map(|row| policy.decide(&row, now)) {
+            Err(err) => return LoginOutcome::error(err, None),
+            Ok(AttemptDecision::Locked { until, status }) => {
+                audit::record(Event::Login, Outcome::Locked, None, caller);
+                return LoginOutcome::locked(until, now, status);
+            }
+            Ok(AttemptDecision::Allowed(status)) => status,
+        };
+        let user = match self.check_credentials(&email, &password).await {
+            Ok(user) => user,
+            Err(AuthError::InvalidCredentials) => {
+                audit::record(Event::Login, Outcome::InvalidCredentials, None, caller);
+                if status.remaining == 0 {
+                    audit::record(Event::Lockout, Outcome::Locked, None, caller);
+                }
+                if let Some((ip_policy, key)) = &ip_guard
+                    && let Err(err) = self.count_ip_failure(*ip_policy, key, now, caller).await
+                {
+                    return LoginOutcome::error(err, Some(status));
+                }
+                return LoginOutcome::error(AuthError::InvalidCredentials, Some(status));
+            }
+            Err(err) => return LoginOutcome::error(err, Some(status)),
+        };
+        tracing::Span::current().record("user.id", user.id);
+        if let Err(err) = self.0.store.clear_login_attempts(email.as_str()).await {
+            return LoginOutcome::error(err, Some(status));
+        }
+        let result = if user.is_active {
+            self.upgrade_hash(&user, password).await;
+            let issued = self.start_session(&user).await;
+            if issued.is_ok() {
+                audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
+            }
+            issued
+        } else {
+            audit::record(Event::Login, Outcome::Disabled, Some(user.id), caller);
+            Err(AuthError::AccountDisabled)
+        };
+        LoginOutcome {
+            result,
+            status: Some(policy.fresh()),
+        }
+    }
+
+    /// Counts one failed login against the client IP (password spraying).
+    async fn count_ip_failure(
+        &self,
+        ip_policy: LockoutPolicy,
+        key: &str,
+        now: DateTime<Utc>,
+        caller: &Caller,
+    ) -> Result<(), StoreError> {
+        let row = self
+            .0
+            .store
+            .reserve_login_attempt(key, now, ip_policy.limits())
+            .await?;
+        if row.attempts == i64::from(ip_policy.max_attempts) {
+            audit::record(Event::Lockout, Outcome::IpLocked, None, caller);
+        }
+        Ok(())
+    }
+
+    /// Exactly one bcrypt verification, whether or not the email is known.
+    async fn check_credentials(
+        &self,
+        email: &Email,
+        password: &SecretString,
+    ) -> Result<UserRow, AuthError> {
+        let user = self.0.store.find_user_by_email(email.as_str()).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.as_str());
+        let candidate = SecretString::from(password.expose_secret());
+        if self.0.passwords.verify(candidate, hash).await? {
+            user.ok_or(AuthError::InvalidCredentials)
+        } else {
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+
+    /// After a successful login: re-hash at `BCRYPT_ROUNDS` when the stored cost differs (one
+    /// extra hash, only then). A failure here is logged, never fatal to the login.
+    async fn upgrade_hash(&self, user: &UserRow, password: SecretString) {
+        if !self.0.passwords.needs_rehash(&user.password_hash) {
+            return;
+        }
+        let upgraded = match self.0.passwords.hash(password).await {
+            Ok(hash) => {
+                let store = &self.0.store;
+                store
+                    .update_password_hash(user.id, &user.password_hash, &hash, self.now())
+                    .await
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "password re-hash failed");
+                return;
+            }
+        };
+        match upgraded {
+            Ok(true) => tracing::info!("password hash upgraded to the configured cost"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "storing the re-hashed password failed"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `POST /auth/refresh`, `/auth/logout` and `/auth/logout-all`: what a refresh token may still
+//! do, in either `REFRESH_TOKEN_ROTATION` mode.
+//!
+//! - `off` (the original's behaviour): a refresh token is reusable until it expires or is
+//!   revoked; the answer carries the same refresh token and a new access token.
+//! - `on`: each refresh token works once; the rules for one presented again are in
+//!   [`super::rotation`].
+
+use uuid::Uuid;
+
+use super::{
+    AuthError, AuthService, TokenPair,
+    audit::{self, Caller, Event, Outcome},
+    rotation::{self, Reuse},
+};
+use crate::{
+    store::{NewRefreshToken, RefreshTokenRow, UserRow},
+    tokens::TokenKind,
+};
+
+/// How `/auth/refresh` treats a refresh token (`REFRESH_TOKEN_ROTATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationMode {
+    /// `off`: a refresh token stays valid until it expires or is revoked.
+    Off,
+    /// `on`: each refresh token works once, with reuse detection and a grace window.
+    On,
+}
+
+/// How one refresh ended.
+#[derive(Clone)]
+enum Refreshed {
+    /// A new pair: `Rotated` (a child was created) or `Renewed` (rotation off: same refresh
+    /// token, new access token).
+    Issued(TokenPair),
+    /// Within the grace window: the child already issued for this token, again.
+    GraceReuse(TokenPair),
+    /// A rotated token came back after the grace window: its family was revoked.
+    ReuseDetected,
+    /// Anything else that cannot refresh (bad signature, expired, revoked, disabled user).
+    Invalid,
+}
+
+impl AuthService {
+    /// `POST /auth/refresh`: a new access token (and, with rotation on, a new refresh token).
+    ///
+    /// # Errors
+    /// `InvalidRefreshToken` (also after reuse, which revokes the family), `Unavailable`,
+    /// `Internal`.
+    #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
+    pub async fn refresh(&self, token: &str, caller: &Caller) -> Result<TokenPair, AuthError> {
+        let now = self.now();
+        let Ok(claims) = self.0.keys.verify(token, TokenKind::Refresh, now) else {
+            audit::record(Event::Refresh, Outcome::Invalid, None, caller);
+            return Err(AuthError::InvalidRefreshToken);
+        };
+        tracing::Span::current().record("user.id", claims.user_id);
+        let user_id = Some(claims.user_id);
+        let refreshed = match self.0.settings.rotation {
+            RotationMode::Off => self.renew(token, claims.jti, claims.user_id).await,
+            RotationMode::On => self.rotate(claims.jti, claims.user_id).await,
+        };
+        let refreshed = match refreshed {
+            Ok(refreshed) => refreshed,
+            Err(err) => {
+                audit::record(Event::Refresh, Outcome::Error, user_id, caller);
+                return Err(err);
+            }
+        };
+        match refreshed {
+            Refreshed::Issued(pair) => {
+                audit::record(Event::Refresh, Outcome::Success, user_id, caller);
+                Ok(pair)
+            }
+            Refreshed::GraceReuse(pair) => {
+                audit::record(Event::Refresh, Outcome::GraceReuse, user_id, caller);
+                Ok(pair)
+            }
+            Refreshed::ReuseDetected => {
+                audit::record(
+                    Event::ReuseDetected,
+                    Outcome::ReuseDetected,
+                    user_id,
+                    caller,
+                );
+                Err(AuthError::InvalidRefreshToken)
+            }
+            Refreshed::Invalid => {
+                audit::record(Event::Refresh, Outcome::Invalid, user_id, caller);
+                Err(AuthError::InvalidRefreshToken)
+            }
+        }
+    }
+
+    /// The stored row of a refresh token and its user, if it belongs to `user_id` and that
+    /// user is active.
+    async fn live_row(
+        &self,
+        jti: Uuid,
+        user_id: i64,
+    ) -> Result<Option<(RefreshTokenRow, UserRow)>, AuthError> {
+        let store = &self.0.store;
+        let Some(row) = store
+            .find_refresh_token(jti)
+            .await?
+            .filter(|r| r.user_id == user_id)
+        else {
+            return Ok(None);
+        };
+        let user = store
+            .find_user_by_id(row.user_id)
+            .await?
+            .filter(|u| u.is_active);
+        Ok(user.map(|u| (row, u)))
+    }
+
+    /// Rotation off: the same refresh token, valid while not revoked, rotated or expired.
+    async fn renew(&self, token: &str, jti: Uuid, user_id: i64) -> Result<Refreshed, AuthError> {
+        let now = self.now();
+        let Some((row, user)) = self.live_row(jti, user_id).await? else {
+            return Ok(Refreshed::Invalid);
+        };
+        if row.revoked_at.is_some() || row.rotated_at.is_some() || row.expires_at <= now {
+            return Ok(Refreshed::Invalid);
+        }
+        let mut pair = self.pair_for(&row, &user.email)?;
+        pair.refresh_token = token.to_owned();
+        Ok(Refreshed::Issued(pair))
+    }
+
+    /// Rotation on: a compare-and-set creates the one child; a loser applies the grace rule.
+    async fn rotate(&self, jti: Uuid, user_id: i64) -> Result<Refreshed, AuthError> {
+        let now = self.now();
+        let store = &self.0.store;
+        let Some((row, user)) = self.live_row(jti, user_id).await? else {
+            return Ok(Refreshed::Invalid);
+        };
+        let child = NewRefreshToken {
+            jti: Uuid::new_v4(),
+            user_id: row.user_id,
+            family_id: row.family_id,
+            parent_jti: Some(row.jti),
+            issued_at: now,
+            expires_at: now + self.0.settings.refresh_ttl,
+        };
+        if store.rotate_refresh_token(row.jti, &child, now).await? {
+            return Ok(Refreshed::Issued(
+                self.pair_for(&child.into(), &user.email)?,
+            ));
+        }
+        // Lost the compare-and-set: read the row as it is now and apply the grace rule.
+        let current = store.find_refresh_token(row.jti).await?.unwrap_or(row);
+        match rotation::on_reuse(&current, now, self.0.settings.reuse_grace) {
+            Reuse::ReturnChild => match store.find_child_token(current.jti).await? {
+                Some(child) if child.revoked_at.is_none() => {
+                    Ok(Refreshed::GraceReuse(self.pair_for(&child, &user.email)?))
+                }
+                _ => Ok(Refreshed::Invalid),
+            },
+            Reuse::RevokeFamily => {
+                let revoked = store.revoke_family_of(current.jti, now).await?;
+                tracing::warn!(token.family = %current.family_id, revoked, "refresh token reuse detected; family revoked");
+                Ok(Refreshed::ReuseDetected)
+            }
+            Reuse::Refuse => Ok(Refreshed::Invalid),
+        }
+    }
+
+    /// `POST /auth/logout`: revokes a refresh token and its family. Succeeds for any string;
+    /// only a database failure is an error.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all)]
+    pub async fn logout(&self, token: &str, caller: &Caller) -> Result<(), AuthError> {
+        // Anything that does not verify (expired included) can no longer refresh: ignore it.
+        if let Ok(claims) = self.0.keys.verify(token, TokenKind::Refresh, self.now()) {
+            self.0
+                .store
+                .revoke_family_of(claims.jti, self.now())
+                .await?;
+            audit::record(
+                Event::Logout,
+                Outcome::Success,
+                Some(claims.user_id),
+                caller,
+            );
+        } else {
+            audit::record(Event::Logout, Outcome::Ignored, None, caller);
+        }
+        Ok(())
+    }
+
+    /// `POST /auth/logout-all`: revokes every refresh token of the user.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Internal`.
+    #[tracing::instrument(skip_all, fields(user.id = user_id))]
+    pub async fn logout_all(&self, user_id: i64, caller: &Caller) -> Result<(), AuthError> {
+        self.0.store.revoke_user_tokens(user_id, self.now()).await?;
+        audit::record(Event::LogoutAll, Outcome::Success, Some(user_id), caller);
+        Ok(())
+    }
+}
