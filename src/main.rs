@@ -39,6 +39,16 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
+    /// Import the accounts of the original (Python) service's SQLite database into
+    /// DATABASE_URL (migrated first). Passwords keep working; users log in again.
+    ImportOriginal {
+        /// The original's DATABASE_URL, e.g. sqlite:///./auth_service.db.
+        #[arg(long)]
+        from: String,
+        /// Add to a target that already has users (skipping ids or emails it has).
+        #[arg(long)]
+        merge: bool,
+    },
     /// Manage users in DATABASE_URL.
     User {
         #[command(subcommand)]
@@ -92,6 +102,7 @@ fn main() -> ExitCode {
             Command::Healthcheck { url } => healthcheck(&config, url).await,
             Command::User { action } => user(config, action).await,
             Command::CopyData { from, to, merge } => copy_data(&config, &from, &to, merge).await,
+            Command::ImportOriginal { from, merge } => import_original(config, &from, merge).await,
         }
     })
 }
@@ -244,6 +255,58 @@ async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCo
             println!(
                 "copied {} users ({} skipped) and {} refresh tokens from {from_url:?} to {to_url:?}",
                 report.users, report.skipped_users, report.tokens
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn import_original(config: Config, from: &str, merge: bool) -> ExitCode {
+    use auth_service::{config::DatabaseUrl, store};
+    auth_service::telemetry::init_cli(&config);
+    let path = match DatabaseUrl::parse(from) {
+        Ok(DatabaseUrl::SqliteFile(path)) => path,
+        Ok(_) => {
+            eprintln!("auth-service: --from: the original kept its users in an SQLite file");
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("auth-service: --from: {}", err.0);
+            return ExitCode::from(2);
+        }
+    };
+    let users = match store::read_original_users(&path).await {
+        Ok(users) => users,
+        Err(err) => {
+            eprintln!(
+                "auth-service: --from {}: {}",
+                path.display(),
+                error_chain(&err)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let target = config.database_url.describe();
+    let state = match auth_service::state::AppState::build(config, std::sync::Arc::new(SystemClock))
+        .await
+    {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match state.auth().import_original(users, merge).await {
+        Ok(report) => {
+            println!(
+                "imported {} users ({} skipped) from {} into {target}",
+                report.users,
+                report.skipped_users,
+                path.display()
             );
             ExitCode::SUCCESS
         }

@@ -155,3 +155,41 @@ pub struct Jwks {
 pub async fn jwks() -> Json<Jwks> {
     Json(Jwks { keys: Vec::new() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `error_code` the service can emit (the `ErrorCode` enumeration of the OpenAPI
+    /// document, derived from the Rust enum) has a row in docs/API.md.
+    #[test]
+    fn every_error_code_is_documented_in_docs_api_md() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let codes = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap();
+        assert!(codes.len() >= 19, "{codes:?}");
+        let api_md =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/API.md")).unwrap();
+        for code in codes {
+            let row = format!("| `{}` |", code.as_str().unwrap());
+            assert!(api_md.contains(&row), "docs/API.md has no row for {code}");
+        }
+    }
+
+    /// The summaries Swagger UI shows beside each path do not repeat the path.
+    #[test]
+    fn operation_summaries_do_not_repeat_their_path() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let summary = operation["summary"].as_str().unwrap_or_default();
+                assert!(!summary.is_empty(), "{method} {path} has a summary");
+                assert!(
+                    !summary.contains(path.as_str()),
+                    "{method} {path}: {summary}"
+                );
+            }
+        }
+    }
+}

@@ -4,12 +4,13 @@
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use super::copy::CopyError;
 use super::{
     AuthError, AuthService, RegisteredUser,
     audit::{self, Caller, Event, Outcome},
     email::Email,
 };
-use crate::store::{StoreError, UserRow};
+use crate::store::{ImportReport, StoreError, UserRow};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,19 @@ impl AuthService {
         }
         store.clear_login_attempts(email.as_str()).await?;
         Ok(audited("admin_user_delete", user.id))
+    }
+
+    /// `import-original`: the original service's accounts, read by the caller, into this
+    /// service's database.
+    ///
+    /// # Errors
+    /// As [`super::copy::import_original`].
+    pub async fn import_original(
+        &self,
+        users: Vec<UserRow>,
+        merge: bool,
+    ) -> Result<ImportReport, CopyError> {
+        super::copy::import_original(users, &*self.0.store, merge).await
     }
 
     /// `user show EMAIL`.

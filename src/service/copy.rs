@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::{ImportReport, RefreshTokenRow, Store, StoreError};
+use super::email::Email;
+use crate::store::{ImportReport, RefreshTokenRow, Store, StoreError, UserRow};
 
 /// Why a copy did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,39 @@ pub async fn copy_data(
     to.import(&users, &tokens, merge)
         .await?
         .ok_or(CopyError::TargetNotEmpty)
+}
+
+/// Imports the accounts read from the original service's database into `to`: emails are
+/// normalised as registration does; rows whose email is not an address, or collides with one
+/// already imported, are skipped and counted. Nobody's refresh tokens come along (the
+/// original's tokens are not trusted here: users log in again).
+///
+/// # Errors
+/// `TargetNotEmpty` without `merge` on a target with users; `Store` when the target fails.
+pub async fn import_original(
+    users: Vec<UserRow>,
+    to: &dyn Store,
+    merge: bool,
+) -> Result<ImportReport, CopyError> {
+    let total = users.len();
+    let mut seen = HashSet::new();
+    let users: Vec<UserRow> = users
+        .into_iter()
+        .filter_map(|user| {
+            let email = Email::parse(&user.email)?;
+            seen.insert(email.as_str().to_owned()).then(|| UserRow {
+                email: email.as_str().to_owned(),
+                ..user
+            })
+        })
+        .collect();
+    let unusable = u64::try_from(total - users.len()).unwrap_or(u64::MAX);
+    let mut report = to
+        .import(&users, &[], merge)
+        .await?
+        .ok_or(CopyError::TargetNotEmpty)?;
+    report.skipped_users += unusable;
+    Ok(report)
 }
 
 /// Orders tokens so each parent precedes its child, and drops links to parents that are not

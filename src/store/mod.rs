@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::config::DatabaseUrl;
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, read_original_users};
 
 /// What can go wrong in the store, in terms the service can act on.
 #[derive(Debug, thiserror::Error)]

@@ -65,6 +65,60 @@ impl SqliteStore {
     }
 }
 
+/// Reads the accounts of the original (Python) service's SQLite database, read-only: its
+/// `users` table has `id`, `email`, `password_hash`, `is_active` and `created_at` (SQLAlchemy's
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]`, UTC). Its lockout columns are not carried over.
+///
+/// # Errors
+/// `Unavailable` when the file cannot be opened; `Other` when it has no such table, or a
+/// timestamp that does not parse.
+pub async fn read_original_users(path: &std::path::Path) -> Result<Vec<UserRow>, StoreError> {
+    use sqlx::{Connection as _, Row as _};
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let rows = sqlx::query(
+        "select id, email, password_hash, is_active, cast(created_at as text) as created_at
+         from users order by id",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let created: String = row.try_get("created_at")?;
+            let created_at = parse_original_time(&created).ok_or_else(|| {
+                StoreError::Other(sqlx::Error::Decode(
+                    format!("created_at {created:?} is not a timestamp").into(),
+                ))
+            })?;
+            Ok(UserRow {
+                id: row.try_get("id")?,
+                email: row.try_get("email")?,
+                password_hash: row.try_get("password_hash")?,
+                is_active: row.try_get("is_active")?,
+                created_at,
+                updated_at: created_at,
+            })
+        })
+        .collect()
+}
+
+/// SQLAlchemy's SQLite timestamps (naive, UTC), or RFC 3339.
+fn parse_original_time(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {

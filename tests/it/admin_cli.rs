@@ -60,6 +60,7 @@ async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
 }
 
 dual_backend!(
+    import_original_brings_the_originals_accounts_over,
     user_create_follows_the_registration_rules,
     disable_stops_login_refresh_and_verify_and_enable_restores_login,
     unlock_clears_the_lockout_and_show_reports_it,
@@ -328,4 +329,82 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
         status_and_json(returned.register("dave@example.com", PASSWORD).await).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(body["user_id"].as_i64().unwrap() > bob + 1);
+}
+
+/// An SQLite file with the original (Python) service's schema and three of its accounts.
+async fn original_database(dir: &std::path::Path) -> std::path::PathBuf {
+    use sqlx::Connection as _;
+    let path = dir.join("original.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    // SQLAlchemy's DDL for the original's `User` model.
+    sqlx::query(
+        "CREATE TABLE users (id INTEGER NOT NULL, email VARCHAR NOT NULL, \
+         password_hash VARCHAR NOT NULL, is_active BOOLEAN NOT NULL, created_at DATETIME NOT NULL, \
+         failed_login_attempts INTEGER NOT NULL, locked_until DATETIME, PRIMARY KEY (id))",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    for (id, email, active, created) in [
+        (1, "Alice@Example.com", true, "2025-06-01 10:00:00.123456"),
+        (2, "bob@example.com", false, "2025-06-02 11:00:00"),
+        (5, "not-an-email", true, "2025-06-03 12:00:00"),
+    ] {
+        sqlx::query("insert into users values (?, ?, ?, ?, ?, 0, null)")
+            .bind(id)
+            .bind(email)
+            .bind(&hash)
+            .bind(active)
+            .bind(created)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    path
+}
+
+async fn import_original_brings_the_originals_accounts_over(backend: Backend) {
+    // Arrange
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let original = original_database(dir.path()).await;
+    let from = format!("sqlite:///{}", original.display());
+    // Act
+    let out = cli_async(&db, &["import-original", "--from", &from], "").await;
+    // Assert
+    assert_succeeded(&out);
+    assert!(
+        stdout(&out).starts_with("imported 2 users (1 skipped) from "),
+        "{}",
+        stdout(&out)
+    );
+    let app = TestApp::spawn_on(db, auth_service::clock::TestClock::new(), &[]).await;
+    let (status, body) = status_and_json(app.login("alice@example.com", PASSWORD).await).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the original's bcrypt hash verifies: {body}"
+    );
+    let (status, body) =
+        status_and_json(app.verify(body["access_token"].as_str().unwrap()).await).await;
+    assert_eq!(
+        (status, &body["user_id"]),
+        (StatusCode::OK, &serde_json::json!(1))
+    );
+    let (_, body) = status_and_json(app.login("bob@example.com", PASSWORD).await).await;
+    assert_eq!(body["error_code"], "ACCOUNT_DISABLED");
+    let (status, body) = status_and_json(app.register("carol@example.com", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(body["user_id"].as_i64().unwrap() > 2, "{body}");
+    // A second import into a database with users is refused.
+    assert_failed(
+        &cli_async(&app.db, &["import-original", "--from", &from], "").await,
+        "auth-service: the target database already has users; pass --merge to add to them",
+    );
 }
