@@ -70,6 +70,12 @@ pub struct Config {
     pub database_max_connections: u32,
     /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 30): how long start-up retries the database.
     pub database_connect_timeout: Duration,
+    /// `DATABASE_LOCK_TIMEOUT_SECONDS` (default 2): PostgreSQL `lock_timeout`; a request that
+    /// waits longer for a row lock answers 503 and leaves nothing behind.
+    pub database_lock_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_SECONDS` (default 5): PostgreSQL `statement_timeout` (and,
+    /// one second longer, `idle_in_transaction_session_timeout`).
+    pub database_statement_timeout: Duration,
     /// `JWT_SECRET_KEY` (alias `JWT_SECRET`): at least 32 bytes; random per process when unset.
     pub jwt_secret: SecretString,
     /// True when no secret was configured and a random one was generated.
@@ -272,8 +278,30 @@ impl Config {
             Some(raw) => parse_proxies(&raw)?,
         };
 
+        let request_timeout =
+            Duration::from_secs(vars.number("REQUEST_TIMEOUT_SECONDS", 30, 1, 3600)?);
+        // Both must end well before the request does, so a stalled lock is a 503 with nothing
+        // left behind, not a 408 whose statement still runs afterwards.
+        let database_timeout = |var: &'static str, default: u64| {
+            let secs = vars.number(var, default, 1, 3600)?;
+            if Duration::from_secs(secs) >= request_timeout {
+                return Err(ConfigError::new(
+                    var,
+                    format!(
+                        "must be shorter than REQUEST_TIMEOUT_SECONDS ({}), got {secs}",
+                        request_timeout.as_secs()
+                    ),
+                ));
+            }
+            Ok(Duration::from_secs(secs))
+        };
+        let database_lock_timeout = database_timeout("DATABASE_LOCK_TIMEOUT_SECONDS", 2)?;
+        let database_statement_timeout = database_timeout("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5)?;
+
         Ok(Self {
             database_url,
+            database_lock_timeout,
+            database_statement_timeout,
             database_max_connections: vars.number("DATABASE_MAX_CONNECTIONS", 20, 1, 10_000)?,
             database_connect_timeout: Duration::from_secs(vars.number(
                 "DATABASE_CONNECT_TIMEOUT_SECONDS",
@@ -323,12 +351,7 @@ impl Config {
                 3600,
             )?),
             max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
-            request_timeout: Duration::from_secs(vars.number(
-                "REQUEST_TIMEOUT_SECONDS",
-                30,
-                1,
-                3600,
-            )?),
+            request_timeout,
             shutdown_drain: Duration::from_secs(vars.number(
                 "SHUTDOWN_DRAIN_SECONDS",
                 0,
@@ -509,6 +532,8 @@ mod tests {
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),
             ("MAX_CONNECTIONS", "none"),
             ("DATABASE_URL", "mysql://db"),
+            ("DATABASE_LOCK_TIMEOUT_SECONDS", "0"),
+            ("DATABASE_STATEMENT_TIMEOUT_SECONDS", "30"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();

@@ -75,6 +75,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    state
+        .auth()
+        .revocations()
+        .follow()
+        .await
+        .map_err(|e| StartupError::Database(e.into()))?;
     let app = http::router(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");

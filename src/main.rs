@@ -233,10 +233,7 @@ async fn copy_data(config: &Config, from: &str, to: &str, merge: bool) -> ExitCo
     };
     let mut stores = Vec::new();
     for (flag, url) in [("--from", &from_url), ("--to", &to_url)] {
-        let settings = store::PoolSettings {
-            max_connections: 2,
-            acquire_timeout: auth_service::state::acquire_timeout(url),
-        };
+        let settings = auth_service::state::pool_settings(config, url, 2);
         let connected = match store::connect(url, settings).await {
             Ok(s) => s.migrate().await.map(|()| s),
             Err(err) => Err(err),

@@ -35,6 +35,17 @@ pub fn acquire_timeout(url: &DatabaseUrl) -> Duration {
     }
 }
 
+/// Pool settings for `url` (the configured database, or another one for `copy-data`).
+#[must_use]
+pub fn pool_settings(config: &Config, url: &DatabaseUrl, max_connections: u32) -> PoolSettings {
+    PoolSettings {
+        max_connections,
+        acquire_timeout: acquire_timeout(url),
+        lock_timeout: config.database_lock_timeout,
+        statement_timeout: config.database_statement_timeout,
+    }
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -146,10 +157,11 @@ impl FromRef<AppState> for AuthService {
 /// Connects to the database, retrying a PostgreSQL server that is not up yet with backoff for
 /// up to `DATABASE_CONNECT_TIMEOUT_SECONDS`, so a pod that starts first does not crash-loop.
 async fn connect_with_retry(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
-    let settings = PoolSettings {
-        max_connections: config.database_max_connections,
-        acquire_timeout: acquire_timeout(&config.database_url),
-    };
+    let settings = pool_settings(
+        config,
+        &config.database_url,
+        config.database_max_connections,
+    );
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -12,7 +12,10 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 use crate::config::{Config, LogFormat};
 
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
-const QUIET: &[&str] = &["sqlx::postgres::notice=warn", "sqlx::query=warn"];
+///
+/// sqlx logs a warning for every pooled connection a database restart drops; the outage is
+/// logged once at WARN (and its end once at INFO) by the revocation follower instead.
+const QUIET: &[&str] = &["sqlx=error", "sqlx::postgres::notice=error"];
 
 /// Installs the global subscriber for the server (stdout, `LOG_LEVEL`). Call once, from `main`.
 pub fn init(config: &Config) {

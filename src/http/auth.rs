@@ -144,7 +144,8 @@ pub struct VerifyResponse {
     pub user_id: i64,
     /// The token owner's email.
     #[schema(example = "test@example.com")]
-    pub email: String,
+    #[schema(value_type = String)]
+    pub email: std::sync::Arc<str>,
 }
 
 /// The errors every JSON-body endpoint can answer, documented once.

@@ -137,7 +137,9 @@ impl ApiError {
                 | AuthError::InvalidToken
                 | AuthError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-                AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                AuthError::Unavailable(_) | AuthError::RevocationsStale => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             // 422 for bodies, as the original (FastAPI) answered and its clients expect.
@@ -167,7 +169,9 @@ impl ApiError {
                 AuthError::MissingToken => ErrorCode::MissingToken,
                 AuthError::InvalidToken => ErrorCode::InvalidToken,
                 AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
-                AuthError::Unavailable(_) => ErrorCode::ServiceUnavailable,
+                AuthError::Unavailable(_) | AuthError::RevocationsStale => {
+                    ErrorCode::ServiceUnavailable
+                }
                 AuthError::Internal(_) => ErrorCode::InternalError,
             },
             Self::InvalidJson => ErrorCode::InvalidJson,
@@ -203,9 +207,8 @@ impl ApiError {
                 retry_after_secs, ..
             })
             | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            Self::Auth(AuthError::Unavailable(_)) | Self::Unavailable => {
-                Some(UNAVAILABLE_RETRY_AFTER_SECS)
-            }
+            Self::Auth(AuthError::Unavailable(_) | AuthError::RevocationsStale)
+            | Self::Unavailable => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -230,8 +233,10 @@ impl IntoResponse for ApiError {
             Self::Auth(AuthError::Internal(cause)) => {
                 tracing::error!(error = %error_chain(cause.as_ref()), "internal error");
             }
+            // An outage is logged once when it starts and once when it ends, by the
+            // revocation follower; each request it fails is only worth a DEBUG line.
             Self::Auth(AuthError::Unavailable(cause)) => {
-                tracing::warn!(error = %error_chain(cause), "database unavailable");
+                tracing::debug!(error = %error_chain(cause), "database unavailable");
             }
             _ => {}
         }
@@ -355,6 +360,14 @@ mod tests {
             ),
             (
                 AuthError::Unavailable(StoreError::Unavailable(sqlx::Error::PoolTimedOut)).into(),
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+                None,
+                Some("5"),
+            ),
+            (
+                AuthError::RevocationsStale.into(),
                 503,
                 "SERVICE_UNAVAILABLE",
                 "Service temporarily unavailable",

@@ -86,21 +86,23 @@ impl AuthService {
         Ok(user)
     }
 
-    /// `user disable EMAIL` / `user enable EMAIL`. Disabling also revokes every refresh token;
-    /// access tokens stop verifying at once because `/auth/verify` reads the flag.
+    /// `user disable EMAIL` / `user enable EMAIL`. Disabling ends every session and every
+    /// token issued before it, for good (enabling again revives none of them); running servers
+    /// learn it from the events table within a second.
     ///
     /// # Errors
-    /// `NotFound`, or `Refused` for a database failure.
+    /// `NotFound`, or `Database` for a database failure.
     pub async fn admin_set_active(&self, email: &str, active: bool) -> Result<i64, AdminError> {
         let (_, user) = self.user_by_email(email).await?;
-        let now = self.now();
-        let store = &self.0.store;
-        if !store.set_user_active(user.id, active, now).await? {
+        if !self
+            .0
+            .store
+            .set_user_active(user.id, active, self.instant())
+            .await?
+        {
             return Err(AdminError::NotFound);
         }
-        if !active {
-            store.revoke_user_tokens(user.id, now).await?;
-        }
+        self.0.revocations.user_changed(user.id);
         let name = if active {
             "admin_user_enable"
         } else {
@@ -126,9 +128,10 @@ impl AuthService {
     pub async fn admin_delete(&self, email: &str) -> Result<i64, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
         let store = &self.0.store;
-        if !store.delete_user(user.id).await? {
+        if !store.delete_user(user.id, self.instant()).await? {
             return Err(AdminError::NotFound);
         }
+        self.0.revocations.user_changed(user.id);
         store.clear_login_attempts(email.as_str()).await?;
         Ok(audited("admin_user_delete", user.id))
     }
@@ -153,7 +156,7 @@ impl AuthService {
     pub async fn admin_show(&self, email: &str) -> Result<UserSummary, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
         let attempts = self.0.store.find_login_attempt(email.as_str()).await?;
-        let now = self.0.clock.now();
+        let now = self.instant();
         let max = i64::from(self.0.settings.lockout.max_attempts);
         let locked_until = attempts.and_then(|a| {
             a.locked_until

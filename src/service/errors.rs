@@ -43,6 +43,10 @@ pub enum AuthError {
     /// The database did not answer.
     #[error("Service temporarily unavailable")]
     Unavailable(#[source] StoreError),
+    /// The revocation events have not been read for too long (database down): a token can
+    /// no longer be vouched for.
+    #[error("Service temporarily unavailable")]
+    RevocationsStale,
     /// Anything unexpected; the cause is logged, never shown.
     #[error("Internal server error")]
     Internal(#[source] anyhow::Error),

@@ -13,6 +13,7 @@ pub mod lockout;
 mod login;
 pub mod password_policy;
 mod refresh;
+pub mod revocations;
 pub mod rotation;
 
 pub use self::{errors::AuthError, login::LoginOutcome, refresh::RotationMode};
@@ -27,11 +28,12 @@ use self::{
     audit::{Caller, Event, Outcome, VerifyResult},
     email::Email,
     lockout::LockoutPolicy,
+    revocations::Revocations,
 };
 use crate::{
     clock::Clock,
     passwords::Passwords,
-    store::{NewRefreshToken, RefreshTokenRow, Store, StoreError, UserRow},
+    store::{NewRefreshToken, NewSession, RefreshTokenRow, Store, StoreError, UserRow},
     tokens::{Subject, TokenKeys, TokenKind},
 };
 
@@ -49,8 +51,8 @@ pub struct RegisteredUser {
 pub struct VerifiedUser {
     /// The user's id.
     pub id: i64,
-    /// The user's normalised email.
-    pub email: String,
+    /// The user's normalised email (shared with the cache, not copied per request).
+    pub email: Arc<str>,
 }
 
 /// What a login or refresh hands out.
@@ -91,6 +93,8 @@ struct Inner {
     passwords: Passwords,
     clock: Arc<dyn Clock>,
     settings: AuthSettings,
+    /// What verification refuses, in memory, kept exact by the events table.
+    revocations: Arc<Revocations>,
 }
 
 impl AuthService {
@@ -103,19 +107,34 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
     ) -> Self {
+        let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
             store,
             keys,
             passwords,
             clock,
             settings,
+            revocations,
         }))
+    }
+
+    /// The in-memory revocation view; the server starts following the events with it.
+    #[must_use]
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.0.revocations
     }
 
     /// Access-token lifetime in seconds (`expires_in`).
     #[must_use]
     pub fn expires_in(&self) -> i64 {
         self.0.settings.access_ttl.num_seconds()
+    }
+
+    /// The current time by the service's clock to the microsecond, what both databases store:
+    /// for times compared again later (rotation and its grace window, revocations).
+    fn instant(&self) -> DateTime<Utc> {
+        let now = self.0.clock.now();
+        now.duration_trunc(Duration::microseconds(1)).unwrap_or(now)
     }
 
     /// The current time by the service's clock, to whole seconds (JWT time claims are seconds).
@@ -179,18 +198,27 @@ impl AuthService {
         }
     }
 
-    /// Starts a session for `user`: stores its first refresh token and signs the pair.
+    /// Starts a session for `user`: stores it with its first refresh token (under the user's
+    /// lock, refused if the user was disabled or deleted meanwhile) and signs the pair.
     async fn start_session(&self, user: &UserRow) -> Result<TokenPair, AuthError> {
         let now = self.now();
+        let session = NewSession {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.0.settings.refresh_ttl,
+        };
         let refresh = NewRefreshToken {
             jti: Uuid::new_v4(),
             user_id: user.id,
-            family_id: Uuid::new_v4(),
+            family_id: session.id,
             parent_jti: None,
             issued_at: now,
-            expires_at: now + self.0.settings.refresh_ttl,
+            expires_at: session.expires_at,
         };
-        self.0.store.insert_refresh_token(&refresh).await?;
+        if !self.0.store.start_session(&session, &refresh).await? {
+            return Err(AuthError::AccountDisabled);
+        }
         self.pair_for(&refresh.into(), &user.email)
     }
 
@@ -246,13 +274,16 @@ impl AuthService {
             .verify(token, TokenKind::Access, self.0.clock.now())
             .map_err(|_| AuthError::InvalidToken)?;
         tracing::Span::current().record("user.id", claims.user_id);
-        match self.0.store.find_user_by_id(claims.user_id).await? {
-            Some(user) if user.is_active => Ok(VerifiedUser {
-                id: user.id,
-                email: user.email,
-            }),
-            _ => Err(AuthError::InvalidToken),
-        }
+        let session = claims.sid.ok_or(AuthError::InvalidToken)?;
+        let user = self
+            .0
+            .revocations
+            .check(claims.user_id, session, claims.iat)
+            .await?;
+        Ok(VerifiedUser {
+            id: claims.user_id,
+            email: Arc::clone(&user.email),
+        })
     }
 
     /// Publishes the database pool's size and idle connections as gauges.

@@ -14,7 +14,7 @@ use super::{
     rotation::{self, Reuse},
 };
 use crate::{
-    store::{NewRefreshToken, RefreshTokenRow, UserRow},
+    store::{NewRefreshToken, RefreshTokenRow, RotateOutcome, UserRow},
     tokens::TokenKind,
 };
 
@@ -114,7 +114,8 @@ impl AuthService {
         Ok(user.map(|u| (row, u)))
     }
 
-    /// Rotation off: the same refresh token, valid while not revoked, rotated or expired.
+    /// Rotation off: the same refresh token, valid while neither it nor its session has
+    /// ended and it has not expired.
     async fn renew(&self, token: &str, jti: Uuid, user_id: i64) -> Result<Refreshed, AuthError> {
         let now = self.now();
         let Some((row, user)) = self.live_row(jti, user_id).await? else {
@@ -123,14 +124,24 @@ impl AuthService {
         if row.revoked_at.is_some() || row.rotated_at.is_some() || row.expires_at <= now {
             return Ok(Refreshed::Invalid);
         }
+        if !self.session_is_live(row.family_id).await? {
+            return Ok(Refreshed::Invalid);
+        }
         let mut pair = self.pair_for(&row, &user.email)?;
         pair.refresh_token = token.to_owned();
         Ok(Refreshed::Issued(pair))
     }
 
-    /// Rotation on: a compare-and-set creates the one child; a loser applies the grace rule.
+    async fn session_is_live(&self, session: Uuid) -> Result<bool, AuthError> {
+        let row = self.0.store.find_session(session).await?;
+        Ok(row.is_some_and(|s| s.revoked_at.is_none()))
+    }
+
+    /// Rotation on: under the user's lock, a compare-and-set creates the one child; a loser
+    /// applies the grace rule, measured to the sub-second.
     async fn rotate(&self, jti: Uuid, user_id: i64) -> Result<Refreshed, AuthError> {
-        let now = self.now();
+        let issued_at = self.now();
+        let now = self.instant();
         let store = &self.0.store;
         let Some((row, user)) = self.live_row(jti, user_id).await? else {
             return Ok(Refreshed::Invalid);
@@ -140,13 +151,17 @@ impl AuthService {
             user_id: row.user_id,
             family_id: row.family_id,
             parent_jti: Some(row.jti),
-            issued_at: now,
-            expires_at: now + self.0.settings.refresh_ttl,
+            issued_at,
+            expires_at: issued_at + self.0.settings.refresh_ttl,
         };
-        if store.rotate_refresh_token(row.jti, &child, now).await? {
-            return Ok(Refreshed::Issued(
-                self.pair_for(&child.into(), &user.email)?,
-            ));
+        match store.rotate_refresh_token(row.jti, &child, now).await? {
+            RotateOutcome::Rotated => {
+                return Ok(Refreshed::Issued(
+                    self.pair_for(&child.into(), &user.email)?,
+                ));
+            }
+            RotateOutcome::Refused => return Ok(Refreshed::Invalid),
+            RotateOutcome::NotRotatable => {}
         }
         // Lost the compare-and-set: read the row as it is now and apply the grace rule.
         let current = store.find_refresh_token(row.jti).await?.unwrap_or(row);
@@ -158,16 +173,30 @@ impl AuthService {
                 _ => Ok(Refreshed::Invalid),
             },
             Reuse::RevokeFamily => {
-                let revoked = store.revoke_family_of(current.jti, now).await?;
-                tracing::warn!(token.family = %current.family_id, revoked, "refresh token reuse detected; family revoked");
+                self.end_session(current.family_id, current.user_id).await?;
+                tracing::warn!(token.family = %current.family_id, "refresh token reuse detected; session ended");
                 Ok(Refreshed::ReuseDetected)
             }
             Reuse::Refuse => Ok(Refreshed::Invalid),
         }
     }
 
-    /// `POST /auth/logout`: revokes a refresh token and its family. Succeeds for any string;
-    /// only a database failure is an error.
+    /// Ends a session in the database, then in this process's view at once.
+    async fn end_session(&self, session: Uuid, user_id: i64) -> Result<(), AuthError> {
+        if self
+            .0
+            .store
+            .revoke_session(session, self.instant())
+            .await?
+        {
+            self.0.revocations.session_ended(session, user_id);
+        }
+        Ok(())
+    }
+
+    /// `POST /auth/logout`: ends the session of a refresh token (its refresh tokens stop
+    /// refreshing, its access tokens stop verifying). Succeeds for any string; only a database
+    /// failure is an error.
     ///
     /// # Errors
     /// `Unavailable`, `Internal`.
@@ -175,10 +204,19 @@ impl AuthService {
     pub async fn logout(&self, token: &str, caller: &Caller) -> Result<(), AuthError> {
         // Anything that does not verify (expired included) can no longer refresh: ignore it.
         if let Ok(claims) = self.0.keys.verify(token, TokenKind::Refresh, self.now()) {
-            self.0
-                .store
-                .revoke_family_of(claims.jti, self.now())
-                .await?;
+            // Refresh tokens from before sessions existed carry no `sid`: their row knows it.
+            let session = match claims.sid {
+                Some(sid) => Some(sid),
+                None => self
+                    .0
+                    .store
+                    .find_refresh_token(claims.jti)
+                    .await?
+                    .map(|row| row.family_id),
+            };
+            if let Some(session) = session {
+                self.end_session(session, claims.user_id).await?;
+            }
             audit::record(
                 Event::Logout,
                 Outcome::Success,
@@ -191,13 +229,18 @@ impl AuthService {
         Ok(())
     }
 
-    /// `POST /auth/logout-all`: revokes every refresh token of the user.
+    /// `POST /auth/logout-all`: ends every session of the user; access tokens issued before
+    /// it stop verifying, a login right after it (even in the same second) works.
     ///
     /// # Errors
     /// `Unavailable`, `Internal`.
     #[tracing::instrument(skip_all, fields(user.id = user_id))]
     pub async fn logout_all(&self, user_id: i64, caller: &Caller) -> Result<(), AuthError> {
-        self.0.store.revoke_user_tokens(user_id, self.now()).await?;
+        self.0
+            .store
+            .revoke_user_sessions(user_id, self.instant())
+            .await?;
+        self.0.revocations.user_changed(user_id);
         audit::record(Event::LogoutAll, Outcome::Success, Some(user_id), caller);
         Ok(())
     }

@@ -9,7 +9,21 @@
 /// The `users` columns every `UserRow` query selects, in one place for both dialects.
 macro_rules! user_columns {
     () => {
-        "id, email, password_hash, is_active, created_at, updated_at"
+        "id, email, password_hash, is_active, created_at, updated_at, tokens_not_before"
+    };
+}
+
+/// The `sessions` columns every `SessionRow` query selects.
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created_at, expires_at, revoked_at"
+    };
+}
+
+/// The `revocation_events` columns every event query selects.
+macro_rules! event_columns {
+    () => {
+        "id, created_at, kind, user_id, session_id, not_before"
     };
 }
 
@@ -127,6 +141,8 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
     /// When the account last changed.
     pub updated_at: DateTime<Utc>,
+    /// Tokens issued (`iat`) before this are dead: set by logout-all and by disabling.
+    pub tokens_not_before: Option<DateTime<Utc>>,
 }
 
 /// A refresh token as stored; the JWT is re-signed from these fields when needed.
@@ -231,9 +247,164 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a request waits for a free connection before the 503.
     pub acquire_timeout: Duration,
+    /// PostgreSQL `lock_timeout`: a statement waiting longer for a row lock (a stalled replica
+    /// holding it) fails, its transaction rolls back, and the request answers 503.
+    pub lock_timeout: Duration,
+    /// PostgreSQL `statement_timeout` (and, one second longer,
+    /// `idle_in_transaction_session_timeout`, which frees the locks of a frozen client).
+    pub statement_timeout: Duration,
+}
+
+/// A session as stored: what one login starts.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRow {
+    /// The `sid` claim; also the `family_id` of its refresh tokens.
+    pub id: Uuid,
+    /// Whose session it is.
+    pub user_id: i64,
+    /// The login.
+    pub created_at: DateTime<Utc>,
+    /// When its newest refresh token expires.
+    pub expires_at: DateTime<Utc>,
+    /// When it ended (logout, reuse detected, logout-all, disable).
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A session about to be stored, with its first refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The new `sid`.
+    pub id: Uuid,
+    /// Whose session it is.
+    pub user_id: i64,
+    /// The login (whole seconds).
+    pub created_at: DateTime<Utc>,
+    /// When its first refresh token expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What kind of change a revocation event records (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `session_revoked`: one session ended (logout, reuse detection).
+    SessionRevoked,
+    /// `logged_out_everywhere`: every session of the user ended; `not_before` set.
+    LoggedOutEverywhere,
+    /// `user_disabled`: every session ended; `not_before` set.
+    UserDisabled,
+    /// `user_enabled`: the user may log in again (old tokens stay dead).
+    UserEnabled,
+    /// `user_deleted`: the user and every session are gone.
+    UserDeleted,
+}
+
+impl EventKind {
+    /// The stored name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionRevoked => "session_revoked",
+            Self::LoggedOutEverywhere => "logged_out_everywhere",
+            Self::UserDisabled => "user_disabled",
+            Self::UserEnabled => "user_enabled",
+            Self::UserDeleted => "user_deleted",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::SessionRevoked,
+            Self::LoggedOutEverywhere,
+            Self::UserDisabled,
+            Self::UserEnabled,
+            Self::UserDeleted,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == raw)
+    }
+}
+
+/// One row of `revocation_events`: a change that can kill tokens, in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Position in the feed; events commit in this order.
+    pub id: i64,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+    /// Whose tokens it concerns.
+    pub user_id: i64,
+    /// The session that ended (`SessionRevoked`).
+    pub session_id: Option<Uuid>,
+    /// Tokens of the user issued before this are dead (`LoggedOutEverywhere`, `UserDisabled`).
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// The columns of `revocation_events` as read, before the kind is checked.
+#[derive(sqlx::FromRow)]
+struct RawEventRow {
+    id: i64,
+    created_at: DateTime<Utc>,
+    kind: String,
+    user_id: i64,
+    session_id: Option<Uuid>,
+    not_before: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<RawEventRow> for EventRow {
+    type Error = StoreError;
+
+    fn try_from(raw: RawEventRow) -> Result<Self, StoreError> {
+        let kind = EventKind::parse(&raw.kind).ok_or_else(|| {
+            StoreError::Other(sqlx::Error::Decode(
+                format!("unknown revocation event kind {:?}", raw.kind).into(),
+            ))
+        })?;
+        Ok(Self {
+            id: raw.id,
+            created_at: raw.created_at,
+            kind,
+            user_id: raw.user_id,
+            session_id: raw.session_id,
+            not_before: raw.not_before,
+        })
+    }
+}
+
+/// How a rotation attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The parent was marked rotated and the child stored.
+    Rotated,
+    /// The parent was already rotated, revoked or expired: somebody else won.
+    NotRotatable,
+    /// The user is gone or disabled, or the session has ended: no child may exist.
+    Refused,
+}
+
+/// `tokens_not_before` for a change at `now`: whole seconds, like `iat`. A token issued in the
+/// same second before the change keeps `iat == not_before` and is refused through its ended
+/// session instead; a login in the same second after the change verifies.
+#[must_use]
+pub fn not_before(now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound as _;
+    now.duration_trunc(chrono::Duration::seconds(1))
+        .unwrap_or(now)
 }
 
 /// Everything the service needs from a database.
+///
+/// **The locking rule.** Every transaction that creates, rotates or ends a session of a user
+/// first locks that user's row (`select ... for update` on PostgreSQL; SQLite's
+/// `BEGIN IMMEDIATE` serialises every writer). A revocation therefore waits for a rotation of
+/// the same user in flight and then sees its child, and a rotation that waited for a
+/// revocation sees the ended session and creates nothing. Nothing else is locked before the
+/// user row, so the rule cannot deadlock.
+///
+/// **The events rule.** Every change that can kill a token (`revoke_session`,
+/// `revoke_user_sessions`, `set_user_active`, `delete_user`) appends a `revocation_events` row
+/// in the same transaction, and events become visible in `id` order.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Answers when the database does.
@@ -259,13 +430,18 @@ pub trait Store: Send + Sync + 'static {
     /// The user with this id.
     async fn find_user_by_id(&self, id: i64) -> Result<Option<UserRow>, StoreError>;
 
-    /// Enables or disables a user; returns whether the user exists.
+    /// Enables or disables a user; returns whether the user exists. Disabling sets
+    /// `tokens_not_before` and ends every session; both directions append an event.
     async fn set_user_active(
         &self,
         id: i64,
         active: bool,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Deletes a user and, by cascade, their sessions and refresh tokens, appending a
+    /// `UserDeleted` event; returns whether the user existed.
+    async fn delete_user(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Reserves one login attempt for `key` in a single atomic statement and returns the
     /// counter as it stands afterwards: a reset window or an expired lock starts again at 1,
@@ -281,6 +457,9 @@ pub trait Store: Send + Sync + 'static {
     /// The counter of `key`, if any.
     async fn find_login_attempt(&self, key: &str) -> Result<Option<AttemptRow>, StoreError>;
 
+    /// Forgets the counter of `key` (after a successful login, or `user unlock`).
+    async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError>;
+
     /// Replaces the password hash if it is still `old_hash` (a compare-and-set, so a concurrent
     /// change is never overwritten); returns whether it did.
     async fn update_password_hash(
@@ -291,14 +470,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Deletes a user and, by cascade, their refresh tokens; returns whether the user existed.
-    async fn delete_user(&self, id: i64) -> Result<bool, StoreError>;
+    /// Starts a session with its first refresh token, under the user's lock; `false` (nothing
+    /// stored) when the user is gone or disabled. `Duplicate` when the session id or `jti`
+    /// exists.
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        first: &NewRefreshToken,
+    ) -> Result<bool, StoreError>;
 
-    /// Forgets the counter of `key` (after a successful login, or `user unlock`).
-    async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError>;
-
-    /// Stores a new refresh token. `Duplicate` when the `jti` exists.
-    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError>;
+    /// The session with this id.
+    async fn find_session(&self, id: Uuid) -> Result<Option<SessionRow>, StoreError>;
 
     /// The refresh token with this `jti`.
     async fn find_refresh_token(&self, jti: Uuid) -> Result<Option<RefreshTokenRow>, StoreError>;
@@ -306,18 +488,38 @@ pub trait Store: Send + Sync + 'static {
     /// The token issued when `parent` was rotated.
     async fn find_child_token(&self, parent: Uuid) -> Result<Option<RefreshTokenRow>, StoreError>;
 
-    /// Compare-and-set rotation: marks `parent` rotated and stores `child`, in one transaction,
-    /// only if `parent` is neither rotated nor revoked nor expired at `now`. Returns whether it
-    /// did; `false` means somebody else rotated (or revoked) it first.
+    /// Rotation under the user's lock: refuses when the user is gone or disabled or the
+    /// session (`child.family_id`) has ended; otherwise a compare-and-set marks `parent`
+    /// rotated at `now` (only if neither rotated nor revoked nor expired) and stores `child`,
+    /// in one transaction.
     async fn rotate_refresh_token(
         &self,
         parent: Uuid,
         child: &NewRefreshToken,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<RotateOutcome, StoreError>;
 
-    /// Revokes every live token of the family `jti` belongs to; returns how many.
-    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Ends a session and revokes its refresh tokens, under the user's lock; returns whether
+    /// it was live until now (only then is an event appended).
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Logout-all: sets `tokens_not_before` and ends every session of the user, under the
+    /// user's lock; returns how many sessions were live.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events after `after`, in order.
+    async fn events_since(&self, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError>;
+
+    /// The id of the newest event (0 when there is none).
+    async fn last_event_id(&self) -> Result<i64, StoreError>;
+
+    /// Wakes its waiters as soon as another process (or this one) appends an event, when the
+    /// database can say so (PostgreSQL `LISTEN`); `None` means polling is all there is.
+    fn event_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
 
     /// Every user, by id (for `copy-data`).
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;
@@ -328,20 +530,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<RefreshTokenRow>, StoreError>;
 
-    /// Imports users (ids kept) and refresh tokens in one transaction. Refuses (returns
-    /// `None`) when the target already has users, unless `merge`, in which case users whose id
-    /// or email exists are skipped along with their tokens. Leaves the id sequence past the
-    /// largest id, so the next registration does not collide.
+    /// Imports users (ids kept) and refresh tokens in one transaction, with a session for each
+    /// token family (ended when all its tokens are revoked). Refuses (returns `None`) when the
+    /// target already has users, unless `merge`, in which case users whose id or email exists
+    /// are skipped along with their tokens. Leaves the id sequence past the largest id, so the
+    /// next registration does not collide.
     async fn import(
         &self,
         users: &[UserRow],
         tokens: &[RefreshTokenRow],
         merge: bool,
     ) -> Result<Option<ImportReport>, StoreError>;
-
-    /// Revokes every live token of a user; returns how many.
-    async fn revoke_user_tokens(&self, user_id: i64, now: DateTime<Utc>)
-    -> Result<u64, StoreError>;
 }
 
 /// Opens a pool for `url` (without retrying) and returns the matching store.

@@ -1,10 +1,16 @@
 //! The PostgreSQL store: PostgreSQL dialect SQL only (`$N` placeholders, TIMESTAMPTZ, UUID).
 //!
-//! Concurrency rests on row locks under READ COMMITTED: a second `update ... where rotated_at
-//! is null` waits for the first transaction and then finds nothing to update, and the upsert on
-//! `login_attempts` serialises attempts on one key.
+//! Concurrency rests on row locks under READ COMMITTED: every session change first locks the
+//! user's row (see [`Store`]'s locking rule), a second `update ... where rotated_at is null`
+//! finds nothing to update, and the upsert on `login_attempts` serialises attempts on one key.
+//! Every connection carries `lock_timeout`, `statement_timeout` and
+//! `idle_in_transaction_session_timeout`, so a stalled peer holding a lock costs a 503, never a
+//! hung request, and a request that gave up leaves nothing behind.
 
-use std::str::FromStr as _;
+use std::{
+    str::FromStr as _,
+    sync::{Arc, OnceLock},
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,18 +19,25 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    AttemptLimits, AttemptRow, ImportReport, NewRefreshToken, PoolSettings, PoolStats,
-    RefreshTokenRow, Store, StoreError, UserRow,
+    AttemptLimits, AttemptRow, EventKind, EventRow, ImportReport, NewRefreshToken, NewSession,
+    PoolSettings, PoolStats, RawEventRow, RefreshTokenRow, RotateOutcome, SessionRow, Store,
+    StoreError, UserRow, not_before,
 };
 use crate::config::DatabaseUrl;
 
 /// [`Store`] on a PostgreSQL database shared by every replica.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Woken on every `NOTIFY auth_revocations`.
+    signal: Arc<Notify>,
+    /// The `LISTEN` task, started by the first [`Store::event_signal`] (admin commands never
+    /// start it).
+    listener: OnceLock<ListenerTask>,
 }
 
 impl PgStore {
@@ -38,14 +51,28 @@ impl PgStore {
                 "not a postgres URL".into(),
             )));
         };
-        let options = PgConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Other)?;
+        let millis = |d: std::time::Duration| d.as_millis().to_string();
+        let options = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(StoreError::Other)?
+            .options([
+                ("lock_timeout", millis(settings.lock_timeout)),
+                ("statement_timeout", millis(settings.statement_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    millis(settings.statement_timeout + std::time::Duration::from_secs(1)),
+                ),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(StoreError::Unavailable)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            signal: Arc::new(Notify::new()),
+            listener: OnceLock::new(),
+        })
     }
 }
 
@@ -109,24 +136,6 @@ impl Store for PgStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    async fn set_user_active(
-        &self,
-        id: i64,
-        active: bool,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("update users set is_active = $2, updated_at = $3 where id = $1")
-                .bind(id)
-                .bind(active)
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                == 1,
-        )
     }
 
     async fn reserve_login_attempt(
@@ -197,25 +206,11 @@ impl Store for PgStore {
             == 1)
     }
 
-    async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query("delete from users where id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1)
-    }
-
     async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError> {
         sqlx::query("delete from login_attempts where key = $1")
             .bind(key)
             .execute(&self.pool)
             .await?;
-        Ok(())
-    }
-
-    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
-        insert_token(&self.pool, token).await?;
         Ok(())
     }
 
@@ -241,13 +236,117 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn set_user_active(
+        &self,
+        id: i64,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, id).await?.is_none() {
+            return Ok(false);
+        }
+        if active {
+            sqlx::query("update users set is_active = true, updated_at = $2 where id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            append_event(&mut tx, EventKind::UserEnabled, id, None, None, now).await?;
+        } else {
+            let cutoff = not_before(now);
+            sqlx::query(
+                r"update users set is_active = false, updated_at = $2,
+                    tokens_not_before = greatest(coalesce(tokens_not_before, $3), $3)
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            end_user_sessions(&mut tx, id, now).await?;
+            append_event(
+                &mut tx,
+                EventKind::UserDisabled,
+                id,
+                None,
+                Some(cutoff),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, id).await?.is_none() {
+            return Ok(false);
+        }
+        append_event(&mut tx, EventKind::UserDeleted, id, None, None, now).await?;
+        sqlx::query("delete from users where id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        first: &NewRefreshToken,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, session.user_id).await? != Some(true) {
+            return Ok(false);
+        }
+        sqlx::query(
+            r"insert into sessions (id, user_id, created_at, expires_at)
+              values ($1, $2, $3, $4)",
+        )
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_token(&mut *tx, first).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_session(&self, id: Uuid) -> Result<Option<SessionRow>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from sessions where id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn rotate_refresh_token(
         &self,
         parent: Uuid,
         child: &NewRefreshToken,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<RotateOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, child.user_id).await? != Some(true) {
+            return Ok(RotateOutcome::Refused);
+        }
+        let session_live: Option<bool> =
+            sqlx::query_scalar("select revoked_at is null from sessions where id = $1")
+                .bind(child.family_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if session_live != Some(true) {
+            return Ok(RotateOutcome::Refused);
+        }
         let claimed = sqlx::query(
             r"update refresh_tokens set rotated_at = $2
               where jti = $1 and rotated_at is null and revoked_at is null and expires_at > $2",
@@ -258,16 +357,126 @@ impl Store for PgStore {
         .await?
         .rows_affected();
         if claimed != 1 {
-            tx.rollback().await?;
-            return Ok(false);
+            return Ok(RotateOutcome::NotRotatable);
         }
         let child = NewRefreshToken {
             parent_jti: Some(parent),
             ..child.clone()
         };
         insert_token(&mut *tx, &child).await?;
+        sqlx::query("update sessions set expires_at = greatest(expires_at, $2) where id = $1")
+            .bind(child.family_id)
+            .bind(child.expires_at)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(RotateOutcome::Rotated)
+    }
+
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let owner: Option<i64> = sqlx::query_scalar("select user_id from sessions where id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(user_id) = owner else {
+            return Ok(false);
+        };
+        let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, user_id).await?.is_none() {
+            return Ok(false);
+        }
+        let ended =
+            sqlx::query("update sessions set revoked_at = $2 where id = $1 and revoked_at is null")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        // A fresh statement after the lock: it sees a child that a rotation committed while
+        // this transaction waited.
+        sqlx::query(
+            "update refresh_tokens set revoked_at = $2 where family_id = $1 and revoked_at is null",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if ended == 1 {
+            append_event(
+                &mut tx,
+                EventKind::SessionRevoked,
+                user_id,
+                Some(id),
+                None,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ended == 1)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if lock_user(&mut tx, user_id).await?.is_none() {
+            return Ok(0);
+        }
+        let cutoff = not_before(now);
+        sqlx::query(
+            r"update users set tokens_not_before = greatest(coalesce(tokens_not_before, $2), $2)
+              where id = $1",
+        )
+        .bind(user_id)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let ended = end_user_sessions(&mut tx, user_id, now).await?;
+        append_event(
+            &mut tx,
+            EventKind::LoggedOutEverywhere,
+            user_id,
+            None,
+            Some(cutoff),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn events_since(&self, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows: Vec<RawEventRow> = sqlx::query_as(concat!(
+            "select ",
+            event_columns!(),
+            " from revocation_events where id > $1 order by id limit $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(EventRow::try_from).collect()
+    }
+
+    async fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("select coalesce(max(id), 0)::bigint from revocation_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    fn event_signal(&self) -> Option<Arc<Notify>> {
+        self.listener.get_or_init(|| {
+            ListenerTask(tokio::spawn(follow_notifications(
+                self.pool.clone(),
+                Arc::clone(&self.signal),
+            )))
+        });
+        Some(Arc::clone(&self.signal))
     }
 
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {
@@ -311,8 +520,9 @@ impl Store for PgStore {
         let mut inserted = std::collections::HashSet::new();
         for user in users {
             let id: Option<i64> = sqlx::query_scalar(
-                r"insert into users (id, email, password_hash, is_active, created_at, updated_at)
-                  values ($1, $2, $3, $4, $5, $6)
+                r"insert into users
+                    (id, email, password_hash, is_active, created_at, updated_at, tokens_not_before)
+                  values ($1, $2, $3, $4, $5, $6, $7)
                   on conflict do nothing
                   returning id",
             )
@@ -322,6 +532,7 @@ impl Store for PgStore {
             .bind(user.is_active)
             .bind(user.created_at)
             .bind(user.updated_at)
+            .bind(user.tokens_not_before)
             .fetch_optional(&mut *tx)
             .await?;
             inserted.extend(id);
@@ -346,6 +557,7 @@ impl Store for PgStore {
             .await?
             .rows_affected();
         }
+        sqlx::query(SESSIONS_FROM_TOKENS).execute(&mut *tx).await?;
         // Explicit ids do not move the identity sequence: move it past the largest id.
         sqlx::query(
             r"select setval(pg_get_serial_sequence('users', 'id'),
@@ -360,34 +572,6 @@ impl Store for PgStore {
             skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
             tokens: copied_tokens,
         }))
-    }
-
-    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            r"update refresh_tokens set revoked_at = $2
-              where revoked_at is null
-                and family_id = (select family_id from refresh_tokens where jti = $1)",
-        )
-        .bind(jti)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    async fn revoke_user_tokens(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "update refresh_tokens set revoked_at = $2 where user_id = $1 and revoked_at is null",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
     }
 }
 
@@ -409,4 +593,137 @@ async fn insert_token<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// A session for every refresh-token family that has none (imports), ended when every token
+/// of it is revoked.
+const SESSIONS_FROM_TOKENS: &str = r"
+    insert into sessions (id, user_id, created_at, expires_at, revoked_at)
+    select family_id, min(user_id), min(issued_at), max(expires_at),
+           case when count(*) = count(revoked_at) then max(revoked_at) end
+    from refresh_tokens
+    group by family_id
+    on conflict (id) do nothing";
+
+/// The `NOTIFY` channel an event's commit signals on.
+const EVENTS_CHANNEL: &str = "auth_revocations";
+
+/// The advisory lock that orders event commits (an arbitrary constant, "auth" in ASCII).
+const EVENTS_LOCK: i64 = 0x6175_7468;
+
+/// The locking rule's first step: locks the user's row for the rest of the transaction and
+/// says whether the user is active (`None`: no such user).
+async fn lock_user(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: i64,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("select is_active from users where id = $1 for update")
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Ends every live session of a user and revokes their refresh tokens; returns how many
+/// sessions were live. Runs under the user's lock.
+async fn end_user_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let ended = sqlx::query(
+        "update sessions set revoked_at = $2 where user_id = $1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "update refresh_tokens set revoked_at = $2 where user_id = $1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ended)
+}
+
+/// Appends an event as the transaction's last step. The transaction-scoped advisory lock makes
+/// event-writing transactions take their ids and commit one after the other, so a reader that
+/// sees event N has seen every event before it (an id sequence alone can commit out of order).
+/// The `NOTIFY` is delivered at commit.
+async fn append_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: EventKind,
+    user_id: i64,
+    session_id: Option<Uuid>,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(EVENTS_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    let id: i64 = sqlx::query_scalar(
+        r"insert into revocation_events (created_at, kind, user_id, session_id, not_before)
+          values ($1, $2, $3, $4, $5)
+          returning id",
+    )
+    .bind(now)
+    .bind(kind.as_str())
+    .bind(user_id)
+    .bind(session_id)
+    .bind(not_before)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Aborts the `LISTEN` task when the store goes away.
+#[derive(Debug)]
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Holds one `LISTEN` connection (outside the pool) and wakes `signal`'s waiters on every
+/// notification, and after every reconnection (notifications sent meanwhile are lost; the
+/// waiters' own poll reads what they missed).
+async fn follow_notifications(pool: PgPool, signal: Arc<Notify>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::debug!(error = %err, "revocation listener cannot connect; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(EVENTS_CHANNEL).await {
+            tracing::debug!(error = %err, "LISTEN failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        signal.notify_waiters();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => signal.notify_waiters(),
+                // The connection was lost; `try_recv` reconnects on the next call.
+                Ok(None) => signal.notify_waiters(),
+                Err(err) => {
+                    tracing::debug!(error = %err, "revocation listener lost its connection");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! and the one multi-statement write (rotation) opens with `BEGIN IMMEDIATE` so it queues for
 //! the write lock up front rather than failing when it upgrades from a read.
 
-use std::{str::FromStr as _, time::Duration};
+use std::{str::FromStr as _, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,13 +15,14 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    AttemptLimits, AttemptRow, ImportReport, NewRefreshToken, PoolSettings, PoolStats,
-    RefreshTokenRow, Store, StoreError, UserRow,
+    AttemptLimits, AttemptRow, EventKind, EventRow, ImportReport, NewRefreshToken, NewSession,
+    PoolSettings, PoolStats, RawEventRow, RefreshTokenRow, RotateOutcome, SessionRow, Store,
+    StoreError, UserRow, not_before,
 };
 use crate::config::DatabaseUrl;
 
 /// How long a writer waits for SQLite's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`Store`] on an SQLite file (or a private in-memory database).
 #[derive(Debug, Clone)]
@@ -30,6 +31,12 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write transaction: `BEGIN IMMEDIATE` takes the write lock up front, so writers queue
+    /// on `busy_timeout` instead of failing when a read upgrades.
+    async fn write(&self) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Opens (creating when missing) the database `url` names.
     ///
     /// # Errors
@@ -102,6 +109,7 @@ pub async fn read_original_users(path: &std::path::Path) -> Result<Vec<UserRow>,
                 is_active: row.try_get("is_active")?,
                 created_at,
                 updated_at: created_at,
+                tokens_not_before: None,
             })
         })
         .collect()
@@ -181,24 +189,6 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn set_user_active(
-        &self,
-        id: i64,
-        active: bool,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("update users set is_active = ?2, updated_at = ?3 where id = ?1")
-                .bind(id)
-                .bind(active)
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                == 1,
-        )
-    }
-
     async fn reserve_login_attempt(
         &self,
         key: &str,
@@ -271,25 +261,11 @@ impl Store for SqliteStore {
             == 1)
     }
 
-    async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query("delete from users where id = ?1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1)
-    }
-
     async fn clear_login_attempts(&self, key: &str) -> Result<(), StoreError> {
         sqlx::query("delete from login_attempts where key = ?1")
             .bind(key)
             .execute(&self.pool)
             .await?;
-        Ok(())
-    }
-
-    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
-        insert_token(&self.pool, token).await?;
         Ok(())
     }
 
@@ -315,13 +291,117 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn set_user_active(
+        &self,
+        id: i64,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        if user_active(&mut tx, id).await?.is_none() {
+            return Ok(false);
+        }
+        if active {
+            sqlx::query("update users set is_active = true, updated_at = ?2 where id = ?1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            append_event(&mut tx, EventKind::UserEnabled, id, None, None, now).await?;
+        } else {
+            let cutoff = not_before(now);
+            sqlx::query(
+                r"update users set is_active = false, updated_at = ?2,
+                    tokens_not_before = max(coalesce(tokens_not_before, ?3), ?3)
+                  where id = ?1",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            end_user_sessions(&mut tx, id, now).await?;
+            append_event(
+                &mut tx,
+                EventKind::UserDisabled,
+                id,
+                None,
+                Some(cutoff),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        if user_active(&mut tx, id).await?.is_none() {
+            return Ok(false);
+        }
+        append_event(&mut tx, EventKind::UserDeleted, id, None, None, now).await?;
+        sqlx::query("delete from users where id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn start_session(
+        &self,
+        session: &NewSession,
+        first: &NewRefreshToken,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        if user_active(&mut tx, session.user_id).await? != Some(true) {
+            return Ok(false);
+        }
+        sqlx::query(
+            r"insert into sessions (id, user_id, created_at, expires_at)
+              values (?1, ?2, ?3, ?4)",
+        )
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_token(&mut *tx, first).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_session(&self, id: Uuid) -> Result<Option<SessionRow>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from sessions where id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn rotate_refresh_token(
         &self,
         parent: Uuid,
         child: &NewRefreshToken,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut tx = self.write().await?;
+        if user_active(&mut tx, child.user_id).await? != Some(true) {
+            return Ok(RotateOutcome::Refused);
+        }
+        let session_live: Option<bool> =
+            sqlx::query_scalar("select revoked_at is null from sessions where id = ?1")
+                .bind(child.family_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if session_live != Some(true) {
+            return Ok(RotateOutcome::Refused);
+        }
         let claimed = sqlx::query(
             r"update refresh_tokens set rotated_at = ?2
               where jti = ?1 and rotated_at is null and revoked_at is null and expires_at > ?2",
@@ -332,16 +412,116 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         if claimed != 1 {
-            tx.rollback().await?;
-            return Ok(false);
+            return Ok(RotateOutcome::NotRotatable);
         }
         let child = NewRefreshToken {
             parent_jti: Some(parent),
             ..child.clone()
         };
         insert_token(&mut *tx, &child).await?;
+        sqlx::query("update sessions set expires_at = max(expires_at, ?2) where id = ?1")
+            .bind(child.family_id)
+            .bind(child.expires_at)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(RotateOutcome::Rotated)
+    }
+
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let owner: Option<i64> = sqlx::query_scalar("select user_id from sessions where id = ?1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(user_id) = owner else {
+            return Ok(false);
+        };
+        let ended =
+            sqlx::query("update sessions set revoked_at = ?2 where id = ?1 and revoked_at is null")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        sqlx::query(
+            "update refresh_tokens set revoked_at = ?2 where family_id = ?1 and revoked_at is null",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if ended == 1 {
+            append_event(
+                &mut tx,
+                EventKind::SessionRevoked,
+                user_id,
+                Some(id),
+                None,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ended == 1)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        if user_active(&mut tx, user_id).await?.is_none() {
+            return Ok(0);
+        }
+        let cutoff = not_before(now);
+        sqlx::query(
+            r"update users set tokens_not_before = max(coalesce(tokens_not_before, ?2), ?2)
+              where id = ?1",
+        )
+        .bind(user_id)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let ended = end_user_sessions(&mut tx, user_id, now).await?;
+        append_event(
+            &mut tx,
+            EventKind::LoggedOutEverywhere,
+            user_id,
+            None,
+            Some(cutoff),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn events_since(&self, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows: Vec<RawEventRow> = sqlx::query_as(concat!(
+            "select ",
+            event_columns!(),
+            " from revocation_events where id > ?1 order by id limit ?2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(EventRow::try_from).collect()
+    }
+
+    async fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("select coalesce(max(id), 0) from revocation_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    fn event_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        // A file has no notifications: other processes' events are found by polling.
+        None
     }
 
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {
@@ -374,7 +554,7 @@ impl Store for SqliteStore {
         tokens: &[RefreshTokenRow],
         merge: bool,
     ) -> Result<Option<ImportReport>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let existing: i64 = sqlx::query_scalar("select count(*) from users")
             .fetch_one(&mut *tx)
             .await?;
@@ -385,8 +565,9 @@ impl Store for SqliteStore {
         let mut inserted = std::collections::HashSet::new();
         for user in users {
             let id: Option<i64> = sqlx::query_scalar(
-                r"insert into users (id, email, password_hash, is_active, created_at, updated_at)
-                  values (?1, ?2, ?3, ?4, ?5, ?6)
+                r"insert into users
+                    (id, email, password_hash, is_active, created_at, updated_at, tokens_not_before)
+                  values (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                   on conflict do nothing
                   returning id",
             )
@@ -396,6 +577,7 @@ impl Store for SqliteStore {
             .bind(user.is_active)
             .bind(user.created_at)
             .bind(user.updated_at)
+            .bind(user.tokens_not_before)
             .fetch_optional(&mut *tx)
             .await?;
             inserted.extend(id);
@@ -420,6 +602,7 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
         }
+        sqlx::query(SESSIONS_FROM_TOKENS).execute(&mut *tx).await?;
         // AUTOINCREMENT keeps sqlite_sequence past explicitly inserted ids by itself.
         tx.commit().await?;
         let users_inserted = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
@@ -428,34 +611,6 @@ impl Store for SqliteStore {
             skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
             tokens: copied_tokens,
         }))
-    }
-
-    async fn revoke_family_of(&self, jti: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            r"update refresh_tokens set revoked_at = ?2
-              where revoked_at is null
-                and family_id = (select family_id from refresh_tokens where jti = ?1)",
-        )
-        .bind(jti)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    async fn revoke_user_tokens(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "update refresh_tokens set revoked_at = ?2 where user_id = ?1 and revoked_at is null",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
     }
 }
 
@@ -478,3 +633,73 @@ async fn insert_token<'e>(
     .await?;
     Ok(())
 }
+
+/// Whether the user is active (`None`: no such user), read inside a write transaction. The
+/// transaction itself is the lock: `BEGIN IMMEDIATE` holds SQLite's one write lock.
+async fn user_active(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user_id: i64,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("select is_active from users where id = ?1")
+        .bind(user_id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Ends every live session of a user and revokes their refresh tokens; returns how many
+/// sessions were live.
+async fn end_user_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user_id: i64,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let ended = sqlx::query(
+        "update sessions set revoked_at = ?2 where user_id = ?1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "update refresh_tokens set revoked_at = ?2 where user_id = ?1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ended)
+}
+
+/// Appends an event; SQLite's single writer makes ids commit in order.
+async fn append_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    kind: EventKind,
+    user_id: i64,
+    session_id: Option<Uuid>,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r"insert into revocation_events (created_at, kind, user_id, session_id, not_before)
+          values (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(now)
+    .bind(kind.as_str())
+    .bind(user_id)
+    .bind(session_id)
+    .bind(not_before)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A session for every refresh-token family that has none (imports), ended when every token
+/// of it is revoked.
+const SESSIONS_FROM_TOKENS: &str = r"
+    insert into sessions (id, user_id, created_at, expires_at, revoked_at)
+    select family_id, min(user_id), min(issued_at), max(expires_at),
+           case when count(*) = count(revoked_at) then max(revoked_at) end
+    from refresh_tokens
+    group by family_id
+    on conflict (id) do nothing";

@@ -271,7 +271,15 @@ async fn sql_fragments_are_just_data(backend: Backend) {
 
 async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let app = TestApp::spawn_with(backend, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("REQUEST_TIMEOUT_SECONDS", "3"),
+            ("DATABASE_LOCK_TIMEOUT_SECONDS", "1"),
+            ("DATABASE_STATEMENT_TIMEOUT_SECONDS", "2"),
+        ],
+    )
+    .await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Headers promise 100 bytes; the body then trickles in one byte a second.

@@ -53,11 +53,11 @@ fn sign(header: Header, claims: &Value) -> String {
     .unwrap()
 }
 
-/// Claims as the service would issue them, at the app clock's time `now`.
-fn claims_at(now: i64, user_id: i64, kind: &str) -> Value {
+/// Claims as the service would issue them, at the app clock's time `now`, in session `sid`.
+fn claims_at(now: i64, user_id: i64, kind: &str, sid: &Value) -> Value {
     json!({
         "sub": user_id.to_string(), "user_id": user_id, "type": kind, "iat": now, "exp": now + 900,
-        "jti": uuid::Uuid::new_v4().to_string(), "iss": "auth-service",
+        "jti": uuid::Uuid::new_v4().to_string(), "iss": "auth-service", "sid": sid,
     })
 }
 
@@ -279,7 +279,8 @@ async fn forged_and_malformed_tokens_are_all_401_never_5xx(backend: Backend) {
         use auth_service::clock::Clock as _;
         app.clock.now().timestamp()
     };
-    let claims = |user_id: i64, kind: &str| claims_at(now, user_id, kind);
+    let sid = claims_of(&access)["sid"].clone();
+    let claims = |user_id: i64, kind: &str| claims_at(now, user_id, kind, &sid);
     let mut cases: Vec<(String, &str)> = Vec::new();
     for alg in ["none", "None", "NONE", "HS512", "RS256", "ES256"] {
         let header = b64(&json!({"alg": alg, "typ": "JWT"}));
@@ -353,6 +354,11 @@ async fn forged_and_malformed_tokens_are_all_401_never_5xx(backend: Backend) {
         ..Header::default()
     };
     cases.push((sign(no_typ, &claims(id, "access")), "no typ"));
+    let mut no_sid = claims(id, "access");
+    no_sid.as_object_mut().unwrap().remove("sid");
+    cases.push((sign(Header::default(), &no_sid), "no session"));
+    let unknown_sid = claims_at(now, id, "access", &json!(uuid::Uuid::new_v4().to_string()));
+    cases.push((sign(Header::default(), &unknown_sid), "a session that never existed"));
     cases.push(("a".repeat(8 * 1024 + 1), "oversize"));
     cases.push((
         format!("{access}{}", "A".repeat(9000)),
@@ -370,7 +376,9 @@ async fn forged_and_malformed_tokens_are_all_401_never_5xx(backend: Backend) {
     // A deleted user's token.
     let deleted = sign(Header::default(), &claims(id, "access"));
     assert_eq!(app.verify(&deleted).await.status(), StatusCode::OK);
-    assert!(app.store.delete_user(id).await.unwrap());
+    assert!(app.store.delete_user(id, chrono::Utc::now()).await.unwrap());
+    // Deleted behind the app's back (another process): refused within a second.
+    verify_becomes(&app, &deleted, StatusCode::UNAUTHORIZED).await;
     assert_refused(&app, &deleted, "deleted user").await;
 }
 

@@ -145,6 +145,8 @@ impl TestDb {
         let settings = PoolSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(20),
         };
         let store = store::connect(&self.url, settings)
             .await
@@ -486,6 +488,36 @@ pub fn assert_error(
 pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     (status, json_of(response).await)
+}
+
+/// How soon every process must refuse a token after a change made elsewhere (another replica,
+/// an admin command): the contract's "within 1 s".
+pub const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// Polls `/auth/verify` with `token` until it answers `expected`, failing when that takes
+/// longer than [`PROPAGATION`]; returns how long it took.
+#[track_caller]
+pub fn verify_becomes(
+    app: &TestApp,
+    token: &str,
+    expected: StatusCode,
+) -> impl Future<Output = Duration> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let started = Instant::now();
+        loop {
+            let status = app.verify(token).await.status();
+            if status == expected {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < PROPAGATION,
+                "{caller}: /auth/verify still answers {status}, not {expected}, after {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The (unverified) claims of a JWT.

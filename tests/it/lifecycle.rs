@@ -61,7 +61,8 @@ async fn a_restart_keeps_users_revocations_lockouts_and_access_tokens(backend: B
     let clock = TestClock::new();
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_on(db.clone(), clock.clone(), &[]).await;
-    let (id, access, revoked) = app.user_with_tokens("keep@example.com").await;
+    let (id, logged_out_access, revoked) = app.user_with_tokens("keep@example.com").await;
+    let (access, _) = app.tokens("keep@example.com").await;
     app.logout(&revoked).await;
     app.register("locked@example.com", PASSWORD).await;
     for _ in 0..5 {
@@ -75,6 +76,11 @@ async fn a_restart_keeps_users_revocations_lockouts_and_access_tokens(backend: B
     assert_eq!(
         (status, body["user_id"].as_i64()),
         (StatusCode::OK, Some(id))
+    );
+    assert_eq!(
+        app.verify(&logged_out_access).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the logged-out session stays ended"
     );
     assert_eq!(
         app.refresh(&revoked).await.status(),

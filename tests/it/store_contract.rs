@@ -1,8 +1,23 @@
-//! Every `Store` method, on both backends, including its concurrency guarantee.
+//! Every `Store` method, on both backends, including its concurrency guarantee:
+//!
+//! | method | test |
+//! |---|---|
+//! | `ping`, `pool_stats`, `migrate` | `housekeeping_methods_answer` |
+//! | `insert_user`, `find_user_by_email`, `find_user_by_id` | `users_insert_find_and_duplicate` |
+//! | `set_user_active`, `delete_user` | `disabling_and_deleting_end_sessions_and_append_events` |
+//! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
+//! | `update_password_hash` | `password_hash_update_is_a_compare_and_set` |
+//! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
+//! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
+//! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
+//! | `events_since`, `last_event_id`, `event_signal` | `events_are_read_in_order_and_signalled` |
+//! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
 
 use std::sync::Arc;
 
-use auth_service::store::{AttemptLimits, NewRefreshToken, Store, StoreError};
+use auth_service::store::{
+    AttemptLimits, EventKind, NewRefreshToken, NewSession, RotateOutcome, Store, StoreError,
+};
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
 use uuid::Uuid;
@@ -36,11 +51,17 @@ fn token(user_id: i64, family: Uuid, parent: Option<Uuid>) -> NewRefreshToken {
 }
 
 dual_backend!(
+    housekeeping_methods_answer,
+    disabling_and_deleting_end_sessions_and_append_events,
+    password_hash_update_is_a_compare_and_set,
+    sessions_start_only_for_active_users,
+    revocations_end_sessions_once_and_append_events,
+    events_are_read_in_order_and_signalled,
+    export_and_import_round_trip,
     users_insert_find_and_duplicate,
     login_attempts_count_lock_and_reset,
     fifty_parallel_reservations_are_counted_exactly,
     rotation_is_a_compare_and_set,
-    revoking_by_user_touches_only_that_user,
 );
 
 async fn users_insert_find_and_duplicate(backend: Backend) {
@@ -164,78 +185,401 @@ async fn fifty_parallel_reservations_are_counted_exactly(backend: Backend) {
     assert_eq!(attempts, expected);
 }
 
+/// A live session with its first refresh token for `user_id`.
+async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
+    let first = token(user_id, Uuid::new_v4(), None);
+    let session = NewSession {
+        id: first.family_id,
+        user_id,
+        created_at: first.issued_at,
+        expires_at: first.expires_at,
+    };
+    assert!(store.start_session(&session, &first).await.unwrap());
+    first
+}
+
+async fn housekeeping_methods_answer(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    store.ping().await.unwrap();
+    store.migrate().await.unwrap();
+    let stats = store.pool_stats();
+    assert!(stats.size >= 1 && stats.idle <= stats.size, "{stats:?}");
+}
+
+async fn password_hash_update_is_a_compare_and_set(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    let user = store
+        .insert_user("p@example.com", "old", now)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .update_password_hash(user.id, "old", "new", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_password_hash(user.id, "old", "newer", now)
+            .await
+            .unwrap()
+    );
+    let stored = store.find_user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "new");
+}
+
+async fn sessions_start_only_for_active_users(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    let user = store.insert_user("s@example.com", "h", now).await.unwrap();
+    let first = session(&store, user.id).await;
+    let row = store.find_session(first.family_id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.user_id, row.revoked_at, row.expires_at),
+        (user.id, None, first.expires_at)
+    );
+    let stored = store.find_refresh_token(first.jti).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.family_id, stored.parent_jti),
+        (first.family_id, None)
+    );
+    assert!(store.find_session(Uuid::new_v4()).await.unwrap().is_none());
+    // The same session id again is a duplicate.
+    let again = NewSession {
+        id: first.family_id,
+        user_id: user.id,
+        created_at: now,
+        expires_at: now,
+    };
+    assert!(matches!(
+        store
+            .start_session(&again, &token(user.id, first.family_id, None))
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    // Disabled or missing users get no session.
+    store.set_user_active(user.id, false, now).await.unwrap();
+    let refused = token(user.id, Uuid::new_v4(), None);
+    let new = NewSession {
+        id: refused.family_id,
+        user_id: user.id,
+        created_at: now,
+        expires_at: now,
+    };
+    assert!(!store.start_session(&new, &refused).await.unwrap());
+    assert!(
+        store
+            .find_session(refused.family_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let ghost = token(user.id + 100, Uuid::new_v4(), None);
+    let new = NewSession {
+        id: ghost.family_id,
+        user_id: user.id + 100,
+        created_at: now,
+        expires_at: now,
+    };
+    assert!(!store.start_session(&new, &ghost).await.unwrap());
+}
+
 async fn rotation_is_a_compare_and_set(backend: Backend) {
     let (_db, store) = store(backend).await;
     let user = store
         .insert_user("r@example.com", "h", Utc::now())
         .await
         .unwrap();
-    let family = Uuid::new_v4();
-    let parent = token(user.id, family, None);
-    store.insert_refresh_token(&parent).await.unwrap();
-    assert!(matches!(
-        store.insert_refresh_token(&parent).await,
-        Err(StoreError::Duplicate)
-    ));
+    let parent = session(&store, user.id).await;
+    let family = parent.family_id;
     let now = Utc::now();
     let children: Vec<NewRefreshToken> = (0..10)
         .map(|_| token(user.id, family, Some(parent.jti)))
         .collect();
-    let won = join_all(
+    let outcomes = join_all(
         children
             .iter()
             .map(|c| store.rotate_refresh_token(parent.jti, c, now)),
     )
     .await;
-    let winners: Vec<&NewRefreshToken> = won
+    let winners: Vec<&NewRefreshToken> = outcomes
         .iter()
         .zip(&children)
-        .filter(|(w, _)| *w.as_ref().unwrap())
+        .filter(|(o, _)| *o.as_ref().unwrap() == RotateOutcome::Rotated)
         .map(|(_, c)| c)
         .collect();
     assert_eq!(winners.len(), 1, "exactly one child");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(RotateOutcome::Rotated | RotateOutcome::NotRotatable)))
+    );
     let stored_child = store.find_child_token(parent.jti).await.unwrap().unwrap();
     assert_eq!(stored_child.jti, winners[0].jti);
     assert_eq!(stored_child.issued_at, winners[0].issued_at);
     let stored_parent = store.find_refresh_token(parent.jti).await.unwrap().unwrap();
-    assert!(stored_parent.rotated_at.is_some());
-    // Revoked or expired tokens cannot be rotated.
-    assert_eq!(store.revoke_family_of(parent.jti, now).await.unwrap(), 2);
-    let grandchild = token(user.id, family, Some(stored_child.jti));
+    let rotated_at = stored_parent.rotated_at.unwrap();
     assert!(
-        !store
-            .rotate_refresh_token(stored_child.jti, &grandchild, now)
-            .await
-            .unwrap()
+        (rotated_at - now).num_microseconds().unwrap().abs() <= 1,
+        "sub-second precision kept: {rotated_at} for {now}"
     );
-    let lone = token(user.id, Uuid::new_v4(), None);
-    store.insert_refresh_token(&lone).await.unwrap();
-    let next = token(user.id, lone.family_id, Some(lone.jti));
     assert!(
-        !store
-            .rotate_refresh_token(lone.jti, &next, lone.expires_at)
+        store
+            .find_child_token(stored_child.jti)
             .await
             .unwrap()
+            .is_none()
+    );
+    // An expired token cannot be rotated.
+    let next = token(user.id, family, Some(stored_child.jti));
+    assert_eq!(
+        store
+            .rotate_refresh_token(stored_child.jti, &next, stored_child.expires_at)
+            .await
+            .unwrap(),
+        RotateOutcome::NotRotatable
+    );
+    // An ended session makes no children, whatever its tokens say.
+    assert!(store.revoke_session(family, now).await.unwrap());
+    assert_eq!(
+        store
+            .rotate_refresh_token(stored_child.jti, &next, now)
+            .await
+            .unwrap(),
+        RotateOutcome::Refused
+    );
+    // Nor does a disabled user.
+    let other = session(&store, user.id).await;
+    store.set_user_active(user.id, false, now).await.unwrap();
+    let child = token(user.id, other.family_id, Some(other.jti));
+    assert_eq!(
+        store
+            .rotate_refresh_token(other.jti, &child, now)
+            .await
+            .unwrap(),
+        RotateOutcome::Refused
     );
 }
 
-async fn revoking_by_user_touches_only_that_user(backend: Backend) {
+async fn revocations_end_sessions_once_and_append_events(backend: Backend) {
     let (_db, store) = store(backend).await;
     let now = Utc::now();
     let a = store.insert_user("a@example.com", "h", now).await.unwrap();
     let b = store.insert_user("b@example.com", "h", now).await.unwrap();
-    for user in [a.id, a.id, b.id] {
+    let a1 = session(&store, a.id).await;
+    let a2 = session(&store, a.id).await;
+    let b1 = session(&store, b.id).await;
+    let start = store.last_event_id().await.unwrap();
+    // One session: once.
+    assert!(store.revoke_session(a1.family_id, now).await.unwrap());
+    assert!(!store.revoke_session(a1.family_id, now).await.unwrap());
+    assert!(!store.revoke_session(Uuid::new_v4(), now).await.unwrap());
+    assert!(
         store
-            .insert_refresh_token(&token(user, Uuid::new_v4(), None))
+            .find_refresh_token(a1.jti)
             .await
-            .unwrap();
-    }
-    assert_eq!(store.revoke_user_tokens(a.id, now).await.unwrap(), 2);
-    assert_eq!(store.revoke_user_tokens(a.id, now).await.unwrap(), 0);
-    assert_eq!(store.revoke_user_tokens(b.id, now).await.unwrap(), 1);
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    // Every session of a user, and only that user's.
+    assert_eq!(store.revoke_user_sessions(a.id, now).await.unwrap(), 1);
+    assert!(
+        store
+            .find_session(a2.family_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert!(
+        store
+            .find_session(b1.family_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    let stored = store.find_user_by_id(a.id).await.unwrap().unwrap();
     assert_eq!(
-        store.revoke_family_of(Uuid::new_v4(), now).await.unwrap(),
+        stored.tokens_not_before,
+        Some(now.duration_trunc(Duration::seconds(1)).unwrap())
+    );
+    assert_eq!(
+        store.revoke_user_sessions(a.id + 100, now).await.unwrap(),
         0
     );
-    store.ping().await.unwrap();
+    // The events, in order: one per change that killed something.
+    let events = store.events_since(start, 100).await.unwrap();
+    let kinds: Vec<(EventKind, i64, Option<Uuid>)> = events
+        .iter()
+        .map(|e| (e.kind, e.user_id, e.session_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::SessionRevoked, a.id, Some(a1.family_id)),
+            (EventKind::LoggedOutEverywhere, a.id, None),
+        ]
+    );
+    assert_eq!(events[1].not_before, stored.tokens_not_before);
+}
+
+async fn disabling_and_deleting_end_sessions_and_append_events(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    let user = store.insert_user("d@example.com", "h", now).await.unwrap();
+    let first = session(&store, user.id).await;
+    let start = store.last_event_id().await.unwrap();
+    assert!(store.set_user_active(user.id, false, now).await.unwrap());
+    assert!(
+        store
+            .find_session(first.family_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert!(store.set_user_active(user.id, true, now).await.unwrap());
+    let stored = store.find_user_by_id(user.id).await.unwrap().unwrap();
+    assert!(
+        stored.is_active && stored.tokens_not_before.is_some(),
+        "enabling keeps the cut-off"
+    );
+    assert!(store.delete_user(user.id, now).await.unwrap());
+    assert!(!store.delete_user(user.id, now).await.unwrap());
+    assert!(!store.set_user_active(user.id, true, now).await.unwrap());
+    assert!(
+        store.find_session(first.family_id).await.unwrap().is_none(),
+        "cascade"
+    );
+    assert!(
+        store.find_refresh_token(first.jti).await.unwrap().is_none(),
+        "cascade"
+    );
+    let kinds: Vec<EventKind> = store
+        .events_since(start, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::UserDisabled,
+            EventKind::UserEnabled,
+            EventKind::UserDeleted
+        ]
+    );
+}
+
+async fn events_are_read_in_order_and_signalled(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    assert_eq!(store.last_event_id().await.unwrap(), 0);
+    let user = store.insert_user("e@example.com", "h", now).await.unwrap();
+    let sessions: Vec<NewRefreshToken> = join_all((0..6).map(|_| session(&store, user.id))).await;
+    let signal = store.event_signal();
+    assert_eq!(
+        signal.is_some(),
+        backend == Backend::Postgres,
+        "LISTEN on PostgreSQL only"
+    );
+    // Concurrent revocations: every event arrives once, ids strictly increasing.
+    let ended = join_all(
+        sessions
+            .iter()
+            .map(|s| store.revoke_session(s.family_id, now)),
+    )
+    .await;
+    assert!(ended.into_iter().all(|e| e.unwrap()));
+    let all = store.events_since(0, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(store.last_event_id().await.unwrap(), all[5].id);
+    // Paging.
+    let page = store.events_since(all[1].id, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [all[2].id, all[3].id]
+    );
+    // A commit wakes the signal's waiters (PostgreSQL NOTIFY).
+    if let Some(signal) = signal {
+        // The listener connects in the background; keep changing until a wake-up arrives.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let notified = signal.notified();
+                let extra = session(&store, user.id).await;
+                store.revoke_session(extra.family_id, now).await.unwrap();
+                if tokio::time::timeout(std::time::Duration::from_millis(500), notified)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(woken.is_ok(), "no NOTIFY arrived");
+    }
+}
+
+async fn export_and_import_round_trip(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let user = store.insert_user("x@example.com", "h", now).await.unwrap();
+    let live = session(&store, user.id).await;
+    let ended = session(&store, user.id).await;
+    store.revoke_session(ended.family_id, now).await.unwrap();
+    let users = store.export_users().await.unwrap();
+    let tokens = store.export_refresh_tokens(now).await.unwrap();
+    assert_eq!((users.len(), tokens.len()), (1, 2));
+    assert!(
+        store
+            .export_refresh_tokens(live.expires_at)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other_db = TestDb::new(backend).await;
+    let target = other_db.store().await;
+    let report = target
+        .import(&users, &tokens, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (report.users, report.skipped_users, report.tokens),
+        (1, 0, 2)
+    );
+    assert!(
+        target
+            .import(&users, &tokens, false)
+            .await
+            .unwrap()
+            .is_none(),
+        "not empty"
+    );
+    let merged = target.import(&users, &tokens, true).await.unwrap().unwrap();
+    assert_eq!((merged.users, merged.skipped_users), (0, 1));
+    // Sessions come along, ended where their tokens were all revoked.
+    let live_row = target.find_session(live.family_id).await.unwrap().unwrap();
+    assert_eq!(live_row.revoked_at, None);
+    let ended_row = target.find_session(ended.family_id).await.unwrap().unwrap();
+    assert!(ended_row.revoked_at.is_some());
+    assert_eq!(
+        target
+            .find_user_by_id(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email,
+        "x@example.com"
+    );
 }
