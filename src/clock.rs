@@ -32,10 +32,13 @@ impl Clock for SystemClock {
 pub struct TestClock(Arc<Mutex<DateTime<Utc>>>);
 
 impl TestClock {
-    /// A clock frozen at the real current time.
+    /// A clock frozen at the real current time, on a whole second (so a test can place an
+    /// event at a known fraction of a second).
     #[must_use]
     pub fn new() -> Self {
-        Self::at(Utc::now())
+        use chrono::DurationRound as _;
+        let now = Utc::now();
+        Self::at(now.duration_trunc(Duration::seconds(1)).unwrap_or(now))
     }
 
     /// A clock frozen at `instant`.

@@ -183,12 +183,7 @@ impl AuthService {
 
     /// Ends a session in the database, then in this process's view at once.
     async fn end_session(&self, session: Uuid, user_id: i64) -> Result<(), AuthError> {
-        if self
-            .0
-            .store
-            .revoke_session(session, self.instant())
-            .await?
-        {
+        if self.0.store.revoke_session(session, self.instant()).await? {
             self.0.revocations.session_ended(session, user_id);
         }
         Ok(())

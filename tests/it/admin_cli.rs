@@ -1,36 +1,11 @@
 //! `auth-service user ...` and `migrate`, run as the built binary against both backends, with
 //! their effects checked through the API.
 
-use std::{
-    io::Write as _,
-    process::{Command, Output, Stdio},
-};
+use std::process::{Command, Output};
 
 use reqwest::StatusCode;
 
 use crate::{dual_backend, helpers::*};
-
-/// Runs `auth-service ARGS` on the test database, feeding `stdin`.
-fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("DATABASE_URL", db.url_string())
-        .env("JWT_SECRET_KEY", SECRET)
-        .env("BCRYPT_ROUNDS", "4")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -53,10 +28,6 @@ fn assert_succeeded(o: &Output) {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
-    tokio::task::block_in_place(|| cli(db, args, stdin))
 }
 
 dual_backend!(

@@ -312,4 +312,10 @@ async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
         "{response}"
     );
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+    // Counted under its route, not as "unmatched".
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"http_requests_total{method="POST",route="/auth/login",status="408"}"#),
+        "{metrics}"
+    );
 }

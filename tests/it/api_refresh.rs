@@ -41,6 +41,7 @@ async fn rotate(app: &TestApp, token: &str) -> (String, String) {
 }
 
 dual_backend!(
+    the_grace_window_is_measured_to_the_sub_second,
     by_default_a_refresh_token_is_reused_and_returned_unchanged,
     without_rotation_logout_and_disable_still_end_the_refresh_token,
     refresh_rotates_to_a_new_working_pair,
@@ -193,4 +194,27 @@ async fn without_rotation_logout_and_disable_still_end_the_refresh_token(backend
     app.clock
         .advance(Duration::days(30) + Duration::seconds(31));
     assert_invalid_refresh(app.refresh(&other_session).await).await;
+}
+
+async fn the_grace_window_is_measured_to_the_sub_second(backend: Backend) {
+    // Arrange: a 2 s grace, a rotation late in a second (at .9).
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("REFRESH_TOKEN_ROTATION", "on"),
+            ("REFRESH_REUSE_GRACE_SECONDS", "2"),
+        ],
+    )
+    .await;
+    let (_, _, parent) = app.user_with_tokens("subsecond@example.com").await;
+    app.clock.advance(Duration::milliseconds(900));
+    let (_, child) = rotate(&app, &parent).await;
+    // Act + Assert: 1.9 s later it is the same child; 2.05 s later it is theft, although in
+    // whole seconds (.9 -> 2.95) only 2 s have passed.
+    app.clock.advance(Duration::milliseconds(1900));
+    let (_, again) = rotate(&app, &parent).await;
+    assert_eq!(again, child);
+    app.clock.advance(Duration::milliseconds(150));
+    assert_invalid_refresh(app.refresh(&parent).await).await;
+    assert_invalid_refresh(app.refresh(&child).await).await;
 }

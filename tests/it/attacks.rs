@@ -358,7 +358,10 @@ async fn forged_and_malformed_tokens_are_all_401_never_5xx(backend: Backend) {
     no_sid.as_object_mut().unwrap().remove("sid");
     cases.push((sign(Header::default(), &no_sid), "no session"));
     let unknown_sid = claims_at(now, id, "access", &json!(uuid::Uuid::new_v4().to_string()));
-    cases.push((sign(Header::default(), &unknown_sid), "a session that never existed"));
+    cases.push((
+        sign(Header::default(), &unknown_sid),
+        "a session that never existed",
+    ));
     cases.push(("a".repeat(8 * 1024 + 1), "oversize"));
     cases.push((
         format!("{access}{}", "A".repeat(9000)),

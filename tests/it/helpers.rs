@@ -3,6 +3,8 @@
 
 use std::{
     collections::HashMap,
+    io::Write as _,
+    process::Output,
     process::{Command, Stdio},
     sync::{Arc, Once},
     time::Duration,
@@ -157,6 +159,31 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Runs one SQL statement on this database, outside any app (an operator at a console).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection as _;
+        match &self.url {
+            DatabaseUrl::SqliteFile(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = connect_admin(secrecy::ExposeSecret::expose_secret(url)).await;
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            DatabaseUrl::SqliteMemory => panic!("no outside access to an in-memory database"),
+        }
+    }
+
     /// The name of this PostgreSQL test database.
     pub fn postgres_name(&self) -> String {
         self.pg_name.clone().expect("a PostgreSQL test database")
@@ -606,4 +633,31 @@ impl Binary {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
+}
+
+/// Runs `auth-service ARGS` on the test database, feeding `stdin`.
+pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", db.url_string())
+        .env("JWT_SECRET_KEY", SECRET)
+        .env("BCRYPT_ROUNDS", "4")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// [`cli`] from an async test.
+pub async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    tokio::task::block_in_place(|| cli(db, args, stdin))
 }

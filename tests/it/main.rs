@@ -20,5 +20,7 @@ mod attacks;
 mod deploy_files;
 mod lifecycle;
 mod outage;
+mod races;
+mod sessions;
 mod startup_config;
 mod store_contract;

@@ -150,3 +150,78 @@ async fn start_up_waits_for_a_database_that_comes_up_late() {
     server.await.unwrap().unwrap();
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    // Arrange: the binary reaches PostgreSQL through a proxy we can cut and restore.
+    let db = TestDb::new(Backend::Postgres).await;
+    let proxy = TcpProxy::start(postgres_host_port()).await;
+    let url = db.postgres_url_via(proxy.port);
+    let url = secrecy::ExposeSecret::expose_secret(match &url {
+        auth_service::config::DatabaseUrl::Postgres(url) => url,
+        _ => unreachable!(),
+    })
+    .to_owned();
+    let binary = Binary::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        client.get(binary.url("/health")).send().await.unwrap();
+    }
+    // Act: the database goes away for a few seconds (requests keep coming), then returns.
+    proxy.cut();
+    for _ in 0..8 {
+        client.get(binary.url("/health")).send().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let restored = TcpProxy::start_on(proxy.port, postgres_host_port()).await;
+    let started = std::time::Instant::now();
+    loop {
+        let status = client
+            .get(binary.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
+    drop(restored);
+    // Assert
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count = |level: &str, text: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["level"] == level && l["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+            .count()
+    };
+    assert_eq!(
+        count("WARN", "cannot read revocation events"),
+        1,
+        "{stdout}"
+    );
+    assert_eq!(count("INFO", "readable again"), 1, "{stdout}");
+    let noisy: Vec<_> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" || l["level"] == "ERROR")
+        .collect();
+    assert_eq!(
+        noisy.len(),
+        1,
+        "one warning for the whole outage: {noisy:#?}"
+    );
+}
