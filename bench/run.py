@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""auth-service benchmarks, side by side with a ceiling measured in the same run.
+
+    bench/run.py            # everything (about 4 minutes)
+    bench/run.py --quick    # shorter runs, for a first look
+
+Builds the release binary and bench/baseline (a bare axum server doing only the HS256 check
+and the JSON answer), then prints:
+
+- verify requests/s of auth-service and of the baseline, alternating A B A B with the same
+  load generator (wrk) and connection count, and their ratio, on SQLite and on PostgreSQL;
+- verify p50/p99 while logins saturate bcrypt at BCRYPT_ROUNDS=12, and the login rate against
+  raw bcrypt capacity (cores / one hash, distinct users);
+- idle and loaded RSS; start-up time to /health/ready on SQLite.
+
+Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
+to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
+PostgreSQL half, a server at $BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+SERVICE = os.path.join(TARGET, "release", "auth-service")
+BASELINE = os.path.join(TARGET, "bench-baseline", "release", "bench-baseline")
+PASSWORD = "SecurePass123"
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+CONNECTIONS = 32
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", "bench/baseline/Cargo.toml"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "CARGO_TARGET_DIR": os.path.join(TARGET, "bench-baseline")},
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, token=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class Service:
+    """auth-service on a fresh port, with the given database and extra variables."""
+
+    def __init__(self, database_url, **env):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        variables = {
+            "PATH": os.environ["PATH"],
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATABASE_URL": database_url,
+            "JWT_SECRET_KEY": SECRET,
+            "RATE_LIMIT_PER_SECOND": "0",
+            "LOGIN_MAX_FAILURES_PER_IP": "0",
+        }
+        variables.update({k: str(v) for k, v in env.items()})
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [SERVICE], env=variables, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.ready_after = self.wait_ready()
+
+    def wait_ready(self):
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        return time.perf_counter() - self.started
+            except OSError:
+                pass
+            time.sleep(0.002)
+        raise SystemExit("auth-service did not become ready")
+
+    def rss_mib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def token(self, email):
+        http("POST", self.base + "/auth/register", {"email": email, "password": PASSWORD})
+        status, body = http("POST", self.base + "/auth/login", {"email": email, "password": PASSWORD})
+        if status != 200:
+            raise SystemExit(f"login failed: {status} {body}")
+        return body["access_token"]
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+class Baseline:
+    def __init__(self):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [BASELINE], env={"PORT": str(self.port)}, stdout=subprocess.PIPE, text=True
+        )
+        self.token = self.process.stdout.readline().strip()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def wrk(url, seconds, token=None, connections=CONNECTIONS, script=None):
+    """requests/s, non-2xx count, and latency percentiles (ms) of one wrk run."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    latency = {}
+    for percent, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+        latency[percent] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, int(errors.group(1)) if errors else 0, latency
+
+
+def verify_ratio(name, database_url, seconds, rounds):
+    """Alternates baseline and auth-service verify runs; returns (service rps, baseline rps)."""
+    service = Service(database_url, BCRYPT_ROUNDS=4)
+    baseline = Baseline()
+    try:
+        token = service.token(f"verify-{uuid.uuid4().hex[:8]}@bench.example")
+        wrk(service.base + "/auth/verify", 2, token)  # warm up: caches, connections
+        wrk(f"http://127.0.0.1:{baseline.port}/verify", 2, baseline.token)
+        ours, theirs = [], []
+        for _ in range(rounds):
+            theirs.append(wrk(f"http://127.0.0.1:{baseline.port}/verify", seconds, baseline.token)[0])
+            rps, errors, _ = wrk(service.base + "/auth/verify", seconds, token)
+            if errors:
+                raise SystemExit(f"{name}: {errors} verify requests failed")
+            ours.append(rps)
+        loaded = service.rss_mib()
+    finally:
+        baseline.stop()
+        service.stop()
+    ours, theirs = statistics.median(ours), statistics.median(theirs)
+    print(f"verify {name:<10} auth-service {ours:>9,.0f} rps   baseline {theirs:>9,.0f} rps   "
+          f"ratio {ours / theirs:.2f}   (median of {rounds} alternating {seconds} s runs, c{CONNECTIONS})")
+    return loaded
+
+
+LOGIN_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format('{"email":"login-%%d@bench.example","password":"%s"}', counter %% %d)
+  return wrk.format("POST", "/auth/login", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+VERIFY_PACED = """
+delay = function()
+  return 1
+end
+"""
+
+
+def logins_and_verify_latency(seconds, users=32):
+    """Login rate against raw bcrypt capacity (16 clients, distinct users, cost 12), then
+    verify latency while the same login load saturates bcrypt and other services verify at a
+    steady pace (4 clients, each pausing 1 ms between calls)."""
+    workdir = tempfile.mkdtemp()
+    service = Service(f"sqlite://{workdir}/login.db", BCRYPT_ROUNDS=12)
+    try:
+        # Registration hashes too: register the users in parallel (a few seconds at cost 12).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: http("POST", service.base + "/auth/register",
+                                         {"email": f"login-{i}@bench.example", "password": PASSWORD}),
+                          range(users)))
+        token = service.token("verify-under-load@bench.example")
+        login_script = os.path.join(workdir, "login.lua")
+        with open(login_script, "w") as f:
+            f.write(LOGIN_SCRIPT % (PASSWORD, users))
+        paced_script = os.path.join(workdir, "paced.lua")
+        with open(paced_script, "w") as f:
+            f.write(VERIFY_PACED)
+
+        def login_load(duration):
+            return subprocess.Popen(
+                ["wrk", "-t1", "-c16", f"-d{duration}s", "-s", login_script,
+                 service.base + "/auth/login"],
+                stdout=subprocess.PIPE, text=True,
+            )
+
+        def login_rate(process):
+            output = process.communicate()[0]
+            total, elapsed = re.search(r"(\d+) requests in ([\d.]+)s", output).groups()
+            failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+            return (int(total) - (int(failed.group(1)) if failed else 0)) / float(elapsed)
+
+        alone = login_rate(login_load(seconds))
+        logins = login_load(seconds + 2)
+        time.sleep(1)
+        verify_rps, errors, latency = wrk(service.base + "/auth/verify", seconds, token,
+                                          connections=4, script=paced_script)
+        during = login_rate(logins)
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    one_hash = float(subprocess.run([BASELINE, "bcrypt", "12"], capture_output=True,
+                                    text=True, check=True).stdout)
+    capacity = cores / one_hash
+    print(f"logins                   {alone:.2f}/s, raw bcrypt capacity {capacity:.2f}/s "
+          f"({cores} cores / {one_hash * 1000:.0f} ms)   ratio {alone / capacity:.2f}")
+    print(f"verify under login load  p50 {latency.get('50', float('nan')):.2f} ms   "
+          f"p99 {latency.get('99', float('nan')):.2f} ms   at {verify_rps:,.0f} rps "
+          f"({errors} errors) while 16 clients log in at cost 12 ({during:.2f} logins/s)")
+
+
+def startup_and_idle(runs=5):
+    times, rss = [], []
+    for _ in range(runs):
+        workdir = tempfile.mkdtemp()
+        service = Service(f"sqlite://{workdir}/start.db")
+        times.append(service.ready_after)
+        time.sleep(0.5)
+        rss.append(service.rss_mib())
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"start-up                 {statistics.median(times) * 1000:.0f} ms to /health/ready "
+          f"(SQLite, fresh file, median of {runs})")
+    print(f"idle RSS                 {statistics.median(rss):.1f} MiB")
+
+
+def postgres_database():
+    admin = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", admin + "/postgres", "-qc", f"create database {name}"], check=True)
+    return admin, name
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="only the SQLite verify ratio (while tuning the request path)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is needed (Debian: apt-get install wrk)")
+    seconds, rounds = (4, 2) if args.quick else (8, 3)
+    build()
+    print(f"# auth-service benchmarks, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, git {git_head()}")
+    workdir = tempfile.mkdtemp()
+    if args.verify_only:
+        verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
+        return
+    startup_and_idle()
+    loaded = verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"loaded RSS               {loaded:.1f} MiB (after the SQLite verify runs)")
+    admin, name = postgres_database()
+    try:
+        verify_ratio("PostgreSQL", f"{admin}/{name}", seconds, rounds)
+    finally:
+        subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
+                       check=False)
+    logins_and_verify_latency(seconds + 4)
+
+
+def git_head():
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True)
+    return result.stdout.strip() or "?"
+
+
+if __name__ == "__main__":
+    main()
