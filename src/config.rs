@@ -99,6 +99,9 @@ pub struct Config {
     pub refresh_reuse_grace_seconds: u32,
     /// `BCRYPT_ROUNDS` (default 12, 4 to 31).
     pub bcrypt_rounds: u32,
+    /// `PASSWORD_HASH_MAX_QUEUE` (default 32 x cores): requests waiting for a bcrypt thread
+    /// beyond this get 503 at once.
+    pub password_hash_max_queue: usize,
     /// `HOST` (default `0.0.0.0`).
     pub host: IpAddr,
     /// `PORT` (default 8001).
@@ -327,6 +330,12 @@ impl Config {
             refresh_token_rotation,
             refresh_reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
             bcrypt_rounds: vars.number("BCRYPT_ROUNDS", 12, 4, 31)?,
+            password_hash_max_queue: vars.number(
+                "PASSWORD_HASH_MAX_QUEUE",
+                32 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+                0,
+                1_000_000,
+            )?,
             host,
             port: vars.number("PORT", 8001, 0, u16::MAX)?,
             log_level,
@@ -527,6 +536,7 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
             ("REFRESH_TOKEN_ROTATION", "sometimes"),
+            ("PASSWORD_HASH_MAX_QUEUE", "-1"),
             ("JWT_LEEWAY_SECONDS", "soon"),
             ("DATABASE_MAX_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),

@@ -79,13 +79,15 @@ impl AppState {
     /// # Errors
     /// `Database` when the database cannot be reached or migrated.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        // First, so every metric handle created below is bound to the Prometheus recorder.
+        let metrics = telemetry::metrics_handle();
         let store = connect_with_retry(&config).await?;
         store
             .migrate()
             .await
             .map_err(|e| StartupError::Database(e.into()))?;
         let keys = TokenKeys::from_config(&config)?;
-        let passwords = Passwords::new(config.bcrypt_rounds).await?;
+        let passwords = Passwords::new(config.bcrypt_rounds, config.password_hash_max_queue)?;
         let settings = AuthSettings {
             access_ttl: chrono::Duration::minutes(config.access_token_expire_minutes.into()),
             refresh_ttl: chrono::Duration::days(config.refresh_token_expire_days.into()),
@@ -106,7 +108,7 @@ impl AppState {
         Ok(Self(Arc::new(AppInner {
             config,
             auth,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             draining: AtomicBool::new(false),
         })))
     }

@@ -10,6 +10,7 @@ use axum::{
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use tower_http::timeout::TimeoutLayer;
 use utoipa::ToSchema;
 
 use super::{
@@ -35,7 +36,14 @@ pub fn router(config: &Config) -> Router<AppState> {
         Some(layer) => limited.route_layer(layer),
         None => limited,
     };
-    limited.route("/auth/verify", get(verify))
+    // The whole-request timeout (408) guards the routes that read a body and hash passwords;
+    // `/auth/verify` reads no body and answers from memory, so a timer per call buys nothing.
+    limited
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .route("/auth/verify", get(verify))
 }
 
 /// `POST /auth/register` body.

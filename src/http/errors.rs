@@ -42,6 +42,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// 401: bad refresh token.
     InvalidRefreshToken,
+    /// 403: a POST from a browser origin outside `CORS_ORIGINS`.
+    OriginNotAllowed,
     /// 404: no such route.
     NotFound,
     /// 405: route exists, method does not.
@@ -83,6 +85,9 @@ pub struct ErrorBody {
 /// Seconds a client should wait before retrying while the database is down.
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
+/// Seconds a client should wait when the password-hash queue is full (a hash takes ~0.25 s).
+pub const HASH_QUEUE_RETRY_AFTER_SECS: u64 = 1;
+
 /// Every failure a request can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -95,6 +100,9 @@ pub enum ApiError {
     /// Missing, wrongly typed or invalid fields.
     #[error("Request validation failed")]
     Validation(Vec<FieldError>),
+    /// A POST whose `Origin` is outside `CORS_ORIGINS`.
+    #[error("Origin not allowed")]
+    OriginNotAllowed,
     /// No such route.
     #[error("Not Found")]
     NotFound,
@@ -137,15 +145,16 @@ impl ApiError {
                 | AuthError::InvalidToken
                 | AuthError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-                AuthError::Unavailable(_) | AuthError::RevocationsStale => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                AuthError::Unavailable(_)
+                | AuthError::RevocationsStale
+                | AuthError::HashQueueFull => StatusCode::SERVICE_UNAVAILABLE,
                 AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             // 422 for bodies, as the original (FastAPI) answered and its clients expect.
             Self::InvalidJson | Self::Validation(_) | Self::UnsupportedMediaType => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,13 +178,14 @@ impl ApiError {
                 AuthError::MissingToken => ErrorCode::MissingToken,
                 AuthError::InvalidToken => ErrorCode::InvalidToken,
                 AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
-                AuthError::Unavailable(_) | AuthError::RevocationsStale => {
-                    ErrorCode::ServiceUnavailable
-                }
+                AuthError::Unavailable(_)
+                | AuthError::RevocationsStale
+                | AuthError::HashQueueFull => ErrorCode::ServiceUnavailable,
                 AuthError::Internal(_) => ErrorCode::InternalError,
             },
             Self::InvalidJson => ErrorCode::InvalidJson,
             Self::Validation(_) => ErrorCode::ValidationError,
+            Self::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::PayloadTooLarge => ErrorCode::PayloadTooLarge,
@@ -207,6 +217,7 @@ impl ApiError {
                 retry_after_secs, ..
             })
             | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::Auth(AuthError::HashQueueFull) => Some(HASH_QUEUE_RETRY_AFTER_SECS),
             Self::Auth(AuthError::Unavailable(_) | AuthError::RevocationsStale)
             | Self::Unavailable => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
@@ -367,6 +378,14 @@ mod tests {
                 Some("5"),
             ),
             (
+                AuthError::HashQueueFull.into(),
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+                None,
+                Some("1"),
+            ),
+            (
                 AuthError::RevocationsStale.into(),
                 503,
                 "SERVICE_UNAVAILABLE",
@@ -395,6 +414,14 @@ mod tests {
                 422,
                 "VALIDATION_ERROR",
                 "Request validation failed",
+                None,
+                None,
+            ),
+            (
+                ApiError::OriginNotAllowed,
+                403,
+                "ORIGIN_NOT_ALLOWED",
+                "Origin not allowed",
                 None,
                 None,
             ),

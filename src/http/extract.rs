@@ -104,30 +104,23 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The bearer token of the `Authorization` header (scheme case-insensitive).
+/// The bearer token of the `Authorization` header (scheme case-insensitive), borrowed from
+/// the request.
 ///
 /// Absent, empty, another scheme, or nothing after `Bearer`: `MissingToken`, as the original.
-#[derive(Debug, Clone)]
-pub struct BearerToken(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let missing = || ApiError::Auth(AuthError::MissingToken);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .ok_or_else(missing)?;
-        let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
-        let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Err(missing());
-        }
-        Ok(Self(token.to_owned()))
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = || ApiError::Auth(AuthError::MissingToken);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .ok_or_else(missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(missing());
     }
+    Ok(token)
 }
 
 /// The user behind a valid access token.
@@ -142,9 +135,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
+        let token = bearer_token(&parts.headers)?;
         let auth = AuthService::from_ref(state);
-        Ok(Self(auth.verify_access(&token).await?))
+        Ok(Self(auth.verify_access(token).await?))
     }
 }
 

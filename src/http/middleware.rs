@@ -1,11 +1,15 @@
 //! Middleware: route templates for logs and metrics, request metrics, request spans, and the
 //! safety net that gives every bare framework error the contract's JSON body.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Instant,
+};
 
 use axum::{
-    extract::{MatchedPath, Request},
-    http::{Response, StatusCode, header},
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, Method, Response, StatusCode, header},
     middleware::Next,
     response::IntoResponse,
 };
@@ -27,24 +31,99 @@ fn route_of<B>(req: &axum::http::Request<B>) -> &str {
         .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
-/// Counts requests and observes their latency by method, route template and status.
-pub async fn track_metrics(req: Request, next: Next) -> axum::response::Response {
+/// The `method` label and log field: the standard methods by name, anything else `_OTHER`
+/// (the OpenTelemetry convention), so a made-up method can neither grow `/metrics` nor reach
+/// the logs.
+#[must_use]
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// Request metrics with their handles kept: `http_requests_total` by method, route template
+/// and status, `http_request_duration_seconds` by route. Every label has a bounded set of
+/// values (route templates, [`method_label`], the statuses the service answers), and looking a
+/// handle up costs a read lock and a hash of the route instead of building the labels anew.
+#[derive(Default)]
+pub struct HttpMetrics {
+    routes: RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>,
+}
+
+struct RouteMetrics {
+    route: Arc<str>,
+    duration: metrics::Histogram,
+    requests: RwLock<HashMap<(&'static str, u16), metrics::Counter>>,
+}
+
+impl HttpMetrics {
+    fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        if let Some(found) = read(&self.routes).get(route) {
+            return Arc::clone(found);
+        }
+        let route: Arc<str> = Arc::from(route);
+        let created = Arc::new(RouteMetrics {
+            route: Arc::clone(&route),
+            duration: metrics::histogram!("http_request_duration_seconds", "route" => route.to_string()),
+            requests: RwLock::default(),
+        });
+        Arc::clone(write(&self.routes).entry(route).or_insert(created))
+    }
+}
+
+impl RouteMetrics {
+    fn record(&self, method: &'static str, status: u16, took: std::time::Duration) {
+        self.duration.record(took.as_secs_f64());
+        if let Some(counter) = read(&self.requests).get(&(method, status)) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(
+            "http_requests_total",
+            "method" => method,
+            "route" => self.route.to_string(),
+            "status" => status.to_string(),
+        );
+        counter.increment(1);
+        write(&self.requests).insert((method, status), counter);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts the request and observes its latency (under its route, timeouts included), and
+/// gives a bare framework error the contract's JSON body: one layer for both.
+pub async fn observe(
+    State(metrics): State<Arc<HttpMetrics>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
     let started = Instant::now();
-    let method = req.method().to_string();
-    let route = route_of(&req).to_owned();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!("http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route).record(elapsed);
+    let method = method_label(req.method());
+    let route = metrics.route(route_of(&req));
+    let response = json_errors(next.run(req).await);
+    route.record(method, response.status().as_u16(), started.elapsed());
     response
 }
 
-/// Replaces the empty body of an error produced outside our handlers (unknown route or
-/// method, timeout, body limit) with the contract's JSON body, keeping its headers (`Allow`).
-pub async fn json_errors(req: Request, next: Next) -> axum::response::Response {
-    let response = next.run(req).await;
+/// Replaces the empty body of an error produced outside our handlers (unknown method,
+/// timeout) with the contract's JSON body, keeping its headers (`Allow`).
+fn json_errors(response: axum::response::Response) -> axum::response::Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -86,26 +165,32 @@ pub struct RequestSpan {
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, req: &axum::http::Request<B>) -> Span {
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .and_then(|id| id.header_value().to_str().ok())
-            .unwrap_or_default();
-        let client =
-            super::extract::client_ip(req.headers(), req.extensions(), &self.trusted_proxies);
         let route = route_of(req);
-        let quiet = route.starts_with("/health") || route == "/metrics";
+        // Probes, scrapes and /auth/verify (which other services call on every request they
+        // serve, tens of thousands a second) log their request lines at DEBUG: at INFO they
+        // would cost more than the verification itself. Their failures are still logged by
+        // the error handling, and counted in the metrics.
+        let quiet = route.starts_with("/health") || route == "/metrics" || route == "/auth/verify";
         macro_rules! request_span {
             ($level:expr) => {
+                // The field values are only computed when the span is enabled.
                 tracing::span!(
                     $level,
                     "request",
-                    http.method = %req.method(),
+                    http.method = method_label(req.method()),
                     http.route = route,
                     http.status = Empty,
                     duration_ms = Empty,
-                    request_id = %request_id,
-                    client.ip = %client,
+                    request_id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or_default(),
+                    client.ip = %super::extract::client_ip(
+                        req.headers(),
+                        req.extensions(),
+                        &self.trusted_proxies,
+                    ),
                 )
             };
         }
@@ -145,3 +230,31 @@ pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span
         );
     }
 }
+
+/// The longest client request id kept (API.md: 1 to 128 visible ASCII characters).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Drops a client's `X-Request-Id` that is empty, longer than 128 characters or not visible
+/// ASCII, so a fresh one is generated instead: a client cannot write arbitrary text into every
+/// log line and audit event of its request.
+pub fn drop_unusable_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let usable = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(u8::is_ascii_graphic)
+    };
+    let headers = req.headers_mut();
+    let ids = headers.get_all(REQUEST_ID);
+    let mut values = ids.iter();
+    let keep = match (values.next(), values.next()) {
+        (Some(value), None) => usable(value),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
+        headers.remove(REQUEST_ID);
+    }
+    req
+}
+
+/// `x-request-id`.
+pub const REQUEST_ID: &str = "x-request-id";

@@ -2,6 +2,7 @@
 //! SQL, bcrypt or JWT code lives here.
 
 pub mod auth;
+pub mod browser;
 pub mod errors;
 pub mod extract;
 pub mod health;
@@ -14,13 +15,13 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, header},
 };
+use tower::util::MapRequestLayer;
 use tower_http::{
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
-    timeout::TimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -47,13 +48,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(middleware::HttpMetrics::default()),
+            middleware::observe,
         ))
-        .layer(axum::middleware::from_fn(middleware::json_errors))
-        .layer(axum::middleware::from_fn(middleware::track_metrics))
-        .layer(cors(&config.cors_origins))
+        .layer(browser::BrowserLayer::new(
+            cors(&config.cors_origins),
+            config.cors_origins.clone(),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::VARY,
+            HeaderValue::from_static("origin"),
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -67,6 +73,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(MapRequestLayer::new(middleware::drop_unusable_request_id))
 }
 
 fn cors(origins: &CorsOrigins) -> CorsLayer {

@@ -149,14 +149,40 @@ pub fn record(event: Event, outcome: Outcome, user_id: Option<i64>, caller: &Cal
     );
 }
 
-/// Counts a `/auth/verify` result (not audited: services call it on every request).
-pub fn verify_result(result: VerifyResult) {
-    let result = match result {
-        VerifyResult::Valid => "valid",
-        VerifyResult::Invalid => "invalid",
-        VerifyResult::Error => "error",
-    };
-    metrics::counter!("auth_verify_total", "result" => result).increment(1);
+/// `auth_verify_total` by result (not audited: services call verify on every request), with
+/// the handles kept so a verification never builds labels.
+pub struct VerifyCounters {
+    valid: metrics::Counter,
+    invalid: metrics::Counter,
+    error: metrics::Counter,
+}
+
+impl VerifyCounters {
+    /// Registers the three series.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            valid: metrics::counter!("auth_verify_total", "result" => "valid"),
+            invalid: metrics::counter!("auth_verify_total", "result" => "invalid"),
+            error: metrics::counter!("auth_verify_total", "result" => "error"),
+        }
+    }
+
+    /// Counts one result.
+    pub fn record(&self, result: VerifyResult) {
+        match result {
+            VerifyResult::Valid => &self.valid,
+            VerifyResult::Invalid => &self.invalid,
+            VerifyResult::Error => &self.error,
+        }
+        .increment(1);
+    }
+}
+
+impl Default for VerifyCounters {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The `result` label of `auth_verify_total`.

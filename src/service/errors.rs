@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::store::StoreError;
+use crate::{passwords::PasswordError, store::StoreError};
 
 /// Every way an auth action can fail; `Display` is the contract's `detail`.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,9 @@ pub enum AuthError {
     /// no longer be vouched for.
     #[error("Service temporarily unavailable")]
     RevocationsStale,
+    /// Too many requests already wait for a password hash: come back in a second.
+    #[error("Service temporarily unavailable")]
+    HashQueueFull,
     /// Anything unexpected; the cause is logged, never shown.
     #[error("Internal server error")]
     Internal(#[source] anyhow::Error),
@@ -57,6 +60,15 @@ impl From<StoreError> for AuthError {
         match err {
             StoreError::Unavailable(_) => Self::Unavailable(err),
             other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(err: PasswordError) -> Self {
+        match err {
+            PasswordError::Busy => Self::HashQueueFull,
+            PasswordError::Failed(cause) => Self::Internal(cause),
         }
     }
 }

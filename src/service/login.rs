@@ -60,6 +60,9 @@ impl AuthService {
             audit::record(Event::Login, Outcome::InvalidRequest, None, caller);
             return LoginOutcome::error(AuthError::InvalidEmail, None);
         };
+        if self.0.passwords.is_saturated() {
+            return LoginOutcome::error(AuthError::HashQueueFull, None);
+        }
         let now = self.0.clock.now();
         let ip_guard = self
             .0

@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
 use self::{
-    audit::{Caller, Event, Outcome, VerifyResult},
+    audit::{Caller, Event, Outcome, VerifyCounters, VerifyResult},
     email::Email,
     lockout::LockoutPolicy,
     revocations::Revocations,
@@ -95,6 +95,8 @@ struct Inner {
     settings: AuthSettings,
     /// What verification refuses, in memory, kept exact by the events table.
     revocations: Arc<Revocations>,
+    /// `auth_verify_total`'s handles.
+    verify_counters: VerifyCounters,
 }
 
 impl AuthService {
@@ -115,6 +117,7 @@ impl AuthService {
             clock,
             settings,
             revocations,
+            verify_counters: VerifyCounters::new(),
         }))
     }
 
@@ -181,6 +184,20 @@ impl AuthService {
         let reasons = password_policy::violations(password.expose_secret());
         if !reasons.is_empty() {
             return Err(AuthError::WeakPassword(reasons));
+        }
+        if self.0.passwords.is_saturated() {
+            return Err(AuthError::HashQueueFull);
+        }
+        // An address that is taken answers 409 without spending a hash (the unique index
+        // still decides between concurrent registrations).
+        if self
+            .0
+            .store
+            .find_user_by_email(email.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(AuthError::UserExists);
         }
         let hash = self.0.passwords.hash(password).await?;
         match self
@@ -256,13 +273,14 @@ impl AuthService {
     ///
     /// # Errors
     /// `InvalidToken` (also for a deleted or disabled user), `Unavailable`, `Internal`.
-    #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
+    // DEBUG, like the request line: other services call this on every request they serve.
+    #[tracing::instrument(level = "debug", skip_all, fields(user.id = tracing::field::Empty))]
     pub async fn verify_access(&self, token: &str) -> Result<VerifiedUser, AuthError> {
         let result = self.check_access(token).await;
         match &result {
-            Ok(_) => audit::verify_result(VerifyResult::Valid),
-            Err(AuthError::InvalidToken) => audit::verify_result(VerifyResult::Invalid),
-            Err(_) => audit::verify_result(VerifyResult::Error),
+            Ok(_) => self.0.verify_counters.record(VerifyResult::Valid),
+            Err(AuthError::InvalidToken) => self.0.verify_counters.record(VerifyResult::Invalid),
+            Err(_) => self.0.verify_counters.record(VerifyResult::Error),
         }
         result
     }

@@ -18,6 +18,7 @@ mod api_register;
 mod api_verify;
 mod attacks;
 mod deploy_files;
+mod hashing;
 mod lifecycle;
 mod outage;
 mod races;
