@@ -127,9 +127,15 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// `TRUSTED_PROXIES` (default empty): peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `IPV6_PREFIX_LENGTH` (default 64): IPv6 clients are counted per network of this length
+    /// by every per-IP limit.
+    pub ipv6_prefix_length: u8,
     /// `HEADER_READ_TIMEOUT_SECONDS` (default 10): a client must send its request head within
     /// this, or the connection is closed (slowloris).
     pub header_read_timeout: Duration,
+    /// `IDLE_TIMEOUT_SECONDS` (default 60): a keep-alive connection (HTTP/1 or HTTP/2) with no
+    /// request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// `MAX_CONNECTIONS` (default 1024): open connections served at once; more wait in the
     /// backlog.
     pub max_connections: usize,
@@ -353,11 +359,18 @@ impl Config {
             rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
             rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
             trusted_proxies,
+            ipv6_prefix_length: vars.number("IPV6_PREFIX_LENGTH", 64, 1, 128)?,
             header_read_timeout: Duration::from_secs(vars.number(
                 "HEADER_READ_TIMEOUT_SECONDS",
                 10,
                 1,
                 3600,
+            )?),
+            idle_timeout: Duration::from_secs(vars.number(
+                "IDLE_TIMEOUT_SECONDS",
+                60,
+                1,
+                86_400,
             )?),
             max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
             request_timeout,
@@ -540,6 +553,8 @@ mod tests {
             ("JWT_LEEWAY_SECONDS", "soon"),
             ("DATABASE_MAX_CONNECTIONS", "0"),
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("IDLE_TIMEOUT_SECONDS", "0"),
+            ("IPV6_PREFIX_LENGTH", "129"),
             ("MAX_CONNECTIONS", "none"),
             ("DATABASE_URL", "mysql://db"),
             ("DATABASE_LOCK_TIMEOUT_SECONDS", "0"),

@@ -1,23 +1,46 @@
 //! The accept loop: hyper-util's HTTP/1 + HTTP/2 server with the protections `axum::serve`
-//! does not offer, so slow clients cannot hold the service hostage.
+//! does not offer, so neither slow nor silent clients can hold the service hostage.
 //!
-//! - a header read timeout (`HEADER_READ_TIMEOUT_SECONDS`): a client that trickles its request
-//!   head is disconnected (the whole-request `REQUEST_TIMEOUT_SECONDS` covers slow bodies);
-//! - a cap on open connections (`MAX_CONNECTIONS`): past it, new connections wait in the
-//!   kernel backlog instead of costing memory and tasks;
-//! - graceful shutdown: readiness turns 503 first, the listener closes, in-flight requests
+//! - **Request heads on time** (`HEADER_READ_TIMEOUT_SECONDS`): a connection must deliver a
+//!   complete request head within this of being accepted, and every later head within this of
+//!   its first byte, in HTTP/1 and HTTP/2 alike, the protocol sniffing included (a socket that
+//!   sends nothing, part of the HTTP/2 preface, or the preface and a SETTINGS frame and then
+//!   nothing, is closed). The whole-request `REQUEST_TIMEOUT_SECONDS` covers slow bodies.
+//! - **Idle connections close** (`IDLE_TIMEOUT_SECONDS`): a keep-alive connection, HTTP/1 or
+//!   HTTP/2, with no request in flight for this long is closed.
+//! - **A cap on open connections** (`MAX_CONNECTIONS`): past it, new connections wait in the
+//!   kernel backlog instead of costing memory and tasks.
+//! - **Graceful shutdown**: readiness turns 503 first, the listener closes, in-flight requests
 //!   finish.
+//!
+//! One watchdog per connection enforces the first two. It sees the connection through a
+//! [`Watched`] socket (which notes when bytes arrive) and through the service (which notes when
+//! a request head was parsed and when its response left), and sleeps until the next deadline.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::Instant,
+};
 use tower::ServiceExt as _;
 
 use crate::state::AppState;
@@ -34,12 +57,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = state.config();
+    let limits = Limits {
+        header_read: config.header_read_timeout,
+        idle: config.idle_timeout,
+    };
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+    let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(state.clone().drain_on(shutdown));
     loop {
@@ -56,12 +79,14 @@ pub async fn serve(
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let activity = Arc::new(Activity::new());
+        let watched = Arc::clone(&activity);
         let service = app
             .clone()
             .map_request(move |req: hyper::Request<Incoming>| {
@@ -69,13 +94,42 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 req
             });
+        let service = tower::service_fn(move |req: hyper::Request<Incoming>| {
+            let request = watched.request_started();
+            let response = service.clone().oneshot(req);
+            async move {
+                let response = response.await;
+                drop(request);
+                response
+            }
+        });
+        let io = TokioIo::new(Watched {
+            stream,
+            activity: Arc::clone(&activity),
+        });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                let deadline = match activity.verdict(limits) {
+                    Verdict::Close(why) => {
+                        tracing::debug!(reason = why, "closing a connection");
+                        break;
+                    }
+                    Verdict::CheckAt(deadline) => deadline,
+                };
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(err) = ended {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
             }
             drop(permit);
         });
@@ -83,4 +137,172 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The two deadlines of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// What the watchdog knows of one connection; times are milliseconds since `opened`.
+struct Activity {
+    opened: Instant,
+    /// Requests whose head was parsed and whose response has not left yet.
+    in_flight: AtomicUsize,
+    /// Requests served so far (0: the first head is still awaited).
+    served: AtomicU64,
+    /// When the connection last became idle (accepted, or a response left).
+    idle_since: AtomicU64,
+    /// When the first byte arrived while idle (a head in progress), plus one; 0 when none.
+    head_started: AtomicU64,
+}
+
+/// The watchdog's decision.
+enum Verdict {
+    /// Close now, for this reason.
+    Close(&'static str),
+    /// Look again at this time (or when the connection ends).
+    CheckAt(Instant),
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes arrived: while idle, the first of them starts the head's clock.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// A request head was parsed; the guard marks its response leaving.
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Close now, or when to look again. A head that starts while the watchdog sleeps is not
+    /// announced (that would wake it on every request), so it looks at least four times per
+    /// `HEADER_READ_TIMEOUT_SECONDS`: a later head gets at most a quarter more than its due.
+    fn verdict(&self, limits: Limits) -> Verdict {
+        let now = self.now_ms();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let cadence = (millis(limits.header_read) / 4).max(1);
+        let at = |ms: u64| {
+            let ms = ms.min(now.saturating_add(cadence));
+            Verdict::CheckAt(self.opened + Duration::from_millis(ms))
+        };
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // Busy: the request timeout governs the request itself.
+            return at(u64::MAX);
+        }
+        let head_started = self.head_started.load(Ordering::Relaxed);
+        let (due, reason) = if self.served.load(Ordering::Relaxed) == 0 {
+            // The first head: due from the accept, exactly (no sleeping past it).
+            (
+                millis(limits.header_read),
+                "no complete request head in time",
+            )
+        } else if head_started > 0 {
+            (
+                (head_started - 1).saturating_add(millis(limits.header_read)),
+                "request head not completed in time",
+            )
+        } else {
+            (
+                self.idle_since
+                    .load(Ordering::Relaxed)
+                    .saturating_add(millis(limits.idle)),
+                "idle",
+            )
+        };
+        if now >= due {
+            Verdict::Close(reason)
+        } else {
+            at(due)
+        }
+    }
+}
+
+/// Marks a request's response leaving when dropped (answered, or the request was cancelled).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .idle_since
+            .store(activity.now_ms(), Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket that tells the watchdog when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
