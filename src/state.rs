@@ -103,6 +103,7 @@ impl AppState {
                 lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
             }),
             rotation: config.refresh_token_rotation,
+            ipv6_prefix_length: config.ipv6_prefix_length,
         };
         let auth = AuthService::new(store, keys, passwords, clock, settings);
         Ok(Self(Arc::new(AppInner {

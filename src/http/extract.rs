@@ -169,9 +169,18 @@ impl FromRequestParts<AppState> for RequestCaller {
     }
 }
 
-/// The client's address: the socket peer, unless the peer is a trusted proxy, in which case the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. `0.0.0.0` when the
-/// connection info is missing (router-only tests).
+/// The client's address (API.md, "Client IP"): the socket peer, unless the peer is a trusted
+/// proxy; then `X-Forwarded-For` is read from the right, skipping trusted proxies, and the first
+/// entry that is not trusted is the client.
+///
+/// - An entry with a port (`198.51.100.5:40112`, `[2001:db8::5]:443`) counts as its address.
+/// - An entry that cannot be parsed (`unknown`, garbage) ends the walk: the last trusted hop
+///   (the entry to its right, or the peer) is the client, never an address further left, which
+///   whoever sent the request could have written.
+/// - When every entry is a trusted proxy, the left-most is the client.
+/// - IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is the IPv4 address.
+///
+/// `0.0.0.0` when the connection info is missing (router-only tests).
 #[must_use]
 pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]) -> IpAddr {
     let peer = extensions
@@ -183,16 +192,102 @@ pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let headers: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .collect();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    let mut last_trusted = peer;
+    for entry in headers.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Some(ip) = parse_forwarded(entry.trim()) else {
+            return last_trusted;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        last_trusted = ip;
+    }
+    last_trusted
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port, canonical.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|addr| addr.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip_of(peer: &str, forwarded: &[&str], trusted: &[&str]) -> String {
+        let mut headers = HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        let mut extensions = Extensions::new();
+        extensions.insert(ConnectInfo::<SocketAddr>(peer.parse().unwrap()));
+        let trusted: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        client_ip(&headers, &extensions, &trusted).to_string()
+    }
+
+    #[test]
+    fn the_client_ip_follows_the_contracts_rules() {
+        let proxy = ["10.0.0.0/8"];
+        let cases: &[(&str, &[&str], &[&str], &str)] = &[
+            // An untrusted peer: its header is ignored.
+            ("203.0.113.9:5000", &["1.2.3.4"], &proxy, "203.0.113.9"),
+            // The right-most untrusted entry.
+            (
+                "10.0.0.1:5000",
+                &["1.1.1.1, 203.0.113.5, 10.1.2.3"],
+                &proxy,
+                "203.0.113.5",
+            ),
+            // Ports count as their address.
+            (
+                "10.0.0.1:5000",
+                &["6.6.6.6, 198.51.100.5:40112"],
+                &proxy,
+                "198.51.100.5",
+            ),
+            (
+                "10.0.0.1:5000",
+                &["6.6.6.6, [2001:db8::5]:443"],
+                &proxy,
+                "2001:db8::5",
+            ),
+            // An unparsable entry ends the walk at the last trusted hop.
+            ("10.0.0.1:5000", &["6.6.6.6, unknown"], &proxy, "10.0.0.1"),
+            (
+                "10.0.0.1:5000",
+                &["6.6.6.6, garbage, 10.9.9.9"],
+                &proxy,
+                "10.9.9.9",
+            ),
+            // Several headers are one list, in order.
+            (
+                "10.0.0.1:5000",
+                &["6.6.6.6", "203.0.113.7"],
+                &proxy,
+                "203.0.113.7",
+            ),
+            // IPv4-mapped IPv6 is the IPv4 address, in the header and as the peer.
+            ("10.0.0.1:5000", &["::ffff:192.0.2.1"], &proxy, "192.0.2.1"),
+            ("[::ffff:203.0.113.9]:5000", &[], &proxy, "203.0.113.9"),
+            // Only trusted hops: the left-most.
+            ("10.0.0.1:5000", &["10.2.2.2, 10.3.3.3"], &proxy, "10.2.2.2"),
+            ("10.0.0.1:5000", &[], &proxy, "10.0.0.1"),
+        ];
+        for (peer, forwarded, trusted, expected) in cases {
+            assert_eq!(
+                &ip_of(peer, forwarded, trusted),
+                expected,
+                "{peer} {forwarded:?}"
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! `RATE_LIMIT_BURST`), with tower_governor keyed by the same client IP as the logs and the
 //! audit trail (so a spoofed `X-Forwarded-For` from an untrusted peer changes nothing).
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -15,23 +15,22 @@ use tower_governor::{
 };
 
 use super::errors::ApiError;
-use crate::config::Config;
+use crate::{config::Config, service::lockout::client_network};
 
-/// Keys the bucket by [`super::extract::client_ip`].
+/// Keys the bucket by the client's network: [`super::extract::client_ip`], an IPv6 address
+/// widened to its `IPV6_PREFIX_LENGTH` network, as every per-IP limit counts.
 #[derive(Debug, Clone)]
 pub struct ClientIpKey {
     trusted: Arc<[IpNet]>,
+    v6_prefix: u8,
 }
 
 impl KeyExtractor for ClientIpKey {
-    type Key = IpAddr;
+    type Key = IpNet;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
-        Ok(super::extract::client_ip(
-            req.headers(),
-            req.extensions(),
-            &self.trusted,
-        ))
+        let ip = super::extract::client_ip(req.headers(), req.extensions(), &self.trusted);
+        Ok(client_network(ip, self.v6_prefix))
     }
 }
 
@@ -51,6 +50,7 @@ pub fn layer(config: &Config) -> Option<RateLimitLayer> {
     let governor = GovernorConfigBuilder::default()
         .key_extractor(ClientIpKey {
             trusted: Arc::from(config.trusted_proxies.clone()),
+            v6_prefix: config.ipv6_prefix_length,
         })
         .period(Duration::from_secs(1) / per_second)
         .burst_size(burst)

@@ -1,42 +1,103 @@
-//! `Email`: a validated, normalised address. Past [`Email::parse`] the service never handles a
-//! raw email string.
+//! `Email`: a validated address in its comparison form. Past [`Email::parse`] the service never
+//! handles a raw email string.
+//!
+//! Two addresses a person would read as the same are the same account (API.md, "Emails"):
+//!
+//! - the whole address is put in Unicode compatibility form (NFKC, `unicode-normalization`)
+//!   and fully case-folded (`caseless`), so NFC and NFD forms of `josé`, full-width `ａｌｉｃｅ`,
+//!   and `ΣΑΣ`/`σας` meet;
+//! - the domain is mapped by IDNA UTS 46 (`idna`, STD3 rules, hyphen and length checks) and kept
+//!   in its Unicode form;
+//! - characters nobody can see (control, format, unassigned, private-use, separators: zero-width
+//!   space, BOM, bidi overrides, tag characters...) are refused anywhere, never stripped;
+//! - the local part must be a dot-atom (no leading, trailing or doubled dot, none of
+//!   `<>()[]\,;:"`, no spaces), and the top-level label must not be all digits.
+//!
+//! The stored and returned form is that comparison form: lower case for ASCII addresses.
 
 use std::fmt;
+
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory as _};
 
 /// The longest address the contract accepts (RFC 5321's path limit).
 pub const MAX_EMAIL_LEN: usize = 254;
 
-/// A trimmed, lower-cased email address that passed the contract's rules.
+/// A validated email address in its comparison form.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 impl Email {
-    /// Trims, lower-cases and checks: at most 254 characters, exactly one `@`, a non-empty local
-    /// part without spaces, and a domain with a dot and no empty labels.
-    /// `None` when the address breaks a rule; the caller decides which error that is.
+    /// Trims, normalises and checks an address. `None` when it breaks a rule; the caller
+    /// decides which error that is.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        let email = raw.trim().to_lowercase();
-        if email.chars().count() > MAX_EMAIL_LEN
-            || email.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        let raw = raw.trim();
+        if raw.chars().any(is_invisible) {
             return None;
         }
-        let (local, domain) = email.split_once('@')?;
-        if local.is_empty() || domain.contains('@') || !domain.contains('.') {
+        let folded: String = caseless::default_case_fold_str(&raw.nfkc().collect::<String>())
+            .nfkc()
+            .collect();
+        let (local, domain) = folded.split_once('@')?;
+        if !is_dot_atom(local) || domain.contains('@') {
             return None;
         }
-        if domain.split('.').any(str::is_empty) {
-            return None;
-        }
-        Some(Self(email))
+        let domain = normalise_domain(domain)?;
+        let email = format!("{local}@{domain}");
+        (email.chars().count() <= MAX_EMAIL_LEN).then_some(Self(email))
     }
 
-    /// The normalised address.
+    /// The address in its comparison form.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that cannot be seen, or that change how others are shown: every control,
+/// format, surrogate, private-use, unassigned and separator code point, and the Hangul fillers
+/// (letters by category, blank on screen).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Other | GeneralCategoryGroup::Separator
+    ) || matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}')
+}
+
+/// RFC 5322's dot-atom, with RFC 6531's letters, marks and numbers beyond ASCII.
+fn is_dot_atom(local: &str) -> bool {
+    const SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || SPECIALS.contains(c)
+            || (!c.is_ascii()
+                && matches!(
+                    c.general_category_group(),
+                    GeneralCategoryGroup::Letter
+                        | GeneralCategoryGroup::Mark
+                        | GeneralCategoryGroup::Number
+                ))
+    };
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+/// The domain through IDNA UTS 46 (strict: letters, digits and inner hyphens per label,
+/// DNS lengths), at least two labels, a top-level label that is not all digits; returned in
+/// its Unicode form.
+fn normalise_domain(domain: &str) -> Option<String> {
+    let ascii = idna::domain_to_ascii_strict(domain).ok()?;
+    let labels: Vec<&str> = ascii.split('.').collect();
+    let tld = labels.last()?;
+    if labels.len() < 2 || tld.is_empty() || tld.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (unicode, checked) = idna::domain_to_unicode(&ascii);
+    checked.ok()?;
+    Some(unicode)
 }
 
 /// Emails are personal data: `Debug` never prints one, so a stray `?email` in a log is safe.
@@ -50,18 +111,48 @@ impl fmt::Debug for Email {
 mod tests {
     use super::*;
 
+    fn key(raw: &str) -> String {
+        Email::parse(raw)
+            .unwrap_or_else(|| panic!("{raw:?} refused"))
+            .as_str()
+            .to_owned()
+    }
+
     #[test]
     fn parse_trims_and_lower_cases() {
-        assert_eq!(
-            Email::parse("  A@Example.COM ").unwrap().as_str(),
-            "a@example.com"
-        );
+        assert_eq!(key("  A@Example.COM "), "a@example.com");
     }
 
     #[test]
     fn a_normalised_email_parses_to_itself() {
         let once = Email::parse("User.Name+tag@Sub.Example.org").unwrap();
         assert_eq!(Email::parse(once.as_str()).unwrap(), once);
+    }
+
+    #[test]
+    fn forms_a_person_reads_as_one_address_are_one_key() {
+        let same: &[&[&str]] = &[
+            &["jos\u{e9}@x.com", "jose\u{301}@x.com", "JOS\u{c9}@X.COM"],
+            &[
+                "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}@x.com",
+                "alice@x.com",
+                "ALICE@x.com",
+            ],
+            &["\u{3a3}\u{391}\u{3a3}@x.com", "\u{3c3}\u{3b1}\u{3c2}@x.com"],
+            &["a@b\u{fc}cher.de", "a@xn--bcher-kva.de", "a@B\u{dc}CHER.DE"],
+            &["a@example\u{3002}com", "a@example.com"],
+        ];
+        for group in same {
+            let first = key(group[0]);
+            for other in &group[1..] {
+                assert_eq!(key(other), first, "{other:?} and {:?}", group[0]);
+            }
+        }
+        assert_eq!(
+            key("a@b\u{fc}cher.de"),
+            "a@b\u{fc}cher.de",
+            "stored in Unicode form"
+        );
     }
 
     #[test]
@@ -79,12 +170,42 @@ mod tests {
             "a@example.com.",
             "a b@example.com",
             "a@exa\u{0}mple.com",
+            "user..name@example.com",
+            ".user@example.com",
+            "user.@example.com",
+            "a@-.-",
+            "a@-example.com",
+            "a@example-.com",
+            "a@example.123",
+            "<script>alert(1)</script>@x.co",
+            "a\"b@example.com",
+            "a(b)@example.com",
+            "a,b@example.com",
+            "a;b@example.com",
+            "a:b@example.com",
+            "a[b]@example.com",
+            "a\\b@example.com",
+            "zero\u{200b}width@example.com",
+            "bom\u{feff}@example.com",
+            "bidi\u{202e}moc.elpmaxe@x.com",
+            "tag\u{e0041}@example.com",
+            "mongolian\u{180e}@example.com",
+            "hangul\u{3164}@example.com",
+            "nbsp\u{a0}inside@example.com",
+            "a@exa\u{200d}mple.com",
             too_long.as_str(),
         ] {
-            assert!(Email::parse(bad).is_none(), "{bad:?}");
+            assert!(Email::parse(bad).is_none(), "{bad:?} accepted");
         }
         let longest = format!("{}@example.com", "a".repeat(242));
         assert!(Email::parse(&longest).is_some());
+        for good in [
+            "o'brien@example.com",
+            "a+tag@sub.example.co.uk",
+            "x@123.example.com",
+        ] {
+            assert!(Email::parse(good).is_some(), "{good:?} refused");
+        }
     }
 
     #[test]
@@ -95,7 +216,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn a_parsed_email_parses_to_itself(raw in "[ ]{0,2}[A-Za-z0-9._%+-]{1,40}@[A-Za-z0-9-]{1,20}(\\.[A-Za-z]{2,8}){1,3}[ ]{0,2}") {
+        fn a_parsed_email_parses_to_itself(raw in "[ ]{0,2}[A-Za-z0-9_%+-]{1,40}(\\.[A-Za-z0-9]{1,5})?@[A-Za-z0-9]{1,20}(\\.[A-Za-z]{2,8}){1,3}[ ]{0,2}") {
             let email = Email::parse(&raw).expect("well-formed");
             proptest::prop_assert_eq!(Email::parse(email.as_str()), Some(email.clone()));
             proptest::prop_assert_eq!(email.as_str(), email.as_str().trim().to_lowercase());
@@ -108,8 +229,9 @@ mod tests {
                 proptest::prop_assert!(s.chars().count() <= MAX_EMAIL_LEN);
                 proptest::prop_assert_eq!(s.matches('@').count(), 1);
                 let (local, domain) = s.split_once('@').unwrap();
-                proptest::prop_assert!(!local.is_empty());
+                proptest::prop_assert!(is_dot_atom(local));
                 proptest::prop_assert!(domain.contains('.') && domain.split('.').all(|l| !l.is_empty()));
+                proptest::prop_assert!(!s.chars().any(is_invisible));
                 proptest::prop_assert_eq!(Email::parse(s), Some(email.clone()));
             }
         }

@@ -1,7 +1,10 @@
 //! The per-email lockout: turns the counter the store returns into a decision and the
 //! `X-RateLimit-*` figures. The counting itself is one atomic statement in the store.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Duration, Utc};
+use ipnet::{IpNet, Ipv6Net};
 
 use crate::store::{AttemptLimits, AttemptRow};
 
@@ -100,6 +103,29 @@ impl LockoutPolicy {
     }
 }
 
+/// The network a client address is counted under by every per-IP limit: the address itself
+/// for IPv4, its `/v6_prefix` network for IPv6 (one subscriber usually holds a whole /64, so
+/// counting single IPv6 addresses would hand out 2^64 fresh budgets).
+#[must_use]
+pub fn client_network(ip: IpAddr, v6_prefix: u8) -> IpNet {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpNet::from(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => Ipv6Net::new(v6, v6_prefix.min(128)).map_or_else(
+            |_| IpNet::from(IpAddr::V6(v6)),
+            |net| IpNet::V6(net.trunc()),
+        ),
+    }
+}
+
+/// The key of a client's per-IP failure counter (also what `auth-service ip` reads).
+#[must_use]
+pub fn ip_key(network: IpNet) -> String {
+    match network {
+        IpNet::V4(net) => format!("ip:{}", net.addr()),
+        IpNet::V6(net) => format!("ip:{net}"),
+    }
+}
+
 /// Whole seconds from `now` to `then`, rounded up, at least 1 while `then` is ahead.
 #[must_use]
 pub fn seconds_until(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
@@ -165,6 +191,17 @@ mod tests {
                 reset_after_secs: 600
             })
         );
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_network_and_mapped_ipv4_as_ipv4() {
+        let key = |ip: &str, prefix| ip_key(client_network(ip.parse().unwrap(), prefix));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff::9", 64), "ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:3::1", 64), "ip:2001:db8:1:3::/64");
+        assert_eq!(key("2001:db8:1:2::1", 128), "ip:2001:db8:1:2::1/128");
+        assert_eq!(key("::ffff:1.2.3.4", 64), "ip:1.2.3.4");
+        assert_eq!(key("1.2.3.4", 64), "ip:1.2.3.4");
     }
 
     #[test]

@@ -64,12 +64,10 @@ impl AuthService {
             return LoginOutcome::error(AuthError::HashQueueFull, None);
         }
         let now = self.0.clock.now();
-        let ip_guard = self
-            .0
-            .settings
-            .ip_lockout
-            .zip(caller.ip)
-            .map(|(p, ip)| (p, format!("ip:{ip}")));
+        let ip_guard = self.0.settings.ip_lockout.zip(caller.ip).map(|(p, ip)| {
+            let network = lockout::client_network(ip, self.0.settings.ipv6_prefix_length);
+            (p, lockout::ip_key(network))
+        });
         if let Some((ip_policy, key)) = &ip_guard {
             match self.0.store.find_login_attempt(key).await {
                 Err(err) => return LoginOutcome::error(err, None),

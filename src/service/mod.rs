@@ -81,6 +81,8 @@ pub struct AuthSettings {
     pub ip_lockout: Option<LockoutPolicy>,
     /// `REFRESH_TOKEN_ROTATION`.
     pub rotation: RotationMode,
+    /// `IPV6_PREFIX_LENGTH`: IPv6 clients are counted per network of this length.
+    pub ipv6_prefix_length: u8,
 }
 
 /// The authentication service; cheap to clone.
