@@ -70,6 +70,9 @@ enum UserAction {
     Delete { email: String },
     /// Show id, active flag, creation time and lockout (never the hash).
     Show { email: String },
+    /// List accounts whose stored emails are one address under the email rules (left apart
+    /// when the emails were re-keyed), and accounts whose email the rules refuse.
+    Collisions,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +193,31 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
             .admin_delete(&email)
             .await
             .map(|id| format!("deleted user {id}")),
+        UserAction::Collisions => auth.admin_email_review().await.map(|review| {
+            let mut lines: Vec<String> = review
+                .collisions
+                .iter()
+                .map(|c| {
+                    let users: Vec<String> = c
+                        .users
+                        .iter()
+                        .map(|(id, email)| format!("user {id} {email:?}"))
+                        .collect();
+                    format!("collision {:?}: {}", c.key, users.join(", "))
+                })
+                .collect();
+            lines.extend(
+                review
+                    .refused
+                    .iter()
+                    .map(|(id, email)| format!("refused: user {id} {email:?}")),
+            );
+            if lines.is_empty() {
+                "no collisions".to_owned()
+            } else {
+                lines.join("\n")
+            }
+        }),
         UserAction::Show { email } => auth.admin_show(&email).await.map(|u| {
             let locked = u.locked_until.map_or_else(
                 || "-".to_owned(),

@@ -86,6 +86,9 @@ impl AppState {
             .migrate()
             .await
             .map_err(|e| StartupError::Database(e.into()))?;
+        crate::service::rekey::rekey_emails(&*store, clock.now())
+            .await
+            .map_err(|e| StartupError::Database(e.into()))?;
         let keys = TokenKeys::from_config(&config)?;
         let passwords = Passwords::new(config.bcrypt_rounds, config.password_hash_max_queue)?;
         let settings = AuthSettings {

@@ -4,12 +4,12 @@
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use super::copy::CopyError;
 use super::{
     AuthError, AuthService, RegisteredUser,
     audit::{self, Caller, Event, Outcome},
     email::Email,
 };
+use super::{copy::CopyError, rekey::EmailReview};
 use crate::store::{ImportReport, StoreError, UserRow};
 
 /// Why an admin command failed.
@@ -147,6 +147,15 @@ impl AuthService {
         merge: bool,
     ) -> Result<ImportReport, CopyError> {
         super::copy::import_original(users, &*self.0.store, merge).await
+    }
+
+    /// `user collisions`: stored emails that are one address under the email rules (left
+    /// as they are by the re-keying), and those the rules refuse.
+    ///
+    /// # Errors
+    /// `Database` for a database failure.
+    pub async fn admin_email_review(&self) -> Result<EmailReview, AdminError> {
+        Ok(super::rekey::review(&self.0.store.export_users().await?))
     }
 
     /// `user show EMAIL`.

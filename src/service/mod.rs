@@ -13,6 +13,7 @@ pub mod lockout;
 mod login;
 pub mod password_policy;
 mod refresh;
+pub mod rekey;
 pub mod revocations;
 pub mod rotation;
 

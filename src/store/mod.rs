@@ -521,6 +521,17 @@ pub trait Store: Send + Sync + 'static {
     /// database can say so (PostgreSQL `LISTEN`); `None` means polling is all there is.
     fn event_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
 
+    /// Replaces a user's email if it is still `old` (compare-and-set); returns whether it did.
+    /// `Duplicate` when `new` belongs to another user.
+    async fn update_user_email(&self, id: i64, old: &str, new: &str) -> Result<bool, StoreError>;
+
+    /// Whether the data migration `name` has been recorded as done.
+    async fn data_migration_done(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Records the data migration `name` as done at `now` (idempotent).
+    async fn record_data_migration(&self, name: &str, now: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
     /// Every user, by id (for `copy-data`).
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;
 

@@ -479,6 +479,44 @@ impl Store for PgStore {
         Some(Arc::clone(&self.signal))
     }
 
+    async fn update_user_email(&self, id: i64, old: &str, new: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("update users set email = $3 where id = $1 and email = $2")
+                .bind(id)
+                .bind(old)
+                .bind(new)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    async fn data_migration_done(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("select count(*) from data_migrations where name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    async fn record_data_migration(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into data_migrations (name, applied_at) values ($1, $2) on conflict do nothing",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {
         Ok(sqlx::query_as(concat!(
             "select ",

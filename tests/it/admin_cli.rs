@@ -31,6 +31,7 @@ fn assert_succeeded(o: &Output) {
 }
 
 dual_backend!(
+    existing_emails_are_rekeyed_and_collisions_listed_not_merged,
     import_original_brings_the_originals_accounts_over,
     user_create_follows_the_registration_rules,
     disable_stops_login_refresh_and_verify_and_enable_restores_login,
@@ -378,4 +379,68 @@ async fn import_original_brings_the_originals_accounts_over(backend: Backend) {
         &cli_async(&app.db, &["import-original", "--from", &from], "").await,
         "auth-service: the target database already has users; pass --merge to add to them",
     );
+}
+
+async fn existing_emails_are_rekeyed_and_collisions_listed_not_merged(backend: Backend) {
+    // Arrange: accounts stored before the email rules, as the old service wrote them.
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let now = chrono::Utc::now();
+    let nfc = store
+        .insert_user("jos\u{e9}@x.com", &hash, now)
+        .await
+        .unwrap();
+    let nfd = store
+        .insert_user("jose\u{301}@x.com", &hash, now)
+        .await
+        .unwrap();
+    let wide = store
+        .insert_user("\u{ff21}\u{ff2c}\u{ff29}\u{ff23}\u{ff25}@x.com", &hash, now)
+        .await
+        .unwrap();
+    let refused = store
+        .insert_user("user..name@example.com", &hash, now)
+        .await
+        .unwrap();
+    // Act: the service starts (and re-keys).
+    let app = TestApp::spawn_on(db.clone(), auth_service::clock::TestClock::new(), &[]).await;
+    // Assert: the unique one is re-keyed and logs in under every form.
+    let stored = store.find_user_by_id(wide.id).await.unwrap().unwrap();
+    assert_eq!(stored.email, "alice@x.com");
+    for form in ["alice@x.com", "ALICE@X.COM", "\u{ff41}lice@x.com"] {
+        assert_eq!(
+            app.login(form, PASSWORD).await.status(),
+            StatusCode::OK,
+            "{form}"
+        );
+    }
+    // The colliding ones are left exactly as they were, and listed.
+    for (user, email) in [(&nfc, "jos\u{e9}@x.com"), (&nfd, "jose\u{301}@x.com")] {
+        assert_eq!(
+            store.find_user_by_id(user.id).await.unwrap().unwrap().email,
+            email
+        );
+    }
+    let out = cli_async(&db, &["user", "collisions"], "").await;
+    assert_succeeded(&out);
+    let listed = stdout(&out);
+    // Debug-quoted, so an operator sees what differs (here a combining accent).
+    let expected = format!(
+        "collision {:?}: user {} {:?}, user {} {:?}",
+        "jos\u{e9}@x.com", nfc.id, "jos\u{e9}@x.com", nfd.id, "jose\u{301}@x.com"
+    );
+    assert!(listed.contains(&expected), "{listed}");
+    assert!(listed.contains("\\u{301}"), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "refused: user {} \"user..name@example.com\"",
+            refused.id
+        )),
+        "{listed}"
+    );
+    // A restart does not redo it, and the service serves.
+    let db = app.stop().await;
+    let again = TestApp::spawn_on(db, auth_service::clock::TestClock::new(), &[]).await;
+    assert_eq!(again.get("/health/ready").await.status(), StatusCode::OK);
 }

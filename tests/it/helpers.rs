@@ -579,13 +579,24 @@ pub struct Binary {
     pub child: std::process::Child,
     pub port: String,
     pub dir: tempfile::TempDir,
+    /// stdout and stderr, read as they come so a chatty server never blocks on a full pipe.
+    output: [std::thread::JoinHandle<String>; 2],
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 impl Binary {
     pub fn spawn(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port().to_string();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .env_clear()
             .env("PORT", &port)
             .envs(vars.iter().copied())
@@ -595,7 +606,16 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Self { child, port, dir }
+        let output = [
+            drain(child.stdout.take().unwrap()),
+            drain(child.stderr.take().unwrap()),
+        ];
+        Self {
+            child,
+            port,
+            dir,
+            output,
+        }
     }
 
     /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
@@ -622,15 +642,16 @@ impl Binary {
     }
 
     /// SIGTERM, then the exit code, stdout and stderr.
-    pub fn terminate(self) -> (Option<i32>, String, String) {
+    pub fn terminate(mut self) -> (Option<i32>, String, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let output = self.child.wait_with_output().unwrap();
+        let status = self.child.wait().unwrap();
+        let [stdout, stderr] = self.output;
         (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+            status.code(),
+            stdout.join().unwrap(),
+            stderr.join().unwrap(),
         )
     }
 }

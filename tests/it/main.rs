@@ -17,6 +17,7 @@ mod api_refresh;
 mod api_register;
 mod api_verify;
 mod attacks;
+mod attacks_ii;
 mod deploy_files;
 mod hashing;
 mod lifecycle;
