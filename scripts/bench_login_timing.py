@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Login timing benchmark: does a 401 reveal whether an email is registered?
 
-Starts the release binary on a fresh SQLite file with BCRYPT_ROUNDS=12, registers one user,
-then times logins with an unknown email and with a wrong password for a known one
-(interleaved, so machine noise hits both alike), and prints the medians and their ratio.
-A ratio near 1.0 means the two failures are indistinguishable by timing.
+Registers one user with BCRYPT_ROUNDS=10 (as if the cost had been raised since), restarts the
+release binary with BCRYPT_ROUNDS=12 and registers another, then times logins with an unknown
+email, with a wrong password for the user at cost 12 and with a wrong password for the user
+whose hash still has cost 10 (interleaved, so machine noise hits all alike), and prints the
+medians and their ratios. Ratios near 1.0 mean the failures are indistinguishable by timing.
 
     cargo build --release && python3 scripts/bench_login_timing.py [--rounds N]
 
@@ -68,7 +69,6 @@ def main():
         "PATH": os.environ.get("PATH", ""),
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "BCRYPT_ROUNDS": "12",
         "JWT_SECRET_KEY": "bench-secret-0123456789abcdef-0123456789",
         "DATABASE_URL": f"sqlite://{workdir}/bench.db",
         "LOG_LEVEL": "warn",
@@ -77,26 +77,40 @@ def main():
         "LOGIN_MAX_ATTEMPTS": "1000000",
         "LOGIN_MAX_FAILURES_PER_IP": "0",
     }
-    server = subprocess.Popen([BINARY], env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    try:
+
+    def start(rounds):
+        server = subprocess.Popen([BINARY], env={**env, "BCRYPT_ROUNDS": str(rounds)},
+                                  stdout=subprocess.DEVNULL)
         for _ in range(200):
             try:
                 urllib.request.urlopen(base + "/health/ready", timeout=1)
                 break
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.05)
+        return server
+
+    # A user from before the cost went up: their hash keeps cost 10 until they next log in.
+    server = start(10)
+    assert post(base, "/auth/register", {"email": "old-cost@example.com", "password": "SecurePass123"}) == 201
+    server.terminate()
+    server.wait(timeout=30)
+    server = start(12)
+    try:
         assert post(base, "/auth/register", {"email": "known@example.com", "password": "SecurePass123"}) == 201
         timed_login(base, "warmup@example.com", "WrongPass123")
-        unknown, wrong = [], []
+        unknown, wrong, old = [], [], []
         for i in range(args.rounds):
             unknown.append(timed_login(base, f"nobody{i}@example.com", "WrongPass123"))
             wrong.append(timed_login(base, "known@example.com", "WrongPass123"))
-        mu, mw = statistics.median(unknown), statistics.median(wrong)
+            old.append(timed_login(base, "old-cost@example.com", "WrongPass123"))
+        mu, mw, mo = statistics.median(unknown), statistics.median(wrong), statistics.median(old)
         print(f"BCRYPT_ROUNDS=12, {args.rounds} logins of each kind, interleaved")
-        print(f"median unknown email : {mu * 1000:8.1f} ms")
-        print(f"median wrong password: {mw * 1000:8.1f} ms")
-        print(f"ratio unknown/wrong  : {mu / mw:8.3f}")
+        print(f"median unknown email               : {mu * 1000:8.1f} ms")
+        print(f"median wrong password (cost 12)    : {mw * 1000:8.1f} ms")
+        print(f"median wrong password (cost 10 hash): {mo * 1000:8.1f} ms")
+        print(f"ratio unknown/wrong                : {mu / mw:8.3f}")
+        print(f"ratio unknown/old-cost             : {mu / mo:8.3f}")
     finally:
         server.terminate()
         server.wait(timeout=30)

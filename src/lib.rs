@@ -81,6 +81,7 @@ pub async fn serve(
         .follow()
         .await
         .map_err(|e| StartupError::Database(e.into()))?;
+    service::purge::spawn_background(state.auth());
     let app = http::router(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");

@@ -49,6 +49,10 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
+    /// Delete what nothing needs any more (expired login counters, refresh tokens, sessions,
+    /// old revocation events) from DATABASE_URL, in short batches; running servers do this
+    /// every 10 minutes by themselves.
+    Purge,
     /// Manage users in DATABASE_URL.
     User {
         #[command(subcommand)]
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Command::User { action } => user(config, action).await,
             Command::CopyData { from, to, merge } => copy_data(&config, &from, &to, merge).await,
             Command::ImportOriginal { from, merge } => import_original(config, &from, merge).await,
+            Command::Purge => purge(config).await,
         }
     })
 }
@@ -332,6 +337,32 @@ async fn import_original(config: Config, from: &str, merge: bool) -> ExitCode {
                 report.users,
                 report.skipped_users,
                 path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn purge(config: Config) -> ExitCode {
+    auth_service::telemetry::init_cli(&config);
+    let state = match auth_service::state::AppState::build(config, std::sync::Arc::new(SystemClock))
+        .await
+    {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match state.auth().purge().await {
+        Ok(report) => {
+            println!(
+                "purged {} login counters, {} refresh tokens, {} sessions, {} revocation events",
+                report.login_attempts, report.refresh_tokens, report.sessions, report.events
             );
             ExitCode::SUCCESS
         }

@@ -107,6 +107,9 @@ impl AppState {
             }),
             rotation: config.refresh_token_rotation,
             ipv6_prefix_length: config.ipv6_prefix_length,
+            leeway: chrono::Duration::seconds(
+                i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
+            ),
         };
         let auth = AuthService::new(store, keys, passwords, clock, settings);
         Ok(Self(Arc::new(AppInner {

@@ -12,6 +12,7 @@ mod errors;
 pub mod lockout;
 mod login;
 pub mod password_policy;
+pub mod purge;
 mod refresh;
 pub mod rekey;
 pub mod revocations;
@@ -84,6 +85,8 @@ pub struct AuthSettings {
     pub rotation: RotationMode,
     /// `IPV6_PREFIX_LENGTH`: IPv6 clients are counted per network of this length.
     pub ipv6_prefix_length: u8,
+    /// `JWT_LEEWAY_SECONDS`: how long past `exp` a token still verifies.
+    pub leeway: Duration,
 }
 
 /// The authentication service; cheap to clone.

@@ -393,6 +393,39 @@ pub fn not_before(now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
+/// One batch of rows that nothing needs any more, for [`Store::purge_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Login counters whose window started before `window_start_before` and whose lock (if
+    /// any) ended before `now`.
+    LoginAttempts {
+        /// Counting windows that started before this are over.
+        window_start_before: DateTime<Utc>,
+        /// Locks that ended before this are over.
+        now: DateTime<Utc>,
+    },
+    /// Refresh tokens that expired before this (their children, if any, are unlinked first,
+    /// never deleted with them).
+    RefreshTokens(DateTime<Utc>),
+    /// Sessions whose last refresh token expired before this.
+    Sessions(DateTime<Utc>),
+    /// Revocation events older than this.
+    Events(DateTime<Utc>),
+}
+
+impl Purge {
+    /// The table it empties, for logs and the `rows_purged_total` metric.
+    #[must_use]
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::LoginAttempts { .. } => "login_attempts",
+            Self::RefreshTokens(_) => "refresh_tokens",
+            Self::Sessions(_) => "sessions",
+            Self::Events(_) => "revocation_events",
+        }
+    }
+}
+
 /// Everything the service needs from a database.
 ///
 /// **The locking rule.** Every transaction that creates, rotates or ends a session of a user
@@ -531,6 +564,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records the data migration `name` as done at `now` (idempotent).
     async fn record_data_migration(&self, name: &str, now: DateTime<Utc>)
     -> Result<(), StoreError>;
+
+    /// Deletes at most `limit` rows of one kind that nothing needs any more, in one short
+    /// transaction; returns how many. Callers repeat until fewer than `limit` come back.
+    async fn purge_batch(&self, purge: Purge, limit: i64) -> Result<u64, StoreError>;
 
     /// Every user, by id (for `copy-data`).
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     AttemptLimits, AttemptRow, EventKind, EventRow, ImportReport, NewRefreshToken, NewSession,
-    PoolSettings, PoolStats, RawEventRow, RefreshTokenRow, RotateOutcome, SessionRow, Store,
+    PoolSettings, PoolStats, Purge, RawEventRow, RefreshTokenRow, RotateOutcome, SessionRow, Store,
     StoreError, UserRow, not_before,
 };
 use crate::config::DatabaseUrl;
@@ -560,6 +560,72 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn purge_batch(&self, purge: Purge, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let deleted = match purge {
+            Purge::LoginAttempts {
+                window_start_before,
+                now,
+            } => sqlx::query(
+                r"delete from login_attempts where key in (
+                    select key from login_attempts
+                    where window_start < ?1 and (locked_until is null or locked_until < ?2)
+                    limit ?3)",
+            )
+            .bind(window_start_before)
+            .bind(now)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::RefreshTokens(before) => {
+                let expired: Vec<Uuid> = sqlx::query_scalar(
+                    "select jti from refresh_tokens where expires_at < ?1 limit ?2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut deleted = 0;
+                for jti in expired {
+                    // Unlink a child first: the foreign key would otherwise delete it too.
+                    sqlx::query(
+                        "update refresh_tokens set parent_jti = null where parent_jti = ?1",
+                    )
+                    .bind(jti)
+                    .execute(&mut *tx)
+                    .await?;
+                    deleted += sqlx::query("delete from refresh_tokens where jti = ?1")
+                        .bind(jti)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                deleted
+            }
+            Purge::Sessions(before) => sqlx::query(
+                r"delete from sessions where id in (
+                    select id from sessions where expires_at < ?1 limit ?2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::Events(before) => sqlx::query(
+                r"delete from revocation_events where id in (
+                    select id from revocation_events where created_at < ?1 limit ?2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError> {

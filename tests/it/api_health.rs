@@ -60,6 +60,14 @@ async fn docs_and_openapi_are_served_from_the_binary(backend: Backend) {
                 .unwrap()
                 .starts_with("text/html")
         );
+        let csp = header(&page, "content-security-policy").unwrap();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{csp}");
+        }
         let html = page.text().await.unwrap();
         assert!(html.contains(r#"<base href="/docs/">"#), "{html}");
         assert!(html.contains("swagger-ui-bundle.js"), "{html}");
@@ -236,6 +244,20 @@ async fn request_ids_are_echoed_or_generated_and_nosniff_is_sent(backend: Backen
         header(&response, "x-content-type-options").as_deref(),
         Some("nosniff")
     );
+    // Every response: never framed, never leaking its URL.
+    for path in ["/health/live", "/nope", "/docs", "/auth/verify"] {
+        let response = app.get(path).await;
+        assert_eq!(
+            header(&response, "x-frame-options").as_deref(),
+            Some("DENY"),
+            "{path}"
+        );
+        assert_eq!(
+            header(&response, "referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{path}"
+        );
+    }
     let generated = header(&app.get("/nope").await, "x-request-id").unwrap();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
 }

@@ -12,6 +12,8 @@
 //! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
 //! | `events_since`, `last_event_id`, `event_signal` | `events_are_read_in_order_and_signalled` |
 //! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
+//! | `update_user_email`, `data_migration_done`, `record_data_migration` | `admin_cli::existing_emails_are_rekeyed_and_collisions_listed_not_merged` |
+//! | `purge_batch` | `purging_deletes_only_what_nothing_needs` |
 
 use std::sync::Arc;
 
@@ -51,6 +53,7 @@ fn token(user_id: i64, family: Uuid, parent: Option<Uuid>) -> NewRefreshToken {
 }
 
 dual_backend!(
+    purging_deletes_only_what_nothing_needs,
     housekeeping_methods_answer,
     disabling_and_deleting_end_sessions_and_append_events,
     password_hash_update_is_a_compare_and_set,
@@ -581,5 +584,48 @@ async fn export_and_import_round_trip(backend: Backend) {
             .unwrap()
             .email,
         "x@example.com"
+    );
+}
+
+async fn purging_deletes_only_what_nothing_needs(backend: Backend) {
+    use auth_service::state::AppState;
+    // Arrange: rotation on, one chain whose first token expires while its child lives.
+    let app = TestApp::spawn_with(backend, &[("REFRESH_TOKEN_ROTATION", "on")]).await;
+    let (_, _, first) = app.user_with_tokens("chain@example.com").await;
+    app.login("chain@example.com", "WrongPass123").await;
+    app.login("nobody@example.com", "WrongPass123").await;
+    let (_, ended) = app.tokens("chain@example.com").await;
+    app.logout(&ended).await;
+    app.clock.advance(Duration::days(29));
+    let child = json_of(app.refresh(&first).await).await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.clock.advance(Duration::days(2));
+    // Act
+    let config = test_config(&app.db, &[("REFRESH_TOKEN_ROTATION", "on")]);
+    let state = AppState::build(config, Arc::new(app.clock.clone()))
+        .await
+        .unwrap();
+    let report = state.auth().purge().await.unwrap();
+    // Assert: the expired parent and the logged-out session's token, that session, the
+    // counters whose window is over and the month-old event are gone...
+    assert_eq!(report.refresh_tokens, 2, "{report:?}");
+    assert_eq!(
+        report.login_attempts, 2,
+        "nobody@ and the client IP's: {report:?}"
+    );
+    assert_eq!(report.events, 1, "{report:?}");
+    assert_eq!(report.sessions, 1, "{report:?}");
+    // ...and nothing anyone needs: the live child refreshes and the user logs in.
+    assert_eq!(app.refresh(&child).await.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        app.login("chain@example.com", PASSWORD).await.status(),
+        reqwest::StatusCode::OK
+    );
+    // A second run finds nothing.
+    assert_eq!(
+        state.auth().purge().await.unwrap(),
+        auth_service::service::purge::PurgeReport::default()
     );
 }
