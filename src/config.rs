@@ -141,6 +141,12 @@ pub struct Config {
     pub max_connections: usize,
     /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
     pub request_timeout: Duration,
+    /// `MIGRATE_ON_START` (default `true`): `false` never runs DDL at start-up; the schema must
+    /// then be current (`auth-service migrate`, from a Job or an init container).
+    pub migrate_on_start: bool,
+    /// `METRICS_ADDR` (default unset): serve `/metrics` on this separate listener instead of
+    /// the main port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
     /// 503 while the listener still accepts, so a load balancer can take the pod out first.
     pub shutdown_drain: Duration,
@@ -174,6 +180,23 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 }
 
 impl Config {
+    /// What serving requires beyond a valid configuration: with PostgreSQL (many replicas) a
+    /// shared signing secret, since a random one per process makes every replica refuse the
+    /// others' tokens. The random secret stays for the SQLite try-out only.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `JWT_SECRET_KEY`.
+    pub fn check_for_serving(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_postgres() && self.jwt_secret_generated {
+            return Err(ConfigError::new(
+                "JWT_SECRET_KEY",
+                "required with PostgreSQL: every replica must sign with the same secret \
+                 (generate one with: openssl rand -base64 48)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the process environment (after `main` loaded `.env`).
     ///
     /// # Errors
@@ -237,15 +260,8 @@ impl Config {
             })?,
         };
 
-        let log_level = vars.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(ConfigError::new(
-                "LOG_LEVEL",
-                format!(
-                    "expected a level (error, warn, info, debug, trace) or filter, got {log_level:?}"
-                ),
-            ));
-        }
+        let log_level =
+            parse_log_level(&vars.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()))?;
         let log_format = match vars
             .get("LOG_FORMAT")
             .map(|v| v.to_ascii_lowercase())
@@ -307,7 +323,33 @@ impl Config {
         let database_lock_timeout = database_timeout("DATABASE_LOCK_TIMEOUT_SECONDS", 2)?;
         let database_statement_timeout = database_timeout("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5)?;
 
+        let migrate_on_start = match vars
+            .get("MIGRATE_ON_START")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("true" | "1" | "yes" | "on") => true,
+            Some("false" | "0" | "no" | "off") => false,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "MIGRATE_ON_START",
+                    format!("expected true or false, got {other:?}"),
+                ));
+            }
+        };
+        let metrics_addr = match vars.get("METRICS_ADDR") {
+            None => None,
+            Some(raw) => Some(raw.parse().map_err(|_| {
+                ConfigError::new(
+                    "METRICS_ADDR",
+                    format!("expected an address and port like 0.0.0.0:9090, got {raw:?}"),
+                )
+            })?),
+        };
+
         Ok(Self {
+            migrate_on_start,
+            metrics_addr,
             database_url,
             database_lock_timeout,
             database_statement_timeout,
@@ -382,6 +424,48 @@ impl Config {
             )?),
         })
     }
+}
+
+/// `LOG_LEVEL`: a level name in any case (`warning` is `warn`), or tracing filter directives
+/// (`info,auth_service=debug`, `warn,audit=info`), whose levels must be names too. Anything else
+/// (`verbose`) would silently log nothing, so it is refused.
+fn parse_log_level(raw: &str) -> Result<String, ConfigError> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let level = |name: &str| {
+        let name = name.trim().to_ascii_lowercase();
+        let name = if name == "warning" {
+            "warn".to_owned()
+        } else {
+            name
+        };
+        LEVELS.contains(&name.as_str()).then_some(name)
+    };
+    let refuse = || {
+        ConfigError::new(
+            "LOG_LEVEL",
+            format!(
+                "expected a level (error, warn, info, debug, trace, off) or filter directives \
+                 like info,auth_service=debug, got {raw:?}"
+            ),
+        )
+    };
+    let mut directives = Vec::new();
+    for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let normalised = match directive.rsplit_once('=') {
+            Some((target, name)) if !target.is_empty() => {
+                format!("{target}={}", level(name).ok_or_else(refuse)?)
+            }
+            Some(_) => return Err(refuse()),
+            None => level(directive).ok_or_else(refuse)?,
+        };
+        directives.push(normalised);
+    }
+    if directives.is_empty() {
+        return Err(refuse());
+    }
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|_| refuse())?;
+    Ok(filter)
 }
 
 /// 48 random bytes, URL-safe base64: the per-process secret used when none is configured.
@@ -538,6 +622,8 @@ mod tests {
             ("JWT_ALGORITHM", "RS256"),
             ("HOST", "not a host"),
             ("LOG_LEVEL", "loud=["),
+            ("LOG_LEVEL", "verbose"),
+            ("LOG_LEVEL", "sqlx=loud"),
             ("LOG_FORMAT", "xml"),
             ("CORS_ORIGINS", "localhost:3000"),
             ("LOGIN_MAX_ATTEMPTS", "-1"),
@@ -555,6 +641,8 @@ mod tests {
             ("HEADER_READ_TIMEOUT_SECONDS", "0"),
             ("IDLE_TIMEOUT_SECONDS", "0"),
             ("IPV6_PREFIX_LENGTH", "129"),
+            ("MIGRATE_ON_START", "sometimes"),
+            ("METRICS_ADDR", "9090"),
             ("MAX_CONNECTIONS", "none"),
             ("DATABASE_URL", "mysql://db"),
             ("DATABASE_LOCK_TIMEOUT_SECONDS", "0"),
@@ -572,6 +660,40 @@ mod tests {
             config(&[("PORT", "80a")]).unwrap_err().to_string(),
             r#"invalid PORT: expected an integer 0-65535, got "80a""#
         );
+    }
+
+    #[test]
+    fn serving_postgres_needs_a_shared_secret() {
+        let pg = config(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
+        assert_eq!(pg.check_for_serving().unwrap_err().var, "JWT_SECRET_KEY");
+        let secret = "s".repeat(32);
+        let pg = config(&[
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("JWT_SECRET_KEY", &secret),
+        ]);
+        assert!(pg.unwrap().check_for_serving().is_ok());
+        assert!(
+            config(&[]).unwrap().check_for_serving().is_ok(),
+            "SQLite try-out"
+        );
+    }
+
+    #[test]
+    fn log_levels_are_names_in_any_case_or_directives() {
+        for (raw, expected) in [
+            ("WARNING", "warn"),
+            ("warning", "warn"),
+            ("Info", "info"),
+            ("debug", "debug"),
+            ("info,auth_service=DEBUG", "info,auth_service=debug"),
+            ("warn,audit=info", "warn,audit=info"),
+        ] {
+            assert_eq!(
+                config(&[("LOG_LEVEL", raw)]).unwrap().log_level,
+                expected,
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! A request flows one way: `http` -> `service` -> `store`.
 //!
+//! - [`cli`]: the command line (the server and the operator's commands).
 //! - [`config`]: every environment variable, parsed and validated before anything binds.
 //! - [`state`]: [`state::AppState`], built once from the configuration.
 //! - [`http`]: routes, extractors and middleware; handlers call the service only.
@@ -16,6 +17,7 @@
 //! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod database_url;
@@ -82,13 +84,30 @@ pub async fn serve(
         .await
         .map_err(|e| StartupError::Database(e.into()))?;
     service::purge::spawn_background(state.auth());
+    let metrics = match state.config().metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                StartupError::Other(anyhow::anyhow!("cannot listen on METRICS_ADDR {addr}: {e}"))
+            })?;
+            tracing::info!(%addr, "serving /metrics on its own listener");
+            let app = http::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %err, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = http::router(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    server::serve(state, app, listener, shutdown)
-        .await
-        .map_err(|e| StartupError::Other(e.into()))?;
+    let served = server::serve(state, app, listener, shutdown).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    served.map_err(|e| StartupError::Other(e.into()))?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -35,14 +35,21 @@ pub fn acquire_timeout(url: &DatabaseUrl) -> Duration {
     }
 }
 
-/// Pool settings for `url` (the configured database, or another one for `copy-data`).
+/// Pool settings for `url` (the configured database, or another one for `copy-data`);
+/// `create` says whether a missing SQLite file may be created.
 #[must_use]
-pub fn pool_settings(config: &Config, url: &DatabaseUrl, max_connections: u32) -> PoolSettings {
+pub fn pool_settings(
+    config: &Config,
+    url: &DatabaseUrl,
+    max_connections: u32,
+    create: bool,
+) -> PoolSettings {
     PoolSettings {
         max_connections,
         acquire_timeout: acquire_timeout(url),
         lock_timeout: config.database_lock_timeout,
         statement_timeout: config.database_statement_timeout,
+        create_if_missing: create,
     }
 }
 
@@ -53,6 +60,11 @@ pub enum StartupError {
     /// failed. `main` exits with code 2.
     #[error("invalid DATABASE_URL: database not reachable or not usable: {0:#}")]
     Database(#[source] anyhow::Error),
+    /// `MIGRATE_ON_START=false` and the schema is not current. `main` exits with code 2.
+    #[error(
+        "the database schema is not current and MIGRATE_ON_START is false: run `auth-service migrate` first"
+    )]
+    SchemaNotCurrent,
     /// Anything else.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -73,22 +85,56 @@ struct AppInner {
     draining: AtomicBool,
 }
 
+/// What the state is built for: it decides whether a missing SQLite file may be created and
+/// whether migrations run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The server: creates a missing SQLite file; migrates when `MIGRATE_ON_START`.
+    Serve,
+    /// `auth-service migrate`: creates a missing SQLite file and always migrates.
+    Migrate,
+    /// Other admin commands: never create a database (a command run from the wrong directory
+    /// must not act on a fresh empty file); migrate when `MIGRATE_ON_START`.
+    Admin,
+}
+
 impl AppState {
-    /// Connects (retrying), migrates, and assembles the service.
+    /// Connects (retrying), migrates, and assembles the service, for the server.
     ///
     /// # Errors
-    /// `Database` when the database cannot be reached or migrated.
+    /// As [`Self::build_for`].
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        Self::build_for(config, clock, Purpose::Serve).await
+    }
+
+    /// Connects (retrying), migrates or checks the schema, and assembles the service.
+    ///
+    /// # Errors
+    /// `Database` when the database cannot be reached or migrated; `SchemaNotCurrent` when
+    /// `MIGRATE_ON_START=false` and migrations are pending.
+    pub async fn build_for(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        purpose: Purpose,
+    ) -> Result<Self, StartupError> {
         // First, so every metric handle created below is bound to the Prometheus recorder.
         let metrics = telemetry::metrics_handle();
-        let store = connect_with_retry(&config).await?;
-        store
-            .migrate()
+        let store = connect_with_retry(&config, purpose != Purpose::Admin).await?;
+        if config.migrate_on_start || purpose == Purpose::Migrate {
+            store
+                .migrate()
+                .await
+                .map_err(|e| StartupError::Database(e.into()))?;
+            crate::service::rekey::rekey_emails(&*store, clock.now())
+                .await
+                .map_err(|e| StartupError::Database(e.into()))?;
+        } else if !store
+            .schema_is_current()
             .await
-            .map_err(|e| StartupError::Database(e.into()))?;
-        crate::service::rekey::rekey_emails(&*store, clock.now())
-            .await
-            .map_err(|e| StartupError::Database(e.into()))?;
+            .map_err(|e| StartupError::Database(e.into()))?
+        {
+            return Err(StartupError::SchemaNotCurrent);
+        }
         let keys = TokenKeys::from_config(&config)?;
         let passwords = Passwords::new(config.bcrypt_rounds, config.password_hash_max_queue)?;
         let settings = AuthSettings {
@@ -165,11 +211,12 @@ impl FromRef<AppState> for AuthService {
 
 /// Connects to the database, retrying a PostgreSQL server that is not up yet with backoff for
 /// up to `DATABASE_CONNECT_TIMEOUT_SECONDS`, so a pod that starts first does not crash-loop.
-async fn connect_with_retry(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+async fn connect_with_retry(config: &Config, create: bool) -> Result<Arc<dyn Store>, StartupError> {
     let settings = pool_settings(
         config,
         &config.database_url,
         config.database_max_connections,
+        create,
     );
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);

@@ -96,9 +96,54 @@ pub fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics stays empty");
             }
+            describe_metrics();
             handle
         })
         .clone()
+}
+
+/// A `# HELP` line for every metric the service records.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by method (unknown methods as _OTHER), route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template"
+    );
+    describe_counter!("auth_logins_total", "Logins by result");
+    describe_counter!("auth_registrations_total", "Registrations by result");
+    describe_counter!("auth_refresh_total", "Refreshes by result");
+    describe_counter!("auth_verify_total", "Access-token verifications by result");
+    describe_counter!(
+        "auth_lockouts_total",
+        "Failed logins that locked an email or an IP"
+    );
+    describe_gauge!(
+        "password_hash_in_flight",
+        "bcrypt hashes and verifications running"
+    );
+    describe_histogram!(
+        "password_hash_wait_seconds",
+        Unit::Seconds,
+        "Time a request waited for a bcrypt thread"
+    );
+    describe_counter!(
+        "password_hash_refused_total",
+        "Logins and registrations refused because PASSWORD_HASH_MAX_QUEUE requests already waited"
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "Open database connections of the pool"
+    );
+    describe_gauge!(
+        "db_pool_idle_connections",
+        "Idle database connections of the pool"
+    );
+    describe_counter!("rows_purged_total", "Rows deleted by the purge, by table");
 }
 
 /// An error and its causes on one line, `error: cause: root cause`, each text once: a cause

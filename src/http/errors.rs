@@ -36,6 +36,8 @@ pub enum ErrorCode {
     TooManyAttempts,
     /// 429: per-client-IP rate limit.
     RateLimited,
+    /// 429: the client's address failed too many logins.
+    IpTemporarilyBlocked,
     /// 401: no bearer token.
     MissingToken,
     /// 401: bad access token.
@@ -144,7 +146,9 @@ impl ApiError {
                 | AuthError::MissingToken
                 | AuthError::InvalidToken
                 | AuthError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::TooManyAttempts { .. } | AuthError::IpBlocked { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 AuthError::Unavailable(_)
                 | AuthError::RevocationsStale
                 | AuthError::HashQueueFull => StatusCode::SERVICE_UNAVAILABLE,
@@ -175,6 +179,7 @@ impl ApiError {
                 AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
                 AuthError::AccountDisabled => ErrorCode::AccountDisabled,
                 AuthError::TooManyAttempts { .. } => ErrorCode::TooManyAttempts,
+                AuthError::IpBlocked { .. } => ErrorCode::IpTemporarilyBlocked,
                 AuthError::MissingToken => ErrorCode::MissingToken,
                 AuthError::InvalidToken => ErrorCode::InvalidToken,
                 AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
@@ -213,9 +218,14 @@ impl ApiError {
     /// Seconds for `Retry-After`, when the client should come back later.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::Auth(AuthError::TooManyAttempts {
-                retry_after_secs, ..
-            })
+            Self::Auth(
+                AuthError::TooManyAttempts {
+                    retry_after_secs, ..
+                }
+                | AuthError::IpBlocked {
+                    retry_after_secs, ..
+                },
+            )
             | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::Auth(AuthError::HashQueueFull) => Some(HASH_QUEUE_RETRY_AFTER_SECS),
             Self::Auth(AuthError::Unavailable(_) | AuthError::RevocationsStale)
@@ -344,6 +354,18 @@ mod tests {
                 "Too many login attempts. Try again after 2026-01-02T03:04:05Z",
                 None,
                 Some("42"),
+            ),
+            (
+                AuthError::IpBlocked {
+                    until,
+                    retry_after_secs: 7,
+                }
+                .into(),
+                429,
+                "IP_TEMPORARILY_BLOCKED",
+                "Too many failed logins from this address. Try again after 2026-01-02T03:04:05Z",
+                None,
+                Some("7"),
             ),
             (
                 AuthError::MissingToken.into(),

@@ -54,15 +54,24 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The meta routes, Swagger UI included.
-pub fn router() -> Router<AppState> {
+/// `/metrics` alone, for its own listener (`METRICS_ADDR`).
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// The meta routes, Swagger UI included; `/metrics` too unless it has a listener of its own.
+pub fn router(metrics_here: bool) -> Router<AppState> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc = Arc::new(doc);
     let swagger = Arc::new(utoipa_swagger_ui::Config::new(["/openapi.json"]));
     Router::new()
         .route("/", get(service_info))
-        .route("/metrics", get(metrics))
+        .merge(if metrics_here {
+            metrics_router()
+        } else {
+            Router::new()
+        })
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(move || async move { Json(doc) }))
         .route("/docs", get(docs_index))

@@ -42,7 +42,7 @@ pub fn router(state: AppState) -> Router {
     // Layers run outermost-last: request id is set first, then the span opens around
     // everything else, so every log line of a request carries its id and client.
     Router::new()
-        .merge(meta::router())
+        .merge(meta::router(config.metrics_addr.is_none()))
         .merge(health::router())
         .merge(auth::router(config))
         .fallback(|| async { ApiError::NotFound })
@@ -83,6 +83,13 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(MapRequestLayer::new(middleware::drop_unusable_request_id))
+}
+
+/// The router of the separate metrics listener (`METRICS_ADDR`): `/metrics` and JSON 404s.
+pub fn metrics_router(state: AppState) -> Router {
+    meta::metrics_router()
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
 }
 
 fn cors(origins: &CorsOrigins) -> CorsLayer {

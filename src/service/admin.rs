@@ -10,7 +10,12 @@ use super::{
     email::Email,
 };
 use super::{copy::CopyError, rekey::EmailReview};
-use crate::store::{ImportReport, StoreError, UserRow};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::lockout;
+use crate::store::{AttemptRow, ImportReport, StoreError, UserRow};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,43 @@ impl AuthService {
     /// `Database` for a database failure.
     pub async fn admin_email_review(&self) -> Result<EmailReview, AdminError> {
         Ok(super::rekey::review(&self.0.store.export_users().await?))
+    }
+
+    /// `ip show IP`: the per-IP failure counter of the network `ip` is counted under (IPv6 per
+    /// `IPV6_PREFIX_LENGTH` network): the network, failures in the window, locked until.
+    ///
+    /// # Errors
+    /// `Database` for a database failure.
+    pub async fn admin_ip_show(
+        &self,
+        ip: IpAddr,
+    ) -> Result<(IpNet, Option<AttemptRow>), AdminError> {
+        let network = lockout::client_network(ip, self.0.settings.ipv6_prefix_length);
+        let row = self
+            .0
+            .store
+            .find_login_attempt(&lockout::ip_key(network))
+            .await?;
+        Ok((network, row))
+    }
+
+    /// `ip unlock IP`: lifts the per-IP block of the network `ip` is counted under.
+    ///
+    /// # Errors
+    /// `Database` for a database failure.
+    pub async fn admin_ip_unlock(&self, ip: IpAddr) -> Result<IpNet, AdminError> {
+        let network = lockout::client_network(ip, self.0.settings.ipv6_prefix_length);
+        self.0
+            .store
+            .clear_login_attempts(&lockout::ip_key(network))
+            .await?;
+        audit::record(
+            Event::Admin("admin_ip_unlock"),
+            Outcome::Success,
+            None,
+            &Caller::cli(),
+        );
+        Ok(network)
     }
 
     /// `user show EMAIL`.

@@ -15,6 +15,10 @@ pub enum CopyError {
     /// The target has users and `--merge` was not given.
     #[error("the target database already has users; pass --merge to add to them")]
     TargetNotEmpty,
+    /// The source has no users (a mistyped path, the wrong database) and `--allow-empty` was
+    /// not given.
+    #[error("the source database has no users; pass --allow-empty to copy anyway")]
+    EmptySource,
     /// Either database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -24,15 +28,20 @@ pub enum CopyError {
 /// `now` from `from` into `to`.
 ///
 /// # Errors
-/// `TargetNotEmpty` without `merge` on a target with users; `Store` when either side fails
-/// (nothing is written to the target then).
+/// `EmptySource` when the source has no users, unless `allow_empty`; `TargetNotEmpty` without
+/// `merge` on a target with users; `Store` when either side fails (nothing is written to the
+/// target then).
 pub async fn copy_data(
     from: &dyn Store,
     to: &dyn Store,
     merge: bool,
+    allow_empty: bool,
     now: DateTime<Utc>,
 ) -> Result<ImportReport, CopyError> {
     let users = from.export_users().await?;
+    if users.is_empty() && !allow_empty {
+        return Err(CopyError::EmptySource);
+    }
     let tokens = parents_first(from.export_refresh_tokens(now).await?);
     to.import(&users, &tokens, merge)
         .await?

@@ -31,6 +31,14 @@ pub enum AuthError {
         /// Seconds until then, for `Retry-After`.
         retry_after_secs: u64,
     },
+    /// The client's address (network) failed too many logins: refused for every email.
+    #[error("Too many failed logins from this address. Try again after {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+    IpBlocked {
+        /// When the block ends.
+        until: DateTime<Utc>,
+        /// Seconds until then, for `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// No bearer token was presented.
     #[error("Authorization header missing")]
     MissingToken,

@@ -41,6 +41,18 @@ impl LoginOutcome {
             status: Some(status),
         }
     }
+
+    /// Refused because the client's address is blocked until `until`, for every email.
+    fn ip_blocked(until: DateTime<Utc>, now: DateTime<Utc>, status: AttemptStatus) -> Self {
+        let retry_after_secs = lockout::seconds_until(until, now).max(1);
+        Self {
+            result: Err(AuthError::IpBlocked {
+                until,
+                retry_after_secs,
+            }),
+            status: Some(status),
+        }
+    }
 }
 
 impl AuthService {
@@ -74,7 +86,11 @@ impl AuthService {
                 Ok(row) => {
                     if let Some((until, status)) = row.and_then(|r| ip_policy.lock_of(&r, now)) {
                         audit::record(Event::Login, Outcome::IpBlocked, None, caller);
-                        return LoginOutcome::locked(until, now, status);
+                        tracing::info!(
+                            client.network = %key.trim_start_matches("ip:"),
+                            "login refused: the client's address is blocked after too many failures"
+                        );
+                        return LoginOutcome::ip_blocked(until, now, status);
                     }
                 }
             }
@@ -94,11 +110,16 @@ impl AuthService {
             Ok(AttemptDecision::Allowed(status)) => status,
         };
         let user = match self.check_credentials(&email, &password).await {
-            Ok(user) => user,
-            Err(AuthError::InvalidCredentials) => {
-                audit::record(Event::Login, Outcome::InvalidCredentials, None, caller);
+            Ok(Ok(user)) => user,
+            Ok(Err(known)) => {
+                // The user id (never the email) when the address matched an account: an
+                // operator can tell a wrong password from an unknown address.
+                if let Some(id) = known {
+                    tracing::Span::current().record("user.id", id);
+                }
+                audit::record(Event::Login, Outcome::InvalidCredentials, known, caller);
                 if status.remaining == 0 {
-                    audit::record(Event::Lockout, Outcome::Locked, None, caller);
+                    audit::record(Event::Lockout, Outcome::Locked, known, caller);
                 }
                 if let Some((ip_policy, key)) = &ip_guard
                     && let Err(err) = self.count_ip_failure(*ip_policy, key, now, caller).await
@@ -149,19 +170,20 @@ impl AuthService {
         Ok(())
     }
 
-    /// Exactly one bcrypt verification, whether or not the email is known.
+    /// Exactly one bcrypt verification, whether or not the email is known: the user, or, for
+    /// wrong credentials, the id of the account the email matched (if any).
     async fn check_credentials(
         &self,
         email: &Email,
         password: &SecretString,
-    ) -> Result<UserRow, AuthError> {
+    ) -> Result<Result<UserRow, Option<i64>>, AuthError> {
         let user = self.0.store.find_user_by_email(email.as_str()).await?;
         let hash = user.as_ref().map(|u| u.password_hash.as_str());
         let candidate = SecretString::from(password.expose_secret());
         if self.0.passwords.verify(candidate, hash).await? {
-            user.ok_or(AuthError::InvalidCredentials)
+            Ok(user.ok_or(None))
         } else {
-            Err(AuthError::InvalidCredentials)
+            Ok(Err(user.map(|u| u.id)))
         }
     }
 

@@ -57,6 +57,9 @@ pub enum StoreError {
     /// The database did not answer (down, closed, pool acquire timed out).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// An SQLite file that cannot be opened, and why (start-up and admin commands).
+    #[error("{0}")]
+    CannotOpen(String),
     /// Anything else: a bug or a broken schema.
     #[error("database query failed")]
     Other(#[source] sqlx::Error),
@@ -253,6 +256,9 @@ pub struct PoolSettings {
     /// PostgreSQL `statement_timeout` (and, one second longer,
     /// `idle_in_transaction_session_timeout`, which frees the locks of a frozen client).
     pub statement_timeout: Duration,
+    /// Whether a missing SQLite file is created (the server, `migrate`) or an error (the other
+    /// admin commands).
+    pub create_if_missing: bool,
 }
 
 /// A session as stored: what one login starts.
@@ -449,6 +455,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> Result<(), StoreError>;
 
+    /// Whether every embedded migration has been applied (for `MIGRATE_ON_START=false`).
+    async fn schema_is_current(&self) -> Result<bool, StoreError>;
+
     /// Inserts a user. `Duplicate` when the (normalised) email is taken.
     async fn insert_user(
         &self,
@@ -590,6 +599,29 @@ pub trait Store: Send + Sync + 'static {
         merge: bool,
     ) -> Result<Option<ImportReport>, StoreError>;
 }
+
+/// Whether the applied versions cover every embedded migration; a missing migrations table
+/// means nothing was applied.
+fn covers(
+    applied: Result<Vec<i64>, sqlx::Error>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<bool, StoreError> {
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("42P01") || db.message().contains("no such table") =>
+        {
+            return Ok(false);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    Ok(migrator
+        .iter()
+        .all(|migration| applied.contains(&migration.version)))
+}
+
+/// The versions the migrations table records as applied.
+const APPLIED_MIGRATIONS: &str = "select version from _sqlx_migrations where success";
 
 /// Opens a pool for `url` (without retrying) and returns the matching store.
 ///

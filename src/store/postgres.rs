@@ -62,6 +62,13 @@ impl PgStore {
                     millis(settings.statement_timeout + std::time::Duration::from_secs(1)),
                 ),
             ]);
+        // One direct connection first: the pool retries a refused connection until its
+        // acquire timeout and then says only "timed out"; this says why.
+        {
+            use sqlx::{ConnectOptions as _, Connection as _};
+            let probe = options.connect().await.map_err(StoreError::Unavailable)?;
+            let _ = probe.close().await;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -95,6 +102,13 @@ impl Store for PgStore {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Other(e.into()))
+    }
+
+    async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        let applied = sqlx::query_scalar(super::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await;
+        super::covers(applied, &sqlx::migrate!("migrations/postgres"))
     }
 
     async fn insert_user(

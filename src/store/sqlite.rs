@@ -46,7 +46,7 @@ impl SqliteStore {
             DatabaseUrl::SqliteFile(path) => (
                 SqliteConnectOptions::new()
                     .filename(path)
-                    .create_if_missing(true)
+                    .create_if_missing(settings.create_if_missing)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal),
                 SqlitePoolOptions::new().max_connections(settings.max_connections),
@@ -67,9 +67,45 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await
-            .map_err(StoreError::Unavailable)?;
+            .map_err(|err| match url {
+                DatabaseUrl::SqliteFile(path) => {
+                    StoreError::CannotOpen(why_not_open(path, settings.create_if_missing, &err))
+                }
+                _ => StoreError::Unavailable(err),
+            })?;
         Ok(Self { pool })
     }
+}
+
+/// Why an SQLite file could not be opened, in words an operator can act on (SQLite itself only
+/// says "unable to open database file", without the file).
+fn why_not_open(path: &std::path::Path, create: bool, err: &sqlx::Error) -> String {
+    let shown = path.display();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let reason = if !create && !path.exists() {
+        "the file does not exist (check the working directory and DATABASE_URL; \
+         `auth-service migrate` creates it)"
+            .to_owned()
+    } else if !parent.is_dir() {
+        format!("the directory {} does not exist", parent.display())
+    } else {
+        // Ask the file system the question SQLite asked, to get its answer (read-only file
+        // system, permission denied...).
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+        {
+            Err(io) => io.to_string(),
+            Ok(_) => crate::telemetry::error_chain(err),
+        }
+    };
+    format!("cannot open the sqlite file {shown}: {reason}")
 }
 
 /// Reads the accounts of the original (Python) service's SQLite database, read-only: its
@@ -146,6 +182,13 @@ impl Store for SqliteStore {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Other(e.into()))
+    }
+
+    async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        let applied = sqlx::query_scalar(super::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await;
+        super::covers(applied, &sqlx::migrate!("migrations/sqlite"))
     }
 
     async fn insert_user(

@@ -66,14 +66,20 @@ async fn user_create_follows_the_registration_rules(backend: Backend) {
         "SecurePass123\n",
     )
     .await;
-    assert_failed(&again, "auth-service: User already exists");
+    let within = format!(" (in {})", db.url.describe());
+    assert_failed(
+        &again,
+        &format!("auth-service: User already exists{within}"),
+    );
     let weak = cli_async(db, &["user", "create", "weak@example.com"], "weak\n").await;
     assert_failed(
         &weak,
-        "auth-service: Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number",
+        &format!(
+            "auth-service: Password validation failed: Password must be at least 8 characters long, Password must contain at least one uppercase letter, Password must contain at least one number{within}"
+        ),
     );
     let bad = cli_async(db, &["user", "create", "not-an-email"], "SecurePass123\n").await;
-    assert_failed(&bad, "auth-service: Invalid email format");
+    assert_failed(&bad, &format!("auth-service: Invalid email format{within}"));
 }
 
 async fn disable_stops_login_refresh_and_verify_and_enable_restores_login(backend: Backend) {
@@ -135,7 +141,11 @@ async fn unlock_clears_the_lockout_and_show_reports_it(backend: Backend) {
         StatusCode::OK
     );
     let shown = stdout(&cli_async(&app.db, &["user", "show", "l@example.com"], "").await);
-    assert!(shown.ends_with("locked_until: -\n"), "{shown}");
+    assert!(shown.contains("\nlocked_until: -\n"), "{shown}");
+    assert!(
+        shown.ends_with(&format!("database: {}\n", app.db.url.describe())),
+        "{shown}"
+    );
 }
 
 async fn delete_removes_the_user_and_every_token(backend: Backend) {
@@ -158,7 +168,10 @@ async fn delete_removes_the_user_and_every_token(backend: Backend) {
     for action in ["show", "delete", "disable", "enable", "unlock"] {
         assert_failed(
             &cli_async(&app.db, &["user", action, "del@example.com"], "").await,
-            "auth-service: user not found",
+            &format!(
+                "auth-service: user not found (in {})",
+                app.db.url.describe()
+            ),
         );
     }
     // The email can be registered again.
@@ -172,7 +185,10 @@ async fn migrate_prepares_an_empty_database(backend: Backend) {
     let db = TestDb::new(backend).await;
     let out = cli_async(&db, &["migrate"], "").await;
     assert_succeeded(&out);
-    assert_eq!(stdout(&out), "migrations applied\n");
+    assert_eq!(
+        stdout(&out),
+        format!("migrations applied to {}\n", db.url.describe())
+    );
     let store = db.store().await;
     assert!(
         store
@@ -377,7 +393,10 @@ async fn import_original_brings_the_originals_accounts_over(backend: Backend) {
     // A second import into a database with users is refused.
     assert_failed(
         &cli_async(&app.db, &["import-original", "--from", &from], "").await,
-        "auth-service: the target database already has users; pass --merge to add to them",
+        &format!(
+            "auth-service: the target database already has users; pass --merge to add to them (in {})",
+            app.db.url.describe()
+        ),
     );
 }
 

@@ -207,7 +207,14 @@ async fn auth_counters_count_exactly_what_happened(backend: Backend) {
         .await
         .unwrap();
     tokio::task::block_in_place(|| binary.terminate());
-    // Assert
+    // Assert: every series is explained.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no # HELP for {name}"
+        );
+    }
     let expected = [
         (r#"auth_registrations_total{result="success"}"#, 1.0),
         (r#"auth_registrations_total{result="exists"}"#, 1.0),

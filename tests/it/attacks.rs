@@ -250,9 +250,17 @@ async fn password_spraying_from_one_ip_is_stopped_at_the_per_ip_limit(backend: B
     let blocked = login_from(&app, "203.0.113.66", "real@example.com", PASSWORD).await;
     assert!(header(&blocked, "retry-after").is_some());
     let (status, body) = status_and_json(blocked).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        (status, &body["error_code"]),
-        (StatusCode::TOO_MANY_REQUESTS, &json!("TOO_MANY_ATTEMPTS"))
+        body["error_code"], "IP_TEMPORARILY_BLOCKED",
+        "not the account lockout"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Too many failed logins from this address. Try again after "),
+        "{body}"
     );
     let other = login_from(&app, "203.0.113.67", "real@example.com", PASSWORD).await;
     assert_eq!(

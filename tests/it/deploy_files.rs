@@ -63,7 +63,7 @@ async fn every_probe_in_the_deployment_files_is_served() {
     let mut files = Vec::new();
     yaml_files(&root().join("deploy"), &mut files);
     files.push(root().join("docker-compose.yml"));
-    assert!(files.len() >= 6, "{files:?}");
+    assert!(files.len() >= 7, "{files:?}");
     let app = TestApp::spawn(Backend::Sqlite).await;
     let default_port = auth_service::config::Config::from_lookup(|_| None)
         .unwrap()
@@ -172,4 +172,118 @@ fn dockerfile_and_compose_match_the_binary() {
         Some("service_healthy")
     );
     assert!(!compose["volumes"]["postgres-data"].is_sequence());
+}
+
+fn yaml(path: &str) -> Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
+}
+
+/// The value of an environment variable in a container's `env` list.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .and_then(|e| e["value"].as_str())
+}
+
+#[test]
+fn kubernetes_manifests_are_safe_as_shipped() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    // An explicit placeholder, never :latest (which undoes `kubectl set image`).
+    assert_eq!(container["image"].as_str(), Some("IMAGE_PLACEHOLDER"));
+    assert_eq!(spec["automountServiceAccountToken"].as_bool(), Some(false));
+    // The ingress's range, not all of 10.0.0.0/8: a placeholder the service refuses until set.
+    let trusted = env_value(container, "TRUSTED_PROXIES").unwrap();
+    assert_eq!(trusted, "INGRESS_CIDR_PLACEHOLDER");
+    let refused = auth_service::config::Config::from_lookup(|n| {
+        (n == "TRUSTED_PROXIES").then(|| trusted.to_owned())
+    });
+    assert_eq!(refused.unwrap_err().var, "TRUSTED_PROXIES");
+    // The HPA's maximum fits PostgreSQL's default 100 connections (3 reserved).
+    let pool: u64 = env_value(container, "DATABASE_MAX_CONNECTIONS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let max_replicas = yaml("deploy/kubernetes/hpa.yaml")["spec"]["maxReplicas"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        max_replicas * (pool + 1) <= 97,
+        "{max_replicas} x ({pool} + 1 listener)"
+    );
+    // /metrics on its own port, which only monitoring may reach; the API only from the
+    // ingress controller; out only to PostgreSQL and DNS.
+    assert_eq!(env_value(container, "METRICS_ADDR"), Some("0.0.0.0:9090"));
+    let policy = yaml("deploy/kubernetes/networkpolicy.yaml");
+    assert_eq!(policy["kind"].as_str(), Some("NetworkPolicy"));
+    let ports = |rules: &Value| -> Vec<u64> {
+        rules
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["ports"].as_sequence().unwrap().iter())
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ports(&policy["spec"]["ingress"]), [8001, 9090]);
+    assert_eq!(ports(&policy["spec"]["egress"]), [5432, 53, 53]);
+    let deployment_text =
+        std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap();
+    assert!(
+        deployment_text.contains("args: [\"migrate\"]"),
+        "the init-container pattern"
+    );
+}
+
+#[test]
+fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
+    let service = yaml("deploy/cloudrun/service.yaml");
+    let template = &service["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    let trusted = env_value(container, "TRUSTED_PROXIES").unwrap();
+    assert_eq!(trusted, "169.254.0.0/16");
+    assert!(
+        template["metadata"]["annotations"]["run.googleapis.com/cloudsql-instances"]
+            .as_str()
+            .is_some()
+    );
+    let pool: u64 = env_value(container, "DATABASE_MAX_CONNECTIONS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let max: u64 = template["metadata"]["annotations"]["autoscaling.knative.dev/maxScale"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max * (pool + 1) <= 100);
+}
+
+#[test]
+fn compose_passes_every_variable_of_the_example() {
+    let example = std::fs::read_to_string(root().join(".env.example")).unwrap();
+    let variables: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.trim_start_matches("# ").split_once('='))
+        .map(|(name, _)| name)
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .filter(|name| *name != "POSTGRES_PASSWORD")
+        .collect();
+    assert!(variables.len() >= 30, "{variables:?}");
+    let compose = yaml("docker-compose.yml");
+    let environment = &compose["services"]["auth-service"]["environment"];
+    for variable in variables {
+        assert!(
+            !environment[variable].is_null(),
+            "docker-compose.yml does not pass {variable}"
+        );
+    }
 }

@@ -149,6 +149,7 @@ impl TestDb {
             acquire_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(20),
+            create_if_missing: true,
         };
         let store = store::connect(&self.url, settings)
             .await

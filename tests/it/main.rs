@@ -21,6 +21,7 @@ mod attacks_ii;
 mod deploy_files;
 mod hashing;
 mod lifecycle;
+mod operations;
 mod outage;
 mod races;
 mod sessions;

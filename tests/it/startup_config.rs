@@ -35,6 +35,7 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
         ("CORS_ORIGINS", "not an origin"),
         ("TRUSTED_PROXIES", "300.1.1.1"),
         ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "verbose"),
     ];
     for (var, value) in cases {
         let output = run_with(&[(var, value)]);
@@ -54,6 +55,7 @@ fn an_unreachable_database_exits_2_naming_database_url() {
     // Nothing listens on port 1; retries stop after DATABASE_CONNECT_TIMEOUT_SECONDS.
     let output = run_with(&[
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("JWT_SECRET_KEY", crate::helpers::SECRET),
         ("DATABASE_CONNECT_TIMEOUT_SECONDS", "1"),
         ("PORT", "0"),
         ("LOG_LEVEL", "error"),
@@ -64,6 +66,10 @@ fn an_unreachable_database_exits_2_naming_database_url() {
         stderr.contains("auth-service: invalid DATABASE_URL"),
         "{stderr}"
     );
+    // The root cause, not "pool timed out".
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -134,6 +140,12 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         .send()
         .await
         .unwrap();
+    client
+        .post(binary.url("/auth/login"))
+        .json(&serde_json::json!({"email": "nobody@example.com", "password": "WrongPass123"}))
+        .send()
+        .await
+        .unwrap();
     let (code, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     // Assert
     assert_eq!(code, Some(0));
@@ -181,6 +193,7 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         ("login", "success"),
         ("refresh", "success"),
         ("login", "invalid_credentials"),
+        ("login", "invalid_credentials"),
     ]
     .iter()
     .map(|(e, o)| ((*e).to_owned(), (*o).to_owned()))
@@ -193,6 +206,17 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
     assert_eq!(login_audit["request_id"], "req-login-1");
     assert_eq!(login_audit["client.ip"], "127.0.0.1");
     assert!(login_audit["user.id"].is_i64(), "{login_audit}");
+    // A wrong password names the account (by id, never the email); an unknown address does not.
+    let failures: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "audit" && l["outcome"] == "invalid_credentials")
+        .collect();
+    assert_eq!(
+        failures[0]["user.id"], login_audit["user.id"],
+        "{:?}",
+        failures[0]
+    );
+    assert!(failures[1]["user.id"].is_null(), "{:?}", failures[1]);
 }
 
 #[test]

@@ -1,0 +1,564 @@
+//! The `auth-service` command line: the server and the operator's commands.
+//!
+//! Every command reads the same configuration as the server (environment, then `./.env`).
+//! Output rules: the result on stdout, one line per error on stderr naming its root cause,
+//! exit codes 0 (done), 1 (the operation failed), 2 (bad usage or configuration). Commands
+//! that act on `DATABASE_URL` say which database they used (never a password), and only the
+//! server and `migrate` may create a missing SQLite file.
+
+use std::{
+    io::{BufRead as _, IsTerminal as _},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    clock::{Clock as _, SystemClock},
+    config::{Config, DatabaseUrl},
+    service::copy,
+    state::{AppState, Purpose, StartupError},
+    store,
+    telemetry::{self, error_chain},
+};
+
+#[derive(Parser)]
+#[command(name = "auth-service", version, about = "JWT authentication service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply the database migrations to DATABASE_URL (creating an SQLite file) and exit.
+    Migrate,
+    /// Exit 0 when the local server answers GET /health/ready with 200 within 3 s, 1 otherwise.
+    Healthcheck {
+        /// Base URL of the server (default http://127.0.0.1:$PORT).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Copy users and live refresh tokens from one database to another (SQLite or PostgreSQL,
+    /// either way), in one transaction on the target.
+    CopyData {
+        /// Source DATABASE_URL (must exist and have users).
+        #[arg(long)]
+        from: String,
+        /// Target DATABASE_URL (migrated first).
+        #[arg(long)]
+        to: String,
+        /// Add to a target that already has users (skipping ids or emails it has).
+        #[arg(long)]
+        merge: bool,
+        /// Copy even when the source has no users.
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Import the accounts of the original (Python) service's SQLite database into
+    /// DATABASE_URL. Passwords keep working; users log in again.
+    ImportOriginal {
+        /// The original's DATABASE_URL, e.g. sqlite:///./auth_service.db.
+        #[arg(long)]
+        from: String,
+        /// Add to a target that already has users (skipping ids or emails it has).
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Delete what nothing needs any more (expired login counters, refresh tokens, sessions,
+    /// old revocation events) from DATABASE_URL, in short batches; running servers do this
+    /// every 10 minutes by themselves.
+    Purge,
+    /// Manage users in DATABASE_URL.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Inspect or lift the per-client-IP login block in DATABASE_URL.
+    Ip {
+        #[command(subcommand)]
+        action: IpAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user (same policy as /auth/register); the password is prompted for without
+    /// echo at a terminal, or read as one line from standard input.
+    Create { email: String },
+    /// Disable a user: logins answer ACCOUNT_DISABLED; every token issued before stops
+    /// working, for good.
+    Disable { email: String },
+    /// Enable a disabled user (tokens issued before the disable stay dead).
+    Enable { email: String },
+    /// Clear a user's login lockout.
+    Unlock { email: String },
+    /// Delete a user, their sessions and refresh tokens.
+    Delete { email: String },
+    /// Show id, active flag, creation time and lockout (never the hash).
+    Show { email: String },
+    /// List accounts whose stored emails are one address under the email rules (left apart
+    /// when the emails were re-keyed), and accounts whose email the rules refuse.
+    Collisions,
+}
+
+#[derive(Subcommand)]
+enum IpAction {
+    /// Show the failed-login counter of the address (IPv6: its IPV6_PREFIX_LENGTH network).
+    Show { ip: IpAddr },
+    /// Lift the block of the address (IPv6: its network) on every replica.
+    Unlock { ip: IpAddr },
+}
+
+/// Parses the command line, loads `./.env` and the configuration, and runs the command.
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = load_dotenv(Path::new(".env")) {
+        eprintln!("auth-service: {message}");
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("auth-service: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Healthcheck { url } => healthcheck(&config, url).await,
+            Command::User { action } => user(config, action).await,
+            Command::Ip { action } => ip(config, action).await,
+            Command::CopyData {
+                from,
+                to,
+                merge,
+                allow_empty,
+            } => copy_data(&config, &from, &to, merge, allow_empty).await,
+            Command::ImportOriginal { from, merge } => import_original(config, &from, merge).await,
+            Command::Purge => purge(config).await,
+        }
+    })
+}
+
+/// Loads `./.env` when it exists, never a file from a parent directory. A line that does not
+/// parse is named by its number only: its text may hold a secret.
+fn load_dotenv(path: &Path) -> Result<(), String> {
+    match dotenvy::from_path(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.not_found() => Ok(()),
+        Err(dotenvy::Error::LineParse(line, _)) => {
+            let number = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.lines().position(|l| l.trim_end() == line.trim_end()))
+                .map_or_else(|| "a line".to_owned(), |i| format!("line {}", i + 1));
+            Err(format!(
+                "invalid .env: {number} of {} cannot be parsed",
+                path.display()
+            ))
+        }
+        Err(dotenvy::Error::Io(err)) => Err(format!("cannot read {}: {err}", path.display())),
+        Err(_) => Err(format!("invalid .env: {} cannot be parsed", path.display())),
+    }
+}
+
+/// The one line of a start-up failure, and its exit code.
+fn startup_failure(err: &StartupError) -> ExitCode {
+    match err {
+        StartupError::Database(_) | StartupError::SchemaNotCurrent => {
+            eprintln!("auth-service: {err}");
+            ExitCode::from(2)
+        }
+        StartupError::Other(cause) => {
+            eprintln!("auth-service: {}", error_chain(cause.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    if let Err(err) = config.check_for_serving() {
+        eprintln!("auth-service: {err}");
+        return ExitCode::from(2);
+    }
+    telemetry::init(&config);
+    if config.jwt_secret_generated {
+        tracing::warn!(
+            "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
+             not survive a restart. Generate one with: openssl rand -base64 48"
+        );
+    }
+    tracing::info!(config = ?config, "starting auth-service");
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            let why = match err.kind() {
+                std::io::ErrorKind::AddrInUse => format!("port {} already in use", config.port),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("no permission to listen on port {}", config.port)
+                }
+                std::io::ErrorKind::AddrNotAvailable => format!("no interface has {}", config.host),
+                _ => err.to_string(),
+            };
+            eprintln!("auth-service: cannot listen on {addr}: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => startup_failure(&err),
+    }
+}
+
+/// Builds the state for an admin command (logs on stderr).
+async fn admin_state(config: Config, purpose: Purpose) -> Result<AppState, ExitCode> {
+    telemetry::init_cli(&config);
+    AppState::build_for(config, Arc::new(SystemClock), purpose)
+        .await
+        .map_err(|err| startup_failure(&err))
+}
+
+/// Prints a command's result, or its error with the database it concerned.
+fn finish<E: std::error::Error>(result: Result<String, E>, database: &str) -> ExitCode {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {} (in {database})", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let database = config.database_url.describe();
+    match admin_state(config, Purpose::Migrate).await {
+        Ok(_) => {
+            println!("migrations applied to {database}");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// The password for `user create`: prompted without echo at a terminal, else one line of
+/// standard input.
+fn read_password() -> std::io::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("Password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn user(config: Config, action: UserAction) -> ExitCode {
+    let database = config.database_url.describe();
+    let password = match &action {
+        UserAction::Create { .. } => match read_password() {
+            Ok(password) => Some(password),
+            Err(err) => {
+                eprintln!("auth-service: cannot read the password: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let state = match admin_state(config, Purpose::Admin).await {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let auth = state.auth();
+    let result = match action {
+        UserAction::Create { email } => auth
+            .admin_create_user(&email, password.unwrap_or_default().into())
+            .await
+            .map(|u| format!("created user {} ({}) in {database}", u.id, u.email)),
+        UserAction::Disable { email } => auth
+            .admin_set_active(&email, false)
+            .await
+            .map(|id| format!("disabled user {id} in {database}")),
+        UserAction::Enable { email } => auth
+            .admin_set_active(&email, true)
+            .await
+            .map(|id| format!("enabled user {id} in {database}")),
+        UserAction::Unlock { email } => auth
+            .admin_unlock(&email)
+            .await
+            .map(|id| format!("unlocked user {id} in {database}")),
+        UserAction::Delete { email } => auth
+            .admin_delete(&email)
+            .await
+            .map(|id| format!("deleted user {id} from {database}")),
+        UserAction::Collisions => auth.admin_email_review().await.map(|review| {
+            let mut lines: Vec<String> = review
+                .collisions
+                .iter()
+                .map(|c| {
+                    let users: Vec<String> = c
+                        .users
+                        .iter()
+                        .map(|(id, email)| format!("user {id} {email:?}"))
+                        .collect();
+                    format!("collision {:?}: {}", c.key, users.join(", "))
+                })
+                .collect();
+            lines.extend(
+                review
+                    .refused
+                    .iter()
+                    .map(|(id, email)| format!("refused: user {id} {email:?}")),
+            );
+            if lines.is_empty() {
+                lines.push("no collisions".to_owned());
+            }
+            lines.push(format!("(in {database})"));
+            lines.join("\n")
+        }),
+        UserAction::Show { email } => auth.admin_show(&email).await.map(|u| {
+            let locked = u.locked_until.map_or_else(
+                || "-".to_owned(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            format!(
+                "id: {}\nemail: {}\nactive: {}\ncreated: {}\nlocked_until: {locked}\ndatabase: {database}",
+                u.id,
+                u.email,
+                u.active,
+                u.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        }),
+    };
+    finish(result, &database)
+}
+
+async fn ip(config: Config, action: IpAction) -> ExitCode {
+    let database = config.database_url.describe();
+    let state = match admin_state(config, Purpose::Admin).await {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let auth = state.auth();
+    let result = match action {
+        IpAction::Show { ip } => auth.admin_ip_show(ip).await.map(|(network, row)| {
+            let now = SystemClock.now();
+            let (failures, locked) = row.map_or((0, None), |r| {
+                (r.attempts, r.locked_until.filter(|until| *until > now))
+            });
+            let locked = locked.map_or_else(
+                || "-".to_owned(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+            format!(
+                "network: {network}\nfailures: {failures}\nblocked_until: {locked}\ndatabase: {database}"
+            )
+        }),
+        IpAction::Unlock { ip } => auth
+            .admin_ip_unlock(ip)
+            .await
+            .map(|network| format!("unblocked {network} in {database}")),
+    };
+    finish(result, &database)
+}
+
+async fn copy_data(
+    config: &Config,
+    from: &str,
+    to: &str,
+    merge: bool,
+    allow_empty: bool,
+) -> ExitCode {
+    telemetry::init_cli(config);
+    let (from_url, to_url) = match (DatabaseUrl::parse(from), DatabaseUrl::parse(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(err), _) => {
+            eprintln!("auth-service: --from: {}", err.0);
+            return ExitCode::from(2);
+        }
+        (_, Err(err)) => {
+            eprintln!("auth-service: --to: {}", err.0);
+            return ExitCode::from(2);
+        }
+    };
+    let mut stores = Vec::new();
+    // The source must exist: a mistyped path is an error, not an empty database.
+    for (flag, url, create) in [("--from", &from_url, false), ("--to", &to_url, true)] {
+        let settings = crate::state::pool_settings(config, url, 2, create);
+        let connected = match store::connect(url, settings).await {
+            Ok(s) => s.migrate().await.map(|()| s),
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(s) => stores.push(s),
+            Err(err) => {
+                eprintln!(
+                    "auth-service: {flag} {}: {}",
+                    url.describe(),
+                    error_chain(&err)
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (source, target) = (&*stores[0], &*stores[1]);
+    let now = SystemClock.now();
+    match copy::copy_data(source, target, merge, allow_empty, now).await {
+        Ok(report) => {
+            println!(
+                "copied {} users ({} skipped) and {} refresh tokens from {} to {}",
+                report.users,
+                report.skipped_users,
+                report.tokens,
+                from_url.describe(),
+                to_url.describe()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("auth-service: {}", error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn import_original(config: Config, from: &str, merge: bool) -> ExitCode {
+    let path = match DatabaseUrl::parse(from) {
+        Ok(DatabaseUrl::SqliteFile(path)) => path,
+        Ok(_) => {
+            eprintln!("auth-service: --from: the original kept its users in an SQLite file");
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("auth-service: --from: {}", err.0);
+            return ExitCode::from(2);
+        }
+    };
+    let users = match store::read_original_users(&path).await {
+        Ok(users) => users,
+        Err(err) => {
+            eprintln!(
+                "auth-service: --from {}: {}",
+                path.display(),
+                error_chain(&err)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let database = config.database_url.describe();
+    // The target may be new: importing is how it gets its first accounts.
+    let state = match admin_state(config, Purpose::Migrate).await {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let result = state
+        .auth()
+        .import_original(users, merge)
+        .await
+        .map(|report| {
+            format!(
+                "imported {} users ({} skipped) from {} into {database}",
+                report.users,
+                report.skipped_users,
+                path.display()
+            )
+        });
+    finish(result, &database)
+}
+
+async fn purge(config: Config) -> ExitCode {
+    let database = config.database_url.describe();
+    let state = match admin_state(config, Purpose::Admin).await {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let result = state.auth().purge().await.map(|report| {
+        format!(
+            "purged {} login counters, {} refresh tokens, {} sessions, {} revocation events from {database}",
+            report.login_attempts, report.refresh_tokens, report.sessions, report.events
+        )
+    });
+    finish(result, &database)
+}
+
+async fn healthcheck(config: &Config, url: Option<String>) -> ExitCode {
+    let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+    let target = format!("{}/health/ready", base.trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("auth-service: healthcheck: {}", error_chain(&err));
+            return ExitCode::from(1);
+        }
+    };
+    match client.get(&target).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => {
+            let status = response.status();
+            let why = response
+                .bytes()
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                .and_then(|body| body["detail"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            eprintln!("auth-service: healthcheck: {target} answered {status} {why}");
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            let why = if err.is_timeout() {
+                "no answer within 3 s".to_owned()
+            } else {
+                error_chain(&err)
+            };
+            eprintln!("auth-service: healthcheck: {target}: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
