@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     clock::{Clock as _, SystemClock},
-    config::{Config, DatabaseUrl},
+    config::{Config, DatabaseUrl, JwtAlgorithm},
+    keys::{self, AsymmetricAlgorithm},
     service::copy,
     state::{AppState, Purpose, StartupError},
     store,
@@ -85,6 +86,26 @@ enum Command {
         #[command(subcommand)]
         action: IpAction,
     },
+    /// Signing keys for RS256, ES256 and EdDSA.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) and its public key next to it, and
+    /// print its kid. Needs no configuration and never overwrites a file.
+    Generate {
+        /// RS256 (RSA 3072), ES256 (P-256) or EdDSA (Ed25519).
+        #[arg(long, value_parser = ["RS256", "ES256", "EdDSA"])]
+        alg: String,
+        /// The private key's file (default: <kid>.pem); the public key goes to the same name
+        /// with .pub.pem.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +141,13 @@ enum IpAction {
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Making a key needs no configuration: it is what a missing key file asks for.
+    if let Some(Command::Keys {
+        action: KeysAction::Generate { alg, out },
+    }) = &cli.command
+    {
+        return generate_key(alg, out.as_deref());
+    }
     if let Err(message) = load_dotenv(Path::new(".env")) {
         eprintln!("auth-service: {message}");
         return ExitCode::from(2);
@@ -153,8 +181,65 @@ pub fn main() -> ExitCode {
             } => copy_data(&config, &from, &to, merge, allow_empty).await,
             Command::ImportOriginal { from, merge } => import_original(config, &from, merge).await,
             Command::Purge => purge(config).await,
+            // Handled above, before the configuration is read.
+            Command::Keys { .. } => ExitCode::from(2),
         }
     })
+}
+
+/// `keys generate`: writes the key pair and prints the kid and what to do with the files.
+fn generate_key(alg: &str, out: Option<&Path>) -> ExitCode {
+    use secrecy::ExposeSecret as _;
+
+    let Some(algorithm) = AsymmetricAlgorithm::parse(alg) else {
+        eprintln!("auth-service: unknown algorithm {alg:?}; expected RS256, ES256 or EdDSA");
+        return ExitCode::from(2);
+    };
+    let key = match keys::generate(algorithm) {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!(
+                "auth-service: cannot generate a key: {}",
+                error_chain(err.as_ref())
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let private = out.map_or_else(|| format!("{}.pem", key.kid).into(), Path::to_path_buf);
+    let public = private.with_extension("pub.pem");
+    for (path, contents, mode) in [
+        (&private, key.private_pem.expose_secret(), 0o600),
+        (&public, key.public_pem.as_str(), 0o644),
+    ] {
+        if let Err(err) = write_new(path, contents, mode) {
+            eprintln!("auth-service: cannot write {}: {err}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    println!("kid: {}", key.kid);
+    println!(
+        "private key: {} (mode 0600): JWT_ALGORITHM={alg} and JWT_PRIVATE_KEY_FILE set to it make it sign",
+        private.display()
+    );
+    println!(
+        "public key: {}: list it in JWT_PUBLIC_KEY_FILES to publish it before it signs",
+        public.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Creates `path` with `mode`, refusing to replace an existing file.
+fn write_new(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
 }
 
 /// Loads `./.env` when it exists, never a file from a parent directory. A line that does not
@@ -198,7 +283,7 @@ async fn serve(config: Config) -> ExitCode {
         return ExitCode::from(2);
     }
     telemetry::init(&config);
-    if config.jwt_secret_generated {
+    if config.jwt_secret_generated && config.jwt_algorithm == JwtAlgorithm::Hs256 {
         tracing::warn!(
             "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
              not survive a restart. Generate one with: openssl rand -base64 48"

@@ -5,13 +5,17 @@
 //! an optional `.env`). Any bad value is a [`ConfigError`] naming the variable, which `main`
 //! prints as one line before exiting with code 2.
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use base64::Engine as _;
 use ipnet::IpNet;
 use secrecy::SecretString;
 
-pub use crate::{database_url::DatabaseUrl, service::RotationMode};
+pub use crate::{
+    database_url::DatabaseUrl,
+    keys::{AsymmetricAlgorithm, KeySet},
+    service::RotationMode,
+};
 
 /// A configuration value that could not be used, with the variable it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,12 +36,14 @@ impl ConfigError {
     }
 }
 
-/// The JWT signing algorithm. Only HS256 is available in this build; the asymmetric
-/// algorithms of the contract (RS256, ES256, EdDSA) are refused at start-up with a clear line.
+/// The JWT signing algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAlgorithm {
-    /// HMAC with SHA-256 and the shared `JWT_SECRET_KEY`.
+    /// HMAC with SHA-256 and the shared `JWT_SECRET_KEY` (the default).
     Hs256,
+    /// RS256, ES256 or EdDSA with `JWT_PRIVATE_KEY_FILE`; other services can verify with the
+    /// published public keys.
+    Asymmetric(AsymmetricAlgorithm),
 }
 
 /// Log output for machines or for people.
@@ -82,6 +88,12 @@ pub struct Config {
     pub jwt_secret_generated: bool,
     /// `JWT_ALGORITHM` (default `HS256`).
     pub jwt_algorithm: JwtAlgorithm,
+    /// `JWT_PRIVATE_KEY_FILE` (the signing key, with an asymmetric algorithm) and
+    /// `JWT_PUBLIC_KEY_FILES` (comma list, published and accepted too), loaded and checked.
+    pub jwt_keys: KeySet,
+    /// `REVOCATION_FEED_TOKENS` (default unset = no feed): bearer tokens that may read
+    /// `/auth/revocations`, each at least 16 bytes.
+    pub revocation_feed_tokens: Vec<SecretString>,
     /// `JWT_ISSUER` (default `auth-service`).
     pub jwt_issuer: String,
     /// `JWT_AUDIENCE` (default unset): when set, issued as `aud` and required on verification.
@@ -187,7 +199,10 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming `JWT_SECRET_KEY`.
     pub fn check_for_serving(&self) -> Result<(), ConfigError> {
-        if self.database_url.is_postgres() && self.jwt_secret_generated {
+        if self.database_url.is_postgres()
+            && self.jwt_secret_generated
+            && self.jwt_algorithm == JwtAlgorithm::Hs256
+        {
             return Err(ConfigError::new(
                 "JWT_SECRET_KEY",
                 "required with PostgreSQL: every replica must sign with the same secret \
@@ -236,21 +251,67 @@ impl Config {
 
         let jwt_algorithm = match vars.get("JWT_ALGORITHM").as_deref() {
             None | Some("HS256") => JwtAlgorithm::Hs256,
-            Some(other @ ("RS256" | "ES256" | "EdDSA")) => {
+            Some(name) => {
+                JwtAlgorithm::Asymmetric(AsymmetricAlgorithm::parse(name).ok_or_else(|| {
+                    ConfigError::new(
+                        "JWT_ALGORITHM",
+                        format!("expected one of HS256, RS256, ES256, EdDSA, got {name:?}"),
+                    )
+                })?)
+            }
+        };
+        let private_key_file = vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from);
+        let signing = match (jwt_algorithm, &private_key_file) {
+            (JwtAlgorithm::Asymmetric(algorithm), Some(path)) => Some((algorithm, path.as_path())),
+            (JwtAlgorithm::Asymmetric(algorithm), None) => {
                 return Err(ConfigError::new(
-                    "JWT_ALGORITHM",
+                    "JWT_PRIVATE_KEY_FILE",
                     format!(
-                        "{other} (asymmetric keys) is not available in this build yet; use HS256"
+                        "required with JWT_ALGORITHM={0} (make a key with: auth-service keys \
+                         generate --alg {0} --out signing.pem)",
+                        algorithm.name()
                     ),
                 ));
             }
-            Some(other) => {
+            (JwtAlgorithm::Hs256, Some(_)) => {
                 return Err(ConfigError::new(
-                    "JWT_ALGORITHM",
-                    format!("expected one of HS256, RS256, ES256, EdDSA, got {other:?}"),
+                    "JWT_PRIVATE_KEY_FILE",
+                    "set while JWT_ALGORITHM is HS256: set JWT_ALGORITHM to the key's algorithm \
+                     (RS256, ES256 or EdDSA)",
                 ));
             }
+            (JwtAlgorithm::Hs256, None) => None,
         };
+        let public_key_files: Vec<PathBuf> = vars
+            .get("JWT_PUBLIC_KEY_FILES")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        let jwt_keys = KeySet::load(signing, &public_key_files)
+            .map_err(|(var, reason)| ConfigError::new(var, reason))?;
+        let revocation_feed_tokens = vars
+            .get("REVOCATION_FEED_TOKENS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|token| {
+                if token.len() < 16 {
+                    return Err(ConfigError::new(
+                        "REVOCATION_FEED_TOKENS",
+                        format!(
+                            "every token must be at least 16 bytes, one has {} (generate one \
+                             with: openssl rand -base64 24)",
+                            token.len()
+                        ),
+                    ));
+                }
+                Ok(SecretString::from(token))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let host = match vars.get("HOST") {
             None => IpAddr::from([0, 0, 0, 0]),
@@ -363,6 +424,8 @@ impl Config {
             jwt_secret,
             jwt_secret_generated,
             jwt_algorithm,
+            jwt_keys,
+            revocation_feed_tokens,
             jwt_issuer: vars
                 .get("JWT_ISSUER")
                 .unwrap_or_else(|| "auth-service".to_owned()),
@@ -619,7 +682,10 @@ mod tests {
             ("REFRESH_TOKEN_EXPIRE_DAYS", "x"),
             ("JWT_ALGORITHM", "HS512"),
             ("JWT_ALGORITHM", "none"),
-            ("JWT_ALGORITHM", "RS256"),
+            ("JWT_ALGORITHM", "rs256"),
+            ("JWT_PRIVATE_KEY_FILE", "/nonexistent/key.pem"),
+            ("JWT_PUBLIC_KEY_FILES", "/nonexistent/key.pub.pem"),
+            ("REVOCATION_FEED_TOKENS", "short"),
             ("HOST", "not a host"),
             ("LOG_LEVEL", "loud=["),
             ("LOG_LEVEL", "verbose"),

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod database_url;
 pub mod http;
+pub mod keys;
 pub mod passwords;
 pub mod server;
 pub mod service;

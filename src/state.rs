@@ -157,7 +157,9 @@ impl AppState {
                 i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
             ),
         };
-        let auth = AuthService::new(store, keys, passwords, clock, settings);
+        let feed_readers =
+            crate::service::feed::FeedReaders::new(config.revocation_feed_tokens.clone());
+        let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers);
         Ok(Self(Arc::new(AppInner {
             config,
             auth,

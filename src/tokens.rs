@@ -1,66 +1,25 @@
 //! JWTs: issuing and verifying access and refresh tokens.
 //!
-//! The algorithm is pinned (a token whose header names any other, `none` included, is refused),
-//! the header must say `typ: JWT` and carry no `crit` or `kid`, and the time claims are checked
-//! against the injected clock (jsonwebtoken's own checks read the wall clock, so they are off).
-//! This module knows nothing about HTTP or the database.
+//! With HS256 (the default) tokens carry no `kid` and are checked with the shared secret. With
+//! RS256, ES256 or EdDSA every token carries the signing key's `kid`; verification selects the
+//! published key by `kid` and pins the algorithm to that key's. Either way a token is refused
+//! when its header names another algorithm (`none` and the RS256 -> HS256 confusion included),
+//! is not `typ: JWT`, or carries `crit`, `jku`, `x5u` or `jwk`. An HS256 token (no `kid`) is
+//! still accepted after a switch to an asymmetric algorithm while `JWT_SECRET_KEY` is set, so
+//! the switch logs nobody out. Time claims are checked against the injected clock
+//! (jsonwebtoken's own checks read the wall clock, so they are off). This module knows nothing
+//! about HTTP or the database.
 
+pub use auth_verifier::claims::{Claims, MAX_TOKEN_BYTES, TokenKind};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret as _;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::{Config, JwtAlgorithm};
-
-/// Tokens longer than this are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
-
-/// Which of the two tokens a JWT is (the `type` claim).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenKind {
-    /// Short-lived, presented to `/auth/verify` and other services.
-    Access,
-    /// Long-lived, exchanged at `/auth/refresh`; also a database row.
-    Refresh,
-}
-
-/// The claims of both token kinds. `iat`, `exp`, `jti`, `sub` and `type` are not optional, so a
-/// token missing any of them fails to decode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// User id as a string (RFC 7519).
-    pub sub: String,
-    /// The same id as a number, for clients of the original.
-    pub user_id: i64,
-    /// `access` or `refresh`.
-    #[serde(rename = "type")]
-    pub kind: TokenKind,
-    /// Issued at (seconds since the epoch).
-    pub iat: i64,
-    /// Expires at (seconds since the epoch).
-    pub exp: i64,
-    /// Unique token id; for refresh tokens, the database key.
-    pub jti: Uuid,
-    /// The session: the refresh-token family a login starts, shared by every token of it.
-    /// Optional only so that refresh tokens issued before sessions existed still decode (their
-    /// row knows the family); access tokens without it are refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sid: Option<Uuid>,
-    /// The user's email, in access tokens only (services that verify locally need it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    /// Not before, when a token carries one (ours do not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    /// `JWT_ISSUER`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    /// `JWT_AUDIENCE`, when configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
-}
+use crate::{
+    config::{Config, JwtAlgorithm},
+    keys::{AsymmetricAlgorithm, KeySet},
+};
 
 /// Whom a token is for, and in which session.
 #[derive(Debug, Clone, Copy)]
@@ -96,40 +55,91 @@ pub enum TokenError {
 /// Signing and verification keys plus the rules, built once from the configuration.
 #[derive(Clone)]
 pub struct TokenKeys {
-    algorithm: Algorithm,
+    /// The header every issued token carries (`alg`, `typ`, and `kid` for asymmetric keys).
+    header: Header,
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    /// The HS256 secret, when one verifies (always with HS256; with an asymmetric algorithm,
+    /// while `JWT_SECRET_KEY` is still set).
+    hmac: Option<DecodingKey>,
+    /// Every key a token may name by `kid`.
+    published: KeySet,
+    /// The published keys as served at `/.well-known/jwks.json`.
+    jwks: String,
+    hs256: Validation,
+    asymmetric: [Validation; 3],
     issuer: String,
     audience: Option<String>,
     leeway: i64,
+}
+
+/// The rules jsonwebtoken applies for `algorithm`: the signature and that one algorithm only.
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    // Time, issuer and audience are checked in `verify` against the injected clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation
+}
+
+fn index(algorithm: AsymmetricAlgorithm) -> usize {
+    match algorithm {
+        AsymmetricAlgorithm::Rs256 => 0,
+        AsymmetricAlgorithm::Es256 => 1,
+        AsymmetricAlgorithm::EdDsa => 2,
+    }
 }
 
 impl TokenKeys {
     /// Builds the keys for the configured algorithm.
     ///
     /// # Errors
-    /// When the key material is unusable (never for a validated HS256 configuration).
+    /// When the key material is unusable (never for a validated configuration).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let algorithm = match config.jwt_algorithm {
-            JwtAlgorithm::Hs256 => Algorithm::HS256,
-        };
         let secret = config.jwt_secret.expose_secret().as_bytes();
-        let mut validation = Validation::new(algorithm);
-        // Time, issuer and audience are checked below against the injected clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
+        let keys = &config.jwt_keys;
+        let (header, encoding, hmac) = match (config.jwt_algorithm, &keys.signing) {
+            (JwtAlgorithm::Hs256, _) => (
+                Header::new(Algorithm::HS256),
+                EncodingKey::from_secret(secret)?,
+                Some(DecodingKey::from_secret(secret)?),
+            ),
+            (JwtAlgorithm::Asymmetric(_), Some(signing)) => {
+                let mut header = Header::new(signing.public.algorithm.algorithm());
+                header.kid = Some(signing.public.kid.clone());
+                let hmac = (!config.jwt_secret_generated)
+                    .then(|| DecodingKey::from_secret(secret))
+                    .transpose()?;
+                (header, signing.encoding.clone(), hmac)
+            }
+            (JwtAlgorithm::Asymmetric(algorithm), None) => {
+                anyhow::bail!("JWT_ALGORITHM={} without a signing key", algorithm.name())
+            }
+        };
         Ok(Self {
-            algorithm,
-            encoding: EncodingKey::from_secret(secret)?,
-            decoding: DecodingKey::from_secret(secret)?,
-            validation,
+            header,
+            encoding,
+            hmac,
+            jwks: serde_json::to_string(&keys.jwks())?,
+            published: keys.clone(),
+            hs256: validation(Algorithm::HS256),
+            asymmetric: [
+                validation(Algorithm::RS256),
+                validation(Algorithm::ES256),
+                validation(Algorithm::EdDSA),
+            ],
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             leeway: i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
         })
+    }
+
+    /// The JSON of `/.well-known/jwks.json`: the public keys only (`{"keys": []}` with HS256
+    /// and no `JWT_PUBLIC_KEY_FILES`).
+    #[must_use]
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks
     }
 
     /// Builds the claims of a token: an access token carries the email, a refresh token not.
@@ -162,11 +172,7 @@ impl TokenKeys {
     /// # Errors
     /// Only if the crypto backend fails.
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        Ok(jsonwebtoken::encode(
-            &Header::new(self.algorithm),
-            claims,
-            &self.encoding,
-        )?)
+        Ok(jsonwebtoken::encode(&self.header, claims, &self.encoding)?)
     }
 
     /// Verifies a token of the expected kind at `now`.
@@ -182,10 +188,34 @@ impl TokenKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| TokenError::Invalid)?;
+        let data = if self.published.published.is_empty() {
+            // HS256 only: one parse; the header is checked afterwards.
+            let hmac = self.hmac.as_ref().ok_or(TokenError::Invalid)?;
+            jsonwebtoken::decode::<Claims>(token, hmac, &self.hs256)
+                .map_err(|_| TokenError::Invalid)?
+        } else {
+            let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+            let (key, validation) = match &header.kid {
+                None => (self.hmac.as_ref().ok_or(TokenError::Invalid)?, &self.hs256),
+                Some(kid) => {
+                    let key = self.published.find(kid).ok_or(TokenError::Invalid)?;
+                    if header.alg != key.algorithm.algorithm() {
+                        return Err(TokenError::Invalid);
+                    }
+                    (&key.decoding, &self.asymmetric[index(key.algorithm)])
+                }
+            };
+            jsonwebtoken::decode::<Claims>(token, key, validation)
+                .map_err(|_| TokenError::Invalid)?
+        };
         let header = data.header;
-        if header.typ.as_deref() != Some("JWT") || header.crit.is_some() || header.kid.is_some() {
+        if header.typ.as_deref() != Some("JWT")
+            || header.crit.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.kid.is_some() != (header.alg != Algorithm::HS256)
+        {
             return Err(TokenError::Invalid);
         }
         let claims = data.claims;

@@ -1,9 +1,12 @@
 //! `/auth/*` handlers and their DTOs. Each handler extracts, calls one [`AuthService`] method
 //! and shapes the success; every failure is an [`ApiError`].
 
+use std::time::Duration;
+
+use auth_verifier::claims::RevocationPage;
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{RawQuery, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -14,12 +17,12 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::ToSchema;
 
 use super::{
-    errors::{ApiError, ErrorBody},
-    extract::{AppJson, AuthUser, RequestCaller},
+    errors::{ApiError, ErrorBody, FieldError},
+    extract::{AppJson, AuthUser, RequestCaller, bearer_token},
 };
 use crate::{
     config::Config,
-    service::{AuthService, TokenPair, lockout::AttemptStatus},
+    service::{AuthService, TokenPair, feed, lockout::AttemptStatus},
     state::AppState,
 };
 
@@ -38,12 +41,19 @@ pub fn router(config: &Config) -> Router<AppState> {
     };
     // The whole-request timeout (408) guards the routes that read a body and hash passwords;
     // `/auth/verify` reads no body and answers from memory, so a timer per call buys nothing.
-    limited
+    let router = limited
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        .route("/auth/verify", get(verify))
+        .route("/auth/verify", get(verify));
+    // The feed exists only for the readers `REVOCATION_FEED_TOKENS` names; a long poll is
+    // held up to a minute, so it is outside the request timeout too.
+    if config.revocation_feed_tokens.is_empty() {
+        router
+    } else {
+        router.route("/auth/revocations", get(revocations))
+    }
 }
 
 /// `POST /auth/register` body.
@@ -326,4 +336,70 @@ pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
         user_id: user.id,
         email: user.email,
     })
+}
+
+/// `GET /auth/revocations` query: both optional.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// The `cursor` of the previous answer; without it (or when it is too old) the answer is
+    /// the whole current set with `reset: true`.
+    pub since: Option<String>,
+    /// Seconds to hold the request when nothing is newer than `since` (0 to 60, default 0).
+    pub wait: Option<u64>,
+}
+
+impl FeedQuery {
+    /// Reads the query string; a bad value is a 422 naming the parameter.
+    fn parse(raw: Option<&str>) -> Result<(Option<i64>, Duration), ApiError> {
+        let invalid = |field: &str, message: &str| {
+            ApiError::Validation(vec![FieldError {
+                field: field.to_owned(),
+                message: message.to_owned(),
+            }])
+        };
+        let mut since = None;
+        let mut wait = Duration::ZERO;
+        for (name, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            match &*name {
+                "since" => {
+                    since = Some(value.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(
+                        || invalid("since", "must be a cursor from a previous answer"),
+                    )?);
+                }
+                "wait" => {
+                    let seconds = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| *s <= feed::MAX_WAIT.as_secs())
+                        .ok_or_else(|| {
+                            invalid("wait", "must be a whole number of seconds, 0 to 60")
+                        })?;
+                    wait = Duration::from_secs(seconds);
+                }
+                _ => {}
+            }
+        }
+        Ok((since, wait))
+    }
+}
+
+/// `GET /auth/revocations`: what local verifiers must refuse besides expiry.
+#[utoipa::path(get, path = "/auth/revocations", tag = "auth", summary = "Revocation feed for local verifiers",
+    security(("bearer" = [])), params(FeedQuery),
+    responses(
+        (status = 200, description = "Revocations after `since`, or the whole current set (`reset: true`)", body = RevocationPage),
+        (status = 401, description = "No feed token, or not one of REVOCATION_FEED_TOKENS (MISSING_TOKEN or INVALID_TOKEN)", body = ErrorBody),
+        (status = 422, description = "A bad `since` or `wait` (VALIDATION_ERROR)", body = ErrorBody),
+        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
+    ))]
+pub async fn revocations(
+    State(auth): State<AuthService>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let reader = bearer_token(&headers)?;
+    let (since, wait) = FeedQuery::parse(query.as_deref())?;
+    let page = auth.revocation_feed(reader, since, wait).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(page)).into_response())
 }

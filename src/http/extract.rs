@@ -108,7 +108,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// the request.
 ///
 /// Absent, empty, another scheme, or nothing after `Bearer`: `MissingToken`, as the original.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = || ApiError::Auth(AuthError::MissingToken);
     let value = headers
         .get(header::AUTHORIZATION)

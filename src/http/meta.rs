@@ -16,7 +16,7 @@ use utoipa::{
 };
 
 use super::{auth, errors, errors::ApiError, health};
-use crate::state::AppState;
+use crate::{service::AuthService, state::AppState};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -26,6 +26,7 @@ use crate::state::AppState;
         service_info, metrics, jwks,
         health::health, health::ready, health::live,
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all, auth::verify,
+        auth::revocations,
     ),
     components(schemas(errors::ErrorBody, errors::ErrorCode, errors::FieldError)),
     modifiers(&BearerAuth),
@@ -169,17 +170,27 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// JSON Web Key Set.
+/// JSON Web Key Set (RFC 7517).
 #[derive(Serialize, ToSchema)]
 pub struct Jwks {
-    /// Public keys; empty for HS256 (the shared secret is never published).
+    /// Public keys (`kty`, `kid`, `alg`, `use: "sig"` and the key's public parameters): the
+    /// signing key with RS256, ES256 or EdDSA, and every key of `JWT_PUBLIC_KEY_FILES`. Empty
+    /// with HS256 and no public key files: the shared secret is never published.
     pub keys: Vec<serde_json::Value>,
 }
 
-/// `GET /.well-known/jwks.json`: public signing keys (none with HS256).
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", summary = "Public signing keys", responses((status = 200, body = Jwks)))]
-pub async fn jwks() -> Json<Jwks> {
-    Json(Jwks { keys: Vec::new() })
+/// `GET /.well-known/jwks.json`: the public keys that may have signed a live token.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta", summary = "Public signing keys",
+    responses((status = 200, body = Jwks, headers(("Cache-Control" = String, description = "public, max-age=300")))))]
+pub async fn jwks(State(auth): State<AuthService>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        auth.jwks_json().to_owned(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod copy;
 pub mod email;
 mod errors;
+pub mod feed;
 pub mod lockout;
 mod login;
 pub mod password_policy;
@@ -103,6 +104,8 @@ struct Inner {
     revocations: Arc<Revocations>,
     /// `auth_verify_total`'s handles.
     verify_counters: VerifyCounters,
+    /// Who may read the revocation feed.
+    feed_readers: feed::FeedReaders,
 }
 
 impl AuthService {
@@ -114,6 +117,7 @@ impl AuthService {
         passwords: Passwords,
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
+        feed_readers: feed::FeedReaders,
     ) -> Self {
         let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
@@ -124,6 +128,7 @@ impl AuthService {
             settings,
             revocations,
             verify_counters: VerifyCounters::new(),
+            feed_readers,
         }))
     }
 

@@ -415,7 +415,8 @@ pub enum Purge {
     RefreshTokens(DateTime<Utc>),
     /// Sessions whose last refresh token expired before this.
     Sessions(DateTime<Utc>),
-    /// Revocation events older than this.
+    /// Revocation events older than this, except the newest (it marks where the feed's
+    /// cursors are still good).
     Events(DateTime<Utc>),
 }
 
@@ -555,6 +556,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` events after `after`, in order.
     async fn events_since(&self, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError>;
+
+    /// The ids of the oldest and newest events kept, when there are any. Purging never deletes
+    /// the newest, so a cursor below the oldest kept id minus one has missed events.
+    async fn event_bounds(&self) -> Result<Option<(i64, i64)>, StoreError>;
 
     /// The id of the newest event (0 when there is none).
     async fn last_event_id(&self) -> Result<i64, StoreError>;

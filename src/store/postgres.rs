@@ -475,6 +475,14 @@ impl Store for PgStore {
         rows.into_iter().map(EventRow::try_from).collect()
     }
 
+    async fn event_bounds(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let (first, last): (Option<i64>, Option<i64>) =
+            sqlx::query_as("select min(id)::bigint, max(id)::bigint from revocation_events")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(first.zip(last))
+    }
+
     async fn last_event_id(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("select coalesce(max(id), 0)::bigint from revocation_events")
@@ -585,7 +593,9 @@ impl Store for PgStore {
             .rows_affected(),
             Purge::Events(before) => sqlx::query(
                 r"delete from revocation_events where id in (
-                    select id from revocation_events where created_at < $1 limit $2)",
+                    select id from revocation_events where created_at < $1
+                      and id < (select max(id) from revocation_events)
+                    limit $2)",
             )
             .bind(before)
             .bind(limit)
@@ -748,14 +758,13 @@ async fn end_user_sessions(
     user_id: i64,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let ended = sqlx::query(
-        "update sessions set revoked_at = $2 where user_id = $1 and revoked_at is null",
+    let ended: Vec<Uuid> = sqlx::query_scalar(
+        "update sessions set revoked_at = $2 where user_id = $1 and revoked_at is null returning id",
     )
     .bind(user_id)
     .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    .fetch_all(&mut **tx)
+    .await?;
     sqlx::query(
         "update refresh_tokens set revoked_at = $2 where user_id = $1 and revoked_at is null",
     )
@@ -763,7 +772,20 @@ async fn end_user_sessions(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    Ok(ended)
+    // One event per session as well as the user-wide one: a token issued in the same second
+    // before the change has `iat == not_before`, and local verifiers refuse it by its session.
+    for session in &ended {
+        append_event(
+            tx,
+            EventKind::SessionRevoked,
+            user_id,
+            Some(*session),
+            None,
+            now,
+        )
+        .await?;
+    }
+    Ok(u64::try_from(ended.len()).unwrap_or(u64::MAX))
 }
 
 /// Appends an event as the transaction's last step. The transaction-scoped advisory lock makes

@@ -426,10 +426,13 @@ async fn revocations_end_sessions_once_and_append_events(backend: Backend) {
         kinds,
         [
             (EventKind::SessionRevoked, a.id, Some(a1.family_id)),
+            // Logout-all names each session it ended too, so a local verifier
+            // refuses a same-second token of it (the cut-off alone is per second).
+            (EventKind::SessionRevoked, a.id, Some(a2.family_id)),
             (EventKind::LoggedOutEverywhere, a.id, None),
         ]
     );
-    assert_eq!(events[1].not_before, stored.tokens_not_before);
+    assert_eq!(events[2].not_before, stored.tokens_not_before);
 }
 
 async fn disabling_and_deleting_end_sessions_and_append_events(backend: Backend) {
@@ -475,6 +478,7 @@ async fn disabling_and_deleting_end_sessions_and_append_events(backend: Backend)
     assert_eq!(
         kinds,
         [
+            EventKind::SessionRevoked,
             EventKind::UserDisabled,
             EventKind::UserEnabled,
             EventKind::UserDeleted
@@ -596,6 +600,8 @@ async fn purging_deletes_only_what_nothing_needs(backend: Backend) {
     app.login("nobody@example.com", "WrongPass123").await;
     let (_, ended) = app.tokens("chain@example.com").await;
     app.logout(&ended).await;
+    let (_, also_ended) = app.tokens("chain@example.com").await;
+    app.logout(&also_ended).await;
     app.clock.advance(Duration::days(29));
     let child = json_of(app.refresh(&first).await).await["refresh_token"]
         .as_str()
@@ -608,15 +614,16 @@ async fn purging_deletes_only_what_nothing_needs(backend: Backend) {
         .await
         .unwrap();
     let report = state.auth().purge().await.unwrap();
-    // Assert: the expired parent and the logged-out session's token, that session, the
-    // counters whose window is over and the month-old event are gone...
-    assert_eq!(report.refresh_tokens, 2, "{report:?}");
+    // Assert: the expired parent and the logged-out sessions' tokens, those sessions, the
+    // counters whose window is over and the older month-old event are gone; the newest
+    // event stays, as the revocation feed's cursor boundary...
+    assert_eq!(report.refresh_tokens, 3, "{report:?}");
     assert_eq!(
         report.login_attempts, 2,
         "nobody@ and the client IP's: {report:?}"
     );
     assert_eq!(report.events, 1, "{report:?}");
-    assert_eq!(report.sessions, 1, "{report:?}");
+    assert_eq!(report.sessions, 2, "{report:?}");
     // ...and nothing anyone needs: the live child refreshes and the user logs in.
     assert_eq!(app.refresh(&child).await.status(), reqwest::StatusCode::OK);
     assert_eq!(

@@ -1,0 +1,361 @@
+//! Local verification of auth-service access tokens, for other Rust services.
+//!
+//! A [`Verifier`] checks a token without calling auth-service per request, and still refuses a
+//! logged-out session within about a second:
+//!
+//! - it fetches and caches auth-service's public keys (`/.well-known/jwks.json`), refetching on
+//!   an unknown `kid` at most once per [`VerifierConfig::jwks_refetch_every`], and every five
+//!   minutes anyway;
+//! - it verifies with the algorithm pinned to the key's (a token naming another algorithm, an
+//!   unknown `kid`, or a `jku`, `x5u` or `jwk` header is refused), checks `iss`, `aud`, `exp`
+//!   with a leeway, and that it is an access token with a session;
+//! - it follows the revocation feed (`/auth/revocations`, long-polling) in the background and
+//!   refuses tokens of revoked sessions and of users logged out everywhere, disabled or
+//!   deleted.
+//!
+//! Failure modes are explicit: until the first keys and the first feed page have arrived,
+//! every verification is [`VerifyError::Unavailable`] (a 503, never a silent accept); if the
+//! feed is lost later, tokens keep verifying for [`VerifierConfig::feed_grace`] (30 s) and
+//! then become unavailable, so a revoked session is never accepted for long.
+//!
+//! [`RequireAuthLayer`] is a tower layer that answers 401/503 in auth-service's error shape and
+//! hands the [`VerifiedUser`] to the handler, which takes it with the [`Authenticated`] axum
+//! extractor. This crate knows nothing of auth-service's database or server.
+
+pub mod claims;
+mod layer;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use uuid::Uuid;
+
+pub use self::{
+    claims::{Claims, RevocationPage, TokenKind, VerifiedUser},
+    layer::{Authenticated, RequireAuth, RequireAuthLayer},
+};
+
+/// How a [`Verifier`] reaches auth-service and how strict it is.
+#[derive(Clone)]
+pub struct VerifierConfig {
+    /// auth-service's base URL, e.g. `http://auth-service:8001`.
+    pub auth_url: String,
+    /// One of auth-service's `REVOCATION_FEED_TOKENS`.
+    pub feed_token: String,
+    /// The `iss` tokens must carry (auth-service's `JWT_ISSUER`, default `auth-service`).
+    pub issuer: String,
+    /// The `aud` tokens must carry, when auth-service sets `JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `iat` (auth-service's default: 30 s).
+    pub leeway: Duration,
+    /// How long tokens keep verifying after the feed was last read (default 30 s).
+    pub feed_grace: Duration,
+    /// The longest an access token lives (auth-service's `ACCESS_TOKEN_EXPIRE_MINUTES`, plus
+    /// the leeway): how long a user-wide cut-off is remembered (default 24 h).
+    pub max_token_lifetime: Duration,
+    /// The least time between two JWKS fetches caused by unknown `kid`s (default 5 s).
+    pub jwks_refetch_every: Duration,
+}
+
+impl VerifierConfig {
+    /// A configuration with the defaults above.
+    #[must_use]
+    pub fn new(auth_url: impl Into<String>, feed_token: impl Into<String>) -> Self {
+        Self {
+            auth_url: auth_url.into().trim_end_matches('/').to_owned(),
+            feed_token: feed_token.into(),
+            issuer: "auth-service".to_owned(),
+            audience: None,
+            leeway: Duration::from_secs(30),
+            feed_grace: Duration::from_secs(30),
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+            jwks_refetch_every: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for VerifierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierConfig")
+            .field("auth_url", &self.auth_url)
+            .field("feed_token", &"[redacted]")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// No bearer token: 401 `MISSING_TOKEN`.
+    #[error("Authorization header missing")]
+    Missing,
+    /// A token that does not verify or was revoked: 401 `INVALID_TOKEN`.
+    #[error("Invalid or expired token")]
+    Invalid,
+    /// The verifier cannot vouch for any token right now (keys or feed not synced, or the feed
+    /// lost for longer than the grace): 503 `SERVICE_UNAVAILABLE`.
+    #[error("Service temporarily unavailable")]
+    Unavailable,
+}
+
+/// Verifies access tokens locally; cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Verifier(Arc<Inner>);
+
+struct Inner {
+    config: VerifierConfig,
+    http: reqwest::Client,
+    /// `kid` -> the key and the one algorithm it may be used with.
+    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    last_jwks_fetch: Mutex<Option<Instant>>,
+    /// Revoked sessions -> when they may be forgotten (unix seconds).
+    sessions: RwLock<HashMap<Uuid, i64>>,
+    /// Users -> `not_before` (unix seconds).
+    users: RwLock<HashMap<i64, i64>>,
+    /// When the feed last answered; `None` until it first did.
+    feed_ok_at: Mutex<Option<Instant>>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Verifier {
+    /// Creates the verifier and starts syncing in the background (a tokio runtime must be
+    /// running). It answers [`VerifyError::Unavailable`] until the first sync.
+    #[must_use]
+    pub fn start(config: VerifierConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        let verifier = Self(Arc::new(Inner {
+            config,
+            http,
+            keys: RwLock::default(),
+            last_jwks_fetch: Mutex::default(),
+            sessions: RwLock::default(),
+            users: RwLock::default(),
+            feed_ok_at: Mutex::default(),
+        }));
+        tokio::spawn(sync_loop(Arc::downgrade(&verifier.0)));
+        verifier
+    }
+
+    /// Whether keys and the revocation feed are current enough to vouch for tokens.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        let fed =
+            lock(&self.0.feed_ok_at).is_some_and(|at| at.elapsed() <= self.0.config.feed_grace);
+        fed && !read(&self.0.keys).is_empty()
+    }
+
+    /// Verifies an access token.
+    ///
+    /// # Errors
+    /// [`VerifyError::Invalid`] for a token that does not verify or was revoked;
+    /// [`VerifyError::Unavailable`] when the verifier cannot vouch for tokens right now.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedUser, VerifyError> {
+        if !self.is_ready() {
+            return Err(VerifyError::Unavailable);
+        }
+        if token.len() > claims::MAX_TOKEN_BYTES {
+            return Err(VerifyError::Invalid);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Invalid)?;
+        if header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.crit.is_some()
+            || header.typ.as_deref() != Some("JWT")
+        {
+            return Err(VerifyError::Invalid);
+        }
+        let kid = header.kid.ok_or(VerifyError::Invalid)?;
+        let (key, algorithm) = self.key(&kid).await.ok_or(VerifyError::Invalid)?;
+        if header.alg != algorithm {
+            return Err(VerifyError::Invalid);
+        }
+        let config = &self.0.config;
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.set_issuer(&[&config.issuer]);
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|_| VerifyError::Invalid)?
+            .claims;
+        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims.kind != TokenKind::Access
+            || claims.sub != claims.user_id.to_string()
+            || claims.iat > unix_now().saturating_add(leeway)
+        {
+            return Err(VerifyError::Invalid);
+        }
+        let session = claims.sid.ok_or(VerifyError::Invalid)?;
+        if read(&self.0.sessions).contains_key(&session)
+            || read(&self.0.users)
+                .get(&claims.user_id)
+                .is_some_and(|not_before| claims.iat < *not_before)
+        {
+            return Err(VerifyError::Invalid);
+        }
+        Ok(VerifiedUser {
+            user_id: claims.user_id,
+            email: claims.email.ok_or(VerifyError::Invalid)?,
+        })
+    }
+
+    /// The key for `kid`, refetching the JWKS (at most once per `jwks_refetch_every`) when it
+    /// is unknown.
+    async fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        if let Some(found) = read(&self.0.keys).get(kid) {
+            return Some(found.clone());
+        }
+        let due = lock(&self.0.last_jwks_fetch)
+            .is_none_or(|at| at.elapsed() >= self.0.config.jwks_refetch_every);
+        if due {
+            let _ = fetch_jwks(&self.0).await;
+        }
+        read(&self.0.keys).get(kid).cloned()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fetches the JWKS and replaces the cached keys with it.
+async fn fetch_jwks(inner: &Inner) -> Result<(), reqwest::Error> {
+    *lock(&inner.last_jwks_fetch) = Some(Instant::now());
+    let url = format!("{}/.well-known/jwks.json", inner.config.auth_url);
+    let set: JwkSet = serde_json::from_slice(
+        &inner
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?,
+    )
+    .unwrap_or_default();
+    let keys: HashMap<String, (DecodingKey, Algorithm)> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            let algorithm = Algorithm::try_from(jwk.common.key_algorithm?).ok()?;
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some((kid, (key, algorithm)))
+        })
+        .collect();
+    if !keys.is_empty() {
+        *write(&inner.keys) = keys;
+    }
+    Ok(())
+}
+
+/// Reads one page of the revocation feed, holding the request for up to `wait`.
+async fn fetch_feed(
+    inner: &Inner,
+    since: Option<&str>,
+    wait: Duration,
+) -> Result<RevocationPage, reqwest::Error> {
+    let mut url = format!(
+        "{}/auth/revocations?wait={}",
+        inner.config.auth_url,
+        wait.as_secs()
+    );
+    if let Some(since) = since {
+        url.push_str("&since=");
+        url.push_str(since);
+    }
+    inner
+        .http
+        .get(url)
+        .bearer_auth(&inner.config.feed_token)
+        .timeout(wait + Duration::from_secs(10))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+}
+
+/// Applies a feed page: a reset replaces everything, anything else adds to it; entries past
+/// their time are forgotten.
+fn apply(inner: &Inner, page: &RevocationPage) {
+    let now = unix_now();
+    let forget_users_before =
+        now - i64::try_from(inner.config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
+    let mut sessions = write(&inner.sessions);
+    let mut users = write(&inner.users);
+    if page.reset {
+        sessions.clear();
+        users.clear();
+    }
+    for session in &page.sessions {
+        sessions.insert(session.sid, session.exp);
+    }
+    for user in &page.users {
+        let entry = users.entry(user.user_id).or_insert(user.not_before);
+        *entry = (*entry).max(user.not_before);
+    }
+    sessions.retain(|_, exp| *exp >= now);
+    users.retain(|_, not_before| *not_before >= forget_users_before);
+}
+
+/// Keeps keys and revocations current until the verifier is dropped.
+async fn sync_loop(verifier: Weak<Inner>) {
+    let mut cursor: Option<String> = None;
+    let mut last_keys = Instant::now();
+    loop {
+        let Some(inner) = verifier.upgrade() else {
+            return;
+        };
+        let keys_due =
+            read(&inner.keys).is_empty() || last_keys.elapsed() >= Duration::from_secs(300);
+        if keys_due && fetch_jwks(&inner).await.is_ok() {
+            last_keys = Instant::now();
+        }
+        // Long-poll, short enough that a healthy feed always answers within the grace.
+        let wait = if lock(&inner.feed_ok_at).is_some() {
+            (inner.config.feed_grace / 2).min(Duration::from_secs(25))
+        } else {
+            Duration::ZERO
+        };
+        match fetch_feed(&inner, cursor.as_deref(), wait).await {
+            Ok(page) => {
+                apply(&inner, &page);
+                cursor = Some(page.cursor.clone());
+                *lock(&inner.feed_ok_at) = Some(Instant::now());
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "revocation feed not reachable; retrying");
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
