@@ -11,7 +11,9 @@ and the JSON answer), then prints:
   load generator (wrk) and connection count, and their ratio, on SQLite and on PostgreSQL;
 - verify p50/p99 while logins saturate bcrypt at BCRYPT_ROUNDS=12, and the login rate against
   raw bcrypt capacity (cores / one hash, distinct users);
-- idle and loaded RSS; start-up time to /health/ready on SQLite.
+- idle and loaded RSS; start-up time to /health/ready on SQLite;
+- the auth-verifier crate: requests/s of examples/orders_service's protected route (local
+  ES256 verification) against the same route unprotected, alternating; target >= 0.8.
 
 Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
 to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
@@ -36,13 +38,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SERVICE = os.path.join(TARGET, "release", "auth-service")
 BASELINE = os.path.join(TARGET, "bench-baseline", "release", "bench-baseline")
+EXAMPLE = os.path.join(TARGET, "release", "examples", "orders_service")
+FEED_TOKEN = "bench-feed-token-0123456789abcdef"
 PASSWORD = "SecurePass123"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CONNECTIONS = 32
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bins", "--examples"],
+                   cwd=ROOT, check=True)
     subprocess.run(
         ["cargo", "build", "--release", "--quiet", "--manifest-path", "bench/baseline/Cargo.toml"],
         cwd=ROOT,
@@ -258,6 +263,55 @@ def logins_and_verify_latency(seconds, users=32):
           f"({errors} errors) while 16 clients log in at cost 12 ({during:.2f} logins/s)")
 
 
+def verifier_ratio(seconds, rounds):
+    """The example service's protected route against the same route unprotected."""
+    workdir = tempfile.mkdtemp()
+    key = os.path.join(workdir, "es256.pem")
+    subprocess.run([SERVICE, "keys", "generate", "--alg", "ES256", "--out", key], check=True,
+                   stdout=subprocess.DEVNULL)
+    service = Service(f"sqlite://{workdir}/verifier.db", JWT_ALGORITHM="ES256",
+                      JWT_PRIVATE_KEY_FILE=key, REVOCATION_FEED_TOKENS=FEED_TOKEN)
+    port = free_port()
+    example = subprocess.Popen(
+        [EXAMPLE],
+        env={"PATH": os.environ["PATH"], "AUTH_URL": service.base,
+             "REVOCATION_FEED_TOKEN": FEED_TOKEN, "PORT": str(port), "RUST_LOG": "warn"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.perf_counter() + 30
+        while http_status(base + "/health/ready") != 200:
+            if time.perf_counter() > deadline:
+                raise SystemExit("orders_service did not become ready")
+            time.sleep(0.05)
+        token = service.token("verifier@bench.example")
+        wrk(base + "/orders", 2, token)
+        wrk(base + "/orders-unprotected", 2, token)
+        protected, unprotected = [], []
+        for _ in range(rounds):
+            unprotected.append(wrk(base + "/orders-unprotected", seconds, token)[0])
+            rps, errors, _ = wrk(base + "/orders", seconds, token)
+            if errors:
+                raise SystemExit(f"verifier: {errors} protected requests failed")
+            protected.append(rps)
+        ours, theirs = statistics.median(protected), statistics.median(unprotected)
+        print(f"verifier crate           protected {ours:>9,.0f} rps   unprotected {theirs:>9,.0f} rps   "
+              f"ratio {ours / theirs:.2f} (target >= 0.80; ES256, median of {rounds})")
+    finally:
+        example.terminate()
+        example.wait(timeout=30)
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
 def startup_and_idle(runs=5):
     times, rss = [], []
     for _ in range(runs):
@@ -285,6 +339,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--verify-only", action="store_true",
                         help="only the SQLite verify ratio (while tuning the request path)")
+    parser.add_argument("--verifier-only", action="store_true",
+                        help="only the auth-verifier crate's ratio")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed (Debian: apt-get install wrk)")
@@ -292,6 +348,9 @@ def main():
     build()
     print(f"# auth-service benchmarks, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d %H:%M')}, git {git_head()}")
+    if args.verifier_only:
+        verifier_ratio(seconds, rounds)
+        return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
         verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
@@ -307,6 +366,7 @@ def main():
         subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
                        check=False)
     logins_and_verify_latency(seconds + 4)
+    verifier_ratio(seconds, rounds)
 
 
 def git_head():

@@ -21,6 +21,7 @@ workdir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 env -i PATH="$PATH" PORT="$port" HOST=127.0.0.1 BCRYPT_ROUNDS=4 RATE_LIMIT_PER_SECOND=0 \
     LOG_LEVEL=error JWT_SECRET_KEY=schemathesis-secret-0123456789abcdef \
+    REVOCATION_FEED_TOKENS=schemathesis-feed-token-0123456789 \
     DATABASE_URL="sqlite://$workdir/st.db" "$BIN" >"$workdir/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$workdir"' EXIT
