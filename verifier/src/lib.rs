@@ -120,7 +120,14 @@ struct Inner {
     users: RwLock<HashMap<i64, i64>>,
     /// When the feed last answered; `None` until it first did.
     feed_ok_at: Mutex<Option<Instant>>,
+    /// Tokens whose signature and claims already checked out -> their claims, so a token
+    /// presented again skips the signature (expiry and revocation are checked on every use).
+    /// Emptied whenever the published keys change.
+    verified: moka::sync::Cache<Arc<str>, Arc<Claims>>,
 }
+
+/// Signature checks remembered at most (a few MiB).
+const VERIFIED_CACHE_ENTRIES: u64 = 10_000;
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -145,6 +152,7 @@ impl Verifier {
             sessions: RwLock::default(),
             users: RwLock::default(),
             feed_ok_at: Mutex::default(),
+            verified: moka::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
         }));
         tokio::spawn(sync_loop(Arc::downgrade(&verifier.0)));
         verifier
@@ -170,6 +178,35 @@ impl Verifier {
         if token.len() > claims::MAX_TOKEN_BYTES {
             return Err(VerifyError::Invalid);
         }
+        let claims = match self.0.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = Arc::new(self.check_signature(token).await?);
+                self.0.verified.insert(Arc::from(token), claims.clone());
+                claims
+            }
+        };
+        let config = &self.0.config;
+        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims.exp.saturating_add(leeway) < unix_now() {
+            return Err(VerifyError::Invalid);
+        }
+        let session = claims.sid.ok_or(VerifyError::Invalid)?;
+        if read(&self.0.sessions).contains_key(&session)
+            || read(&self.0.users)
+                .get(&claims.user_id)
+                .is_some_and(|not_before| claims.iat < *not_before)
+        {
+            return Err(VerifyError::Invalid);
+        }
+        Ok(VerifiedUser {
+            user_id: claims.user_id,
+            email: claims.email.clone().ok_or(VerifyError::Invalid)?,
+        })
+    }
+
+    /// The signature, header and claims checks: the expensive part, done once per token.
+    async fn check_signature(&self, token: &str) -> Result<Claims, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Invalid)?;
         if header.jku.is_some()
             || header.x5u.is_some()
@@ -203,18 +240,7 @@ impl Verifier {
         {
             return Err(VerifyError::Invalid);
         }
-        let session = claims.sid.ok_or(VerifyError::Invalid)?;
-        if read(&self.0.sessions).contains_key(&session)
-            || read(&self.0.users)
-                .get(&claims.user_id)
-                .is_some_and(|not_before| claims.iat < *not_before)
-        {
-            return Err(VerifyError::Invalid);
-        }
-        Ok(VerifiedUser {
-            user_id: claims.user_id,
-            email: claims.email.ok_or(VerifyError::Invalid)?,
-        })
+        Ok(claims)
     }
 
     /// The key for `kid`, refetching the JWKS (at most once per `jwks_refetch_every`) when it
@@ -271,7 +297,15 @@ async fn fetch_jwks(inner: &Inner) -> Result<(), reqwest::Error> {
         })
         .collect();
     if !keys.is_empty() {
-        *write(&inner.keys) = keys;
+        let mut current = write(&inner.keys);
+        let changed =
+            current.len() != keys.len() || keys.keys().any(|kid| !current.contains_key(kid));
+        *current = keys;
+        drop(current);
+        if changed {
+            // A withdrawn key's tokens must not verify from memory.
+            inner.verified.invalidate_all();
+        }
     }
     Ok(())
 }
