@@ -175,7 +175,8 @@ impl TokenKeys {
         Ok(jsonwebtoken::encode(&self.header, claims, &self.encoding)?)
     }
 
-    /// Verifies a token of the expected kind at `now`.
+    /// Verifies a token of the expected kind at `now`: [`Self::decode`], then
+    /// [`Self::check_time`].
     ///
     /// # Errors
     /// A [`TokenError`] saying why it was refused.
@@ -185,6 +186,18 @@ impl TokenKeys {
         expected: TokenKind,
         now: DateTime<Utc>,
     ) -> Result<Claims, TokenError> {
+        let claims = self.decode(token, expected)?;
+        self.check_time(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// Everything about a token that does not depend on the time: size, header, signature,
+    /// issuer, audience, subject and kind. The same token gives the same answer for as long as
+    /// these keys live, so the answer may be remembered; [`Self::check_time`] may not.
+    ///
+    /// # Errors
+    /// A [`TokenError`] saying why it was refused.
+    pub fn decode(&self, token: &str, expected: TokenKind) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid);
         }
@@ -230,6 +243,18 @@ impl TokenKeys {
         {
             return Err(TokenError::WrongParty);
         }
+        if claims.kind != expected {
+            return Err(TokenError::WrongKind);
+        }
+        Ok(claims)
+    }
+
+    /// Whether decoded claims are current at `now` (`exp`, and `nbf` or `iat`, with the
+    /// leeway).
+    ///
+    /// # Errors
+    /// [`TokenError::Expired`] or [`TokenError::NotYetValid`].
+    pub fn check_time(&self, claims: &Claims, now: DateTime<Utc>) -> Result<(), TokenError> {
         let now = now.timestamp();
         if now > claims.exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
@@ -238,10 +263,7 @@ impl TokenKeys {
         if not_before > now.saturating_add(self.leeway) {
             return Err(TokenError::NotYetValid);
         }
-        if claims.kind != expected {
-            return Err(TokenError::WrongKind);
-        }
-        Ok(claims)
+        Ok(())
     }
 }
 
