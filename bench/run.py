@@ -21,6 +21,9 @@ PostgreSQL half, a server at $BENCH_POSTGRES_URL (default postgres://postgres@12
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -166,28 +169,74 @@ def wrk(url, seconds, token=None, connections=CONNECTIONS, script=None):
     return rps, int(errors.group(1)) if errors else 0, latency
 
 
+DISTINCT_TOKENS = 50_000
+
+DISTINCT_SCRIPT = """
+tokens = {}
+for line in io.lines("%s") do tokens[#tokens + 1] = line end
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%%x+)") or "0", 16))
+counter = math.random(#tokens)
+request = function()
+  counter = counter %% #tokens + 1
+  return wrk.format("GET", "/auth/verify", {["Authorization"] = "Bearer " .. tokens[counter]})
+end
+"""
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def distinct_tokens(token, count):
+    """`count` valid tokens of one session that differ in `jti`: the real token's header and
+    claims with a fresh `jti` each, signed with the bench's HS256 secret."""
+    header, payload, _ = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    tokens = []
+    for _ in range(count):
+        claims["jti"] = str(uuid.uuid4())
+        signing_input = header.encode() + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
+        tokens.append((signing_input + b"." + b64url(signature)).decode())
+    return tokens
+
+
 def verify_ratio(name, database_url, seconds, rounds):
-    """Alternates baseline and auth-service verify runs; returns (service rps, baseline rps)."""
+    """Alternates baseline and auth-service verify runs, the service once with one token
+    presented again and again (as a service's requests in one session present it) and once
+    with 50,000 tokens in turn (most signatures checked anew); prints the ratios and returns
+    the loaded RSS."""
     service = Service(database_url, BCRYPT_ROUNDS=4)
     baseline = Baseline()
+    workdir = tempfile.mkdtemp()
     try:
         token = service.token(f"verify-{uuid.uuid4().hex[:8]}@bench.example")
+        tokens_file = os.path.join(workdir, "tokens.txt")
+        with open(tokens_file, "w") as out:
+            out.write("\n".join(distinct_tokens(token, DISTINCT_TOKENS)) + "\n")
+        script = os.path.join(workdir, "distinct.lua")
+        with open(script, "w") as out:
+            out.write(DISTINCT_SCRIPT % tokens_file)
         wrk(service.base + "/auth/verify", 2, token)  # warm up: caches, connections
         wrk(f"http://127.0.0.1:{baseline.port}/verify", 2, baseline.token)
-        ours, theirs = [], []
+        ours, distinct, theirs = [], [], []
         for _ in range(rounds):
             theirs.append(wrk(f"http://127.0.0.1:{baseline.port}/verify", seconds, baseline.token)[0])
-            rps, errors, _ = wrk(service.base + "/auth/verify", seconds, token)
-            if errors:
-                raise SystemExit(f"{name}: {errors} verify requests failed")
-            ours.append(rps)
+            for results, extra in ((ours, {"token": token}), (distinct, {"script": script})):
+                rps, errors, _ = wrk(service.base + "/auth/verify", seconds, **extra)
+                if errors:
+                    raise SystemExit(f"{name}: {errors} verify requests failed")
+                results.append(rps)
         loaded = service.rss_mib()
     finally:
         baseline.stop()
         service.stop()
-    ours, theirs = statistics.median(ours), statistics.median(theirs)
+        shutil.rmtree(workdir, ignore_errors=True)
+    ours, distinct, theirs = (statistics.median(x) for x in (ours, distinct, theirs))
     print(f"verify {name:<10} auth-service {ours:>9,.0f} rps   baseline {theirs:>9,.0f} rps   "
           f"ratio {ours / theirs:.2f}   (median of {rounds} alternating {seconds} s runs, c{CONNECTIONS})")
+    print(f"  {DISTINCT_TOKENS:,} tokens in turn {distinct:>9,.0f} rps   "
+          f"ratio {distinct / theirs:.2f}   (signatures mostly checked anew)")
     return loaded
 
 

@@ -111,12 +111,14 @@ struct Inner {
     /// the signature and the JSON are the dearest part of a verification. Only tokens that
     /// verified are remembered (a forged one never matches a remembered text), the keys never
     /// change while the process runs, and the time claims and revocations are checked on
-    /// every use.
-    verified_access: moka::sync::Cache<Arc<str>, Arc<Claims>>,
+    /// every use. quick_cache rather than moka (which the revocation view uses for its loads
+    /// and invalidation): with many distinct tokens most calls insert, and quick_cache's
+    /// inserts cost a fraction of moka's (50,000 tokens in turn: 74k against 55k verifies/s).
+    verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>>,
 }
 
 /// Access tokens remembered by [`Inner::verified_access`] at most: about 1 KiB each.
-const VERIFIED_ACCESS_ENTRIES: u64 = 10_000;
+const VERIFIED_ACCESS_ENTRIES: usize = 10_000;
 
 impl AuthService {
     /// Assembles the service.
@@ -139,7 +141,7 @@ impl AuthService {
             revocations,
             verify_counters: VerifyCounters::new(),
             feed_readers,
-            verified_access: moka::sync::Cache::new(VERIFIED_ACCESS_ENTRIES),
+            verified_access: quick_cache::sync::Cache::new(VERIFIED_ACCESS_ENTRIES),
         }))
     }
 
