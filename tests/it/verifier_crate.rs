@@ -245,6 +245,26 @@ async fn unknown_kids_refetch_the_keys_at_most_once_per_interval() {
     assert_eq!(verifier.verify(&hmac).await, Err(VerifyError::Invalid));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_keys_remembered_tokens_stop_verifying() {
+    // Arrange: a token of key A that verified (and so is remembered).
+    let (base, fake) = stand_in().await;
+    let old = KeyFiles::new(AsymmetricAlgorithm::Es256);
+    fake.jwks.lock().unwrap().push(jwk_of(&old));
+    let verifier = Verifier::start(config(&base));
+    ready(&verifier).await;
+    let token = access_token(&old, uuid::Uuid::new_v4());
+    assert!(verifier.verify(&token).await.is_ok());
+    assert!(verifier.verify(&token).await.is_ok());
+    // Act: A is withdrawn and B published; a token of B makes the verifier refetch.
+    let next = KeyFiles::new(AsymmetricAlgorithm::Es256);
+    *fake.jwks.lock().unwrap() = vec![jwk_of(&next)];
+    let rotated = access_token(&next, uuid::Uuid::new_v4());
+    verify_becomes_within(&verifier, &rotated, Ok(()), Duration::from_secs(3)).await;
+    // Assert: A's token no longer verifies, remembered or not.
+    assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+}
+
 /// The example's binary, built by `cargo test` next to the test binary.
 fn example_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -27,7 +27,10 @@ mod layer;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, RwLock, Weak},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -120,14 +123,18 @@ struct Inner {
     users: RwLock<HashMap<i64, i64>>,
     /// When the feed last answered; `None` until it first did.
     feed_ok_at: Mutex<Option<Instant>>,
-    /// Tokens whose signature and claims already checked out -> their claims, so a token
-    /// presented again skips the signature (expiry and revocation are checked on every use).
-    /// Emptied whenever the published keys change.
-    verified: moka::sync::Cache<Arc<str>, Arc<Claims>>,
+    /// Tokens whose signature and claims already checked out -> the key generation they were
+    /// checked under and their claims, so a token presented again skips the signature (expiry
+    /// and revocation are checked on every use). quick_cache rather than moka: with many
+    /// distinct tokens most calls insert, and its inserts cost a fraction of moka's.
+    verified: quick_cache::sync::Cache<Arc<str>, (u64, Arc<Claims>)>,
+    /// Bumped whenever the published keys change: a remembered check of another generation
+    /// counts for nothing, even one that finished after the change.
+    key_generation: AtomicU64,
 }
 
 /// Signature checks remembered at most (a few MiB).
-const VERIFIED_CACHE_ENTRIES: u64 = 10_000;
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -152,7 +159,8 @@ impl Verifier {
             sessions: RwLock::default(),
             users: RwLock::default(),
             feed_ok_at: Mutex::default(),
-            verified: moka::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
+            key_generation: AtomicU64::new(0),
         }));
         tokio::spawn(sync_loop(Arc::downgrade(&verifier.0)));
         verifier
@@ -178,11 +186,14 @@ impl Verifier {
         if token.len() > claims::MAX_TOKEN_BYTES {
             return Err(VerifyError::Invalid);
         }
+        let generation = self.0.key_generation.load(Ordering::Acquire);
         let claims = match self.0.verified.get(token) {
-            Some(claims) => claims,
-            None => {
+            Some((checked_under, claims)) if checked_under == generation => claims,
+            _ => {
                 let claims = Arc::new(self.check_signature(token).await?);
-                self.0.verified.insert(Arc::from(token), claims.clone());
+                self.0
+                    .verified
+                    .insert(Arc::from(token), (generation, Arc::clone(&claims)));
                 claims
             }
         };
@@ -304,7 +315,8 @@ async fn fetch_jwks(inner: &Inner) -> Result<(), reqwest::Error> {
         drop(current);
         if changed {
             // A withdrawn key's tokens must not verify from memory.
-            inner.verified.invalidate_all();
+            inner.key_generation.fetch_add(1, Ordering::AcqRel);
+            inner.verified.clear();
         }
     }
     Ok(())
