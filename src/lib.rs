@@ -85,6 +85,7 @@ pub async fn serve(
         .await
         .map_err(|e| StartupError::Database(e.into()))?;
     service::purge::spawn_background(state.auth());
+    let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
     let metrics = match state.config().metrics_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -105,6 +106,7 @@ pub async fn serve(
         tracing::info!(%addr, "listening");
     }
     let served = server::serve(state, app, listener, shutdown).await;
+    upkeep.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
