@@ -51,13 +51,7 @@ async fn logout_all_revokes_every_session_of_the_user_only(backend: Backend) {
     let (_, laptop) = app.tokens("all@example.com").await;
     let (_, _, someone_else) = app.user_with_tokens("other@example.com").await;
     // Act
-    let response = app
-        .client
-        .post(app.url("/auth/logout-all"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let response = app.logout_all(&access).await;
     // Assert
     let (status, body) = status_and_json(response).await;
     assert_eq!(status, StatusCode::OK);
@@ -89,13 +83,7 @@ async fn logout_all_needs_a_valid_access_token(backend: Backend) {
         "Authorization header missing",
         "MISSING_TOKEN",
     );
-    let response = app
-        .client
-        .post(app.url("/auth/logout-all"))
-        .bearer_auth(&refresh)
-        .send()
-        .await
-        .unwrap();
+    let response = app.logout_all(&refresh).await;
     let (status, body) = status_and_json(response).await;
     assert_error(
         status,

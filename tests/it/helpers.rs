@@ -465,6 +465,16 @@ impl TestApp {
         self.get_bearer("/auth/verify", token).await
     }
 
+    /// `POST /auth/logout-all` with `token` as the bearer.
+    pub async fn logout_all(&self, token: &str) -> Response {
+        self.client
+            .post(self.url("/auth/logout-all"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Registers `email` and logs in: (user id, access token, refresh token).
     pub async fn user_with_tokens(&self, email: &str) -> (i64, String, String) {
         let registered = self.register(email, PASSWORD).await;

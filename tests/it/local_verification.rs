@@ -458,13 +458,7 @@ async fn the_feed_lists_logout_reuse_logout_all_and_disable(backend: Backend) {
     // A logout-all: the user's cut-off, and each session it ended.
     let (all_id, all_access, _) = app.user_with_tokens("all@example.com").await;
     let (second_access, _) = app.tokens("all@example.com").await;
-    let response = app
-        .client
-        .post(app.url("/auth/logout-all"))
-        .bearer_auth(&all_access)
-        .send()
-        .await
-        .unwrap();
+    let response = app.logout_all(&all_access).await;
     assert_eq!(response.status(), StatusCode::OK);
     let (page, next) = changes_since(&app, &cursor).await;
     let mut ended = sids(&page);
@@ -730,13 +724,7 @@ async fn the_verifier_crate_refuses_ended_sessions_within_a_second(backend: Back
     // Act + Assert: logout, logout-all, admin disable each refused within a second.
     assert_eq!(app.logout(&refresh).await.status(), StatusCode::OK);
     verifier_refuses(&verifier, &access).await;
-    let response = app
-        .client
-        .post(app.url("/auth/logout-all"))
-        .bearer_auth(&all_access)
-        .send()
-        .await
-        .unwrap();
+    let response = app.logout_all(&all_access).await;
     assert_eq!(response.status(), StatusCode::OK);
     verifier_refuses(&verifier, &all_access).await;
     let out = cli_async(&app.db, &["user", "disable", "disabled@example.com"], "").await;

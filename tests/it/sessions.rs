@@ -95,13 +95,7 @@ async fn logout_all_ends_every_session_and_a_login_in_the_same_second_works(back
         assert_eq!(two.verify(token).await.status(), StatusCode::OK);
     }
     // Act
-    let response = one
-        .client
-        .post(one.url("/auth/logout-all"))
-        .bearer_auth(&a)
-        .send()
-        .await
-        .unwrap();
+    let response = one.logout_all(&a).await;
     assert_eq!(response.status(), StatusCode::OK);
     let (fresh, fresh_refresh) = one.tokens("all@example.com").await;
     // Assert
