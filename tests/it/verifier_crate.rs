@@ -104,6 +104,17 @@ fn config(base: &str) -> VerifierConfig {
     config
 }
 
+/// A stand-in publishing one ES256 key and a verifier that has synced with it: the stand-in's
+/// base URL and state, the key, and the verifier.
+async fn synced_with_one_key() -> (String, Arc<Fake>, KeyFiles, Verifier) {
+    let (base, fake) = stand_in().await;
+    let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
+    fake.jwks.lock().unwrap().push(jwk_of(&key));
+    let verifier = Verifier::start(config(&base));
+    ready(&verifier).await;
+    (base, fake, key, verifier)
+}
+
 /// Polls until `verify(token)` gives `expected`, failing after `within`.
 async fn verify_becomes_within(
     verifier: &Verifier,
@@ -199,11 +210,7 @@ async fn keys_unreachable_at_start_means_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kids_refetch_the_keys_at_most_once_per_interval() {
     // Arrange: a synced verifier.
-    let (base, fake) = stand_in().await;
-    let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
-    fake.jwks.lock().unwrap().push(jwk_of(&key));
-    let verifier = Verifier::start(config(&base));
-    ready(&verifier).await;
+    let (base, fake, key, verifier) = synced_with_one_key().await;
     assert!(
         verifier
             .verify(&access_token(&key, uuid::Uuid::new_v4()))
@@ -248,11 +255,7 @@ async fn unknown_kids_refetch_the_keys_at_most_once_per_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_keys_remembered_tokens_stop_verifying() {
     // Arrange: a token of key A that verified (and so is remembered).
-    let (base, fake) = stand_in().await;
-    let old = KeyFiles::new(AsymmetricAlgorithm::Es256);
-    fake.jwks.lock().unwrap().push(jwk_of(&old));
-    let verifier = Verifier::start(config(&base));
-    ready(&verifier).await;
+    let (_, fake, old, verifier) = synced_with_one_key().await;
     let token = access_token(&old, uuid::Uuid::new_v4());
     assert!(verifier.verify(&token).await.is_ok());
     assert!(verifier.verify(&token).await.is_ok());
