@@ -1,38 +1,14 @@
-//! Persistence: one [`Store`] trait, a SQLite and a PostgreSQL implementation.
+//! Persistence: one [`Store`] trait, its SQL written once (`sql.rs`) and expanded for SQLite and
+//! PostgreSQL, whose files hold only what differs.
 //!
 //! Every invariant the contract promises under concurrency is enforced here by the database
 //! itself: a unique index for registrations, a single upsert per login attempt, and a
 //! compare-and-set for refresh-token rotation. No method reads a row, decides in Rust, and
 //! writes it back. This module knows nothing about HTTP or about the service's rules; SQL lives
-//! only in `sqlite.rs` and `postgres.rs`, once per dialect.
+//! only in this folder, one text per statement wherever the dialects agree.
 
-/// The `users` columns every `UserRow` query selects, in one place for both dialects.
-macro_rules! user_columns {
-    () => {
-        "id, email, password_hash, is_active, created_at, updated_at, tokens_not_before"
-    };
-}
-
-/// The `sessions` columns every `SessionRow` query selects.
-macro_rules! session_columns {
-    () => {
-        "id, user_id, created_at, expires_at, revoked_at"
-    };
-}
-
-/// The `revocation_events` columns every event query selects.
-macro_rules! event_columns {
-    () => {
-        "id, created_at, kind, user_id, session_id, not_before"
-    };
-}
-
-/// The `refresh_tokens` columns every `RefreshTokenRow` query selects.
-macro_rules! token_columns {
-    () => {
-        "jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at"
-    };
-}
+#[macro_use]
+mod sql;
 
 mod postgres;
 mod sqlite;

@@ -1,0 +1,849 @@
+//! The store's SQL and method bodies, written once for both dialects.
+//!
+//! `impl_store!` expands to the whole [`Store`](super::Store) impl of a
+//! dialect's store type. Every statement is one text that SQLite and PostgreSQL both accept
+//! (`$N` placeholders, `returning`, `on conflict`, `case` instead of `max(a, b)` /
+//! `greatest(a, b)`); what truly differs is a hook the dialect file defines on its store type,
+//! each named for what it does:
+//!
+//! | hook | SQLite | PostgreSQL |
+//! |---|---|---|
+//! | `begin_write(&self)` | `BEGIN IMMEDIATE` (the one write lock, taken up front) | `BEGIN` (row locks follow) |
+//! | `lock_user(tx, id)` | a plain read: the write lock is already held | `select ... for update` |
+//! | `order_events(tx)` | nothing: one writer commits events in id order | a transaction-scoped advisory lock |
+//! | `announce_event(tx, id)` | nothing: other processes poll | `pg_notify`, delivered at commit |
+//! | `after_import(tx)` | nothing: `AUTOINCREMENT` follows explicit ids | move the identity sequence |
+//! | `MIGRATOR`, `connect`, `notifications()` | its migrations, file options | its migrations, pool options, `LISTEN` |
+//!
+//! Why a macro and not a generic over `sqlx::Database`: a generic body needs, per method, an
+//! `Encode + Type` bound for every bound type, a `Decode` bound for every column, `FromRow`
+//! bounds for every row and a higher-ranked `Executor` bound on the connection, which together
+//! are longer than the bodies and must be repeated on every helper. The macro expands to the
+//! same monomorphic code each driver had before (no cost on the request path) and each
+//! expansion is type-checked against its own driver. The price is that a compile error inside a
+//! body is reported at the `impl_store!` call; `cargo expand` shows the expanded code.
+
+/// The `users` columns every `UserRow` query selects.
+macro_rules! user_columns {
+    () => {
+        "id, email, password_hash, is_active, created_at, updated_at, tokens_not_before"
+    };
+}
+
+/// The `sessions` columns every `SessionRow` query selects.
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created_at, expires_at, revoked_at"
+    };
+}
+
+/// The `revocation_events` columns every event query selects.
+macro_rules! event_columns {
+    () => {
+        "id, created_at, kind, user_id, session_id, not_before"
+    };
+}
+
+/// The `refresh_tokens` columns every `RefreshTokenRow` query selects.
+macro_rules! token_columns {
+    () => {
+        "jti, user_id, family_id, parent_jti, issued_at, expires_at, rotated_at, revoked_at"
+    };
+}
+
+/// A session for every refresh-token family that has none (imports), ended when every token
+/// of it is revoked.
+pub(super) const SESSIONS_FROM_TOKENS: &str = r"
+    insert into sessions (id, user_id, created_at, expires_at, revoked_at)
+    select family_id, min(user_id), min(issued_at), max(expires_at),
+           case when count(*) = count(revoked_at) then max(revoked_at) end
+    from refresh_tokens
+    group by family_id
+    on conflict (id) do nothing";
+
+/// Expands to `impl Store for $store` over the pool type `$db`, from the bodies below and the
+/// dialect hooks listed in the module docs.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// The one refresh-token insert, inside a session's or a rotation's transaction.
+            async fn insert_token(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                token: &$crate::store::NewRefreshToken,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    r"insert into refresh_tokens
+                        (jti, user_id, family_id, parent_jti, issued_at, expires_at)
+                      values ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(token.jti)
+                .bind(token.user_id)
+                .bind(token.family_id)
+                .bind(token.parent_jti)
+                .bind(token.issued_at)
+                .bind(token.expires_at)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Appends an event as its transaction's last write: ordered and announced the way
+            /// the dialect does it (see the module docs).
+            async fn append_event(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                kind: $crate::store::EventKind,
+                user_id: i64,
+                session_id: Option<uuid::Uuid>,
+                not_before: Option<chrono::DateTime<chrono::Utc>>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), sqlx::Error> {
+                Self::order_events(tx).await?;
+                let id: i64 = sqlx::query_scalar(
+                    r"insert into revocation_events
+                        (created_at, kind, user_id, session_id, not_before)
+                      values ($1, $2, $3, $4, $5)
+                      returning id",
+                )
+                .bind(now)
+                .bind(kind.as_str())
+                .bind(user_id)
+                .bind(session_id)
+                .bind(not_before)
+                .fetch_one(&mut **tx)
+                .await?;
+                Self::announce_event(tx, id).await
+            }
+
+            /// Ends every live session of a user and revokes their refresh tokens, under the
+            /// user's lock; returns how many sessions were live.
+            async fn end_user_sessions(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, sqlx::Error> {
+                let ended: Vec<uuid::Uuid> = sqlx::query_scalar(
+                    r"update sessions set revoked_at = $2
+                      where user_id = $1 and revoked_at is null
+                      returning id",
+                )
+                .bind(user_id)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+                sqlx::query(
+                    r"update refresh_tokens set revoked_at = $2
+                      where user_id = $1 and revoked_at is null",
+                )
+                .bind(user_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                // One event per session as well as the user-wide one: a token issued in the
+                // same second before the change has `iat == not_before`, and local verifiers
+                // refuse it by its session.
+                for session in &ended {
+                    Self::append_event(
+                        tx,
+                        $crate::store::EventKind::SessionRevoked,
+                        user_id,
+                        Some(*session),
+                        None,
+                        now,
+                    )
+                    .await?;
+                }
+                Ok(u64::try_from(ended.len()).unwrap_or(u64::MAX))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("select 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            fn pool_stats(&self) -> $crate::store::PoolStats {
+                $crate::store::PoolStats {
+                    size: self.pool.size(),
+                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                }
+            }
+
+            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
+                Self::MIGRATOR
+                    .run(&self.pool)
+                    .await
+                    .map_err(|e| $crate::store::StoreError::Other(e.into()))
+            }
+
+            async fn schema_is_current(&self) -> Result<bool, $crate::store::StoreError> {
+                let applied = sqlx::query_scalar($crate::store::APPLIED_MIGRATIONS)
+                    .fetch_all(&self.pool)
+                    .await;
+                $crate::store::covers(applied, &Self::MIGRATOR)
+            }
+
+            async fn insert_user(
+                &self,
+                email: &str,
+                password_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::UserRow, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    r"insert into users (email, password_hash, is_active, created_at, updated_at)
+                      values ($1, $2, true, $3, $3)
+                      returning ",
+                    user_columns!()
+                ))
+                .bind(email)
+                .bind(password_hash)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn find_user_by_email(
+                &self,
+                email: &str,
+            ) -> Result<Option<$crate::store::UserRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    user_columns!(),
+                    " from users where email = $1"
+                ))
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn find_user_by_id(
+                &self,
+                id: i64,
+            ) -> Result<Option<$crate::store::UserRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    user_columns!(),
+                    " from users where id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn set_user_active(
+                &self,
+                id: i64,
+                active: bool,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use $crate::store::EventKind;
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, id).await?.is_none() {
+                    return Ok(false);
+                }
+                if active {
+                    sqlx::query("update users set is_active = true, updated_at = $2 where id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    Self::append_event(&mut tx, EventKind::UserEnabled, id, None, None, now)
+                        .await?;
+                } else {
+                    let cutoff = $crate::store::not_before(now);
+                    sqlx::query(
+                        r"update users set is_active = false, updated_at = $2,
+                            tokens_not_before = case when tokens_not_before > $3
+                              then tokens_not_before else $3 end
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                    Self::end_user_sessions(&mut tx, id, now).await?;
+                    Self::append_event(
+                        &mut tx,
+                        EventKind::UserDisabled,
+                        id,
+                        None,
+                        Some(cutoff),
+                        now,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn delete_user(
+                &self,
+                id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, id).await?.is_none() {
+                    return Ok(false);
+                }
+                Self::append_event(
+                    &mut tx,
+                    $crate::store::EventKind::UserDeleted,
+                    id,
+                    None,
+                    None,
+                    now,
+                )
+                .await?;
+                sqlx::query("delete from users where id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn reserve_login_attempt(
+                &self,
+                key: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                limits: $crate::store::AttemptLimits,
+            ) -> Result<$crate::store::AttemptRow, $crate::store::StoreError> {
+                // $1 key, $2 now, $3 window cut-off, $4 lock end if this attempt locks, $5 max.
+                // While locked the count climbs to max + 1 and stays there.
+                Ok(sqlx::query_as(
+                    r"insert into login_attempts (key, attempts, window_start, locked_until)
+                      values ($1, 1, $2, case when 1 >= $5 then $4 else null end)
+                      on conflict (key) do update set
+                        attempts = case
+                          when login_attempts.locked_until > $2 then
+                            case when login_attempts.attempts >= $5 + 1 then $5 + 1
+                              else login_attempts.attempts + 1 end
+                          when login_attempts.locked_until is not null
+                            or login_attempts.window_start <= $3 then 1
+                          else login_attempts.attempts + 1
+                        end,
+                        window_start = case
+                          when login_attempts.locked_until > $2 then login_attempts.window_start
+                          when login_attempts.locked_until is not null
+                            or login_attempts.window_start <= $3 then $2
+                          else login_attempts.window_start
+                        end,
+                        locked_until = case
+                          when login_attempts.locked_until > $2 then login_attempts.locked_until
+                          when login_attempts.locked_until is not null
+                            or login_attempts.window_start <= $3
+                            then case when 1 >= $5 then $4 else null end
+                          when login_attempts.attempts + 1 >= $5 then $4
+                          else null
+                        end
+                      returning attempts, window_start, locked_until",
+                )
+                .bind(key)
+                .bind(now)
+                .bind(now - limits.window)
+                .bind(now + limits.lockout)
+                .bind(limits.max_attempts)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn find_login_attempt(
+                &self,
+                key: &str,
+            ) -> Result<Option<$crate::store::AttemptRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "select attempts, window_start, locked_until from login_attempts where key = $1",
+                )
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn clear_login_attempts(&self, key: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("delete from login_attempts where key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn update_password_hash(
+                &self,
+                id: i64,
+                old_hash: &str,
+                new_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    r"update users set password_hash = $3, updated_at = $4
+                      where id = $1 and password_hash = $2",
+                )
+                .bind(id)
+                .bind(old_hash)
+                .bind(new_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn start_session(
+                &self,
+                session: &$crate::store::NewSession,
+                first: &$crate::store::NewRefreshToken,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, session.user_id).await? != Some(true) {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    r"insert into sessions (id, user_id, created_at, expires_at)
+                      values ($1, $2, $3, $4)",
+                )
+                .bind(session.id)
+                .bind(session.user_id)
+                .bind(session.created_at)
+                .bind(session.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::insert_token(&mut tx, first).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn find_session(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::store::SessionRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    session_columns!(),
+                    " from sessions where id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn find_refresh_token(
+                &self,
+                jti: uuid::Uuid,
+            ) -> Result<Option<$crate::store::RefreshTokenRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    token_columns!(),
+                    " from refresh_tokens where jti = $1"
+                ))
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn find_child_token(
+                &self,
+                parent: uuid::Uuid,
+            ) -> Result<Option<$crate::store::RefreshTokenRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    token_columns!(),
+                    " from refresh_tokens where parent_jti = $1"
+                ))
+                .bind(parent)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn rotate_refresh_token(
+                &self,
+                parent: uuid::Uuid,
+                child: &$crate::store::NewRefreshToken,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::RotateOutcome, $crate::store::StoreError> {
+                use $crate::store::RotateOutcome;
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, child.user_id).await? != Some(true) {
+                    return Ok(RotateOutcome::Refused);
+                }
+                let session_live: Option<bool> =
+                    sqlx::query_scalar("select revoked_at is null from sessions where id = $1")
+                        .bind(child.family_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if session_live != Some(true) {
+                    return Ok(RotateOutcome::Refused);
+                }
+                let claimed = sqlx::query(
+                    r"update refresh_tokens set rotated_at = $2
+                      where jti = $1 and rotated_at is null and revoked_at is null
+                        and expires_at > $2",
+                )
+                .bind(parent)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if claimed != 1 {
+                    return Ok(RotateOutcome::NotRotatable);
+                }
+                let child = $crate::store::NewRefreshToken {
+                    parent_jti: Some(parent),
+                    ..child.clone()
+                };
+                Self::insert_token(&mut tx, &child).await?;
+                sqlx::query(
+                    r"update sessions set expires_at = case when expires_at > $2
+                        then expires_at else $2 end
+                      where id = $1",
+                )
+                .bind(child.family_id)
+                .bind(child.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(RotateOutcome::Rotated)
+            }
+
+            async fn revoke_session(
+                &self,
+                id: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                // One lock order, the locking rule's: the user's row, then the session, then
+                // its tokens. The owner is read before the transaction (a session never
+                // changes hands), so nothing is locked before the user's row. A rotation of
+                // this session in flight holds that row: this waits for it, and the updates
+                // below, fresh statements after the lock, see the child it committed.
+                let owner: Option<i64> =
+                    sqlx::query_scalar("select user_id from sessions where id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                let Some(user_id) = owner else {
+                    return Ok(false);
+                };
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, user_id).await?.is_none() {
+                    return Ok(false);
+                }
+                let ended = sqlx::query(
+                    "update sessions set revoked_at = $2 where id = $1 and revoked_at is null",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    r"update refresh_tokens set revoked_at = $2
+                      where family_id = $1 and revoked_at is null",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if ended == 1 {
+                    Self::append_event(
+                        &mut tx,
+                        $crate::store::EventKind::SessionRevoked,
+                        user_id,
+                        Some(id),
+                        None,
+                        now,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(ended == 1)
+            }
+
+            async fn revoke_user_sessions(
+                &self,
+                user_id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, user_id).await?.is_none() {
+                    return Ok(0);
+                }
+                let cutoff = $crate::store::not_before(now);
+                sqlx::query(
+                    r"update users set tokens_not_before = case when tokens_not_before > $2
+                        then tokens_not_before else $2 end
+                      where id = $1",
+                )
+                .bind(user_id)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+                let ended = Self::end_user_sessions(&mut tx, user_id, now).await?;
+                Self::append_event(
+                    &mut tx,
+                    $crate::store::EventKind::LoggedOutEverywhere,
+                    user_id,
+                    None,
+                    Some(cutoff),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(ended)
+            }
+
+            async fn events_since(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::EventRow>, $crate::store::StoreError> {
+                let rows: Vec<$crate::store::RawEventRow> = sqlx::query_as(concat!(
+                    "select ",
+                    event_columns!(),
+                    " from revocation_events where id > $1 order by id limit $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map($crate::store::EventRow::try_from)
+                    .collect()
+            }
+
+            async fn event_bounds(&self) -> Result<Option<(i64, i64)>, $crate::store::StoreError> {
+                let (first, last): (Option<i64>, Option<i64>) =
+                    sqlx::query_as("select min(id), max(id) from revocation_events")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(first.zip(last))
+            }
+
+            async fn last_event_id(&self) -> Result<i64, $crate::store::StoreError> {
+                Ok(
+                    sqlx::query_scalar("select coalesce(max(id), 0) from revocation_events")
+                        .fetch_one(&self.pool)
+                        .await?,
+                )
+            }
+
+            fn event_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+                self.notifications()
+            }
+
+            async fn update_user_email(
+                &self,
+                id: i64,
+                old: &str,
+                new: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(
+                    sqlx::query("update users set email = $3 where id = $1 and email = $2")
+                        .bind(id)
+                        .bind(old)
+                        .bind(new)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected()
+                        == 1,
+                )
+            }
+
+            async fn data_migration_done(&self, name: &str) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query_scalar::<_, i64>(
+                    "select count(*) from data_migrations where name = $1",
+                )
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?
+                    > 0)
+            }
+
+            async fn record_data_migration(
+                &self,
+                name: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    r"insert into data_migrations (name, applied_at) values ($1, $2)
+                      on conflict do nothing",
+                )
+                .bind(name)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn purge_batch(
+                &self,
+                purge: $crate::store::Purge,
+                limit: i64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                use $crate::store::Purge;
+                let mut tx = self.begin_write().await?;
+                let deleted = match purge {
+                    Purge::LoginAttempts {
+                        window_start_before,
+                        now,
+                    } => sqlx::query(
+                        r"delete from login_attempts where key in (
+                            select key from login_attempts
+                            where window_start < $1 and (locked_until is null or locked_until < $2)
+                            limit $3)",
+                    )
+                    .bind(window_start_before)
+                    .bind(now)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    Purge::RefreshTokens(before) => {
+                        let expired: Vec<uuid::Uuid> = sqlx::query_scalar(
+                            "select jti from refresh_tokens where expires_at < $1 limit $2",
+                        )
+                        .bind(before)
+                        .bind(limit)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let mut deleted = 0;
+                        for jti in expired {
+                            // Unlink a child first: the foreign key would otherwise delete it
+                            // too.
+                            sqlx::query(
+                                "update refresh_tokens set parent_jti = null where parent_jti = $1",
+                            )
+                            .bind(jti)
+                            .execute(&mut *tx)
+                            .await?;
+                            deleted += sqlx::query("delete from refresh_tokens where jti = $1")
+                                .bind(jti)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                        }
+                        deleted
+                    }
+                    Purge::Sessions(before) => sqlx::query(
+                        r"delete from sessions where id in (
+                            select id from sessions where expires_at < $1 limit $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    Purge::Events(before) => sqlx::query(
+                        r"delete from revocation_events where id in (
+                            select id from revocation_events where created_at < $1
+                              and id < (select max(id) from revocation_events)
+                            limit $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                };
+                tx.commit().await?;
+                Ok(deleted)
+            }
+
+            async fn export_users(
+                &self,
+            ) -> Result<Vec<$crate::store::UserRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    user_columns!(),
+                    " from users order by id"
+                ))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn export_refresh_tokens(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::RefreshTokenRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    token_columns!(),
+                    " from refresh_tokens where expires_at > $1 order by issued_at"
+                ))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn import(
+                &self,
+                users: &[$crate::store::UserRow],
+                tokens: &[$crate::store::RefreshTokenRow],
+                merge: bool,
+            ) -> Result<Option<$crate::store::ImportReport>, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let existing: i64 = sqlx::query_scalar("select count(*) from users")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if existing > 0 && !merge {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let mut inserted = std::collections::HashSet::new();
+                for user in users {
+                    let id: Option<i64> = sqlx::query_scalar(
+                        r"insert into users
+                            (id, email, password_hash, is_active, created_at, updated_at,
+                             tokens_not_before)
+                          values ($1, $2, $3, $4, $5, $6, $7)
+                          on conflict do nothing
+                          returning id",
+                    )
+                    .bind(user.id)
+                    .bind(&user.email)
+                    .bind(&user.password_hash)
+                    .bind(user.is_active)
+                    .bind(user.created_at)
+                    .bind(user.updated_at)
+                    .bind(user.tokens_not_before)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    inserted.extend(id);
+                }
+                let mut copied_tokens = 0;
+                for token in tokens.iter().filter(|t| inserted.contains(&t.user_id)) {
+                    copied_tokens += sqlx::query(
+                        r"insert into refresh_tokens
+                            (jti, user_id, family_id, parent_jti, issued_at, expires_at,
+                             rotated_at, revoked_at)
+                          values ($1, $2, $3, $4, $5, $6, $7, $8)
+                          on conflict do nothing",
+                    )
+                    .bind(token.jti)
+                    .bind(token.user_id)
+                    .bind(token.family_id)
+                    .bind(token.parent_jti)
+                    .bind(token.issued_at)
+                    .bind(token.expires_at)
+                    .bind(token.rotated_at)
+                    .bind(token.revoked_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                sqlx::query($crate::store::sql::SESSIONS_FROM_TOKENS)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::after_import(&mut tx).await?;
+                tx.commit().await?;
+                let users_inserted = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
+                Ok(Some($crate::store::ImportReport {
+                    users: users_inserted,
+                    skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX)
+                        - users_inserted,
+                    tokens: copied_tokens,
+                }))
+            }
+        }
+    };
+}
