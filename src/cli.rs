@@ -20,11 +20,11 @@ use clap::{Parser, Subcommand};
 use crate::{
     clock::{Clock as _, SystemClock},
     config::{Config, DatabaseUrl, JwtAlgorithm},
+    error_chain::error_chain,
     keys::{self, AsymmetricAlgorithm},
     service::copy,
     state::{AppState, Purpose, StartupError},
-    store,
-    telemetry::{self, error_chain},
+    store, telemetry,
 };
 
 #[derive(Parser)]
@@ -266,8 +266,10 @@ fn load_dotenv(path: &Path) -> Result<(), String> {
 /// The one line of a start-up failure, and its exit code.
 fn startup_failure(err: &StartupError) -> ExitCode {
     match err {
-        StartupError::Database(_) | StartupError::SchemaNotCurrent => {
-            eprintln!("auth-service: {err}");
+        StartupError::Unreachable(_)
+        | StartupError::Database(_)
+        | StartupError::SchemaNotCurrent => {
+            eprintln!("auth-service: {}", error_chain(err));
             ExitCode::from(2)
         }
         StartupError::Other(cause) => {
@@ -282,7 +284,7 @@ async fn serve(config: Config) -> ExitCode {
         eprintln!("auth-service: {err}");
         return ExitCode::from(2);
     }
-    telemetry::init(&config);
+    telemetry::init(&config.log_level, config.log_format);
     if config.jwt_secret_generated && config.jwt_algorithm == JwtAlgorithm::Hs256 {
         tracing::warn!(
             "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
@@ -314,14 +316,14 @@ async fn serve(config: Config) -> ExitCode {
 
 /// Builds the state for an admin command (logs on stderr).
 async fn admin_state(config: Config, purpose: Purpose) -> Result<AppState, ExitCode> {
-    telemetry::init_cli(&config);
+    telemetry::init_cli(config.log_format);
     AppState::build_for(config, Arc::new(SystemClock), purpose)
         .await
         .map_err(|err| startup_failure(&err))
 }
 
 /// Prints a command's result, or its error with the database it concerned.
-fn finish<E: std::error::Error>(result: Result<String, E>, database: &str) -> ExitCode {
+fn finish<E: std::error::Error + 'static>(result: Result<String, E>, database: &str) -> ExitCode {
     match result {
         Ok(message) => {
             println!("{message}");
@@ -473,7 +475,7 @@ async fn copy_data(
     merge: bool,
     allow_empty: bool,
 ) -> ExitCode {
-    telemetry::init_cli(config);
+    telemetry::init_cli(config.log_format);
     let (from_url, to_url) = match (DatabaseUrl::parse(from), DatabaseUrl::parse(to)) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(err), _) => {

@@ -13,8 +13,7 @@ use secrecy::SecretString;
 
 pub use crate::{
     database_url::DatabaseUrl,
-    keys::{AsymmetricAlgorithm, KeySet},
-    service::RotationMode,
+    keys::{AsymmetricAlgorithm, JwtAlgorithm, KeySet},
 };
 
 /// A configuration value that could not be used, with the variable it came from.
@@ -36,14 +35,13 @@ impl ConfigError {
     }
 }
 
-/// The JWT signing algorithm.
+/// How `/auth/refresh` treats a refresh token (`REFRESH_TOKEN_ROTATION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtAlgorithm {
-    /// HMAC with SHA-256 and the shared `JWT_SECRET_KEY` (the default).
-    Hs256,
-    /// RS256, ES256 or EdDSA with `JWT_PRIVATE_KEY_FILE`; other services can verify with the
-    /// published public keys.
-    Asymmetric(AsymmetricAlgorithm),
+pub enum RotationMode {
+    /// `off`: a refresh token stays valid until it expires or is revoked.
+    Off,
+    /// `on`: each refresh token works once, with reuse detection and a grace window.
+    On,
 }
 
 /// Log output for machines or for people.

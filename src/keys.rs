@@ -24,6 +24,16 @@ pub enum AsymmetricAlgorithm {
     EdDsa,
 }
 
+/// The JWT signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and the shared `JWT_SECRET_KEY` (the default).
+    Hs256,
+    /// RS256, ES256 or EdDSA with `JWT_PRIVATE_KEY_FILE`; other services can verify with the
+    /// published public keys.
+    Asymmetric(AsymmetricAlgorithm),
+}
+
 /// The smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
 

@@ -16,11 +16,13 @@
 //! - [`server`]: the accept loop (header read timeout, connection cap, graceful shutdown).
 //! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
 //! - [`telemetry`]: logs and the Prometheus recorder.
+//! - [`error_chain`], [`database_url`], [`keys`]: leaves every layer may use.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod database_url;
+pub mod error_chain;
 pub mod http;
 pub mod keys;
 pub mod passwords;
@@ -45,8 +47,8 @@ use crate::{
 /// requests have finished. This is what `main` and every test call.
 ///
 /// # Errors
-/// [`StartupError::Database`] when the database cannot be reached or migrated; `Other` when
-/// serving fails.
+/// [`StartupError::Unreachable`] when the database cannot be reached, `Database` when it cannot
+/// be migrated or read; `Other` when serving fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -83,7 +85,7 @@ pub async fn serve(
         .revocations()
         .follow()
         .await
-        .map_err(|e| StartupError::Database(e.into()))?;
+        .map_err(StartupError::Database)?;
     service::purge::spawn_background(state.auth());
     let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
     let metrics = match state.config().metrics_addr {

@@ -18,8 +18,23 @@ use crate::{
     service::{AuthService, AuthSettings, lockout::LockoutPolicy},
     store::{self, PoolSettings, Store, StoreError},
     telemetry,
-    tokens::TokenKeys,
+    tokens::{TokenKeys, TokenSettings},
 };
+
+/// The token settings of `config`, for [`TokenKeys::new`].
+#[must_use]
+pub fn token_settings(config: &Config) -> TokenSettings {
+    TokenSettings {
+        secret: config.jwt_secret.clone(),
+        // A generated secret signs nothing another process could check: never a fallback.
+        accept_hs256: !config.jwt_secret_generated,
+        algorithm: config.jwt_algorithm,
+        keys: config.jwt_keys.clone(),
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        leeway_seconds: config.jwt_leeway_seconds,
+    }
+}
 
 /// How long a request waits for a pooled connection before answering 503.
 ///
@@ -56,10 +71,14 @@ pub fn pool_settings(
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// The database did not answer within `DATABASE_CONNECT_TIMEOUT_SECONDS`, or migrating it
-    /// failed. `main` exits with code 2.
-    #[error("invalid DATABASE_URL: database not reachable or not usable: {0:#}")]
-    Database(#[source] anyhow::Error),
+    /// The database `DATABASE_URL` names could not be opened or did not answer within
+    /// `DATABASE_CONNECT_TIMEOUT_SECONDS`. `main` exits with code 2.
+    #[error("invalid DATABASE_URL: database not reachable")]
+    Unreachable(#[source] StoreError),
+    /// The database answered, but migrating it or reading it at start-up failed (nothing to do
+    /// with the URL). `main` exits with code 2.
+    #[error("the database failed at start-up")]
+    Database(#[source] StoreError),
     /// `MIGRATE_ON_START=false` and the schema is not current. `main` exits with code 2.
     #[error(
         "the database schema is not current and MIGRATE_ON_START is false: run `auth-service migrate` first"
@@ -121,21 +140,18 @@ impl AppState {
         let metrics = telemetry::metrics_handle();
         let store = connect_with_retry(&config, purpose != Purpose::Admin).await?;
         if config.migrate_on_start || purpose == Purpose::Migrate {
-            store
-                .migrate()
-                .await
-                .map_err(|e| StartupError::Database(e.into()))?;
+            store.migrate().await.map_err(StartupError::Database)?;
             crate::service::rekey::rekey_emails(&*store, clock.now())
                 .await
-                .map_err(|e| StartupError::Database(e.into()))?;
+                .map_err(StartupError::Database)?;
         } else if !store
             .schema_is_current()
             .await
-            .map_err(|e| StartupError::Database(e.into()))?
+            .map_err(StartupError::Database)?
         {
             return Err(StartupError::SchemaNotCurrent);
         }
-        let keys = TokenKeys::from_config(&config)?;
+        let keys = TokenKeys::new(token_settings(&config))?;
         let passwords = Passwords::new(config.bcrypt_rounds, config.password_hash_max_queue)?;
         let settings = AuthSettings {
             access_ttl: chrono::Duration::minutes(config.access_token_expire_minutes.into()),
@@ -233,7 +249,7 @@ async fn connect_with_retry(config: &Config, create: bool) -> Result<Arc<dyn Sto
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(err) => return Err(StartupError::Database(err.into())),
+            Err(err) => return Err(StartupError::Unreachable(err)),
         }
     }
 }

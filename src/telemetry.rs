@@ -9,7 +9,7 @@ use std::{io::IsTerminal as _, sync::OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-use crate::config::{Config, LogFormat};
+use crate::config::LogFormat;
 
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
 ///
@@ -17,28 +17,29 @@ use crate::config::{Config, LogFormat};
 /// logged once at WARN (and its end once at INFO) by the revocation follower instead.
 const QUIET: &[&str] = &["sqlx=error", "sqlx::postgres::notice=error"];
 
-/// Installs the global subscriber for the server (stdout, `LOG_LEVEL`). Call once, from `main`.
-pub fn init(config: &Config) {
+/// Installs the global subscriber for the server (stdout, `LOG_LEVEL` as `level`, unless
+/// `RUST_LOG` is set). Call once, from `main`.
+pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stdout().is_terminal();
-    install(config, filter, std::io::stdout, ansi);
+    install(format, filter, std::io::stdout, ansi);
 }
 
 /// Installs the subscriber for admin commands: stderr, warnings plus the audit events, so
 /// stdout carries only the command's own output.
-pub fn init_cli(config: &Config) {
+pub fn init_cli(format: LogFormat) {
     let ansi = std::io::stderr().is_terminal();
     install(
-        config,
+        format,
         EnvFilter::new("warn,audit=info"),
         std::io::stderr,
         ansi,
     );
 }
 
-fn install<W>(config: &Config, mut filter: EnvFilter, writer: W, ansi: bool)
+fn install<W>(format: LogFormat, mut filter: EnvFilter, writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -48,7 +49,7 @@ where
         }
     }
     let registry = tracing_subscriber::registry().with(filter);
-    let result = match config.log_format {
+    let result = match format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -162,21 +163,4 @@ fn describe_metrics() {
         "Idle database connections of the pool"
     );
     describe_counter!("rows_purged_total", "Rows deleted by the purge, by table");
-}
-
-/// An error and its causes on one line, `error: cause: root cause`, each text once: a cause
-/// whose text the line already holds (wrappers that repeat their source) is not repeated.
-#[must_use]
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

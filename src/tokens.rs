@@ -13,13 +13,10 @@
 pub use auth_verifier::claims::{Claims, MAX_TOKEN_BYTES, TokenKind};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
-use crate::{
-    config::{Config, JwtAlgorithm},
-    keys::{AsymmetricAlgorithm, KeySet},
-};
+use crate::keys::{AsymmetricAlgorithm, JwtAlgorithm, KeySet};
 
 /// Whom a token is for, and in which session.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +49,28 @@ pub enum TokenError {
     WrongKind,
 }
 
-/// Signing and verification keys plus the rules, built once from the configuration.
+/// What [`TokenKeys`] is built from: the token settings of the configuration, handed over by
+/// `state.rs` (this module reads no configuration itself).
+#[derive(Clone)]
+pub struct TokenSettings {
+    /// `JWT_SECRET_KEY`: signs with HS256; with an asymmetric algorithm it verifies HS256
+    /// tokens only when `accept_hs256`.
+    pub secret: SecretString,
+    /// With an asymmetric algorithm, whether HS256 tokens signed with `secret` still verify.
+    pub accept_hs256: bool,
+    /// `JWT_ALGORITHM`.
+    pub algorithm: JwtAlgorithm,
+    /// The signing key and every published key.
+    pub keys: KeySet,
+    /// `JWT_ISSUER`.
+    pub issuer: String,
+    /// `JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// `JWT_LEEWAY_SECONDS`.
+    pub leeway_seconds: u64,
+}
+
+/// Signing and verification keys plus the rules, built once from [`TokenSettings`].
 #[derive(Clone)]
 pub struct TokenKeys {
     /// The header every issued token carries (`alg`, `typ`, and `kid` for asymmetric keys).
@@ -96,10 +114,10 @@ impl TokenKeys {
     ///
     /// # Errors
     /// When the key material is unusable (never for a validated configuration).
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let secret = config.jwt_secret.expose_secret().as_bytes();
-        let keys = &config.jwt_keys;
-        let (header, encoding, hmac) = match (config.jwt_algorithm, &keys.signing) {
+    pub fn new(settings: TokenSettings) -> anyhow::Result<Self> {
+        let secret = settings.secret.expose_secret().as_bytes();
+        let keys = &settings.keys;
+        let (header, encoding, hmac) = match (settings.algorithm, &keys.signing) {
             (JwtAlgorithm::Hs256, _) => (
                 Header::new(Algorithm::HS256),
                 EncodingKey::from_secret(secret)?,
@@ -108,7 +126,8 @@ impl TokenKeys {
             (JwtAlgorithm::Asymmetric(_), Some(signing)) => {
                 let mut header = Header::new(signing.public.algorithm.algorithm());
                 header.kid = Some(signing.public.kid.clone());
-                let hmac = (!config.jwt_secret_generated)
+                let hmac = settings
+                    .accept_hs256
                     .then(|| DecodingKey::from_secret(secret))
                     .transpose()?;
                 (header, signing.encoding.clone(), hmac)
@@ -129,9 +148,9 @@ impl TokenKeys {
                 validation(Algorithm::ES256),
                 validation(Algorithm::EdDSA),
             ],
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-            leeway: i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
+            issuer: settings.issuer,
+            audience: settings.audience,
+            leeway: i64::try_from(settings.leeway_seconds).unwrap_or(i64::MAX),
         })
     }
 
@@ -289,8 +308,9 @@ mod tests {
     fn keys(extra: &[(&str, &str)]) -> TokenKeys {
         let mut vars: HashMap<&str, &str> = extra.iter().copied().collect();
         vars.insert("JWT_SECRET_KEY", SECRET);
-        let config = Config::from_lookup(|n| vars.get(n).map(|v| (*v).to_owned())).unwrap();
-        TokenKeys::from_config(&config).unwrap()
+        let config =
+            crate::config::Config::from_lookup(|n| vars.get(n).map(|v| (*v).to_owned())).unwrap();
+        TokenKeys::new(crate::state::token_settings(&config)).unwrap()
     }
 
     fn token(keys: &TokenKeys, kind: TokenKind, now: DateTime<Utc>) -> String {

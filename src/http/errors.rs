@@ -12,7 +12,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{service::AuthError, telemetry::error_chain};
+use crate::{error_chain::error_chain, service::AuthError};
 
 /// The machine-readable `error_code` of every error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

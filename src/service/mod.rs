@@ -19,7 +19,7 @@ pub mod rekey;
 pub mod revocations;
 pub mod rotation;
 
-pub use self::{errors::AuthError, login::LoginOutcome, refresh::RotationMode};
+pub use self::{errors::AuthError, login::LoginOutcome};
 
 use std::sync::Arc;
 
@@ -35,6 +35,7 @@ use self::{
 };
 use crate::{
     clock::Clock,
+    config::RotationMode,
     passwords::Passwords,
     store::{NewRefreshToken, NewSession, RefreshTokenRow, Store, StoreError, UserRow},
     tokens::{Claims, Subject, TokenKeys, TokenKind},

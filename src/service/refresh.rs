@@ -14,18 +14,10 @@ use super::{
     rotation::{self, Reuse},
 };
 use crate::{
+    config::RotationMode,
     store::{NewRefreshToken, RefreshTokenRow, RotateOutcome, UserRow},
     tokens::TokenKind,
 };
-
-/// How `/auth/refresh` treats a refresh token (`REFRESH_TOKEN_ROTATION`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RotationMode {
-    /// `off`: a refresh token stays valid until it expires or is revoked.
-    Off,
-    /// `on`: each refresh token works once, with reuse detection and a grace window.
-    On,
-}
 
 /// How one refresh ended.
 #[derive(Clone)]

@@ -310,7 +310,7 @@ async fn follow_loop(view: Weak<Revocations>, signal: Option<Arc<tokio::sync::No
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
                     tracing::warn!(
-                        error = %crate::telemetry::error_chain(&err),
+                        error = %crate::error_chain::error_chain(&err),
                         "cannot read revocation events; /auth/verify answers 503 once they are {} s behind",
                         STALE_AFTER.as_secs()
                     );

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::config::DatabaseUrl;
+use crate::database_url::DatabaseUrl;
 
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, read_original_users};

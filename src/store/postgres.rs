@@ -23,7 +23,7 @@ use sqlx::{
 use tokio::sync::Notify;
 
 use super::{PoolSettings, StoreError};
-use crate::config::DatabaseUrl;
+use crate::database_url::DatabaseUrl;
 
 /// [`Store`] on a PostgreSQL database shared by every replica.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use sqlx::{
 };
 
 use super::{PoolSettings, StoreError, UserRow};
-use crate::config::DatabaseUrl;
+use crate::database_url::DatabaseUrl;
 
 /// How long a writer waits for SQLite's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ fn why_not_open(path: &std::path::Path, create: bool, err: &sqlx::Error) -> Stri
             .open(path)
         {
             Err(io) => io.to_string(),
-            Ok(_) => crate::telemetry::error_chain(err),
+            Ok(_) => crate::error_chain::error_chain(err),
         }
     };
     format!("cannot open the sqlite file {shown}: {reason}")
