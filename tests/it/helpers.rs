@@ -66,8 +66,7 @@ fn init_logs() {
 }
 
 fn tracing_subscriber_init() -> Option<()> {
-    let config = Config::from_lookup(|n| (n == "LOG_FORMAT").then(|| "pretty".to_owned())).ok()?;
-    auth_service::telemetry::init(&config);
+    auth_service::telemetry::init("info", auth_service::config::LogFormat::Pretty);
     Some(())
 }
 
@@ -144,6 +143,13 @@ impl TestDb {
 
     /// A separate store on the same database, for arranging and inspecting state.
     pub async fn store(&self) -> Arc<dyn Store> {
+        let store = self.unmigrated_store().await;
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// A store on this database as it is, without running the migrations.
+    pub async fn unmigrated_store(&self) -> Arc<dyn Store> {
         let settings = PoolSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(10),
@@ -151,11 +157,9 @@ impl TestDb {
             statement_timeout: Duration::from_secs(20),
             create_if_missing: true,
         };
-        let store = store::connect(&self.url, settings)
+        store::connect(&self.url, settings)
             .await
-            .expect("connect test store");
-        store.migrate().await.expect("migrate");
-        store
+            .expect("connect test store")
     }
 }
 

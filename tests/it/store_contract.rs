@@ -2,7 +2,7 @@
 //!
 //! | method | test |
 //! |---|---|
-//! | `ping`, `pool_stats`, `migrate` | `housekeeping_methods_answer` |
+//! | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
 //! | `insert_user`, `find_user_by_email`, `find_user_by_id` | `users_insert_find_and_duplicate` |
 //! | `set_user_active`, `delete_user` | `disabling_and_deleting_end_sessions_and_append_events` |
 //! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
@@ -10,15 +10,16 @@
 //! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
 //! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
 //! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
-//! | `events_since`, `last_event_id`, `event_signal` | `events_are_read_in_order_and_signalled` |
+//! | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
 //! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
-//! | `update_user_email`, `data_migration_done`, `record_data_migration` | `admin_cli::existing_emails_are_rekeyed_and_collisions_listed_not_merged` |
-//! | `purge_batch` | `purging_deletes_only_what_nothing_needs` |
+//! | `update_user_email` | `email_update_is_a_compare_and_set` |
+//! | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
+//! | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
 
 use std::sync::Arc;
 
 use auth_service::store::{
-    AttemptLimits, EventKind, NewRefreshToken, NewSession, RotateOutcome, Store, StoreError,
+    AttemptLimits, EventKind, NewRefreshToken, NewSession, Purge, RotateOutcome, Store, StoreError,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -65,6 +66,9 @@ dual_backend!(
     login_attempts_count_lock_and_reset,
     fifty_parallel_reservations_are_counted_exactly,
     rotation_is_a_compare_and_set,
+    email_update_is_a_compare_and_set,
+    data_migrations_are_recorded_once,
+    purge_batches_delete_only_what_nothing_needs,
 );
 
 async fn users_insert_find_and_duplicate(backend: Backend) {
@@ -133,7 +137,9 @@ async fn login_attempts_count_lock_and_reset(backend: Backend) {
             .await
             .unwrap();
         seen.push((row.attempts, row.locked_until.is_some()));
+        assert_eq!(store.find_login_attempt("k").await.unwrap(), Some(row));
     }
+    assert_eq!(store.find_login_attempt("other").await.unwrap(), None);
     assert_eq!(
         seen,
         [
@@ -167,6 +173,7 @@ async fn login_attempts_count_lock_and_reset(backend: Backend) {
         .unwrap();
     assert_eq!(row.attempts, 1);
     store.clear_login_attempts("k").await.unwrap();
+    assert_eq!(store.find_login_attempt("k").await.unwrap(), None);
     assert_eq!(
         store
             .reserve_login_attempt("k", later, limits())
@@ -202,9 +209,20 @@ async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
 }
 
 async fn housekeeping_methods_answer(backend: Backend) {
-    let (_db, store) = store(backend).await;
+    let db = TestDb::new(backend).await;
+    let store = db.unmigrated_store().await;
     store.ping().await.unwrap();
+    assert!(
+        !store.schema_is_current().await.unwrap(),
+        "nothing applied yet"
+    );
     store.migrate().await.unwrap();
+    assert!(store.schema_is_current().await.unwrap());
+    store.migrate().await.unwrap();
+    assert!(
+        store.schema_is_current().await.unwrap(),
+        "migrating twice is a no-op"
+    );
     let stats = store.pool_stats();
     assert!(stats.size >= 1 && stats.idle <= stats.size, "{stats:?}");
 }
@@ -490,6 +508,7 @@ async fn events_are_read_in_order_and_signalled(backend: Backend) {
     let (_db, store) = store(backend).await;
     let now = Utc::now();
     assert_eq!(store.last_event_id().await.unwrap(), 0);
+    assert_eq!(store.event_bounds().await.unwrap(), None);
     let user = store.insert_user("e@example.com", "h", now).await.unwrap();
     let sessions: Vec<NewRefreshToken> = join_all((0..6).map(|_| session(&store, user.id))).await;
     let signal = store.event_signal();
@@ -510,6 +529,10 @@ async fn events_are_read_in_order_and_signalled(backend: Backend) {
     assert_eq!(all.len(), 6);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(store.last_event_id().await.unwrap(), all[5].id);
+    assert_eq!(
+        store.event_bounds().await.unwrap(),
+        Some((all[0].id, all[5].id))
+    );
     // Paging.
     let page = store.events_since(all[1].id, 2).await.unwrap();
     assert_eq!(
@@ -635,4 +658,144 @@ async fn purging_deletes_only_what_nothing_needs(backend: Backend) {
         state.auth().purge().await.unwrap(),
         auth_service::service::purge::PurgeReport::default()
     );
+}
+
+async fn email_update_is_a_compare_and_set(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    let a = store.insert_user("a@example.com", "h", now).await.unwrap();
+    store.insert_user("b@example.com", "h", now).await.unwrap();
+    // Act / Assert: only from the email it still has; never onto another user's.
+    assert!(
+        !store
+            .update_user_email(a.id, "stale@example.com", "c@example.com")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store
+            .update_user_email(a.id, "a@example.com", "b@example.com")
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(
+        store
+            .update_user_email(a.id, "a@example.com", "c@example.com")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.find_user_by_id(a.id).await.unwrap().unwrap().email,
+        "c@example.com"
+    );
+    assert!(
+        store
+            .find_user_by_email("a@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn data_migrations_are_recorded_once(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    assert!(!store.data_migration_done("rekey-test").await.unwrap());
+    store
+        .record_data_migration("rekey-test", now)
+        .await
+        .unwrap();
+    store
+        .record_data_migration("rekey-test", now)
+        .await
+        .unwrap();
+    assert!(store.data_migration_done("rekey-test").await.unwrap());
+    assert!(!store.data_migration_done("another").await.unwrap());
+}
+
+async fn purge_batches_delete_only_what_nothing_needs(backend: Backend) {
+    // Arrange: three finished login counters and a live lock; a rotated chain whose parent
+    // expires before its child; an old event and a newer one.
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let old = now - Duration::hours(1);
+    for key in ["a", "b", "c"] {
+        store
+            .reserve_login_attempt(key, old, limits())
+            .await
+            .unwrap();
+    }
+    // Its window is over too, but a lock longer than the window still holds.
+    let long_lock = AttemptLimits {
+        lockout: Duration::hours(2),
+        ..limits()
+    };
+    for _ in 0..5 {
+        store
+            .reserve_login_attempt("locked", old, long_lock)
+            .await
+            .unwrap();
+    }
+    let user = store.insert_user("p@example.com", "h", now).await.unwrap();
+    let parent = session(&store, user.id).await;
+    let child = NewRefreshToken {
+        expires_at: now + Duration::days(60),
+        ..token(user.id, parent.family_id, Some(parent.jti))
+    };
+    assert_eq!(
+        store
+            .rotate_refresh_token(parent.jti, &child, now)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated
+    );
+    let other = session(&store, user.id).await;
+    store.revoke_session(other.family_id, old).await.unwrap();
+    store.revoke_session(parent.family_id, now).await.unwrap();
+    let attempts = || Purge::LoginAttempts {
+        window_start_before: now - Duration::minutes(15),
+        now,
+    };
+    // Act / Assert: batches of at most `limit`, until none is left; the live lock stays.
+    assert_eq!(store.purge_batch(attempts(), 2).await.unwrap(), 2);
+    assert_eq!(store.purge_batch(attempts(), 2).await.unwrap(), 1);
+    assert_eq!(store.purge_batch(attempts(), 2).await.unwrap(), 0);
+    assert!(store.find_login_attempt("locked").await.unwrap().is_some());
+    // The expired parent goes; its child stays, unlinked.
+    let tokens = Purge::RefreshTokens(now + Duration::days(31));
+    assert_eq!(
+        store.purge_batch(tokens, 10).await.unwrap(),
+        2,
+        "parent and other"
+    );
+    assert!(
+        store
+            .find_refresh_token(parent.jti)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = store.find_refresh_token(child.jti).await.unwrap().unwrap();
+    assert_eq!(kept.parent_jti, None);
+    // A session goes once its newest token has expired.
+    assert_eq!(
+        store
+            .purge_batch(Purge::Sessions(now + Duration::days(31)), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.find_session(other.family_id).await.unwrap().is_none());
+    assert!(
+        store
+            .find_session(parent.family_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Events older than the cut-off go, except the newest of all.
+    let events = Purge::Events(now + Duration::seconds(1));
+    assert_eq!(store.purge_batch(events, 10).await.unwrap(), 1);
+    let newest = store.last_event_id().await.unwrap();
+    assert_eq!(store.event_bounds().await.unwrap(), Some((newest, newest)));
 }
