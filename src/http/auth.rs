@@ -272,10 +272,12 @@ pub async fn login(
     )
 }
 
-/// `POST /auth/refresh`: exchange a refresh token for a new pair (the old one stops working).
+/// `POST /auth/refresh`: exchange a refresh token for a new access token; with
+/// `REFRESH_TOKEN_ROTATION=on`, also a new refresh token (the one sent stops working).
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", summary = "Exchange a refresh token for a new access token", request_body = RefreshRequest,
+    description = "Two modes, set by `REFRESH_TOKEN_ROTATION`. `off` (the default, as the original): the refresh token stays valid until it expires or is logged out, and the answer's `refresh_token` is the token that was sent. `on`: each refresh token works once; the answer carries a new one, and presenting a used token again after `REFRESH_REUSE_GRACE_SECONDS` revokes the whole session (theft detection).",
     responses(
-        (status = 200, description = "Rotated", body = TokenResponse),
+        (status = 200, description = "A new access token; with rotation on, a new refresh token too", body = TokenResponse),
         (status = 401, description = "INVALID_REFRESH_TOKEN", body = ErrorBody),
         BodyErrors,
     ))]

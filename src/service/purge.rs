@@ -95,7 +95,11 @@ pub fn spawn_background(auth: &AuthService) {
             let now = inner.clock.now();
             match purge(&inner, now).await {
                 Ok(report) => tracing::debug!(?report, "purged"),
-                Err(err) => tracing::debug!(error = %err, "purge failed; retrying later"),
+                // An operator must see a purge that keeps failing: the tables then grow.
+                Err(err) => tracing::warn!(
+                    error = %crate::error_chain::error_chain(&err),
+                    "purge failed; retrying at the next run"
+                ),
             }
         }
     });

@@ -131,27 +131,61 @@ struct Inner {
     /// Bumped whenever the published keys change: a remembered check of another generation
     /// counts for nothing, even one that finished after the change.
     key_generation: AtomicU64,
+    /// Every time the verifier reads: expiry, the feed's grace, the JWKS refetch limit.
+    clock: Clock,
+}
+
+/// Time as the verifier sees it: the system's, moved forward by hand in unit tests (the
+/// offset stays zero otherwise).
+#[derive(Debug, Default)]
+struct Clock {
+    offset: Mutex<Duration>,
+}
+
+impl Clock {
+    /// Now, for measuring intervals.
+    fn instant(&self) -> Instant {
+        Instant::now() + *lock(&self.offset)
+    }
+
+    /// Now, in seconds since the epoch, for token claims.
+    fn unix(&self) -> i64 {
+        (SystemTime::now() + *lock(&self.offset))
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    /// How long ago `at` was.
+    fn since(&self, at: Instant) -> Duration {
+        self.instant().saturating_duration_since(at)
+    }
+
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        *lock(&self.offset) += by;
+    }
 }
 
 /// Signature checks remembered at most (a few MiB).
 const VERIFIED_CACHE_ENTRIES: usize = 10_000;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 impl Verifier {
     /// Creates the verifier and starts syncing in the background (a tokio runtime must be
     /// running). It answers [`VerifyError::Unavailable`] until the first sync.
     #[must_use]
     pub fn start(config: VerifierConfig) -> Self {
+        let verifier = Self::unsynced(config);
+        tokio::spawn(sync_loop(Arc::downgrade(&verifier.0)));
+        verifier
+    }
+
+    /// The verifier before anything was fetched, with no background task.
+    fn unsynced(config: VerifierConfig) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_default();
-        let verifier = Self(Arc::new(Inner {
+        Self(Arc::new(Inner {
             config,
             http,
             keys: RwLock::default(),
@@ -161,16 +195,15 @@ impl Verifier {
             feed_ok_at: Mutex::default(),
             verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
             key_generation: AtomicU64::new(0),
-        }));
-        tokio::spawn(sync_loop(Arc::downgrade(&verifier.0)));
-        verifier
+            clock: Clock::default(),
+        }))
     }
 
     /// Whether keys and the revocation feed are current enough to vouch for tokens.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        let fed =
-            lock(&self.0.feed_ok_at).is_some_and(|at| at.elapsed() <= self.0.config.feed_grace);
+        let fed = lock(&self.0.feed_ok_at)
+            .is_some_and(|at| self.0.clock.since(at) <= self.0.config.feed_grace);
         fed && !read(&self.0.keys).is_empty()
     }
 
@@ -199,7 +232,7 @@ impl Verifier {
         };
         let config = &self.0.config;
         let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
-        if claims.exp.saturating_add(leeway) < unix_now() {
+        if claims.exp.saturating_add(leeway) < self.0.clock.unix() {
             return Err(VerifyError::Invalid);
         }
         let session = claims.sid.ok_or(VerifyError::Invalid)?;
@@ -241,13 +274,16 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        // `exp` must be there, but is checked on every use against the verifier's clock (a
+        // remembered token expires too), not here against the system's.
+        validation.validate_exp = false;
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|_| VerifyError::Invalid)?
             .claims;
         let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
         if claims.kind != TokenKind::Access
             || claims.sub != claims.user_id.to_string()
-            || claims.iat > unix_now().saturating_add(leeway)
+            || claims.iat > self.0.clock.unix().saturating_add(leeway)
         {
             return Err(VerifyError::Invalid);
         }
@@ -261,7 +297,7 @@ impl Verifier {
             return Some(found.clone());
         }
         let due = lock(&self.0.last_jwks_fetch)
-            .is_none_or(|at| at.elapsed() >= self.0.config.jwks_refetch_every);
+            .is_none_or(|at| self.0.clock.since(at) >= self.0.config.jwks_refetch_every);
         if due {
             let _ = fetch_jwks(&self.0).await;
         }
@@ -283,7 +319,7 @@ fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Fetches the JWKS and replaces the cached keys with it.
 async fn fetch_jwks(inner: &Inner) -> Result<(), reqwest::Error> {
-    *lock(&inner.last_jwks_fetch) = Some(Instant::now());
+    *lock(&inner.last_jwks_fetch) = Some(inner.clock.instant());
     let url = format!("{}/.well-known/jwks.json", inner.config.auth_url);
     let set: JwkSet = serde_json::from_slice(
         &inner
@@ -352,7 +388,7 @@ async fn fetch_feed(
 /// Applies a feed page: a reset replaces everything, anything else adds to it; entries past
 /// their time are forgotten.
 fn apply(inner: &Inner, page: &RevocationPage) {
-    let now = unix_now();
+    let now = inner.clock.unix();
     let forget_users_before =
         now - i64::try_from(inner.config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
     let mut sessions = write(&inner.sessions);
@@ -395,7 +431,7 @@ async fn sync_loop(verifier: Weak<Inner>) {
             Ok(page) => {
                 apply(&inner, &page);
                 cursor = Some(page.cursor.clone());
-                *lock(&inner.feed_ok_at) = Some(Instant::now());
+                *lock(&inner.feed_ok_at) = Some(inner.clock.instant());
             }
             Err(err) => {
                 tracing::debug!(error = %err, "revocation feed not reachable; retrying");
@@ -403,5 +439,207 @@ async fn sync_loop(verifier: Weak<Inner>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    use super::*;
+    use crate::claims::{RevokedSession, RevokedUser};
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret!";
+    const KID: &str = "k1";
+
+    /// A verifier that holds one HS256 key under [`KID`] and has just read the feed; its
+    /// auth-service URL refuses connections, so a JWKS refetch fails at once.
+    fn synced() -> Verifier {
+        let verifier = Verifier::unsynced(VerifierConfig::new("http://127.0.0.1:9", "feed"));
+        write(&verifier.0.keys).insert(
+            KID.to_owned(),
+            (DecodingKey::from_secret(SECRET).unwrap(), Algorithm::HS256),
+        );
+        *lock(&verifier.0.feed_ok_at) = Some(verifier.0.clock.instant());
+        verifier
+    }
+
+    fn claims(verifier: &Verifier) -> Claims {
+        let now = verifier.0.clock.unix();
+        Claims {
+            sub: "7".to_owned(),
+            user_id: 7,
+            kind: TokenKind::Access,
+            iat: now,
+            exp: now + 900,
+            jti: Uuid::new_v4(),
+            sid: Some(Uuid::new_v4()),
+            email: Some("u@example.com".to_owned()),
+            nbf: None,
+            iss: Some("auth-service".to_owned()),
+            aud: None,
+        }
+    }
+
+    fn sign(claims: &Claims, algorithm: Algorithm, kid: &str) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.to_owned());
+        encode(&header, claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_good_token_verifies_and_claims_that_do_not_fit_are_refused() {
+        let verifier = synced();
+        let good = claims(&verifier);
+        assert_eq!(
+            verifier.verify(&sign(&good, Algorithm::HS256, KID)).await,
+            Ok(VerifiedUser {
+                user_id: 7,
+                email: "u@example.com".to_owned()
+            })
+        );
+        let refused = [
+            Claims {
+                kind: TokenKind::Refresh,
+                ..good.clone()
+            },
+            Claims {
+                sid: None,
+                ..good.clone()
+            },
+            Claims {
+                iss: Some("someone-else".to_owned()),
+                ..good.clone()
+            },
+            Claims {
+                sub: "8".to_owned(),
+                ..good.clone()
+            },
+            Claims {
+                email: None,
+                ..good.clone()
+            },
+            Claims {
+                iat: good.iat + 3600,
+                ..good.clone()
+            },
+        ];
+        for bad in refused {
+            assert_eq!(
+                verifier.verify(&sign(&bad, Algorithm::HS256, KID)).await,
+                Err(VerifyError::Invalid),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_algorithm_is_pinned_to_the_key() {
+        let verifier = synced();
+        let token = sign(&claims(&verifier), Algorithm::HS384, KID);
+        assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_on_the_clock() {
+        let verifier = synced();
+        let token = sign(&claims(&verifier), Algorithm::HS256, KID);
+        assert!(verifier.verify(&token).await.is_ok());
+        // The feed keeps answering meanwhile.
+        let fed = || *lock(&verifier.0.feed_ok_at) = Some(verifier.0.clock.instant());
+        verifier.0.clock.advance(Duration::from_secs(900 + 20));
+        fed();
+        assert!(verifier.verify(&token).await.is_ok(), "within the leeway");
+        verifier.0.clock.advance(Duration::from_secs(11));
+        fed();
+        assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_the_keys_at_most_once_per_interval() {
+        let verifier = synced();
+        let token = sign(&claims(&verifier), Algorithm::HS256, "unknown");
+        let last_fetch = || *lock(&verifier.0.last_jwks_fetch);
+        assert_eq!(last_fetch(), None);
+        // Act: the first unknown kid fetches (and fails: nothing listens there).
+        assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+        let first = last_fetch().unwrap();
+        // Within the interval, no second fetch however many tokens arrive.
+        verifier.0.clock.advance(Duration::from_secs(4));
+        for _ in 0..10 {
+            assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+        }
+        assert_eq!(last_fetch(), Some(first));
+        // After it, one more.
+        verifier.0.clock.advance(Duration::from_secs(1));
+        assert_eq!(verifier.verify(&token).await, Err(VerifyError::Invalid));
+        assert!(last_fetch().unwrap() >= first + Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn tokens_stop_verifying_once_the_feed_is_lost_for_longer_than_the_grace() {
+        let verifier = synced();
+        let token = sign(&claims(&verifier), Algorithm::HS256, KID);
+        verifier.0.clock.advance(Duration::from_secs(29));
+        assert!(verifier.verify(&token).await.is_ok(), "within the grace");
+        verifier.0.clock.advance(Duration::from_secs(2));
+        assert_eq!(verifier.verify(&token).await, Err(VerifyError::Unavailable));
+        assert!(!verifier.is_ready());
+    }
+
+    #[tokio::test]
+    async fn feed_entries_refuse_revoked_sessions_and_older_tokens_of_a_user() {
+        let verifier = synced();
+        let live = claims(&verifier);
+        let revoked = claims(&verifier);
+        let older = Claims {
+            user_id: 9,
+            sub: "9".to_owned(),
+            ..claims(&verifier)
+        };
+        let now = verifier.0.clock.unix();
+        apply(
+            &verifier.0,
+            &RevocationPage {
+                cursor: "1".to_owned(),
+                reset: false,
+                sessions: vec![RevokedSession {
+                    sid: revoked.sid.unwrap(),
+                    exp: now + 900,
+                }],
+                users: vec![RevokedUser {
+                    user_id: 9,
+                    not_before: now + 1,
+                }],
+            },
+        );
+        let verify = |c: &Claims| {
+            let token = sign(c, Algorithm::HS256, KID);
+            let verifier = verifier.clone();
+            async move { verifier.verify(&token).await }
+        };
+        assert!(verify(&live).await.is_ok());
+        assert_eq!(verify(&revoked).await, Err(VerifyError::Invalid));
+        assert_eq!(verify(&older).await, Err(VerifyError::Invalid));
+        // A reset page replaces the set: the session is no longer listed.
+        apply(
+            &verifier.0,
+            &RevocationPage {
+                cursor: "2".to_owned(),
+                reset: true,
+                ..RevocationPage::default()
+            },
+        );
+        assert!(verify(&revoked).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn nothing_verifies_before_the_first_sync() {
+        let verifier = Verifier::unsynced(VerifierConfig::new("http://127.0.0.1:9", "feed"));
+        assert_eq!(
+            verifier.verify("x.y.z").await,
+            Err(VerifyError::Unavailable)
+        );
+        assert!(!verifier.is_ready());
     }
 }
