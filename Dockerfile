@@ -3,16 +3,20 @@
 # change recompiles only this crate.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
+# Every workspace member's manifest must be here before the first build: `verifier/` is a
+# member and a path dependency (tests/it/deploy_files.rs replays these steps).
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir src \
+COPY verifier/Cargo.toml verifier/Cargo.toml
+RUN mkdir -p src verifier/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs verifier/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src \
+    && rm -rf src verifier/src \
     && mkdir /data
 COPY migrations migrations
+COPY verifier verifier
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs verifier/src/lib.rs && cargo build --release --locked
 
 # Runtime stage: distroless (glibc, no shell, no package manager), as the non-root user 65532.
 # TLS to PostgreSQL uses rustls with bundled roots, so no CA package is needed.

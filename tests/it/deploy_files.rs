@@ -287,3 +287,89 @@ fn compose_passes_every_variable_of_the_example() {
         );
     }
 }
+
+/// The build stage's instructions, continuation lines joined: `(keyword, arguments)`.
+fn build_stage(dockerfile: &str) -> Vec<(String, String)> {
+    let joined = dockerfile.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, rest)| (k.to_owned(), rest.trim().to_owned()))
+        .collect()
+}
+
+/// Copies `from` (a file or a folder) to `to`, as `COPY` does.
+fn copy_path(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_path(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("COPY {}: {e}", from.display()));
+    }
+}
+
+#[test]
+fn the_dockerfile_build_stage_loads_the_workspace_at_every_cargo_build() {
+    // Arrange: the build stage, replayed without Docker in an empty folder: each COPY copies
+    // exactly what it names; each RUN runs its commands there, except those that act outside
+    // the context (absolute paths), and every `cargo build` is replaced by a check that cargo
+    // can load the workspace from what has been copied so far.
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let steps = build_stage(&dockerfile);
+    let context = tempfile::tempdir().unwrap();
+    let mut builds = 0;
+    for (keyword, args) in &steps {
+        match keyword.as_str() {
+            "COPY" => {
+                let parts: Vec<&str> = args.split_whitespace().collect();
+                let (dest, sources) = parts.split_last().expect("COPY src... dest");
+                for source in sources {
+                    let target = if dest.ends_with('/') || sources.len() > 1 {
+                        context.path().join(dest).join(source)
+                    } else {
+                        context.path().join(dest)
+                    };
+                    copy_path(&root().join(source), &target);
+                }
+            }
+            "RUN" => {
+                for command in args.split("&&").map(str::trim) {
+                    if command.starts_with("cargo build") {
+                        builds += 1;
+                        // Act
+                        let output = std::process::Command::new(env!("CARGO"))
+                            .args(["metadata", "--locked", "--offline", "--no-deps"])
+                            .args(["--format-version", "1"])
+                            .current_dir(context.path())
+                            .output()
+                            .unwrap();
+                        // Assert
+                        assert!(
+                            output.status.success(),
+                            "`{command}` (build {builds}) would fail: {}",
+                            String::from_utf8_lossy(&output.stderr)
+                        );
+                    } else if !command.split_whitespace().any(|w| w.starts_with('/')) {
+                        let status = std::process::Command::new("sh")
+                            .args(["-c", command])
+                            .current_dir(context.path())
+                            .status()
+                            .unwrap();
+                        assert!(status.success(), "RUN {command}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(builds, 2, "the dependency build and the real one");
+}
