@@ -13,15 +13,25 @@ dual_backend!(
 );
 
 async fn logout_revokes_the_refresh_token(backend: Backend) {
+    // Arrange: two sessions of one user; the first refreshes until it is logged out.
     let app = TestApp::spawn(backend).await;
-    let (_, _, refresh) = app.user_with_tokens("out@example.com").await;
+    let (_, access, refresh) = app.user_with_tokens("out@example.com").await;
+    let (_, other) = app.tokens("out@example.com").await;
+    assert_eq!(app.refresh(&refresh).await.status(), StatusCode::OK);
+    // Act
     let (status, body) = status_and_json(app.logout(&refresh).await).await;
+    // Assert: that session's tokens are dead, as the refresh error says; the other lives.
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"message": "Successfully logged out"}));
     assert_eq!(
-        app.refresh(&refresh).await.status(),
-        StatusCode::UNAUTHORIZED
+        status_and_json(app.refresh(&refresh).await).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "Invalid or expired refresh token", "error_code": "INVALID_REFRESH_TOKEN"})
+        )
     );
+    assert_eq!(app.verify(&access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.refresh(&other).await.status(), StatusCode::OK);
     // Idempotent.
     assert_eq!(app.logout(&refresh).await.status(), StatusCode::OK);
 }

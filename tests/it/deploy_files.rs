@@ -172,6 +172,15 @@ fn dockerfile_and_compose_match_the_binary() {
         Some("service_healthy")
     );
     assert!(!compose["volumes"]["postgres-data"].is_sequence());
+    // The container listens on the PORT it is given: the mapping's container side must be
+    // that same value, or setting PORT in .env breaks the published port.
+    let auth = &services["auth-service"];
+    let mapping = auth["ports"][0].as_str().expect("one port mapping");
+    let port = auth["environment"]["PORT"].as_str().expect("PORT passed");
+    assert!(
+        mapping.ends_with(&format!(":{port}")),
+        "{mapping} does not publish PORT={port}"
+    );
 }
 
 fn yaml(path: &str) -> Value {
@@ -243,8 +252,34 @@ fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
     let service = yaml("deploy/cloudrun/service.yaml");
     let template = &service["spec"]["template"];
     let container = &template["spec"]["containers"][0];
-    let trusted = env_value(container, "TRUSTED_PROXIES").unwrap();
-    assert_eq!(trusted, "169.254.0.0/16");
+    // The file's plain settings, as the binary reads them (the secrets come from Secret
+    // Manager): they must be accepted, and trust the front end's link-local addresses, so
+    // per-IP limits see each client.
+    let plain: std::collections::HashMap<String, String> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let config = auth_service::config::Config::from_lookup(|name| match name {
+        "JWT_SECRET_KEY" => Some(crate::helpers::SECRET.to_owned()),
+        _ => plain.get(name).cloned(),
+    })
+    .expect("Cloud Run's settings are valid");
+    let front_end: std::net::IpAddr = "169.254.8.1".parse().unwrap();
+    assert!(
+        config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&front_end)),
+        "{:?}",
+        config.trusted_proxies
+    );
     assert!(
         template["metadata"]["annotations"]["run.googleapis.com/cloudsql-instances"]
             .as_str()
