@@ -487,27 +487,14 @@ async fn copy_data(
             return ExitCode::from(2);
         }
     };
-    let mut stores = Vec::new();
     // The source must exist: a mistyped path is an error, not an empty database.
-    for (flag, url, create) in [("--from", &from_url, false), ("--to", &to_url, true)] {
-        let settings = crate::state::pool_settings(config, url, 2, create);
-        let connected = match store::connect(url, settings).await {
-            Ok(s) => s.migrate().await.map(|()| s),
-            Err(err) => Err(err),
-        };
-        match connected {
-            Ok(s) => stores.push(s),
-            Err(err) => {
-                eprintln!(
-                    "auth-service: {flag} {}: {}",
-                    url.describe(),
-                    error_chain(&err)
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let (source, target) = (&*stores[0], &*stores[1]);
+    let Some(source) = open_copy_store(config, "--from", &from_url, false).await else {
+        return ExitCode::from(2);
+    };
+    let Some(target) = open_copy_store(config, "--to", &to_url, true).await else {
+        return ExitCode::from(2);
+    };
+    let (source, target) = (&*source, &*target);
     let now = SystemClock.now();
     match copy::copy_data(source, target, merge, allow_empty, now).await {
         Ok(report) => {
@@ -524,6 +511,32 @@ async fn copy_data(
         Err(err) => {
             eprintln!("auth-service: {}", error_chain(&err));
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Connects and migrates one side of `copy-data`; prints why not (naming `flag`) and returns
+/// `None` when that fails.
+async fn open_copy_store(
+    config: &Config,
+    flag: &str,
+    url: &DatabaseUrl,
+    create: bool,
+) -> Option<Arc<dyn store::Store>> {
+    let settings = crate::state::pool_settings(config, url, 2, create);
+    let connected = match store::connect(url, settings).await {
+        Ok(s) => s.migrate().await.map(|()| s),
+        Err(err) => Err(err),
+    };
+    match connected {
+        Ok(s) => Some(s),
+        Err(err) => {
+            eprintln!(
+                "auth-service: {flag} {}: {}",
+                url.describe(),
+                error_chain(&err)
+            );
+            None
         }
     }
 }
