@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::lockout;
+use super::lockout::{self, LockoutKey};
 use crate::store::{AttemptRow, ImportReport, StoreError, UserRow};
 
 /// Why an admin command failed.
@@ -122,7 +122,10 @@ impl AuthService {
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_unlock(&self, email: &str) -> Result<i64, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
-        self.0.store.clear_login_attempts(email.as_str()).await?;
+        self.0
+            .store
+            .clear_login_attempts(&LockoutKey::Email(&email).stored())
+            .await?;
         Ok(audited("admin_user_unlock", user.id))
     }
 
@@ -137,7 +140,9 @@ impl AuthService {
             return Err(AdminError::NotFound);
         }
         self.0.revocations.user_changed(user.id);
-        store.clear_login_attempts(email.as_str()).await?;
+        store
+            .clear_login_attempts(&LockoutKey::Email(&email).stored())
+            .await?;
         Ok(audited("admin_user_delete", user.id))
     }
 
@@ -176,7 +181,7 @@ impl AuthService {
         let row = self
             .0
             .store
-            .find_login_attempt(&lockout::ip_key(network))
+            .find_login_attempt(&LockoutKey::Client(network).stored())
             .await?;
         Ok((network, row))
     }
@@ -189,7 +194,7 @@ impl AuthService {
         let network = lockout::client_network(ip, self.0.settings.ipv6_prefix_length);
         self.0
             .store
-            .clear_login_attempts(&lockout::ip_key(network))
+            .clear_login_attempts(&LockoutKey::Client(network).stored())
             .await?;
         audit::record(
             Event::Admin("admin_ip_unlock"),
@@ -206,7 +211,11 @@ impl AuthService {
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_show(&self, email: &str) -> Result<UserSummary, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
-        let attempts = self.0.store.find_login_attempt(email.as_str()).await?;
+        let attempts = self
+            .0
+            .store
+            .find_login_attempt(&LockoutKey::Email(&email).stored())
+            .await?;
         let now = self.instant();
         let max = i64::from(self.0.settings.lockout.max_attempts);
         let locked_until = attempts.and_then(|a| {

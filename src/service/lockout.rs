@@ -1,11 +1,12 @@
 //! The per-email lockout: turns the counter the store returns into a decision and the
 //! `X-RateLimit-*` figures. The counting itself is one atomic statement in the store.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use chrono::{DateTime, Duration, Utc};
 use ipnet::{IpNet, Ipv6Net};
 
+use super::email::Email;
 use crate::store::{AttemptLimits, AttemptRow};
 
 /// `LOGIN_MAX_ATTEMPTS` failures within `LOGIN_WINDOW_MINUTES` lock for `LOCKOUT_MINUTES`.
@@ -117,12 +118,26 @@ pub fn client_network(ip: IpAddr, v6_prefix: u8) -> IpNet {
     }
 }
 
-/// The key of a client's per-IP failure counter (also what `auth-service ip` reads).
-#[must_use]
-pub fn ip_key(network: IpNet) -> String {
-    match network {
-        IpNet::V4(net) => format!("ip:{}", net.addr()),
-        IpNet::V6(net) => format!("ip:{net}"),
+/// Whose failures a login counter counts: the account, or the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutKey<'a> {
+    /// The per-account lockout, by the normalised email.
+    Email(&'a Email),
+    /// The per-IP limit: an IPv4 address or an IPv6 network (see [`client_network`]); also
+    /// what `auth-service ip` reads.
+    Client(IpNet),
+}
+
+impl LockoutKey<'_> {
+    /// The `login_attempts.key` this counter is stored under: the email itself (as the rows
+    /// have always been keyed), or `ip:` and the address or network, which no email can be.
+    #[must_use]
+    pub fn stored(&self) -> Cow<'_, str> {
+        match self {
+            Self::Email(email) => Cow::Borrowed(email.as_str()),
+            Self::Client(IpNet::V4(net)) => Cow::Owned(format!("ip:{}", net.addr())),
+            Self::Client(IpNet::V6(net)) => Cow::Owned(format!("ip:{net}")),
+        }
     }
 }
 
@@ -195,7 +210,11 @@ mod tests {
 
     #[test]
     fn ipv6_clients_count_per_network_and_mapped_ipv4_as_ipv4() {
-        let key = |ip: &str, prefix| ip_key(client_network(ip.parse().unwrap(), prefix));
+        let key = |ip: &str, prefix| {
+            LockoutKey::Client(client_network(ip.parse().unwrap(), prefix))
+                .stored()
+                .into_owned()
+        };
         assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "ip:2001:db8:1:2::/64");
         assert_eq!(key("2001:db8:1:2:ffff::9", 64), "ip:2001:db8:1:2::/64");
         assert_eq!(key("2001:db8:1:3::1", 64), "ip:2001:db8:1:3::/64");

@@ -2,13 +2,14 @@
 //! password is checked), exactly one bcrypt verification, and the re-hash at a new cost.
 
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use secrecy::{ExposeSecret as _, SecretString};
 
 use super::{
     AuthError, AuthService, TokenPair,
     audit::{self, Caller, Event, Outcome},
     email::Email,
-    lockout::{self, AttemptDecision, AttemptStatus, LockoutPolicy},
+    lockout::{self, AttemptDecision, AttemptStatus, LockoutKey, LockoutPolicy},
 };
 use crate::store::{StoreError, UserRow};
 
@@ -78,16 +79,17 @@ impl AuthService {
         let now = self.0.clock.now();
         let ip_guard = self.0.settings.ip_lockout.zip(caller.ip).map(|(p, ip)| {
             let network = lockout::client_network(ip, self.0.settings.ipv6_prefix_length);
-            (p, lockout::ip_key(network))
+            (p, network)
         });
-        if let Some((ip_policy, key)) = &ip_guard {
-            match self.0.store.find_login_attempt(key).await {
+        if let Some((ip_policy, network)) = &ip_guard {
+            let key = LockoutKey::Client(*network);
+            match self.0.store.find_login_attempt(&key.stored()).await {
                 Err(err) => return LoginOutcome::error(err, None),
                 Ok(row) => {
                     if let Some((until, status)) = row.and_then(|r| ip_policy.lock_of(&r, now)) {
                         audit::record(Event::Login, Outcome::IpBlocked, None, caller);
                         tracing::info!(
-                            client.network = %key.trim_start_matches("ip:"),
+                            client.network = %network,
                             "login refused: the client's address is blocked after too many failures"
                         );
                         return LoginOutcome::ip_blocked(until, now, status);
@@ -99,7 +101,7 @@ impl AuthService {
         let reserved = self
             .0
             .store
-            .reserve_login_attempt(email.as_str(), now, policy.limits())
+            .reserve_login_attempt(&LockoutKey::Email(&email).stored(), now, policy.limits())
             .await;
         let status = match reserved.map(|row| policy.decide(&row, now)) {
             Err(err) => return LoginOutcome::error(err, None),
@@ -121,8 +123,10 @@ impl AuthService {
                 if status.remaining == 0 {
                     audit::record(Event::Lockout, Outcome::Locked, known, caller);
                 }
-                if let Some((ip_policy, key)) = &ip_guard
-                    && let Err(err) = self.count_ip_failure(*ip_policy, key, now, caller).await
+                if let Some((ip_policy, network)) = &ip_guard
+                    && let Err(err) = self
+                        .count_ip_failure(*ip_policy, *network, now, caller)
+                        .await
                 {
                     return LoginOutcome::error(err, Some(status));
                 }
@@ -131,7 +135,12 @@ impl AuthService {
             Err(err) => return LoginOutcome::error(err, Some(status)),
         };
         tracing::Span::current().record("user.id", user.id);
-        if let Err(err) = self.0.store.clear_login_attempts(email.as_str()).await {
+        if let Err(err) = self
+            .0
+            .store
+            .clear_login_attempts(&LockoutKey::Email(&email).stored())
+            .await
+        {
             return LoginOutcome::error(err, Some(status));
         }
         let result = if user.is_active {
@@ -155,14 +164,18 @@ impl AuthService {
     async fn count_ip_failure(
         &self,
         ip_policy: LockoutPolicy,
-        key: &str,
+        network: IpNet,
         now: DateTime<Utc>,
         caller: &Caller,
     ) -> Result<(), StoreError> {
         let row = self
             .0
             .store
-            .reserve_login_attempt(key, now, ip_policy.limits())
+            .reserve_login_attempt(
+                &LockoutKey::Client(network).stored(),
+                now,
+                ip_policy.limits(),
+            )
             .await?;
         if row.attempts == i64::from(ip_policy.max_attempts) {
             audit::record(Event::Lockout, Outcome::IpLocked, None, caller);
