@@ -60,14 +60,9 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber_init();
+            auth_service::telemetry::init("info", auth_service::config::LogFormat::Pretty);
         }
     });
-}
-
-fn tracing_subscriber_init() -> Option<()> {
-    auth_service::telemetry::init("info", auth_service::config::LogFormat::Pretty);
-    Some(())
 }
 
 /// The PostgreSQL server tests create their databases on.
