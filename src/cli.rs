@@ -284,24 +284,28 @@ async fn serve(config: Config) -> ExitCode {
         eprintln!("auth-service: {err}");
         return ExitCode::from(2);
     }
-    telemetry::init(&config.log_level, config.log_format);
-    if config.jwt_secret_generated && config.jwt_algorithm == JwtAlgorithm::Hs256 {
+    telemetry::init(&config.log.level, config.log.format);
+    if config.tokens.secret_generated && config.tokens.algorithm == JwtAlgorithm::Hs256 {
         tracing::warn!(
             "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
              not survive a restart. Generate one with: openssl rand -base64 48"
         );
     }
     tracing::info!(config = ?config, "starting auth-service");
-    let addr = SocketAddr::new(config.host, config.port);
+    let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(err) => {
             let why = match err.kind() {
-                std::io::ErrorKind::AddrInUse => format!("port {} already in use", config.port),
-                std::io::ErrorKind::PermissionDenied => {
-                    format!("no permission to listen on port {}", config.port)
+                std::io::ErrorKind::AddrInUse => {
+                    format!("port {} already in use", config.server.port)
                 }
-                std::io::ErrorKind::AddrNotAvailable => format!("no interface has {}", config.host),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("no permission to listen on port {}", config.server.port)
+                }
+                std::io::ErrorKind::AddrNotAvailable => {
+                    format!("no interface has {}", config.server.host)
+                }
                 _ => err.to_string(),
             };
             eprintln!("auth-service: cannot listen on {addr}: {why}");
@@ -316,7 +320,7 @@ async fn serve(config: Config) -> ExitCode {
 
 /// Builds the state for an admin command (logs on stderr).
 async fn admin_state(config: Config, purpose: Purpose) -> Result<AppState, ExitCode> {
-    telemetry::init_cli(config.log_format);
+    telemetry::init_cli(config.log.format);
     AppState::build_for(config, Arc::new(SystemClock), purpose)
         .await
         .map_err(|err| startup_failure(&err))
@@ -337,7 +341,7 @@ fn finish<E: std::error::Error + 'static>(result: Result<String, E>, database: &
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    let database = config.database_url.describe();
+    let database = config.database.url.describe();
     match admin_state(config, Purpose::Migrate).await {
         Ok(_) => {
             println!("migrations applied to {database}");
@@ -359,7 +363,7 @@ fn read_password() -> std::io::Result<String> {
 }
 
 async fn user(config: Config, action: UserAction) -> ExitCode {
-    let database = config.database_url.describe();
+    let database = config.database.url.describe();
     let password = match &action {
         UserAction::Create { .. } => match read_password() {
             Ok(password) => Some(password),
@@ -440,7 +444,7 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
 }
 
 async fn ip(config: Config, action: IpAction) -> ExitCode {
-    let database = config.database_url.describe();
+    let database = config.database.url.describe();
     let state = match admin_state(config, Purpose::Admin).await {
         Ok(state) => state,
         Err(code) => return code,
@@ -475,7 +479,7 @@ async fn copy_data(
     merge: bool,
     allow_empty: bool,
 ) -> ExitCode {
-    telemetry::init_cli(config.log_format);
+    telemetry::init_cli(config.log.format);
     let (from_url, to_url) = match (DatabaseUrl::parse(from), DatabaseUrl::parse(to)) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(err), _) => {
@@ -523,7 +527,7 @@ async fn open_copy_store(
     url: &DatabaseUrl,
     create: bool,
 ) -> Option<Arc<dyn store::Store>> {
-    let settings = crate::state::pool_settings(config, url, 2, create);
+    let settings = crate::state::pool_settings(&config.database, url, 2, create);
     let connected = match store::connect(url, settings).await {
         Ok(s) => s.migrate().await.map(|()| s),
         Err(err) => Err(err),
@@ -564,7 +568,7 @@ async fn import_original(config: Config, from: &str, merge: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let database = config.database_url.describe();
+    let database = config.database.url.describe();
     // The target may be new: importing is how it gets its first accounts.
     let state = match admin_state(config, Purpose::Migrate).await {
         Ok(state) => state,
@@ -586,7 +590,7 @@ async fn import_original(config: Config, from: &str, merge: bool) -> ExitCode {
 }
 
 async fn purge(config: Config) -> ExitCode {
-    let database = config.database_url.describe();
+    let database = config.database.url.describe();
     let state = match admin_state(config, Purpose::Admin).await {
         Ok(state) => state,
         Err(code) => return code,
@@ -601,7 +605,7 @@ async fn purge(config: Config) -> ExitCode {
 }
 
 async fn healthcheck(config: &Config, url: Option<String>) -> ExitCode {
-    let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port));
+    let base = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.server.port));
     let target = format!("{}/health/ready", base.trim_end_matches('/'));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(3))

@@ -4,6 +4,9 @@
 //! environment; [`Config::from_env`] is the thin wrapper `main` uses (after `dotenvy` has loaded
 //! an optional `.env`). Any bad value is a [`ConfigError`] naming the variable, which `main`
 //! prints as one line before exiting with code 2.
+//!
+//! The configuration is read section by section (server, database, tokens, passwords, limits,
+//! log), each from its own function; `state.rs` hands each layer the section it needs.
 
 use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -62,66 +65,120 @@ pub enum CorsOrigins {
     List(Vec<String>),
 }
 
-/// The whole validated configuration. Field docs name the variable and its default.
+/// The whole validated configuration, one field per section. Field docs name the variable and
+/// its default.
 ///
 /// `Debug` is derived: secrets are [`SecretString`]s and the database URL describes itself
 /// without its password, so the whole configuration can be logged at start-up.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `DATABASE_URL` (default `sqlite://./auth_service.db`).
-    pub database_url: DatabaseUrl,
-    /// `DATABASE_MAX_CONNECTIONS` (default 20): pool size.
-    pub database_max_connections: u32,
-    /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 30): how long start-up retries the database.
-    pub database_connect_timeout: Duration,
-    /// `DATABASE_LOCK_TIMEOUT_SECONDS` (default 2): PostgreSQL `lock_timeout`; a request that
-    /// waits longer for a row lock answers 503 and leaves nothing behind.
-    pub database_lock_timeout: Duration,
-    /// `DATABASE_STATEMENT_TIMEOUT_SECONDS` (default 5): PostgreSQL `statement_timeout` (and,
-    /// one second longer, `idle_in_transaction_session_timeout`).
-    pub database_statement_timeout: Duration,
-    /// `JWT_SECRET_KEY` (alias `JWT_SECRET`): at least 32 bytes; random per process when unset.
-    pub jwt_secret: SecretString,
-    /// True when no secret was configured and a random one was generated.
-    pub jwt_secret_generated: bool,
-    /// `JWT_ALGORITHM` (default `HS256`).
-    pub jwt_algorithm: JwtAlgorithm,
-    /// `JWT_PRIVATE_KEY_FILE` (the signing key, with an asymmetric algorithm) and
-    /// `JWT_PUBLIC_KEY_FILES` (comma list, published and accepted too), loaded and checked.
-    pub jwt_keys: KeySet,
-    /// `REVOCATION_FEED_TOKENS` (default unset = no feed): bearer tokens that may read
-    /// `/auth/revocations`, each at least 16 bytes.
-    pub revocation_feed_tokens: Vec<SecretString>,
-    /// `JWT_ISSUER` (default `auth-service`).
-    pub jwt_issuer: String,
-    /// `JWT_AUDIENCE` (default unset): when set, issued as `aud` and required on verification.
-    pub jwt_audience: Option<String>,
-    /// `JWT_LEEWAY_SECONDS` (default 30): clock skew allowed on `exp`, `nbf` and `iat`.
-    pub jwt_leeway_seconds: u64,
-    /// `ACCESS_TOKEN_EXPIRE_MINUTES` (default 15).
-    pub access_token_expire_minutes: u32,
-    /// `REFRESH_TOKEN_EXPIRE_DAYS` (default 30).
-    pub refresh_token_expire_days: u32,
-    /// `REFRESH_TOKEN_ROTATION` (default `off`, the original's behaviour): `on` makes each
-    /// refresh token work once, with reuse detection.
-    pub refresh_token_rotation: RotationMode,
-    /// `REFRESH_REUSE_GRACE_SECONDS` (default 10, `0` turns the grace off).
-    pub refresh_reuse_grace_seconds: u32,
-    /// `BCRYPT_ROUNDS` (default 12, 4 to 31).
-    pub bcrypt_rounds: u32,
-    /// `PASSWORD_HASH_MAX_QUEUE` (default 32 x cores): requests waiting for a bcrypt thread
-    /// beyond this get 503 at once.
-    pub password_hash_max_queue: usize,
+    /// The listener and the connections it serves.
+    pub server: ServerConfig,
+    /// Where the data lives and how long the database may take.
+    pub database: DatabaseConfig,
+    /// Signing, lifetimes and the revocation feed.
+    pub tokens: TokenConfig,
+    /// Password hashing.
+    pub passwords: PasswordConfig,
+    /// Lockouts, rate limits and how client addresses are counted.
+    pub limits: LimitConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+}
+
+/// The listener: `HOST`, `PORT`, CORS, timeouts, connection limits, metrics, shutdown.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
     /// `HOST` (default `0.0.0.0`).
     pub host: IpAddr,
     /// `PORT` (default 8001).
     pub port: u16,
-    /// `LOG_LEVEL` (default `info`): a level or a tracing filter directive.
-    pub log_level: String,
-    /// `LOG_FORMAT` (default `json`).
-    pub log_format: LogFormat,
     /// `CORS_ORIGINS` (default `http://localhost:3000,http://127.0.0.1:3000`).
     pub cors_origins: CorsOrigins,
+    /// `HEADER_READ_TIMEOUT_SECONDS` (default 10): a client must send its request head within
+    /// this, or the connection is closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// `IDLE_TIMEOUT_SECONDS` (default 60): a keep-alive connection (HTTP/1 or HTTP/2) with no
+    /// request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 1024): open connections served at once; more wait in the
+    /// backlog.
+    pub max_connections: usize,
+    /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
+    pub request_timeout: Duration,
+    /// `METRICS_ADDR` (default unset): serve `/metrics` on this separate listener instead of
+    /// the main port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
+    /// 503 while the listener still accepts, so a load balancer can take the pod out first.
+    pub shutdown_drain: Duration,
+}
+
+/// The database: `DATABASE_*` and `MIGRATE_ON_START`.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL` (default `sqlite://./auth_service.db`).
+    pub url: DatabaseUrl,
+    /// `DATABASE_MAX_CONNECTIONS` (default 20): pool size.
+    pub max_connections: u32,
+    /// `DATABASE_CONNECT_TIMEOUT_SECONDS` (default 30): how long start-up retries the database.
+    pub connect_timeout: Duration,
+    /// `DATABASE_LOCK_TIMEOUT_SECONDS` (default 2): PostgreSQL `lock_timeout`; a request that
+    /// waits longer for a row lock answers 503 and leaves nothing behind.
+    pub lock_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_SECONDS` (default 5): PostgreSQL `statement_timeout` (and,
+    /// one second longer, `idle_in_transaction_session_timeout`).
+    pub statement_timeout: Duration,
+    /// `MIGRATE_ON_START` (default `true`): `false` never runs DDL at start-up; the schema must
+    /// then be current (`auth-service migrate`, from a Job or an init container).
+    pub migrate_on_start: bool,
+}
+
+/// Tokens: `JWT_*`, the two lifetimes, rotation and the revocation feed.
+#[derive(Clone, Debug)]
+pub struct TokenConfig {
+    /// `JWT_SECRET_KEY` (alias `JWT_SECRET`): at least 32 bytes; random per process when unset.
+    pub secret: SecretString,
+    /// True when no secret was configured and a random one was generated.
+    pub secret_generated: bool,
+    /// `JWT_ALGORITHM` (default `HS256`).
+    pub algorithm: JwtAlgorithm,
+    /// `JWT_PRIVATE_KEY_FILE` (the signing key, with an asymmetric algorithm) and
+    /// `JWT_PUBLIC_KEY_FILES` (comma list, published and accepted too), loaded and checked.
+    pub keys: KeySet,
+    /// `JWT_ISSUER` (default `auth-service`).
+    pub issuer: String,
+    /// `JWT_AUDIENCE` (default unset): when set, issued as `aud` and required on verification.
+    pub audience: Option<String>,
+    /// `JWT_LEEWAY_SECONDS` (default 30): clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway_seconds: u64,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES` (default 15).
+    pub access_expire_minutes: u32,
+    /// `REFRESH_TOKEN_EXPIRE_DAYS` (default 30).
+    pub refresh_expire_days: u32,
+    /// `REFRESH_TOKEN_ROTATION` (default `off`, the original's behaviour): `on` makes each
+    /// refresh token work once, with reuse detection.
+    pub rotation: RotationMode,
+    /// `REFRESH_REUSE_GRACE_SECONDS` (default 10, `0` turns the grace off).
+    pub reuse_grace_seconds: u32,
+    /// `REVOCATION_FEED_TOKENS` (default unset = no feed): bearer tokens that may read
+    /// `/auth/revocations`, each at least 16 bytes.
+    pub feed_tokens: Vec<SecretString>,
+}
+
+/// Password hashing: `BCRYPT_ROUNDS`, `PASSWORD_HASH_MAX_QUEUE`.
+#[derive(Clone, Debug)]
+pub struct PasswordConfig {
+    /// `BCRYPT_ROUNDS` (default 12, 4 to 31).
+    pub bcrypt_rounds: u32,
+    /// `PASSWORD_HASH_MAX_QUEUE` (default 32 x cores): requests waiting for a bcrypt thread
+    /// beyond this get 503 at once.
+    pub hash_max_queue: usize,
+}
+
+/// Abuse limits: the login lockouts, the rate limit, and how a client address is counted.
+#[derive(Clone, Debug)]
+pub struct LimitConfig {
     /// `LOGIN_MAX_ATTEMPTS` (default 5): failed logins per email before the lockout.
     pub login_max_attempts: u32,
     /// `LOGIN_WINDOW_MINUTES` (default 15): the window those failures are counted in.
@@ -140,26 +197,15 @@ pub struct Config {
     /// `IPV6_PREFIX_LENGTH` (default 64): IPv6 clients are counted per network of this length
     /// by every per-IP limit.
     pub ipv6_prefix_length: u8,
-    /// `HEADER_READ_TIMEOUT_SECONDS` (default 10): a client must send its request head within
-    /// this, or the connection is closed (slowloris).
-    pub header_read_timeout: Duration,
-    /// `IDLE_TIMEOUT_SECONDS` (default 60): a keep-alive connection (HTTP/1 or HTTP/2) with no
-    /// request in flight for this long is closed.
-    pub idle_timeout: Duration,
-    /// `MAX_CONNECTIONS` (default 1024): open connections served at once; more wait in the
-    /// backlog.
-    pub max_connections: usize,
-    /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
-    pub request_timeout: Duration,
-    /// `MIGRATE_ON_START` (default `true`): `false` never runs DDL at start-up; the schema must
-    /// then be current (`auth-service migrate`, from a Job or an init container).
-    pub migrate_on_start: bool,
-    /// `METRICS_ADDR` (default unset): serve `/metrics` on this separate listener instead of
-    /// the main port.
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
-    /// 503 while the listener still accepts, so a load balancer can take the pod out first.
-    pub shutdown_drain: Duration,
+}
+
+/// Logging: `LOG_LEVEL`, `LOG_FORMAT`.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `LOG_LEVEL` (default `info`): a level or a tracing filter directive.
+    pub level: String,
+    /// `LOG_FORMAT` (default `json`).
+    pub format: LogFormat,
 }
 
 /// Reads one variable through the lookup, treating an empty value as unset.
@@ -170,6 +216,10 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         (self.0)(var)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
+    }
+
+    fn text(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or_else(|| default.to_owned())
     }
 
     fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
@@ -187,6 +237,42 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             )),
         }
     }
+
+    fn seconds(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.number(var, default, min, max).map(Duration::from_secs)
+    }
+
+    /// The one boolean parser: `true/false`, `1/0`, `yes/no`, `on/off`, in any case.
+    fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(
+                var,
+                format!("expected true/false, 1/0, yes/no or on/off, got {raw:?}"),
+            )),
+        }
+    }
+
+    /// A comma list, trimmed, empty items dropped.
+    fn list(&self, var: &str) -> Vec<String> {
+        self.get(var)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Config {
@@ -197,9 +283,9 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming `JWT_SECRET_KEY`.
     pub fn check_for_serving(&self) -> Result<(), ConfigError> {
-        if self.database_url.is_postgres()
-            && self.jwt_secret_generated
-            && self.jwt_algorithm == JwtAlgorithm::Hs256
+        if self.database.url.is_postgres()
+            && self.tokens.secret_generated
+            && self.tokens.algorithm == JwtAlgorithm::Hs256
         {
             return Err(ConfigError::new(
                 "JWT_SECRET_KEY",
@@ -224,15 +310,90 @@ impl Config {
     /// The first invalid variable, as a [`ConfigError`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
+        let server = ServerConfig::read(&vars)?;
+        Ok(Self {
+            database: DatabaseConfig::read(&vars, server.request_timeout)?,
+            tokens: TokenConfig::read(&vars)?,
+            passwords: PasswordConfig::read(&vars)?,
+            limits: LimitConfig::read(&vars)?,
+            log: LogConfig::read(&vars)?,
+            server,
+        })
+    }
+}
 
-        let database_url = DatabaseUrl::parse(
-            &vars
-                .get("DATABASE_URL")
-                .unwrap_or_else(|| "sqlite://./auth_service.db".to_owned()),
-        )
-        .map_err(|err| ConfigError::new("DATABASE_URL", err.0))?;
+impl ServerConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let host = match vars.get("HOST") {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(raw) if raw.eq_ignore_ascii_case("localhost") => IpAddr::from([127, 0, 0, 1]),
+            Some(raw) => raw.parse().map_err(|_| {
+                ConfigError::new("HOST", format!("expected an IP address, got {raw:?}"))
+            })?,
+        };
+        let metrics_addr = match vars.get("METRICS_ADDR") {
+            None => None,
+            Some(raw) => Some(raw.parse().map_err(|_| {
+                ConfigError::new(
+                    "METRICS_ADDR",
+                    format!("expected an address and port like 0.0.0.0:9090, got {raw:?}"),
+                )
+            })?),
+        };
+        Ok(Self {
+            host,
+            port: vars.number("PORT", 8001, 0, u16::MAX)?,
+            cors_origins: parse_cors(&vars.text(
+                "CORS_ORIGINS",
+                "http://localhost:3000,http://127.0.0.1:3000",
+            ))?,
+            header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT_SECONDS", 10, 1, 3600)?,
+            idle_timeout: vars.seconds("IDLE_TIMEOUT_SECONDS", 60, 1, 86_400)?,
+            max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
+            request_timeout: vars.seconds("REQUEST_TIMEOUT_SECONDS", 30, 1, 3600)?,
+            metrics_addr,
+            shutdown_drain: vars.seconds("SHUTDOWN_DRAIN_SECONDS", 0, 0, 600)?,
+        })
+    }
+}
 
-        let (jwt_secret, jwt_secret_generated) = match vars
+impl DatabaseConfig {
+    fn read(
+        vars: &Vars<impl Fn(&str) -> Option<String>>,
+        request_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let url = DatabaseUrl::parse(&vars.text("DATABASE_URL", "sqlite://./auth_service.db"))
+            .map_err(|err| ConfigError::new("DATABASE_URL", err.0))?;
+        // Both must end well before the request does, so a stalled lock is a 503 with nothing
+        // left behind, not a 408 whose statement still runs afterwards.
+        let shorter_than_a_request = |var: &'static str, default: u64| {
+            let timeout = vars.seconds(var, default, 1, 3600)?;
+            if timeout >= request_timeout {
+                return Err(ConfigError::new(
+                    var,
+                    format!(
+                        "must be shorter than REQUEST_TIMEOUT_SECONDS ({}), got {}",
+                        request_timeout.as_secs(),
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            Ok(timeout)
+        };
+        Ok(Self {
+            url,
+            max_connections: vars.number("DATABASE_MAX_CONNECTIONS", 20, 1, 10_000)?,
+            connect_timeout: vars.seconds("DATABASE_CONNECT_TIMEOUT_SECONDS", 30, 0, 3600)?,
+            lock_timeout: shorter_than_a_request("DATABASE_LOCK_TIMEOUT_SECONDS", 2)?,
+            statement_timeout: shorter_than_a_request("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5)?,
+            migrate_on_start: vars.flag("MIGRATE_ON_START", true)?,
+        })
+    }
+}
+
+impl TokenConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let (secret, secret_generated) = match vars
             .get("JWT_SECRET_KEY")
             .map(|v| ("JWT_SECRET_KEY", v))
             .or_else(|| vars.get("JWT_SECRET").map(|v| ("JWT_SECRET", v)))
@@ -246,8 +407,7 @@ impl Config {
             Some((_, secret)) => (SecretString::from(secret), false),
             None => (SecretString::from(random_secret()), true),
         };
-
-        let jwt_algorithm = match vars.get("JWT_ALGORITHM").as_deref() {
+        let algorithm = match vars.get("JWT_ALGORITHM").as_deref() {
             None | Some("HS256") => JwtAlgorithm::Hs256,
             Some(name) => {
                 JwtAlgorithm::Asymmetric(AsymmetricAlgorithm::parse(name).ok_or_else(|| {
@@ -258,70 +418,123 @@ impl Config {
                 })?)
             }
         };
-        let private_key_file = vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from);
-        let signing = match (jwt_algorithm, &private_key_file) {
-            (JwtAlgorithm::Asymmetric(algorithm), Some(path)) => Some((algorithm, path.as_path())),
-            (JwtAlgorithm::Asymmetric(algorithm), None) => {
+        let rotation = if vars.flag("REFRESH_TOKEN_ROTATION", false)? {
+            RotationMode::On
+        } else {
+            RotationMode::Off
+        };
+        Ok(Self {
+            secret,
+            secret_generated,
+            algorithm,
+            keys: load_keys(vars, algorithm)?,
+            issuer: vars.text("JWT_ISSUER", "auth-service"),
+            audience: vars.get("JWT_AUDIENCE"),
+            leeway_seconds: vars.number("JWT_LEEWAY_SECONDS", 30, 0, 3600)?,
+            access_expire_minutes: vars.number("ACCESS_TOKEN_EXPIRE_MINUTES", 15, 1, 24 * 60)?,
+            refresh_expire_days: vars.number("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
+            rotation,
+            reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
+            feed_tokens: feed_tokens(vars)?,
+        })
+    }
+}
+
+/// `JWT_PRIVATE_KEY_FILE` and `JWT_PUBLIC_KEY_FILES`, which must agree with `JWT_ALGORITHM`.
+fn load_keys(
+    vars: &Vars<impl Fn(&str) -> Option<String>>,
+    algorithm: JwtAlgorithm,
+) -> Result<KeySet, ConfigError> {
+    let private_key_file = vars.get("JWT_PRIVATE_KEY_FILE").map(PathBuf::from);
+    let signing = match (algorithm, &private_key_file) {
+        (JwtAlgorithm::Asymmetric(algorithm), Some(path)) => Some((algorithm, path.as_path())),
+        (JwtAlgorithm::Asymmetric(algorithm), None) => {
+            return Err(ConfigError::new(
+                "JWT_PRIVATE_KEY_FILE",
+                format!(
+                    "required with JWT_ALGORITHM={0} (make a key with: auth-service keys \
+                     generate --alg {0} --out signing.pem)",
+                    algorithm.name()
+                ),
+            ));
+        }
+        (JwtAlgorithm::Hs256, Some(_)) => {
+            return Err(ConfigError::new(
+                "JWT_PRIVATE_KEY_FILE",
+                "set while JWT_ALGORITHM is HS256: set JWT_ALGORITHM to the key's algorithm \
+                 (RS256, ES256 or EdDSA)",
+            ));
+        }
+        (JwtAlgorithm::Hs256, None) => None,
+    };
+    let public_key_files: Vec<PathBuf> = vars
+        .list("JWT_PUBLIC_KEY_FILES")
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    KeySet::load(signing, &public_key_files).map_err(|(var, reason)| ConfigError::new(var, reason))
+}
+
+/// `REVOCATION_FEED_TOKENS`: each at least 16 bytes.
+fn feed_tokens(
+    vars: &Vars<impl Fn(&str) -> Option<String>>,
+) -> Result<Vec<SecretString>, ConfigError> {
+    vars.list("REVOCATION_FEED_TOKENS")
+        .into_iter()
+        .map(|token| {
+            if token.len() < 16 {
                 return Err(ConfigError::new(
-                    "JWT_PRIVATE_KEY_FILE",
+                    "REVOCATION_FEED_TOKENS",
                     format!(
-                        "required with JWT_ALGORITHM={0} (make a key with: auth-service keys \
-                         generate --alg {0} --out signing.pem)",
-                        algorithm.name()
+                        "every token must be at least 16 bytes, one has {} (generate one \
+                         with: openssl rand -base64 24)",
+                        token.len()
                     ),
                 ));
             }
-            (JwtAlgorithm::Hs256, Some(_)) => {
-                return Err(ConfigError::new(
-                    "JWT_PRIVATE_KEY_FILE",
-                    "set while JWT_ALGORITHM is HS256: set JWT_ALGORITHM to the key's algorithm \
-                     (RS256, ES256 or EdDSA)",
-                ));
-            }
-            (JwtAlgorithm::Hs256, None) => None,
-        };
-        let public_key_files: Vec<PathBuf> = vars
-            .get("JWT_PUBLIC_KEY_FILES")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
-        let jwt_keys = KeySet::load(signing, &public_key_files)
-            .map_err(|(var, reason)| ConfigError::new(var, reason))?;
-        let revocation_feed_tokens = vars
-            .get("REVOCATION_FEED_TOKENS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|token| {
-                if token.len() < 16 {
-                    return Err(ConfigError::new(
-                        "REVOCATION_FEED_TOKENS",
-                        format!(
-                            "every token must be at least 16 bytes, one has {} (generate one \
-                             with: openssl rand -base64 24)",
-                            token.len()
-                        ),
-                    ));
-                }
-                Ok(SecretString::from(token))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            Ok(SecretString::from(token))
+        })
+        .collect()
+}
 
-        let host = match vars.get("HOST") {
-            None => IpAddr::from([0, 0, 0, 0]),
-            Some(raw) if raw.eq_ignore_ascii_case("localhost") => IpAddr::from([127, 0, 0, 1]),
-            Some(raw) => raw.parse().map_err(|_| {
-                ConfigError::new("HOST", format!("expected an IP address, got {raw:?}"))
-            })?,
-        };
+impl PasswordConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            bcrypt_rounds: vars.number("BCRYPT_ROUNDS", 12, 4, 31)?,
+            hash_max_queue: vars.number(
+                "PASSWORD_HASH_MAX_QUEUE",
+                32 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+                0,
+                1_000_000,
+            )?,
+        })
+    }
+}
 
-        let log_level =
-            parse_log_level(&vars.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()))?;
-        let log_format = match vars
+impl LimitConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        const WEEK_IN_MINUTES: u32 = 7 * 24 * 60;
+        Ok(Self {
+            login_max_attempts: vars.number("LOGIN_MAX_ATTEMPTS", 5, 1, 1_000_000)?,
+            login_window_minutes: vars.number("LOGIN_WINDOW_MINUTES", 15, 1, WEEK_IN_MINUTES)?,
+            lockout_minutes: vars.number("LOCKOUT_MINUTES", 15, 1, WEEK_IN_MINUTES)?,
+            login_max_failures_per_ip: vars.number(
+                "LOGIN_MAX_FAILURES_PER_IP",
+                50,
+                0,
+                1_000_000,
+            )?,
+            rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
+            rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
+            trusted_proxies: parse_proxies(&vars.list("TRUSTED_PROXIES"))?,
+            ipv6_prefix_length: vars.number("IPV6_PREFIX_LENGTH", 64, 1, 128)?,
+        })
+    }
+}
+
+impl LogConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let format = match vars
             .get("LOG_FORMAT")
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
@@ -335,154 +548,9 @@ impl Config {
                 ));
             }
         };
-
-        let cors_origins = parse_cors(
-            &vars
-                .get("CORS_ORIGINS")
-                .unwrap_or_else(|| "http://localhost:3000,http://127.0.0.1:3000".to_owned()),
-        )?;
-
-        let refresh_token_rotation = match vars
-            .get("REFRESH_TOKEN_ROTATION")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("off" | "false" | "0") => RotationMode::Off,
-            Some("on" | "true" | "1") => RotationMode::On,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "REFRESH_TOKEN_ROTATION",
-                    format!("expected on or off, got {other:?}"),
-                ));
-            }
-        };
-
-        let trusted_proxies = match vars.get("TRUSTED_PROXIES") {
-            None => Vec::new(),
-            Some(raw) => parse_proxies(&raw)?,
-        };
-
-        let request_timeout =
-            Duration::from_secs(vars.number("REQUEST_TIMEOUT_SECONDS", 30, 1, 3600)?);
-        // Both must end well before the request does, so a stalled lock is a 503 with nothing
-        // left behind, not a 408 whose statement still runs afterwards.
-        let database_timeout = |var: &'static str, default: u64| {
-            let secs = vars.number(var, default, 1, 3600)?;
-            if Duration::from_secs(secs) >= request_timeout {
-                return Err(ConfigError::new(
-                    var,
-                    format!(
-                        "must be shorter than REQUEST_TIMEOUT_SECONDS ({}), got {secs}",
-                        request_timeout.as_secs()
-                    ),
-                ));
-            }
-            Ok(Duration::from_secs(secs))
-        };
-        let database_lock_timeout = database_timeout("DATABASE_LOCK_TIMEOUT_SECONDS", 2)?;
-        let database_statement_timeout = database_timeout("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5)?;
-
-        let migrate_on_start = match vars
-            .get("MIGRATE_ON_START")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("true" | "1" | "yes" | "on") => true,
-            Some("false" | "0" | "no" | "off") => false,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "MIGRATE_ON_START",
-                    format!("expected true or false, got {other:?}"),
-                ));
-            }
-        };
-        let metrics_addr = match vars.get("METRICS_ADDR") {
-            None => None,
-            Some(raw) => Some(raw.parse().map_err(|_| {
-                ConfigError::new(
-                    "METRICS_ADDR",
-                    format!("expected an address and port like 0.0.0.0:9090, got {raw:?}"),
-                )
-            })?),
-        };
-
         Ok(Self {
-            migrate_on_start,
-            metrics_addr,
-            database_url,
-            database_lock_timeout,
-            database_statement_timeout,
-            database_max_connections: vars.number("DATABASE_MAX_CONNECTIONS", 20, 1, 10_000)?,
-            database_connect_timeout: Duration::from_secs(vars.number(
-                "DATABASE_CONNECT_TIMEOUT_SECONDS",
-                30,
-                0,
-                3600,
-            )?),
-            jwt_secret,
-            jwt_secret_generated,
-            jwt_algorithm,
-            jwt_keys,
-            revocation_feed_tokens,
-            jwt_issuer: vars
-                .get("JWT_ISSUER")
-                .unwrap_or_else(|| "auth-service".to_owned()),
-            jwt_audience: vars.get("JWT_AUDIENCE"),
-            jwt_leeway_seconds: vars.number("JWT_LEEWAY_SECONDS", 30, 0, 3600)?,
-            access_token_expire_minutes: vars.number(
-                "ACCESS_TOKEN_EXPIRE_MINUTES",
-                15,
-                1,
-                24 * 60,
-            )?,
-            refresh_token_expire_days: vars.number("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
-            refresh_token_rotation,
-            refresh_reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
-            bcrypt_rounds: vars.number("BCRYPT_ROUNDS", 12, 4, 31)?,
-            password_hash_max_queue: vars.number(
-                "PASSWORD_HASH_MAX_QUEUE",
-                32 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-                0,
-                1_000_000,
-            )?,
-            host,
-            port: vars.number("PORT", 8001, 0, u16::MAX)?,
-            log_level,
-            log_format,
-            cors_origins,
-            login_max_attempts: vars.number("LOGIN_MAX_ATTEMPTS", 5, 1, 1_000_000)?,
-            login_window_minutes: vars.number("LOGIN_WINDOW_MINUTES", 15, 1, 7 * 24 * 60)?,
-            lockout_minutes: vars.number("LOCKOUT_MINUTES", 15, 1, 7 * 24 * 60)?,
-            login_max_failures_per_ip: vars.number(
-                "LOGIN_MAX_FAILURES_PER_IP",
-                50,
-                0,
-                1_000_000,
-            )?,
-            rate_limit_per_second: vars.number("RATE_LIMIT_PER_SECOND", 10, 0, 1_000_000)?,
-            rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
-            trusted_proxies,
-            ipv6_prefix_length: vars.number("IPV6_PREFIX_LENGTH", 64, 1, 128)?,
-            header_read_timeout: Duration::from_secs(vars.number(
-                "HEADER_READ_TIMEOUT_SECONDS",
-                10,
-                1,
-                3600,
-            )?),
-            idle_timeout: Duration::from_secs(vars.number(
-                "IDLE_TIMEOUT_SECONDS",
-                60,
-                1,
-                86_400,
-            )?),
-            max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
-            request_timeout,
-            shutdown_drain: Duration::from_secs(vars.number(
-                "SHUTDOWN_DRAIN_SECONDS",
-                0,
-                0,
-                600,
-            )?),
+            level: parse_log_level(&vars.text("LOG_LEVEL", "info"))?,
+            format,
         })
     }
 }
@@ -559,10 +627,9 @@ fn parse_cors(raw: &str) -> Result<CorsOrigins, ConfigError> {
     Ok(CorsOrigins::List(origins))
 }
 
-fn parse_proxies(raw: &str) -> Result<Vec<IpNet>, ConfigError> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+fn parse_proxies(items: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    items
+        .iter()
         .map(|p| {
             p.parse::<IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
@@ -596,26 +663,26 @@ mod tests {
     fn no_configuration_at_all_gives_the_documented_defaults() {
         let c = config(&[]).unwrap();
         assert_eq!(
-            c.database_url,
+            c.database.url,
             DatabaseUrl::SqliteFile("./auth_service.db".into())
         );
-        assert_eq!(c.port, 8001);
-        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
-        assert!(c.jwt_secret_generated);
-        assert!(c.jwt_secret.expose_secret().len() >= 32);
-        assert_eq!(c.jwt_algorithm, JwtAlgorithm::Hs256);
-        assert_eq!(c.jwt_issuer, "auth-service");
-        assert_eq!(c.jwt_audience, None);
-        assert_eq!(c.jwt_leeway_seconds, 30);
-        assert_eq!(c.access_token_expire_minutes, 15);
-        assert_eq!(c.refresh_token_expire_days, 30);
-        assert_eq!(c.refresh_token_rotation, RotationMode::Off);
-        assert_eq!(c.refresh_reuse_grace_seconds, 10);
-        assert_eq!(c.bcrypt_rounds, 12);
-        assert_eq!(c.log_level, "info");
-        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.server.port, 8001);
+        assert_eq!(c.server.host, IpAddr::from([0, 0, 0, 0]));
+        assert!(c.tokens.secret_generated);
+        assert!(c.tokens.secret.expose_secret().len() >= 32);
+        assert_eq!(c.tokens.algorithm, JwtAlgorithm::Hs256);
+        assert_eq!(c.tokens.issuer, "auth-service");
+        assert_eq!(c.tokens.audience, None);
+        assert_eq!(c.tokens.leeway_seconds, 30);
+        assert_eq!(c.tokens.access_expire_minutes, 15);
+        assert_eq!(c.tokens.refresh_expire_days, 30);
+        assert_eq!(c.tokens.rotation, RotationMode::Off);
+        assert_eq!(c.tokens.reuse_grace_seconds, 10);
+        assert_eq!(c.passwords.bcrypt_rounds, 12);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(
-            c.cors_origins,
+            c.server.cors_origins,
             CorsOrigins::List(vec![
                 "http://localhost:3000".into(),
                 "http://127.0.0.1:3000".into()
@@ -623,16 +690,19 @@ mod tests {
         );
         assert_eq!(
             (
-                c.login_max_attempts,
-                c.login_window_minutes,
-                c.lockout_minutes
+                c.limits.login_max_attempts,
+                c.limits.login_window_minutes,
+                c.limits.lockout_minutes
             ),
             (5, 15, 15)
         );
-        assert_eq!((c.rate_limit_per_second, c.rate_limit_burst), (10, 50));
-        assert_eq!(c.login_max_failures_per_ip, 50);
-        assert!(c.trusted_proxies.is_empty());
-        assert_eq!(c.database_max_connections, 20);
+        assert_eq!(
+            (c.limits.rate_limit_per_second, c.limits.rate_limit_burst),
+            (10, 50)
+        );
+        assert_eq!(c.limits.login_max_failures_per_ip, 50);
+        assert!(c.limits.trusted_proxies.is_empty());
+        assert_eq!(c.database.max_connections, 20);
     }
 
     #[test]
@@ -655,8 +725,8 @@ mod tests {
     fn jwt_secret_alias_and_minimum_length() {
         let long = "s".repeat(32);
         let c = config(&[("JWT_SECRET", long.as_str())]).unwrap();
-        assert!(!c.jwt_secret_generated);
-        assert_eq!(c.jwt_secret.expose_secret(), long);
+        assert!(!c.tokens.secret_generated);
+        assert_eq!(c.tokens.secret.expose_secret(), long);
         let err = config(&[("JWT_SECRET_KEY", "short")]).unwrap_err();
         assert_eq!(err.var, "JWT_SECRET_KEY");
         assert_eq!(
@@ -727,6 +797,38 @@ mod tests {
     }
 
     #[test]
+    fn every_boolean_takes_the_same_words() {
+        for (raw, expected) in [
+            ("true", true),
+            ("1", true),
+            ("yes", true),
+            ("ON", true),
+            ("false", false),
+            ("0", false),
+            ("No", false),
+            ("off", false),
+        ] {
+            let c = config(&[("MIGRATE_ON_START", raw), ("REFRESH_TOKEN_ROTATION", raw)]).unwrap();
+            assert_eq!(c.database.migrate_on_start, expected, "{raw}");
+            let rotation = if expected {
+                RotationMode::On
+            } else {
+                RotationMode::Off
+            };
+            assert_eq!(c.tokens.rotation, rotation, "{raw}");
+        }
+        for var in ["MIGRATE_ON_START", "REFRESH_TOKEN_ROTATION"] {
+            let err = config(&[(var, "enabled")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid {var}: expected true/false, 1/0, yes/no or on/off, got \"enabled\""
+                )
+            );
+        }
+    }
+
+    #[test]
     fn serving_postgres_needs_a_shared_secret() {
         let pg = config(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
         assert_eq!(pg.check_for_serving().unwrap_err().var, "JWT_SECRET_KEY");
@@ -753,7 +855,7 @@ mod tests {
             ("warn,audit=info", "warn,audit=info"),
         ] {
             assert_eq!(
-                config(&[("LOG_LEVEL", raw)]).unwrap().log_level,
+                config(&[("LOG_LEVEL", raw)]).unwrap().log.level,
                 expected,
                 "{raw}"
             );
@@ -767,8 +869,8 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1"),
         ])
         .unwrap();
-        assert_eq!(c.cors_origins, CorsOrigins::Any);
-        assert_eq!(c.trusted_proxies.len(), 3);
-        assert!(c.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
+        assert_eq!(c.server.cors_origins, CorsOrigins::Any);
+        assert_eq!(c.limits.trusted_proxies.len(), 3);
+        assert!(c.limits.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
     }
 }

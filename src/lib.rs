@@ -88,7 +88,7 @@ pub async fn serve(
         .map_err(StartupError::Database)?;
     service::purge::spawn_background(state.auth());
     let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
-    let metrics = match state.config().metrics_addr {
+    let metrics = match state.config().server.metrics_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 StartupError::Other(anyhow::anyhow!("cannot listen on METRICS_ADDR {addr}: {e}"))

@@ -58,10 +58,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = state.config();
     let limits = Limits {
-        header_read: config.header_read_timeout,
-        idle: config.idle_timeout,
+        header_read: config.server.header_read_timeout,
+        idle: config.server.idle_timeout,
     };
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let permits = Arc::new(Semaphore::new(config.server.max_connections));
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(state.clone().drain_on(shutdown));

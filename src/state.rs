@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
     clock::Clock,
-    config::{Config, DatabaseUrl},
+    config::{Config, DatabaseConfig, DatabaseUrl, TokenConfig},
     passwords::Passwords,
     service::{AuthService, AuthSettings, lockout::LockoutPolicy},
     store::{self, PoolSettings, Store, StoreError},
@@ -21,18 +21,18 @@ use crate::{
     tokens::{TokenKeys, TokenSettings},
 };
 
-/// The token settings of `config`, for [`TokenKeys::new`].
+/// The token settings of the `tokens` section, for [`TokenKeys::new`].
 #[must_use]
-pub fn token_settings(config: &Config) -> TokenSettings {
+pub fn token_settings(tokens: &TokenConfig) -> TokenSettings {
     TokenSettings {
-        secret: config.jwt_secret.clone(),
+        secret: tokens.secret.clone(),
         // A generated secret signs nothing another process could check: never a fallback.
-        accept_hs256: !config.jwt_secret_generated,
-        algorithm: config.jwt_algorithm,
-        keys: config.jwt_keys.clone(),
-        issuer: config.jwt_issuer.clone(),
-        audience: config.jwt_audience.clone(),
-        leeway_seconds: config.jwt_leeway_seconds,
+        accept_hs256: !tokens.secret_generated,
+        algorithm: tokens.algorithm,
+        keys: tokens.keys.clone(),
+        issuer: tokens.issuer.clone(),
+        audience: tokens.audience.clone(),
+        leeway_seconds: tokens.leeway_seconds,
     }
 }
 
@@ -54,7 +54,7 @@ pub fn acquire_timeout(url: &DatabaseUrl) -> Duration {
 /// `create` says whether a missing SQLite file may be created.
 #[must_use]
 pub fn pool_settings(
-    config: &Config,
+    database: &DatabaseConfig,
     url: &DatabaseUrl,
     max_connections: u32,
     create: bool,
@@ -62,8 +62,8 @@ pub fn pool_settings(
     PoolSettings {
         max_connections,
         acquire_timeout: acquire_timeout(url),
-        lock_timeout: config.database_lock_timeout,
-        statement_timeout: config.database_statement_timeout,
+        lock_timeout: database.lock_timeout,
+        statement_timeout: database.statement_timeout,
         create_if_missing: create,
     }
 }
@@ -139,7 +139,7 @@ impl AppState {
         // First, so every metric handle created below is bound to the Prometheus recorder.
         let metrics = telemetry::metrics_handle();
         let store = connect_with_retry(&config, purpose != Purpose::Admin).await?;
-        if config.migrate_on_start || purpose == Purpose::Migrate {
+        if config.database.migrate_on_start || purpose == Purpose::Migrate {
             store.migrate().await.map_err(StartupError::Database)?;
             crate::service::rekey::rekey_emails(&*store, clock.now())
                 .await
@@ -151,30 +151,33 @@ impl AppState {
         {
             return Err(StartupError::SchemaNotCurrent);
         }
-        let keys = TokenKeys::new(token_settings(&config))?;
-        let passwords = Passwords::new(config.bcrypt_rounds, config.password_hash_max_queue)?;
+        let keys = TokenKeys::new(token_settings(&config.tokens))?;
+        let passwords = Passwords::new(
+            config.passwords.bcrypt_rounds,
+            config.passwords.hash_max_queue,
+        )?;
         let settings = AuthSettings {
-            access_ttl: chrono::Duration::minutes(config.access_token_expire_minutes.into()),
-            refresh_ttl: chrono::Duration::days(config.refresh_token_expire_days.into()),
-            reuse_grace: chrono::Duration::seconds(config.refresh_reuse_grace_seconds.into()),
+            access_ttl: chrono::Duration::minutes(config.tokens.access_expire_minutes.into()),
+            refresh_ttl: chrono::Duration::days(config.tokens.refresh_expire_days.into()),
+            reuse_grace: chrono::Duration::seconds(config.tokens.reuse_grace_seconds.into()),
             lockout: LockoutPolicy {
-                max_attempts: config.login_max_attempts,
-                window: chrono::Duration::minutes(config.login_window_minutes.into()),
-                lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
+                max_attempts: config.limits.login_max_attempts,
+                window: chrono::Duration::minutes(config.limits.login_window_minutes.into()),
+                lockout: chrono::Duration::minutes(config.limits.lockout_minutes.into()),
             },
-            ip_lockout: (config.login_max_failures_per_ip > 0).then(|| LockoutPolicy {
-                max_attempts: config.login_max_failures_per_ip,
-                window: chrono::Duration::minutes(config.login_window_minutes.into()),
-                lockout: chrono::Duration::minutes(config.lockout_minutes.into()),
+            ip_lockout: (config.limits.login_max_failures_per_ip > 0).then(|| LockoutPolicy {
+                max_attempts: config.limits.login_max_failures_per_ip,
+                window: chrono::Duration::minutes(config.limits.login_window_minutes.into()),
+                lockout: chrono::Duration::minutes(config.limits.lockout_minutes.into()),
             }),
-            rotation: config.refresh_token_rotation,
-            ipv6_prefix_length: config.ipv6_prefix_length,
+            rotation: config.tokens.rotation,
+            ipv6_prefix_length: config.limits.ipv6_prefix_length,
             leeway: chrono::Duration::seconds(
-                i64::try_from(config.jwt_leeway_seconds).unwrap_or(i64::MAX),
+                i64::try_from(config.tokens.leeway_seconds).unwrap_or(i64::MAX),
             ),
         };
         let feed_readers =
-            crate::service::feed::FeedReaders::new(config.revocation_feed_tokens.clone());
+            crate::service::feed::FeedReaders::new(config.tokens.feed_tokens.clone());
         let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers);
         Ok(Self(Arc::new(AppInner {
             config,
@@ -214,10 +217,10 @@ impl AppState {
         shutdown.await;
         self.0.draining.store(true, Ordering::SeqCst);
         tracing::info!(
-            drain_seconds = self.0.config.shutdown_drain.as_secs(),
+            drain_seconds = self.0.config.server.shutdown_drain.as_secs(),
             "shutting down: draining"
         );
-        tokio::time::sleep(self.0.config.shutdown_drain).await;
+        tokio::time::sleep(self.0.config.server.shutdown_drain).await;
     }
 }
 
@@ -231,19 +234,19 @@ impl FromRef<AppState> for AuthService {
 /// up to `DATABASE_CONNECT_TIMEOUT_SECONDS`, so a pod that starts first does not crash-loop.
 async fn connect_with_retry(config: &Config, create: bool) -> Result<Arc<dyn Store>, StartupError> {
     let settings = pool_settings(
-        config,
-        &config.database_url,
-        config.database_max_connections,
+        &config.database,
+        &config.database.url,
+        config.database.max_connections,
         create,
     );
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store::connect(&config.database_url, settings).await {
+        match store::connect(&config.database.url, settings).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Unavailable(err))
-                if config.database_url.is_postgres()
-                    && started.elapsed() + backoff < config.database_connect_timeout =>
+                if config.database.url.is_postgres()
+                    && started.elapsed() + backoff < config.database.connect_timeout =>
             {
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "database not reachable yet");
                 tokio::time::sleep(backoff).await;

@@ -310,7 +310,7 @@ mod tests {
         vars.insert("JWT_SECRET_KEY", SECRET);
         let config =
             crate::config::Config::from_lookup(|n| vars.get(n).map(|v| (*v).to_owned())).unwrap();
-        TokenKeys::new(crate::state::token_settings(&config)).unwrap()
+        TokenKeys::new(crate::state::token_settings(&config.tokens)).unwrap()
     }
 
     fn token(keys: &TokenKeys, kind: TokenKind, now: DateTime<Utc>) -> String {

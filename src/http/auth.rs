@@ -44,12 +44,12 @@ pub fn router(config: &Config) -> Router<AppState> {
     let router = limited
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
+            config.server.request_timeout,
         ))
         .route("/auth/verify", get(verify));
     // The feed exists only for the readers `REVOCATION_FEED_TOKENS` names; a long poll is
     // held up to a minute, so it is outside the request timeout too.
-    if config.revocation_feed_tokens.is_empty() {
+    if config.tokens.feed_tokens.is_empty() {
         router
     } else {
         router.route("/auth/revocations", get(revocations))

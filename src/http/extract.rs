@@ -160,7 +160,7 @@ impl FromRequestParts<AppState> for RequestCaller {
         let ip = client_ip(
             &parts.headers,
             &parts.extensions,
-            &state.config().trusted_proxies,
+            &state.config().limits.trusted_proxies,
         );
         Ok(Self(Caller {
             ip: Some(ip),

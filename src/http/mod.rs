@@ -36,7 +36,7 @@ pub fn router(state: AppState) -> Router {
     let config = state.config();
     let request_id = HeaderName::from_static("x-request-id");
     let span = middleware::RequestSpan {
-        trusted_proxies: Arc::from(config.trusted_proxies.clone()),
+        trusted_proxies: Arc::from(config.limits.trusted_proxies.clone()),
     };
 
     // One `Router::layer` call with the whole stack: axum boxes a route's service once per
@@ -73,8 +73,8 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("origin"),
         ))
         .layer(browser::BrowserLayer::new(
-            cors(&config.cors_origins),
-            config.cors_origins.clone(),
+            cors(&config.server.cors_origins),
+            config.server.cors_origins.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(middleware::HttpMetrics::default()),
@@ -82,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     Router::new()
-        .merge(meta::router(config.metrics_addr.is_none()))
+        .merge(meta::router(config.server.metrics_addr.is_none()))
         .merge(health::router())
         .merge(auth::router(config))
         .fallback(|| async { ApiError::NotFound })

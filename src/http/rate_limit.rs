@@ -43,14 +43,17 @@ pub type RateLimitLayer = GovernorLayer<ClientIpKey, governor::middleware::NoOpM
 
 /// The limiter layer, or `None` when either setting is 0.
 pub fn layer(config: &Config) -> Option<RateLimitLayer> {
-    let (per_second, burst) = (config.rate_limit_per_second, config.rate_limit_burst);
+    let (per_second, burst) = (
+        config.limits.rate_limit_per_second,
+        config.limits.rate_limit_burst,
+    );
     if per_second == 0 || burst == 0 {
         return None;
     }
     let governor = GovernorConfigBuilder::default()
         .key_extractor(ClientIpKey {
-            trusted: Arc::from(config.trusted_proxies.clone()),
-            v6_prefix: config.ipv6_prefix_length,
+            trusted: Arc::from(config.limits.trusted_proxies.clone()),
+            v6_prefix: config.limits.ipv6_prefix_length,
         })
         .period(Duration::from_secs(1) / per_second)
         .burst_size(burst)

@@ -67,6 +67,7 @@ async fn every_probe_in_the_deployment_files_is_served() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let default_port = auth_service::config::Config::from_lookup(|_| None)
         .unwrap()
+        .server
         .port;
     let mut checked = 0;
     for file in &files {
@@ -274,11 +275,12 @@ fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
     let front_end: std::net::IpAddr = "169.254.8.1".parse().unwrap();
     assert!(
         config
+            .limits
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&front_end)),
         "{:?}",
-        config.trusted_proxies
+        config.limits.trusted_proxies
     );
     assert!(
         template["metadata"]["annotations"]["run.googleapis.com/cloudsql-instances"]

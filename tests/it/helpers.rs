@@ -296,7 +296,7 @@ pub fn test_config(db: &TestDb, overrides: &[(&str, &str)]) -> Config {
         vars.insert((*k).into(), (*v).into());
     }
     let mut config = Config::from_lookup(|n| vars.get(n).cloned()).expect("valid test config");
-    config.database_url = db.url.clone();
+    config.database.url = db.url.clone();
     config
 }
 

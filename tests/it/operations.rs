@@ -37,8 +37,8 @@ async fn cloud_sql_style_unix_socket_urls_connect() {
         format!("postgresql:///{name}?host={socket}&user=postgres"),
     ] {
         let mut config = test_config(&db, &[]);
-        config.database_url = auth_service::config::DatabaseUrl::parse(&url).unwrap();
-        assert!(config.database_url.describe().contains(&socket), "{url}");
+        config.database.url = auth_service::config::DatabaseUrl::parse(&url).unwrap();
+        assert!(config.database.url.describe().contains(&socket), "{url}");
         let app =
             TestApp::spawn_config(db.clone(), auth_service::clock::TestClock::new(), config).await;
         let email = format!("socket{}@example.com", url.len());

@@ -14,7 +14,7 @@ async fn a_database_outage_is_503_everywhere_it_matters() {
     let db = TestDb::new(Backend::Postgres).await;
     let proxy = TcpProxy::start(postgres_host_port()).await;
     let mut config = test_config(&db, &[]);
-    config.database_url = db.postgres_url_via(proxy.port);
+    config.database.url = db.postgres_url_via(proxy.port);
     let app = TestApp::spawn_config(db, TestClock::new(), config).await;
     let (_, access, refresh) = app.user_with_tokens("outage@example.com").await;
     // Act
@@ -124,7 +124,7 @@ async fn start_up_waits_for_a_database_that_comes_up_late() {
         .unwrap()
         .port();
     let mut config = test_config(&db, &[("DATABASE_CONNECT_TIMEOUT_SECONDS", "30")]);
-    config.database_url = db.postgres_url_via(port);
+    config.database.url = db.postgres_url_via(port);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
