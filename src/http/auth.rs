@@ -6,7 +6,7 @@ use std::time::Duration;
 use auth_verifier::claims::RevocationPage;
 use axum::{
     Json, Router,
-    extract::{RawQuery, State},
+    extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -17,8 +17,8 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::ToSchema;
 
 use super::{
-    errors::{ApiError, ErrorBody, FieldError},
-    extract::{AppJson, AuthUser, RequestCaller, bearer_token},
+    errors::{ApiError, ErrorBody},
+    extract::{AppJson, AppQuery, AuthUser, RequestCaller, bearer_token},
 };
 use crate::{
     config::Config,
@@ -341,48 +341,49 @@ pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
 }
 
 /// `GET /auth/revocations` query: both optional.
-#[derive(utoipa::IntoParams)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// The `cursor` of the previous answer; without it (or when it is too old) the answer is
     /// the whole current set with `reset: true`.
-    pub since: Option<String>,
+    #[param(value_type = Option<i64>, minimum = 0)]
+    pub since: Option<FeedCursor>,
     /// Seconds to hold the request when nothing is newer than `since` (0 to 60, default 0).
-    pub wait: Option<u64>,
+    #[param(value_type = Option<u64>, maximum = 60)]
+    pub wait: Option<FeedWait>,
 }
 
-impl FeedQuery {
-    /// Reads the query string; a bad value is a 422 naming the parameter.
-    fn parse(raw: Option<&str>) -> Result<(Option<i64>, Duration), ApiError> {
-        let invalid = |field: &str, message: &str| {
-            ApiError::Validation(vec![FieldError {
-                field: field.to_owned(),
-                message: message.to_owned(),
-            }])
-        };
-        let mut since = None;
-        let mut wait = Duration::ZERO;
-        for (name, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            match &*name {
-                "since" => {
-                    since = Some(value.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(
-                        || invalid("since", "must be a cursor from a previous answer"),
-                    )?);
-                }
-                "wait" => {
-                    let seconds = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|s| *s <= feed::MAX_WAIT.as_secs())
-                        .ok_or_else(|| {
-                            invalid("wait", "must be a whole number of seconds, 0 to 60")
-                        })?;
-                    wait = Duration::from_secs(seconds);
-                }
-                _ => {}
-            }
-        }
-        Ok((since, wait))
+/// A `since` cursor: a non-negative integer from a previous answer.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FeedCursor(i64);
+
+impl TryFrom<String> for FeedCursor {
+    type Error = &'static str;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        raw.parse::<i64>()
+            .ok()
+            .filter(|cursor| *cursor >= 0)
+            .map(Self)
+            .ok_or("must be a cursor from a previous answer")
+    }
+}
+
+/// A `wait`: whole seconds, at most [`feed::MAX_WAIT`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FeedWait(Duration);
+
+impl TryFrom<String> for FeedWait {
+    type Error = &'static str;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        raw.parse::<u64>()
+            .ok()
+            .filter(|seconds| *seconds <= feed::MAX_WAIT.as_secs())
+            .map(|seconds| Self(Duration::from_secs(seconds)))
+            .ok_or("must be a whole number of seconds, 0 to 60")
     }
 }
 
@@ -399,10 +400,11 @@ impl FeedQuery {
 pub async fn revocations(
     State(auth): State<AuthService>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    AppQuery(query): AppQuery<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let reader = bearer_token(&headers)?;
-    let (since, wait) = FeedQuery::parse(query.as_deref())?;
+    let since = query.since.map(|FeedCursor(cursor)| cursor);
+    let wait = query.wait.map_or(Duration::ZERO, |FeedWait(wait)| wait);
     let page = auth.revocation_feed(reader, since, wait).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(page)).into_response())
 }

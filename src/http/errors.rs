@@ -71,6 +71,17 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    /// A problem with `field`, in words for people.
+    #[must_use]
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -79,7 +90,7 @@ pub struct ErrorBody {
     pub detail: String,
     /// Machine-readable code.
     pub error_code: ErrorCode,
-    /// Field-level problems, on validation errors only.
+    /// Field-level problems: on `VALIDATION_ERROR`, `INVALID_EMAIL` and `WEAK_PASSWORD`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }
@@ -129,6 +140,10 @@ pub enum ApiError {
     /// The database (or another dependency) does not answer.
     #[error("Service temporarily unavailable")]
     Unavailable,
+    /// An `Authorization` header with another scheme (`Token abc`, `Basic ...`): the contract's
+    /// `MISSING_TOKEN`, whose `errors` say that the scheme must be Bearer.
+    #[error("Authorization header missing")]
+    NotBearer,
 }
 
 impl ApiError {
@@ -165,6 +180,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotBearer => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -198,6 +214,7 @@ impl ApiError {
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Timeout => ErrorCode::RequestTimeout,
             Self::Unavailable => ErrorCode::ServiceUnavailable,
+            Self::NotBearer => ErrorCode::MissingToken,
         }
     }
 
@@ -210,7 +227,8 @@ impl ApiError {
                 | AuthError::AccountDisabled
                 | AuthError::MissingToken
                 | AuthError::InvalidRefreshToken,
-            ) => Some("Bearer"),
+            )
+            | Self::NotBearer => Some("Bearer"),
             _ => None,
         }
     }
@@ -240,8 +258,24 @@ impl ApiError {
         ErrorBody {
             detail: self.to_string(),
             error_code: self.code(),
+            // One shape for every field error: the code and `detail` the contract fixes,
+            // and the fields in `errors`.
             errors: match self {
                 Self::Validation(errors) => errors.clone(),
+                Self::Auth(AuthError::WeakPassword(reasons)) => reasons
+                    .iter()
+                    .map(|reason| FieldError::new("password", *reason))
+                    .collect(),
+                Self::Auth(AuthError::InvalidEmail) => {
+                    vec![FieldError::new(
+                        "email",
+                        AuthError::InvalidEmail.to_string(),
+                    )]
+                }
+                Self::NotBearer => vec![FieldError::new(
+                    "Authorization",
+                    "the scheme must be Bearer (Authorization: Bearer <token>)",
+                )],
                 _ => Vec::new(),
             },
         }
@@ -369,6 +403,14 @@ mod tests {
             ),
             (
                 AuthError::MissingToken.into(),
+                401,
+                "MISSING_TOKEN",
+                "Authorization header missing",
+                bearer,
+                None,
+            ),
+            (
+                ApiError::NotBearer,
                 401,
                 "MISSING_TOKEN",
                 "Authorization header missing",
@@ -507,7 +549,19 @@ mod tests {
             ),
         ];
         for (err, status, code, detail, challenge, retry_after) in cases {
-            let body = serde_json::to_value(err.body()).unwrap();
+            let mut body = serde_json::to_value(err.body()).unwrap();
+            // Field errors add their `errors` list (tested over HTTP in tests/it/api_errors.rs).
+            let errors = body.as_object_mut().unwrap().remove("errors");
+            assert_eq!(
+                errors.is_some(),
+                matches!(
+                    err,
+                    ApiError::Validation(_)
+                        | ApiError::NotBearer
+                        | ApiError::Auth(AuthError::InvalidEmail | AuthError::WeakPassword(_))
+                ) && !matches!(&err, ApiError::Validation(e) if e.is_empty()),
+                "{err:?}"
+            );
             assert_eq!(
                 body,
                 serde_json::json!({"detail": detail, "error_code": code}),

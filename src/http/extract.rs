@@ -1,15 +1,29 @@
-//! Extractors that speak the contract: [`AppJson`] (our rejections), [`AuthUser`] (bearer
+//! Extractors that speak the contract: [`AppJson`] and [`AppQuery`] (our rejections), [`AuthUser`] (bearer
 //! access token) and [`RequestCaller`] (client IP and request id for the audit trail).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request},
-    http::{Extensions, HeaderMap, StatusCode, header, request::Parts},
+    extract::{
+        ConnectInfo, FromRef, FromRequest, FromRequestParts, Request,
+        rejection::{BytesRejection, FailedToBufferBody},
+    },
+    http::{Extensions, HeaderMap, header, request::Parts},
 };
 use ipnet::IpNet;
-use serde::de::DeserializeOwned;
+use serde::{
+    Deserialize, Deserializer,
+    de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor},
+};
+use serde_json::{Map, Value};
+use utoipa::{
+    ToSchema,
+    openapi::{RefOr, Schema, schema::SchemaType, schema::Type},
+};
 
 use super::errors::{ApiError, FieldError};
 use crate::{
@@ -28,7 +42,7 @@ pub struct AppJson<T>(pub T);
 impl<S, T> FromRequest<S> for AppJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + ToSchema,
 {
     type Rejection = ApiError;
 
@@ -36,13 +50,14 @@ where
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidJson
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                    ApiError::PayloadTooLarge
+                }
+                _ => ApiError::InvalidJson,
+            })?;
         let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
         Ok(Self(parse_json::<T>(body)?))
     }
@@ -65,49 +80,174 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Deserialises `bytes` as `T`: syntax errors are `InvalidJson`, shape errors `Validation`
-/// naming the field.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Deserialises `bytes` as `T`: syntax errors are `InvalidJson`; shape errors are one
+/// `Validation` listing every repeated, missing or mistyped field (read from `T`'s OpenAPI
+/// schema, so the document and the check cannot disagree), then the field rules of `T`'s own
+/// `Deserialize`.
+fn parse_json<T: DeserializeOwned + ToSchema>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every request body is an object; serde would otherwise accept `[email, password]`.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-            Ok(_) => Err(ApiError::Validation(vec![FieldError {
-                field: "body".to_owned(),
-                message: "expected a JSON object".to_owned(),
-            }])),
+        return match serde_json::from_slice::<IgnoredAny>(bytes) {
+            Ok(_) => Err(ApiError::Validation(vec![FieldError::new(
+                "body",
+                "must be a JSON object",
+            )])),
             Err(_) => Err(ApiError::InvalidJson),
         };
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let body: ObjectBody = serde_json::from_slice(bytes).map_err(|_| ApiError::InvalidJson)?;
+    let mut errors: Vec<FieldError> = body
+        .repeated
+        .into_iter()
+        .map(|name| FieldError::new(name, "given more than once"))
+        .collect();
+    errors.extend(shape_errors(&T::schema(), &body.fields));
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    serde_path_to_error::deserialize(Value::Object(body.fields)).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.classify() != serde_json::error::Category::Data {
-            return ApiError::InvalidJson;
+        let field = if path == "." { "body".to_owned() } else { path };
+        // Deserialised from a `Value`, the message carries no position: it is the DTO's own
+        // wording (`LoginPassword`'s rule, for one).
+        ApiError::Validation(vec![FieldError::new(field, err.into_inner().to_string())])
+    })
+}
+
+/// A JSON object read whole, with the names given more than once (which `fields` alone, last
+/// one winning, would hide).
+struct ObjectBody {
+    fields: Map<String, Value>,
+    repeated: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for ObjectBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ObjectBody;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjectBody, A::Error> {
+                let mut body = ObjectBody {
+                    fields: Map::new(),
+                    repeated: Vec::new(),
+                };
+                while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                    if let Some(_earlier) = body.fields.insert(name.clone(), value)
+                        && !body.repeated.contains(&name)
+                    {
+                        body.repeated.push(name);
+                    }
+                }
+                Ok(body)
+            }
         }
-        let message = inner.to_string();
-        // serde reports a missing field at the parent's path, naming it in the message.
-        let field = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_owned)
-            .or_else(|| (path != ".").then_some(path))
-            .unwrap_or_else(|| "body".to_owned());
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        ApiError::Validation(vec![FieldError { field, message }])
-    })?;
-    de.end().map_err(|_| ApiError::InvalidJson)?;
-    Ok(value)
+
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Every property of `schema` that `fields` lacks (`required`) or holds with another JSON type
+/// (`must be a string`), in the schema's order.
+fn shape_errors(schema: &RefOr<Schema>, fields: &Map<String, Value>) -> Vec<FieldError> {
+    let RefOr::T(Schema::Object(object)) = schema else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for (name, property) in &object.properties {
+        match fields.get(name) {
+            None if object.required.contains(name) => {
+                errors.push(FieldError::new(name.clone(), "required"));
+            }
+            None => {}
+            Some(value) => {
+                let RefOr::T(Schema::Object(property)) = property else {
+                    continue;
+                };
+                if let Some(expected) = mistyped(&property.schema_type, value) {
+                    errors.push(FieldError::new(name.clone(), expected));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// What a value of the wrong JSON type should have been, in words; `None` when it fits.
+fn mistyped(schema_type: &SchemaType, value: &Value) -> Option<&'static str> {
+    let fits = |ty: &Type| match ty {
+        Type::String => value.is_string(),
+        Type::Integer => value.is_i64() || value.is_u64(),
+        Type::Number => value.is_number(),
+        Type::Boolean => value.is_boolean(),
+        Type::Array => value.is_array(),
+        Type::Object => value.is_object(),
+        Type::Null => value.is_null(),
+    };
+    let expected = match schema_type {
+        SchemaType::Type(ty) => ty,
+        SchemaType::Array(types) => {
+            if types.iter().any(fits) {
+                return None;
+            }
+            types.iter().find(|ty| **ty != Type::Null)?
+        }
+        SchemaType::AnyValue => return None,
+    };
+    if fits(expected) {
+        return None;
+    }
+    Some(match expected {
+        Type::String => "must be a string",
+        Type::Integer => "must be an integer",
+        Type::Number => "must be a number",
+        Type::Boolean => "must be true or false",
+        Type::Array => "must be a list",
+        Type::Object => "must be an object",
+        Type::Null => "must be null",
+    })
+}
+
+/// A query string, deserialised; a bad parameter is a 422 `VALIDATION_ERROR` naming it, in the
+/// parameter type's own words. Unknown parameters are ignored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let params =
+            serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(params)
+            .map(Self)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let field = if path == "." {
+                    "query".to_owned()
+                } else {
+                    path
+                };
+                ApiError::Validation(vec![FieldError::new(field, err.into_inner().to_string())])
+            })
+    }
 }
 
 /// The bearer token of the `Authorization` header (scheme case-insensitive), borrowed from
 /// the request.
 ///
-/// Absent, empty, another scheme, or nothing after `Bearer`: `MissingToken`, as the original.
+/// Absent, empty, or nothing after `Bearer`: `MissingToken`, as the original; another scheme
+/// (`Token abc`) is `NotBearer`, the same code and `detail` with the reason in `errors`.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = || ApiError::Auth(AuthError::MissingToken);
     let value = headers
@@ -115,9 +255,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .ok_or_else(missing)?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    if value.is_empty() {
+        return Err(missing());
+    }
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::NotBearer);
+    }
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+    if token.is_empty() {
         return Err(missing());
     }
     Ok(token)

@@ -26,6 +26,8 @@ async fn post_raw(
 dual_backend!(
     a_body_that_is_not_json_is_422_invalid_json,
     missing_or_mistyped_fields_are_422_validation_error,
+    every_field_error_lists_its_fields,
+    another_authorization_scheme_says_it_must_be_bearer,
     content_type_rules,
     a_body_over_64_kib_is_413,
     unknown_routes_and_methods_get_json_404_and_405,
@@ -108,29 +110,56 @@ async fn a_body_that_is_not_json_is_422_invalid_json(backend: Backend) {
 
 async fn missing_or_mistyped_fields_are_422_validation_error(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let required = |field: &str| json!({"field": field, "message": "required"});
+    let string = |field: &str| json!({"field": field, "message": "must be a string"});
     let cases = [
-        (json!({"password": PASSWORD}), "email"),
-        (json!({"email": 5, "password": PASSWORD}), "email"),
+        // Every missing or mistyped field is listed, in words for people.
+        (json!({}), json!([required("email"), required("password")])),
+        (json!({"password": PASSWORD}), json!([required("email")])),
         (
-            json!({"email": "a@example.com", "password": ["x"]}),
-            "password",
+            json!({"email": 5, "password": PASSWORD}),
+            json!([string("email")]),
         ),
-        (json!(["a@example.com", PASSWORD]), "body"),
-        (json!("text"), "body"),
+        (
+            json!({"email": 5, "password": ["x"]}),
+            json!([string("email"), string("password")]),
+        ),
+        (
+            json!({"email": null}),
+            json!([string("email"), required("password")]),
+        ),
+        (
+            json!(["a@example.com", PASSWORD]),
+            json!([{"field": "body", "message": "must be a JSON object"}]),
+        ),
+        (
+            json!("text"),
+            json!([{"field": "body", "message": "must be a JSON object"}]),
+        ),
     ];
-    for (payload, field) in cases {
+    for (path, (payload, errors)) in ["/auth/register", "/auth/login"]
+        .into_iter()
+        .flat_map(|path| cases.iter().map(move |case| (path, case)))
+    {
         let (status, body) = post_raw(
             &app,
-            "/auth/register",
+            path,
             Some("application/json"),
             payload.to_string().into_bytes(),
         )
         .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{payload}");
-        assert_eq!(body["detail"], "Request validation failed");
-        assert_eq!(body["error_code"], "VALIDATION_ERROR");
-        assert_eq!(body["errors"][0]["field"], field, "{payload}: {body}");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path} {payload}");
+        assert_eq!(
+            body,
+            json!({
+                "detail": "Request validation failed",
+                "error_code": "VALIDATION_ERROR",
+                "errors": errors,
+            }),
+            "{path} {payload}"
+        );
     }
+    // A name given twice is refused (which one would count?), naming it.
     let dup = br#"{"email":"a@example.com","email":"b@example.com","password":"SecurePass123"}"#;
     let (status, body) = post_raw(
         &app,
@@ -139,10 +168,96 @@ async fn missing_or_mistyped_fields_are_422_validation_error(backend: Backend) {
         dup.to_vec(),
     )
     .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        (status, &body["error_code"]),
-        (StatusCode::UNPROCESSABLE_ENTITY, &json!("VALIDATION_ERROR"))
+        body["errors"],
+        json!([{"field": "email", "message": "given more than once"}])
     );
+    // Unknown extra fields are ignored.
+    let extra = json!({"email": "extra@example.com", "password": PASSWORD, "name": 5});
+    let (status, _) = post_raw(
+        &app,
+        "/auth/register",
+        Some("application/json"),
+        extra.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+/// Field errors have one shape everywhere: the contract's code and `detail`, and `errors`
+/// naming the field, at register (`WEAK_PASSWORD`, `INVALID_EMAIL`) as at login
+/// (`VALIDATION_ERROR`).
+async fn every_field_error_lists_its_fields(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (status, body) = status_and_json(app.register("weak@example.com", "short").await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error_code"], "WEAK_PASSWORD");
+    let detail = body["detail"].as_str().unwrap();
+    let reasons: Vec<&str> = detail
+        .strip_prefix("Password validation failed: ")
+        .unwrap()
+        .split(", ")
+        .collect();
+    assert!(reasons.len() >= 2, "{body}");
+    let listed: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["field"], "password", "{body}");
+            e["message"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(listed, reasons, "{body}");
+
+    let (status, body) = status_and_json(app.register("not-an-email", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body,
+        json!({
+            "detail": "Invalid email format",
+            "error_code": "INVALID_EMAIL",
+            "errors": [{"field": "email", "message": "Invalid email format"}],
+        })
+    );
+
+    let (status, body) = status_and_json(app.login("weak@example.com", "short").await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error_code"], "VALIDATION_ERROR");
+    assert_eq!(body["errors"][0]["field"], "password");
+}
+
+/// `Authorization: Token abc` keeps the contract's `MISSING_TOKEN` and `detail`, and says why.
+async fn another_authorization_scheme_says_it_must_be_bearer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for value in ["Token abc", "Basic dXNlcjpwYXNz", "abc"] {
+        let response = app
+            .client
+            .get(app.url("/auth/verify"))
+            .header("authorization", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&response, "www-authenticate").as_deref(),
+            Some("Bearer")
+        );
+        let (status, body) = status_and_json(response).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{value}");
+        assert_eq!(
+            body,
+            json!({
+                "detail": "Authorization header missing",
+                "error_code": "MISSING_TOKEN",
+                "errors": [{
+                    "field": "Authorization",
+                    "message": "the scheme must be Bearer (Authorization: Bearer <token>)",
+                }],
+            }),
+            "{value}"
+        );
+    }
 }
 
 async fn content_type_rules(backend: Backend) {

@@ -61,7 +61,7 @@ async fn a_missing_header_or_another_scheme_is_missing_token(backend: Backend) {
     let requests = [
         None,
         Some(""),
-        Some("Basic dXNlcjpwYXNz"),
+        // Another scheme (`Basic ...`) adds why: api_errors::another_authorization_scheme_...
         Some("Bearer"),
         Some("Bearer   "),
     ];

@@ -644,17 +644,23 @@ async fn the_feed_needs_a_reader_token_and_is_absent_without_one(backend: Backen
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // Bad parameters: 422 naming the field.
-    for (query, field) in [
-        ("since=abc", "since"),
-        ("since=-5", "since"),
-        ("wait=61", "wait"),
-        ("wait=-1", "wait"),
-        ("wait=soon", "wait"),
+    let cursor = "must be a cursor from a previous answer";
+    let seconds = "must be a whole number of seconds, 0 to 60";
+    for (query, field, message) in [
+        ("since=abc", "since", cursor),
+        ("since=-5", "since", cursor),
+        ("wait=61", "wait", seconds),
+        ("wait=-1", "wait", seconds),
+        ("wait=soon&other=1", "wait", seconds),
     ] {
         let (status, body) = feed(&app, query).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
         assert_eq!(body["error_code"], json!("VALIDATION_ERROR"), "{body}");
-        assert_eq!(body["errors"][0]["field"], json!(field), "{query}: {body}");
+        assert_eq!(
+            body["errors"],
+            json!([{"field": field, "message": message}]),
+            "{query}: {body}"
+        );
     }
     // Without REVOCATION_FEED_TOKENS the route does not exist.
     let off = TestApp::spawn_on(app.db.clone(), app.clock.clone(), &[]).await;
