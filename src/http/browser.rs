@@ -1,7 +1,7 @@
 //! Requests from browsers: the ones that carry an `Origin` header.
 //!
-//! - A POST from an origin outside `CORS_ORIGINS` is refused with 403 `ORIGIN_NOT_ALLOWED`
-//!   before anything else happens: a hostile page can POST without `Content-Type` (no
+//! - A POST from an origin outside `CORS_ORIGINS`, other than the service's own (same-origin:
+//!   the `/docs` page), is refused with 403 `ORIGIN_NOT_ALLOWED` before anything else happens: a hostile page can POST without `Content-Type` (no
 //!   preflight) and would otherwise register accounts or burn login attempts from its
 //!   visitors' addresses.
 //! - CORS (tower-http's `CorsLayer`) answers preflights and decorates the responses.
@@ -21,7 +21,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderValue, Method, Request, Response, header},
+    http::{HeaderValue, Method, Request, Response, header, uri::Authority},
     response::IntoResponse as _,
 };
 use futures_util::future::Either;
@@ -90,7 +90,10 @@ where
         let Some(origin) = req.headers().get(header::ORIGIN) else {
             return Either::Right(self.inner.call(req));
         };
-        if req.method() == Method::POST && !allowed(&self.origins, origin) {
+        if req.method() == Method::POST
+            && !allowed(&self.origins, origin)
+            && !same_origin(&req, origin)
+        {
             let refused = ApiError::OriginNotAllowed.into_response();
             return Either::Left(Either::Right(std::future::ready(Ok(refused))));
         }
@@ -101,6 +104,42 @@ where
     }
 }
 
+/// Whether `origin` is the service's own origin as this request addressed it: the same host and
+/// port as `Host` (or HTTP/2's `:authority`), over `http` or `https` (TLS ends in front of the
+/// service; the page was served by whatever the browser addressed). A default port is the same
+/// whether written or not. A cross-site page cannot make its `Origin` match the `Host` its own
+/// browser sends, so "Try it out" on `/docs` works at the defaults and nothing else does.
+fn same_origin(req: &Request<Body>, origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| req.uri().authority().map(Authority::as_str))
+    else {
+        return false;
+    };
+    let Some((scheme, origin_host)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        ":80"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        return false;
+    };
+    let without_default = |authority: &'_ str| -> String {
+        authority
+            .strip_suffix(default_port)
+            .unwrap_or(authority)
+            .to_ascii_lowercase()
+    };
+    !origin_host.is_empty() && without_default(origin_host) == without_default(host)
+}
+
 fn allowed(origins: &CorsOrigins, origin: &HeaderValue) -> bool {
     match origins {
         CorsOrigins::Any => true,
@@ -108,5 +147,44 @@ fn allowed(origins: &CorsOrigins, origin: &HeaderValue) -> bool {
             list.iter()
                 .any(|allowed| allowed.eq_ignore_ascii_case(origin))
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(origin: &str, host: &str) -> bool {
+        let req = Request::post("/auth/login")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        same_origin(&req, &HeaderValue::from_str(origin).unwrap())
+    }
+
+    #[test]
+    fn only_the_services_own_origin_is_same_origin() {
+        for (origin, host) in [
+            ("http://127.0.0.1:8001", "127.0.0.1:8001"),
+            ("http://LOCALHOST:8001", "localhost:8001"),
+            ("https://auth.example.com", "auth.example.com"),
+            ("https://auth.example.com", "auth.example.com:443"),
+            ("http://auth.example.com:80", "auth.example.com"),
+            ("http://[::1]:8001", "[::1]:8001"),
+        ] {
+            assert!(same(origin, host), "{origin} {host}");
+        }
+        for (origin, host) in [
+            ("http://evil.example", "127.0.0.1:8001"),
+            ("http://127.0.0.1:8002", "127.0.0.1:8001"),
+            ("http://127.0.0.1", "127.0.0.1:8001"),
+            ("https://auth.example.com", "auth.example.com:80"),
+            ("http://auth.example.com.evil.example", "auth.example.com"),
+            ("null", "127.0.0.1:8001"),
+            ("ftp://127.0.0.1:8001", "127.0.0.1:8001"),
+            ("http://", ""),
+        ] {
+            assert!(!same(origin, host), "{origin} {host}");
+        }
     }
 }

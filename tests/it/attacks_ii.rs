@@ -398,6 +398,39 @@ async fn a_hostile_page_cannot_post_from_its_visitors_browsers(backend: Backend)
             .status(),
         StatusCode::OK
     );
+    // The service's own origin as addressed (the /docs page) is always allowed, even outside
+    // CORS_ORIGINS; a neighbour port or a look-alike host is not.
+    let own = app.url("");
+    let port: u16 = own.rsplit(':').next().unwrap().parse().unwrap();
+    let response = app
+        .client
+        .post(app.url("/auth/login"))
+        .header("origin", &own)
+        .body(r#"{"email":"page@example.com","password":"WrongPass123"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{own}: {body}");
+    assert_eq!(body["error_code"], "INVALID_CREDENTIALS");
+    for (origin, host) in [
+        (format!("http://127.0.0.1:{}", port + 1), None),
+        (format!("http://127.0.0.1.evil.example:{port}"), None),
+        // A page on evil.example that names our address in its own Origin cannot send our
+        // Host: its browser sends evil.example's.
+        (own.clone(), Some("evil.example")),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/auth/login"))
+            .header("origin", &origin)
+            .body(credentials);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let (status, body) = status_and_json(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin} {host:?}: {body}");
+    }
     // With CORS_ORIGINS=* every origin may post.
     let open = TestApp::spawn_with(backend, &[("CORS_ORIGINS", "*")]).await;
     let response = open
