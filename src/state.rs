@@ -73,7 +73,7 @@ pub fn pool_settings(
 pub enum StartupError {
     /// The database `DATABASE_URL` names could not be opened or did not answer within
     /// `DATABASE_CONNECT_TIMEOUT_SECONDS`. `main` exits with code 2.
-    #[error("invalid DATABASE_URL: database not reachable")]
+    #[error("invalid DATABASE_URL")]
     Unreachable(#[source] StoreError),
     /// The database answered, but migrating it or reading it at start-up failed (nothing to do
     /// with the URL). `main` exits with code 2.

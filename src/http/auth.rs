@@ -388,12 +388,13 @@ impl TryFrom<String> for FeedWait {
 }
 
 /// `GET /auth/revocations`: what local verifiers must refuse besides expiry.
+///
+/// Served, and listed in this document, only when `REVOCATION_FEED_TOKENS` is set.
 #[utoipa::path(get, path = "/auth/revocations", tag = "auth", summary = "Revocation feed for local verifiers",
     security(("bearer" = [])), params(FeedQuery),
     responses(
         (status = 200, description = "Revocations after `since`, or the whole current set (`reset: true`)", body = RevocationPage),
         (status = 401, description = "No feed token, or not one of REVOCATION_FEED_TOKENS (MISSING_TOKEN or INVALID_TOKEN)", body = ErrorBody),
-        (status = 404, description = "REVOCATION_FEED_TOKENS is unset: the route is off (NOT_FOUND)", body = ErrorBody),
         (status = 422, description = "A bad `since` or `wait` (VALIDATION_ERROR)", body = ErrorBody),
         (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
     ))]

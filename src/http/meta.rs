@@ -60,11 +60,24 @@ pub fn metrics_router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-/// The meta routes, Swagger UI included; `/metrics` too unless it has a listener of its own.
-pub fn router(metrics_here: bool) -> Router<AppState> {
+/// The OpenAPI document of what this process serves: `/metrics` only when it is on the main
+/// port, `/auth/revocations` only when `REVOCATION_FEED_TOKENS` turns the route on.
+#[must_use]
+pub fn document(metrics_here: bool, feed_on: bool) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let doc = Arc::new(doc);
+    if !metrics_here {
+        doc.paths.paths.remove("/metrics");
+    }
+    if !feed_on {
+        doc.paths.paths.remove("/auth/revocations");
+    }
+    doc
+}
+
+/// The meta routes, Swagger UI included; `/metrics` too unless it has a listener of its own.
+pub fn router(metrics_here: bool, feed_on: bool) -> Router<AppState> {
+    let doc = Arc::new(document(metrics_here, feed_on));
     let swagger = Arc::new(utoipa_swagger_ui::Config::new(["/openapi.json"]));
     Router::new()
         .route("/", get(service_info))
@@ -212,6 +225,25 @@ mod tests {
             let row = format!("| `{}` |", code.as_str().unwrap());
             assert!(api_md.contains(&row), "docs/API.md has no row for {code}");
         }
+    }
+
+    /// The document lists the routes this process serves, and only those.
+    #[test]
+    fn optional_routes_are_documented_only_when_on() {
+        let paths = |metrics_here, feed_on| -> Vec<String> {
+            document(metrics_here, feed_on)
+                .paths
+                .paths
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let has = |paths: &[String], path: &str| paths.iter().any(|p| p == path);
+        let defaults = paths(true, false);
+        assert!(has(&defaults, "/metrics") && has(&defaults, "/auth/login"));
+        assert!(!has(&defaults, "/auth/revocations"), "{defaults:?}");
+        assert!(has(&paths(true, true), "/auth/revocations"));
+        assert!(!has(&paths(false, false), "/metrics"));
     }
 
     /// The summaries Swagger UI shows beside each path do not repeat the path.

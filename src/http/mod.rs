@@ -82,7 +82,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     Router::new()
-        .merge(meta::router(config.server.metrics_addr.is_none()))
+        .merge(meta::router(
+            config.server.metrics_addr.is_none(),
+            !config.tokens.feed_tokens.is_empty(),
+        ))
         .merge(health::router())
         .merge(auth::router(config))
         .fallback(|| async { ApiError::NotFound })

@@ -112,6 +112,16 @@ async fn docs_and_openapi_are_served_from_the_binary(backend: Backend) {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
+    // The revocation feed is off at the defaults: neither served nor listed in /docs.
+    assert!(doc["paths"].get("/auth/revocations").is_none(), "feed off");
+    let feed = TestApp::spawn_on(
+        app.db.clone(),
+        app.clock.clone(),
+        &[("REVOCATION_FEED_TOKENS", "a-feed-token-of-enough-length")],
+    )
+    .await;
+    let (_, doc) = status_and_json(feed.get("/openapi.json").await).await;
+    assert!(doc["paths"].get("/auth/revocations").is_some(), "feed on");
 }
 
 async fn jwks_is_empty_for_hs256(backend: Backend) {

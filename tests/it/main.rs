@@ -19,6 +19,7 @@ mod api_verify;
 mod attacks;
 mod attacks_ii;
 mod deploy_files;
+mod docs_browser;
 mod hashing;
 mod lifecycle;
 mod local_verification;

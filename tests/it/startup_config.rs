@@ -74,6 +74,30 @@ fn an_unreachable_database_exits_2_naming_database_url() {
 }
 
 #[test]
+fn a_wrong_postgres_database_name_is_one_line_with_the_cause_once() {
+    let name = "no_such_database_for_auth_service";
+    let output = run_with(&[
+        (
+            "DATABASE_URL",
+            &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        ),
+        ("JWT_SECRET_KEY", crate::helpers::SECRET),
+        ("DATABASE_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("PORT", "0"),
+        ("LOG_LEVEL", "error"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "auth-service: invalid DATABASE_URL: database unavailable: database \"{name}\" does \
+             not exist"
+        )
+    );
+}
+
+#[test]
 fn with_no_configuration_it_serves_sqlite_and_exits_0_on_sigterm() {
     // Arrange: only PORT, so parallel test runs do not fight over 8001.
     let binary = Binary::spawn(&[]);
