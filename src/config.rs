@@ -101,9 +101,12 @@ pub struct ServerConfig {
     /// `IDLE_TIMEOUT_SECONDS` (default 60): a keep-alive connection (HTTP/1 or HTTP/2) with no
     /// request in flight for this long is closed.
     pub idle_timeout: Duration,
-    /// `MAX_CONNECTIONS` (default 1024): open connections served at once; more wait in the
-    /// backlog.
+    /// `MAX_CONNECTIONS` (default 1024): open connections served at once; above 75% of it,
+    /// idle keep-alive connections are closed oldest first; past it, new ones wait.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_IP` (default 256, `0` = off): open connections per socket peer
+    /// (IPv6: per `IPV6_PREFIX_LENGTH` network) that is not a trusted proxy.
+    pub max_connections_per_ip: usize,
     /// `REQUEST_TIMEOUT_SECONDS` (default 30): a whole request, body included.
     pub request_timeout: Duration,
     /// `METRICS_ADDR` (default unset): serve `/metrics` on this separate listener instead of
@@ -350,6 +353,7 @@ impl ServerConfig {
             header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT_SECONDS", 10, 1, 3600)?,
             idle_timeout: vars.seconds("IDLE_TIMEOUT_SECONDS", 60, 1, 86_400)?,
             max_connections: vars.number("MAX_CONNECTIONS", 1024, 1, 1_000_000)?,
+            max_connections_per_ip: vars.number("MAX_CONNECTIONS_PER_IP", 256, 0, 1_000_000)?,
             request_timeout: vars.seconds("REQUEST_TIMEOUT_SECONDS", 30, 1, 3600)?,
             metrics_addr,
             shutdown_drain: vars.seconds("SHUTDOWN_DRAIN_SECONDS", 0, 0, 600)?,
@@ -778,6 +782,7 @@ mod tests {
             ("MIGRATE_ON_START", "sometimes"),
             ("METRICS_ADDR", "9090"),
             ("MAX_CONNECTIONS", "none"),
+            ("MAX_CONNECTIONS_PER_IP", "-1"),
             ("DATABASE_URL", "mysql://db"),
             ("DATABASE_LOCK_TIMEOUT_SECONDS", "0"),
             ("DATABASE_STATEMENT_TIMEOUT_SECONDS", "30"),

@@ -163,4 +163,14 @@ fn describe_metrics() {
         "Idle database connections of the pool"
     );
     describe_counter!("rows_purged_total", "Rows deleted by the purge, by table");
+    describe_gauge!("connections_open", "Open client connections");
+    describe_counter!(
+        "connections_refused_total",
+        "Connections closed at accept: the peer held MAX_CONNECTIONS_PER_IP, none of them idle"
+    );
+    describe_counter!(
+        "connections_shed_total",
+        "Idle keep-alive connections closed: per_ip (a new one from the same peer over its cap) \
+         or overload (above 75% of MAX_CONNECTIONS)"
+    );
 }

@@ -18,6 +18,7 @@ mod api_register;
 mod api_verify;
 mod attacks;
 mod attacks_ii;
+mod attacks_iii;
 mod deploy_files;
 mod docs_browser;
 mod hashing;

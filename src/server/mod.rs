@@ -8,14 +8,19 @@
 //!   nothing, is closed). The whole-request `REQUEST_TIMEOUT_SECONDS` covers slow bodies.
 //! - **Idle connections close** (`IDLE_TIMEOUT_SECONDS`): a keep-alive connection, HTTP/1 or
 //!   HTTP/2, with no request in flight for this long is closed.
-//! - **A cap on open connections** (`MAX_CONNECTIONS`): past it, new connections wait in the
-//!   kernel backlog instead of costing memory and tasks.
+//! - **A cap on open connections** (`MAX_CONNECTIONS`), **per peer**
+//!   (`MAX_CONNECTIONS_PER_IP`) and **overload shedding** above 75% of it: see
+//!   [`connections`]. Past `MAX_CONNECTIONS`, a new connection waits for a slot (the oldest
+//!   idle connection is closed to make one) instead of costing memory and tasks.
 //! - **Graceful shutdown**: readiness turns 503 first, the listener closes, in-flight requests
 //!   finish.
 //!
 //! One watchdog per connection enforces the first two. It sees the connection through a
 //! [`Watched`] socket (which notes when bytes arrive) and through the service (which notes when
-//! a request head was parsed and when its response left), and sleeps until the next deadline.
+//! a request head was parsed and when its response left), and sleeps until the next deadline,
+//! or until the registry tells it to close the connection gracefully.
+
+mod connections;
 
 use std::{
     net::SocketAddr,
@@ -32,17 +37,18 @@ use axum::{Router, body::Body, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Notify, Semaphore, TryAcquireError},
     time::Instant,
 };
 use tower::ServiceExt as _;
 
+use self::connections::{ConnectionLimits, Connections};
 use crate::state::AppState;
 
 /// Serves `app` on `listener` until `shutdown` (readiness-draining included) resolves, then
@@ -61,18 +67,17 @@ pub async fn serve(
         header_read: config.server.header_read_timeout,
         idle: config.server.idle_timeout,
     };
-    let permits = Arc::new(Semaphore::new(config.server.max_connections));
+    let max = config.server.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let connections = Connections::new(ConnectionLimits {
+        max,
+        per_peer: config.server.max_connections_per_ip,
+        trusted: config.limits.trusted_proxies.clone(),
+        v6_prefix: config.limits.ipv6_prefix_length,
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(state.clone().drain_on(shutdown));
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -86,6 +91,25 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let activity = Arc::new(Activity::new());
+        let Some(registered) = connections.admit(peer.ip(), &activity) else {
+            // Over its peer's cap with none of that peer's connections idle.
+            drop(stream);
+            continue;
+        };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                connections.make_room();
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let watched = Arc::clone(&activity);
         let service = app
             .clone()
@@ -110,9 +134,9 @@ pub async fn serve(
         let conn = builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
             .into_owned();
-        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
             loop {
                 let deadline = match activity.verdict(limits) {
                     Verdict::Close(why) => {
@@ -129,13 +153,22 @@ pub async fn serve(
                         break;
                     }
                     () = tokio::time::sleep_until(deadline) => {}
+                    () = activity.close.notified(), if !closing => {
+                        // Finishes a request in flight, then closes (HTTP/2: GOAWAY).
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                 }
             }
+            drop(registered);
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close_all();
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
     Ok(())
 }
 
@@ -157,6 +190,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the first byte arrived while idle (a head in progress), plus one; 0 when none.
     head_started: AtomicU64,
+    /// Set by the registry to close the connection gracefully (shed, or shutdown).
+    close: Notify,
 }
 
 /// The watchdog's decision.
@@ -175,7 +210,22 @@ impl Activity {
             served: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            close: Notify::new(),
         }
+    }
+
+    /// Since when this is an idle keep-alive connection: it has served a request and has none
+    /// in flight or arriving. `None` when it is not.
+    fn idle_since(&self) -> Option<Instant> {
+        let idle = self.served.load(Ordering::Relaxed) > 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0;
+        idle.then(|| self.opened + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
+    }
+
+    /// Asks the watchdog to close the connection gracefully.
+    fn close(&self) {
+        self.close.notify_one();
     }
 
     fn now_ms(&self) -> u64 {
