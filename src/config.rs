@@ -408,7 +408,18 @@ impl TokenConfig {
                     format!("must be at least 32 bytes, got {}", secret.len()),
                 ));
             }
-            Some((_, secret)) => (SecretString::from(secret), false),
+            Some((var, secret)) => {
+                if let Some(why) = guessable(&secret) {
+                    return Err(ConfigError::new(
+                        var,
+                        format!(
+                            "guessable: {why}; an HS256 token is enough to find such a secret \
+                             offline (generate one with: openssl rand -base64 48)"
+                        ),
+                    ));
+                }
+                (SecretString::from(secret), false)
+            }
             None => (SecretString::from(random_secret()), true),
         };
         let algorithm = match vars.get("JWT_ALGORITHM").as_deref() {
@@ -443,6 +454,62 @@ impl TokenConfig {
         })
     }
 }
+
+/// Placeholders that documentation, tutorials and `.env` templates carry, folded (ASCII
+/// letters and digits only, lower case). Each is at least 8 letters: a random base64 secret
+/// contains one by chance with odds below 1 in 10^10, a hex secret never (no `g` to `z`).
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "changeinproduction",
+    "changethis",
+    "yoursecret",
+    "secretkey",
+    "replaceme",
+    "supersecret",
+    "jwtsecret",
+    "mysecret",
+    "placeholder",
+    "insecure",
+    "donotuse",
+    "examplesecret",
+];
+
+/// Why `secret` (already at least 32 bytes) could be found offline from one token, or `None`:
+/// fewer than 10 distinct bytes, a pattern repeated (any period up to half its length:
+/// `"changeme" * 4`, `"0123456789abcdef" * 2`), a documentation placeholder, or a common
+/// password. A random secret (`openssl rand -base64 48` or `-hex 32`) passes every rule: it
+/// has about 40 (base64) or 16 (hex) distinct characters and no period.
+fn guessable(secret: &str) -> Option<&'static str> {
+    let bytes = secret.as_bytes();
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    if distinct < 10 {
+        return Some("fewer than 10 distinct characters");
+    }
+    if (1..=bytes.len() / 2).any(|period| bytes[period..] == bytes[..bytes.len() - period]) {
+        return Some("a short pattern repeated");
+    }
+    let folded: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if PLACEHOLDERS.iter().any(|phrase| folded.contains(phrase)) {
+        return Some("a placeholder from documentation");
+    }
+    // The list's longest entry has 32 characters (passwords 3.1): a longer text cannot be on
+    // it, and a scan of its 100,000 entries is skipped.
+    let listed = |text: &str| {
+        text.chars().count() <= COMMON_PASSWORD_MAX_CHARS
+            && passwords::analyzer::is_common_password(text)
+    };
+    if listed(secret) || listed(&folded) {
+        return Some("on the common-password list");
+    }
+    None
+}
+
+/// The length of the longest entry of the `passwords` crate's common-password list.
+const COMMON_PASSWORD_MAX_CHARS: usize = 32;
 
 /// `JWT_PRIVATE_KEY_FILE` and `JWT_PUBLIC_KEY_FILES`, which must agree with `JWT_ALGORITHM`.
 fn load_keys(
@@ -655,6 +722,9 @@ mod tests {
 
     use super::*;
 
+    /// A secret that passes every rule.
+    const SECRET: &str = "q7Xv9LmR2pWz8KsT4yNb6HcJ3fGd5AeU";
+
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
@@ -713,12 +783,12 @@ mod tests {
     fn postgres_password_never_shows_in_debug_output() {
         let c = config(&[
             ("DATABASE_URL", "postgres://app:hunter2-secret@db:5432/auth"),
-            ("JWT_SECRET_KEY", "k".repeat(40).as_str()),
+            ("JWT_SECRET_KEY", SECRET),
         ])
         .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
-        assert!(!shown.contains(&"k".repeat(40)), "{shown}");
+        assert!(!shown.contains(SECRET), "{shown}");
         assert!(
             shown.contains(r#"postgresql database "auth" on db:5432"#),
             "{shown}"
@@ -726,8 +796,54 @@ mod tests {
     }
 
     #[test]
+    fn guessable_secrets_are_refused_without_echoing_them() {
+        for secret in [
+            "a".repeat(32),
+            "changeme".repeat(4),
+            "0123456789abcdef".repeat(2),
+            "your-secret-key-here-change-in-production".to_owned(),
+            "password1234password1234password".to_owned(),
+            "Th1s-is-my-JWT-SECRET-for-the-shop!".to_owned(),
+            "abcdefgh".repeat(4),
+            "qwertyuiop".repeat(4),
+            "ab1ab1ab1ab1ab1ab1ab1ab1ab1ab1ab1ab".to_owned(),
+        ] {
+            let err = config(&[("JWT_SECRET_KEY", &secret)]).unwrap_err();
+            assert_eq!(err.var, "JWT_SECRET_KEY", "{secret}");
+            assert!(err.reason.starts_with("guessable: "), "{secret}: {err}");
+            assert!(!err.to_string().contains(&secret), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_common_password_list_is_read_up_to_its_longest_entry() {
+        // The longest entry: a 32-character hex string, refused for being on the list.
+        let longest = "d1bd6bc58c1d74df41a957489c9942f5";
+        assert_eq!(longest.len(), COMMON_PASSWORD_MAX_CHARS);
+        assert!(passwords::analyzer::is_common_password(longest));
+        assert_eq!(guessable(longest), Some("on the common-password list"));
+    }
+
+    /// Random secrets as the README says to make them always pass: many fresh ones of each
+    /// kind (a rule that refused one random secret in a thousand would show here).
+    #[test]
+    fn random_secrets_always_pass() {
+        use base64::engine::general_purpose::STANDARD;
+        for _ in 0..10_000 {
+            let base64 = STANDARD.encode(rand::random::<[u8; 48]>());
+            let hex: String = rand::random::<[u8; 32]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            for secret in [&base64, &hex, &random_secret()] {
+                assert_eq!(guessable(secret), None, "{secret}");
+            }
+        }
+    }
+
+    #[test]
     fn jwt_secret_alias_and_minimum_length() {
-        let long = "s".repeat(32);
+        let long = SECRET.to_owned();
         let c = config(&[("JWT_SECRET", long.as_str())]).unwrap();
         assert!(!c.tokens.secret_generated);
         assert_eq!(c.tokens.secret.expose_secret(), long);
@@ -837,10 +953,9 @@ mod tests {
     fn serving_postgres_needs_a_shared_secret() {
         let pg = config(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
         assert_eq!(pg.check_for_serving().unwrap_err().var, "JWT_SECRET_KEY");
-        let secret = "s".repeat(32);
         let pg = config(&[
             ("DATABASE_URL", "postgres://u@h/db"),
-            ("JWT_SECRET_KEY", &secret),
+            ("JWT_SECRET_KEY", SECRET),
         ]);
         assert!(pg.unwrap().check_for_serving().is_ok());
         assert!(

@@ -295,7 +295,7 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const SECRET: &str = "Zr4uQ8wN1cE6tY3hK9pB2mV7xS5aL0gD";
 
     fn subject(user_id: i64) -> Subject<'static> {
         Subject {

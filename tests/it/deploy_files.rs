@@ -410,3 +410,44 @@ fn the_dockerfile_build_stage_loads_the_workspace_at_every_cargo_build() {
     }
     assert_eq!(builds, 2, "the dependency build and the real one");
 }
+
+/// No file a user copies carries a JWT secret that would start: every `JWT_SECRET_KEY` or
+/// `JWT_SECRET` value written in `.env.example`, the Compose file and the deploy manifests is
+/// empty, a reference (`${...}`, `$(...)`, a Kubernetes secretKeyRef), or refused.
+#[test]
+fn no_shipped_file_carries_a_secret_that_would_start() {
+    let mut files = vec![
+        root().join(".env.example"),
+        root().join("docker-compose.yml"),
+    ];
+    yaml_files(&root().join("deploy"), &mut files);
+    let mut seen = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            let line = line.trim_start_matches(['#', ' ', '-']);
+            for name in ["JWT_SECRET_KEY", "JWT_SECRET"] {
+                let Some(rest) = line.strip_prefix(name) else {
+                    continue;
+                };
+                let Some(value) = rest.strip_prefix('=').or_else(|| rest.strip_prefix(':')) else {
+                    continue;
+                };
+                seen += 1;
+                let value = value.trim().trim_matches(['"', '\'']);
+                if value.is_empty() || value.starts_with('$') {
+                    continue;
+                }
+                let started = auth_service::config::Config::from_lookup(|var| {
+                    (var == name).then(|| value.to_owned())
+                });
+                assert!(
+                    started.is_err(),
+                    "{}: a usable secret is shipped: {line}",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(seen >= 2, "the files name the secret: {seen}");
+}

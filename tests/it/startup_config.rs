@@ -29,6 +29,11 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
         ("PORT", "80a"),
         ("BCRYPT_ROUNDS", "3"),
         ("JWT_SECRET_KEY", "too-short"),
+        (
+            "JWT_SECRET_KEY",
+            "your-secret-key-here-change-in-production",
+        ),
+        ("JWT_SECRET", "changemechangemechangemechangeme"),
         ("JWT_ALGORITHM", "HS1024"),
         ("DATABASE_URL", "mysql://localhost/db"),
         ("LOGIN_MAX_ATTEMPTS", "many"),
@@ -47,6 +52,46 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
             "{stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_guessable_secret_is_refused_without_being_echoed() {
+    for secret in [
+        "a".repeat(32),
+        "changeme".repeat(4),
+        "0123456789abcdef".repeat(2),
+        "your-secret-key-here-change-in-production".to_owned(),
+    ] {
+        let output = run_with(&[("JWT_SECRET_KEY", &secret), ("PORT", "0")]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{secret}: {stderr}");
+        assert!(
+            stderr.starts_with("auth-service: invalid JWT_SECRET_KEY: guessable: "),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&secret), "the secret echoed: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+/// Secrets made as the README, `.env.example` and the deploy files say (`openssl rand -base64
+/// 48`, `openssl rand -hex 32`) always pass: fresh ones from openssl itself, many times.
+#[test]
+fn secrets_from_openssl_rand_always_pass() {
+    for _ in 0..100 {
+        for args in [["rand", "-base64", "48"], ["rand", "-hex", "32"]] {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            assert!(secret.len() >= 64, "{secret}");
+            let config = auth_service::config::Config::from_lookup(|name| {
+                (name == "JWT_SECRET_KEY").then(|| secret.clone())
+            });
+            assert!(config.is_ok(), "openssl {args:?} refused: {config:?}");
+        }
     }
 }
 
