@@ -50,7 +50,7 @@ impl AuthService {
         let user_id = Some(claims.user_id);
         let refreshed = match self.0.settings.rotation {
             RotationMode::Off => self.renew(token, claims.jti, claims.user_id).await,
-            RotationMode::On => self.rotate(claims.jti, claims.user_id).await,
+            RotationMode::On => self.rotate(claims.jti, claims.sid, claims.user_id).await,
         };
         let refreshed = match refreshed {
             Ok(refreshed) => refreshed,
@@ -130,13 +130,21 @@ impl AuthService {
     }
 
     /// Rotation on: under the user's lock, a compare-and-set creates the one child; a loser
-    /// applies the grace rule, measured to the sub-second.
-    async fn rotate(&self, jti: Uuid, user_id: i64) -> Result<Refreshed, AuthError> {
+    /// applies the grace rule, measured to the sub-second. Tokens rotated before the grace
+    /// window are deleted as the child is stored (constant storage per session), so a
+    /// signed token of a live session whose row is gone is one of them, presented again:
+    /// reuse, as if its row were there.
+    async fn rotate(
+        &self,
+        jti: Uuid,
+        sid: Option<Uuid>,
+        user_id: i64,
+    ) -> Result<Refreshed, AuthError> {
         let issued_at = self.now();
         let now = self.instant();
         let store = &self.0.store;
         let Some((row, user)) = self.live_row(jti, user_id).await? else {
-            return Ok(Refreshed::Invalid);
+            return self.pruned_token_again(jti, sid, user_id).await;
         };
         let child = NewRefreshToken {
             jti: Uuid::new_v4(),
@@ -146,7 +154,11 @@ impl AuthService {
             issued_at,
             expires_at: issued_at + self.0.settings.refresh_ttl,
         };
-        match store.rotate_refresh_token(row.jti, &child, now).await? {
+        let prune_rotated_before = now - self.0.settings.reuse_grace;
+        match store
+            .rotate_refresh_token(row.jti, &child, now, prune_rotated_before)
+            .await?
+        {
             RotateOutcome::Rotated => {
                 return Ok(Refreshed::Issued(
                     self.pair_for(&child.into(), &user.email)?,
@@ -171,6 +183,31 @@ impl AuthService {
             }
             Reuse::Refuse => Ok(Refreshed::Invalid),
         }
+    }
+
+    /// A refresh token that verified but has no row: if its session is live and its user's,
+    /// the row was pruned after a rotation older than the grace window, and this is reuse.
+    async fn pruned_token_again(
+        &self,
+        jti: Uuid,
+        sid: Option<Uuid>,
+        user_id: i64,
+    ) -> Result<Refreshed, AuthError> {
+        let store = &self.0.store;
+        let Some(sid) = sid else {
+            return Ok(Refreshed::Invalid);
+        };
+        if store.find_refresh_token(jti).await?.is_some() {
+            // The row exists: another user's, or its user is disabled.
+            return Ok(Refreshed::Invalid);
+        }
+        let session = store.find_session(sid).await?;
+        if !session.is_some_and(|s| s.revoked_at.is_none() && s.user_id == user_id) {
+            return Ok(Refreshed::Invalid);
+        }
+        self.end_session(sid, user_id).await?;
+        tracing::warn!(token.family = %sid, "refresh token reuse detected; session ended");
+        Ok(Refreshed::ReuseDetected)
     }
 
     /// Ends a session in the database, then in this process's view at once.

@@ -509,13 +509,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Rotation under the user's lock: refuses when the user is gone or disabled or the
     /// session (`child.family_id`) has ended; otherwise a compare-and-set marks `parent`
-    /// rotated at `now` (only if neither rotated nor revoked nor expired) and stores `child`,
-    /// in one transaction.
+    /// rotated at `now` (only if neither rotated nor revoked nor expired), stores `child`, and
+    /// deletes the session's tokens rotated before `prune_rotated_before` (the grace window's
+    /// start), in one transaction. So a session keeps its current token, its parent and what
+    /// was rotated within the grace window, however often it refreshes; a pruned token that
+    /// comes back is recognised by its session's live row and its own missing one.
     async fn rotate_refresh_token(
         &self,
         parent: Uuid,
         child: &NewRefreshToken,
         now: DateTime<Utc>,
+        prune_rotated_before: DateTime<Utc>,
     ) -> Result<RotateOutcome, StoreError>;
 
     /// Ends a session and revokes its refresh tokens, under the user's lock; returns whether

@@ -461,6 +461,7 @@ macro_rules! impl_store {
                 parent: uuid::Uuid,
                 child: &$crate::store::NewRefreshToken,
                 now: chrono::DateTime<chrono::Utc>,
+                prune_rotated_before: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::RotateOutcome, $crate::store::StoreError> {
                 use $crate::store::RotateOutcome;
                 let mut tx = self.begin_write().await?;
@@ -502,6 +503,23 @@ macro_rules! impl_store {
                 .bind(child.expires_at)
                 .execute(&mut *tx)
                 .await?;
+                // Constant storage per session: tokens rotated before the grace window go.
+                // `parent_jti` cascades on delete, so the kept rows let go of them first.
+                sqlx::query(
+                    r"update refresh_tokens set parent_jti = null
+                      where family_id = $1 and parent_jti in (
+                        select jti from refresh_tokens
+                        where family_id = $1 and rotated_at < $2)",
+                )
+                .bind(child.family_id)
+                .bind(prune_rotated_before)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("delete from refresh_tokens where family_id = $1 and rotated_at < $2")
+                    .bind(child.family_id)
+                    .bind(prune_rotated_before)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(RotateOutcome::Rotated)
             }

@@ -47,6 +47,8 @@ dual_backend!(
     refresh_rotates_to_a_new_working_pair,
     reuse_within_the_grace_window_returns_the_same_child,
     reuse_after_the_grace_window_revokes_the_whole_family,
+    a_pruned_ancestor_presented_again_is_reuse,
+    storage_per_session_stays_constant_over_many_rotations,
     grace_zero_turns_the_grace_off,
     concurrent_refreshes_of_one_token_yield_one_child,
     access_tokens_garbage_and_expired_tokens_are_refused,
@@ -88,6 +90,64 @@ async fn reuse_after_the_grace_window_revokes_the_whole_family(backend: Backend)
     // Another login is another family and still works.
     let (_, other) = app.tokens("theft@example.com").await;
     rotate(&app, &other).await;
+}
+
+/// Tokens rotated before the grace window lose their rows; one of them coming back is still
+/// reuse, and ends the session, as when its row was kept.
+async fn a_pruned_ancestor_presented_again_is_reuse(backend: Backend) {
+    let app = TestApp::spawn_with(backend, ROTATION_ON).await;
+    let (_, _, t0) = app.user_with_tokens("pruned@example.com").await;
+    let sid = claims_of(&t0)["sid"].as_str().unwrap().to_owned();
+    let (_, t1) = rotate(&app, &t0).await;
+    app.clock.advance(Duration::seconds(11));
+    let (access, t2) = rotate(&app, &t1).await;
+    app.clock.advance(Duration::seconds(11));
+    let (_, t3) = rotate(&app, &t2).await;
+    // T0 was rotated before the last grace window began: its row is gone.
+    let jti =
+        |token: &str| uuid::Uuid::parse_str(claims_of(token)["jti"].as_str().unwrap()).unwrap();
+    assert!(
+        app.store
+            .find_refresh_token(jti(&t0))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Act: the stolen T0 comes back.
+    assert_invalid_refresh(app.refresh(&t0).await).await;
+    // Assert: the session ended, every token of it with it.
+    let session = app
+        .store
+        .find_session(uuid::Uuid::parse_str(&sid).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(session.revoked_at.is_some(), "reuse ends the session");
+    assert_invalid_refresh(app.refresh(&t3).await).await;
+    verify_becomes(&app, &access, StatusCode::UNAUTHORIZED).await;
+}
+
+/// Many refreshes of one session leave a constant number of rows: the current token, its
+/// parent and what was rotated within the grace window.
+async fn storage_per_session_stays_constant_over_many_rotations(backend: Backend) {
+    let app = TestApp::spawn_with(backend, ROTATION_ON).await;
+    let (_, _, mut token) = app.user_with_tokens("many@example.com").await;
+    let family = claims_of(&token)["sid"].as_str().unwrap().to_owned();
+    for _ in 0..40 {
+        app.clock.advance(Duration::seconds(3));
+        token = rotate(&app, &token).await.1;
+    }
+    let rows = app
+        .store
+        .export_refresh_tokens(chrono::Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.family_id.to_string() == family)
+        .count();
+    // One rotation every 3 s, a 10 s grace window: rotated at -9, -6, -3, 0 s, and the current.
+    assert!(rows <= 5, "{rows} rows after 40 rotations");
+    rotate(&app, &token).await;
 }
 
 async fn grace_zero_turns_the_grace_off(backend: Backend) {

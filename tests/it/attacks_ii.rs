@@ -41,6 +41,8 @@ async fn silent_and_half_open_connections_are_closed_at_the_header_deadline() {
         &[
             ("HEADER_READ_TIMEOUT_SECONDS", "2"),
             ("MAX_CONNECTIONS", "400"),
+            // All 300 come from one address, over the default per-peer cap of 256.
+            ("MAX_CONNECTIONS_PER_IP", "400"),
         ],
     )
     .await;

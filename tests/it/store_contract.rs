@@ -66,6 +66,7 @@ dual_backend!(
     login_attempts_count_lock_and_reset,
     fifty_parallel_reservations_are_counted_exactly,
     rotation_is_a_compare_and_set,
+    rotation_keeps_storage_per_session_constant,
     email_update_is_a_compare_and_set,
     data_migrations_are_recorded_once,
     purge_batches_delete_only_what_nothing_needs,
@@ -321,7 +322,7 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     let outcomes = join_all(
         children
             .iter()
-            .map(|c| store.rotate_refresh_token(parent.jti, c, now)),
+            .map(|c| store.rotate_refresh_token(parent.jti, c, now, now)),
     )
     .await;
     let winners: Vec<&NewRefreshToken> = outcomes
@@ -356,7 +357,7 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     let next = token(user.id, family, Some(stored_child.jti));
     assert_eq!(
         store
-            .rotate_refresh_token(stored_child.jti, &next, stored_child.expires_at)
+            .rotate_refresh_token(stored_child.jti, &next, stored_child.expires_at, now)
             .await
             .unwrap(),
         RotateOutcome::NotRotatable
@@ -365,7 +366,7 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     assert!(store.revoke_session(family, now).await.unwrap());
     assert_eq!(
         store
-            .rotate_refresh_token(stored_child.jti, &next, now)
+            .rotate_refresh_token(stored_child.jti, &next, now, now)
             .await
             .unwrap(),
         RotateOutcome::Refused
@@ -376,10 +377,62 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     let child = token(user.id, other.family_id, Some(other.jti));
     assert_eq!(
         store
-            .rotate_refresh_token(other.jti, &child, now)
+            .rotate_refresh_token(other.jti, &child, now, now)
             .await
             .unwrap(),
         RotateOutcome::Refused
+    );
+}
+
+/// However often a session rotates, it keeps its current token, its parent and what was
+/// rotated since `prune_rotated_before` (the grace window): constant storage per session.
+async fn rotation_keeps_storage_per_session_constant(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let user = store
+        .insert_user("bounded@example.com", "h", Utc::now())
+        .await
+        .unwrap();
+    let first = session(&store, user.id).await;
+    let family = first.family_id;
+    let other_session = session(&store, user.id).await;
+    let start = Utc::now();
+    let mut current = first.jti;
+    let mut jtis = vec![current];
+    for i in 0..60 {
+        // One rotation a second; the grace window is the last 10 s.
+        let now = start + chrono::Duration::seconds(i);
+        let child = token(user.id, family, Some(current));
+        let outcome = store
+            .rotate_refresh_token(current, &child, now, now - chrono::Duration::seconds(10))
+            .await
+            .unwrap();
+        assert_eq!(outcome, RotateOutcome::Rotated, "rotation {i}");
+        current = child.jti;
+        jtis.push(current);
+    }
+    let live = store
+        .export_refresh_tokens(start)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.family_id == family)
+        .count();
+    // Rotated at 49..=59 (within the last 10 s, inclusive) plus the current one.
+    assert_eq!(live, 12, "rows of the session after 60 rotations");
+    for (index, jti) in jtis.iter().enumerate() {
+        let kept = store.find_refresh_token(*jti).await.unwrap().is_some();
+        assert_eq!(kept, index >= 49, "token {index}");
+    }
+    // The kept rows still chain to their children, and the grace rule can find them.
+    let child = store.find_child_token(jtis[58]).await.unwrap().unwrap();
+    assert_eq!(child.jti, jtis[59]);
+    // Other sessions are untouched.
+    assert!(
+        store
+            .find_refresh_token(other_session.jti)
+            .await
+            .unwrap()
+            .is_some()
     );
 }
 
@@ -572,7 +625,8 @@ async fn export_and_import_round_trip(backend: Backend) {
     assert_eq!((users.len(), tokens.len()), (1, 2));
     assert!(
         store
-            .export_refresh_tokens(live.expires_at)
+            // The later of the two (they may be made a second apart).
+            .export_refresh_tokens(live.expires_at.max(ended.expires_at))
             .await
             .unwrap()
             .is_empty()
@@ -744,7 +798,7 @@ async fn purge_batches_delete_only_what_nothing_needs(backend: Backend) {
     };
     assert_eq!(
         store
-            .rotate_refresh_token(parent.jti, &child, now)
+            .rotate_refresh_token(parent.jti, &child, now, now)
             .await
             .unwrap(),
         RotateOutcome::Rotated
