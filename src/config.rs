@@ -164,6 +164,9 @@ pub struct TokenConfig {
     pub rotation: RotationMode,
     /// `REFRESH_REUSE_GRACE_SECONDS` (default 10, `0` turns the grace off).
     pub reuse_grace_seconds: u32,
+    /// `JWT_ACCEPT_HS256` (default `off`): with an asymmetric algorithm, whether HS256 tokens
+    /// signed with `JWT_SECRET_KEY` still verify (the migration switch).
+    pub accept_hs256: bool,
     /// `REVOCATION_FEED_TOKENS` (default unset = no feed): bearer tokens that may read
     /// `/auth/revocations`, each at least 16 bytes.
     pub feed_tokens: Vec<SecretString>,
@@ -433,6 +436,14 @@ impl TokenConfig {
                 })?)
             }
         };
+        let accept_hs256 = vars.flag("JWT_ACCEPT_HS256", false)?;
+        if accept_hs256 && matches!(algorithm, JwtAlgorithm::Asymmetric(_)) && secret_generated {
+            return Err(ConfigError::new(
+                "JWT_ACCEPT_HS256",
+                "on without JWT_SECRET_KEY: set the secret the HS256 tokens were signed with, \
+                 or turn JWT_ACCEPT_HS256 off",
+            ));
+        }
         let rotation = if vars.flag("REFRESH_TOKEN_ROTATION", false)? {
             RotationMode::On
         } else {
@@ -450,6 +461,7 @@ impl TokenConfig {
             refresh_expire_days: vars.number("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
             rotation,
             reuse_grace_seconds: vars.number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 3600)?,
+            accept_hs256,
             feed_tokens: feed_tokens(vars)?,
         })
     }
@@ -896,6 +908,7 @@ mod tests {
             ("IDLE_TIMEOUT_SECONDS", "0"),
             ("IPV6_PREFIX_LENGTH", "129"),
             ("MIGRATE_ON_START", "sometimes"),
+            ("JWT_ACCEPT_HS256", "maybe"),
             ("METRICS_ADDR", "9090"),
             ("MAX_CONNECTIONS", "none"),
             ("MAX_CONNECTIONS_PER_IP", "-1"),

@@ -71,6 +71,27 @@ pub async fn run_with_clock(
     serve(state, listener, shutdown).await
 }
 
+/// `JWT_ACCEPT_HS256=on` with an asymmetric algorithm is a migration fallback, easy to leave on
+/// by mistake: a WARN at start and once an hour while it is.
+fn spawn_hs256_reminder(tokens: &config::TokenConfig) -> Option<tokio::task::JoinHandle<()>> {
+    let on = tokens.accept_hs256
+        && !tokens.secret_generated
+        && matches!(tokens.algorithm, config::JwtAlgorithm::Asymmetric(_));
+    on.then(|| {
+        tokio::spawn(async {
+            let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                hourly.tick().await;
+                tracing::warn!(
+                    "JWT_ACCEPT_HS256 is on: HS256 tokens signed with JWT_SECRET_KEY still \
+                     verify; turn it off once the HS256 tokens issued before the switch to \
+                     an asymmetric JWT_ALGORITHM have expired"
+                );
+            }
+        })
+    })
+}
+
 /// Serves a built state on `listener` with graceful shutdown.
 ///
 /// # Errors
@@ -87,6 +108,7 @@ pub async fn serve(
         .await
         .map_err(StartupError::Database)?;
     service::purge::spawn_background(state.auth());
+    let hs256_reminder = spawn_hs256_reminder(&state.config().tokens);
     let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
     let metrics = match state.config().server.metrics_addr {
         Some(addr) => {
@@ -109,8 +131,8 @@ pub async fn serve(
     }
     let served = server::serve(state, app, listener, shutdown).await;
     upkeep.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
+    for task in [metrics, hs256_reminder].into_iter().flatten() {
+        task.abort();
     }
     served.map_err(|e| StartupError::Other(e.into()))?;
     tracing::info!("shut down cleanly");

@@ -26,8 +26,9 @@ use crate::{
 pub fn token_settings(tokens: &TokenConfig) -> TokenSettings {
     TokenSettings {
         secret: tokens.secret.clone(),
-        // A generated secret signs nothing another process could check: never a fallback.
-        accept_hs256: !tokens.secret_generated,
+        // With an asymmetric algorithm, HS256 only behind the migration switch, and never
+        // with a generated secret (it signed nothing another process could check).
+        accept_hs256: tokens.accept_hs256 && !tokens.secret_generated,
         algorithm: tokens.algorithm,
         keys: tokens.keys.clone(),
         issuer: tokens.issuer.clone(),

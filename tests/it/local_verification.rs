@@ -21,6 +21,7 @@ dual_backend!(
     every_algorithm_signs_verifies_and_refreshes_with_its_kid,
     forged_headers_and_algorithm_swaps_are_refused,
     rotation_step_by_step_keeps_live_tokens_of_both_keys,
+    hs256_tokens_after_a_switch_verify_only_behind_jwt_accept_hs256,
     the_feed_lists_logout_reuse_logout_all_and_disable,
     a_waiting_feed_reader_returns_within_a_second_of_a_change,
     an_expired_or_foreign_cursor_resets_to_the_whole_current_set,
@@ -286,6 +287,87 @@ async fn forged_headers_and_algorithm_swaps_are_refused(backend: Backend) {
         assert_invalid_token(status, &body);
     }
     assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
+}
+
+/// After a switch from HS256 to an asymmetric algorithm, with `JWT_SECRET_KEY` still set, the
+/// HS256 tokens issued before verify only while `JWT_ACCEPT_HS256=on`, which warns.
+async fn hs256_tokens_after_a_switch_verify_only_behind_jwt_accept_hs256(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clock = auth_service::clock::TestClock::new();
+    // Before the switch: HS256 with the test secret.
+    let before = TestApp::spawn_on(db.clone(), clock.clone(), &[]).await;
+    let (_, hs256_access, _) = before.user_with_tokens("switch@example.com").await;
+    before.stop().await;
+    let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
+    let mut vars: Vec<(&str, &str)> = signing_with(&key, "")
+        .into_iter()
+        .filter(|(name, _)| *name != "JWT_SECRET_KEY")
+        .collect();
+    // After it, the secret still set: HS256 tokens are refused by default...
+    let strict = TestApp::spawn_on(db.clone(), clock.clone(), &vars).await;
+    let (status, body) = status_and_json(strict.verify(&hs256_access).await).await;
+    assert_invalid_token(status, &body);
+    let (es256_access, _) = strict.tokens("switch@example.com").await;
+    assert_eq!(strict.verify(&es256_access).await.status(), StatusCode::OK);
+    strict.stop().await;
+    // ...and accepted behind the migration switch.
+    vars.push(("JWT_ACCEPT_HS256", "on"));
+    let migrating = TestApp::spawn_on(db.clone(), clock.clone(), &vars).await;
+    assert_eq!(
+        migrating.verify(&hs256_access).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        migrating.verify(&es256_access).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn jwt_accept_hs256_warns_at_start_and_needs_the_secret() {
+    let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
+    let base = [
+        ("JWT_ALGORITHM", "ES256"),
+        ("JWT_PRIVATE_KEY_FILE", path_str(&key.private)),
+        ("JWT_ACCEPT_HS256", "on"),
+    ];
+    let with_secret: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([("JWT_SECRET_KEY", SECRET)])
+        .collect();
+    let binary = Binary::spawn(&with_secret);
+    assert!(binary.wait_ready(), "serves");
+    let (_, stdout, stderr) = binary.terminate();
+    let logs = format!("{stdout}{stderr}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("JWT_ACCEPT_HS256 is on")),
+        "{logs}"
+    );
+    // Off (the default): no such line.
+    let off: Vec<(&str, &str)> = with_secret
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "JWT_ACCEPT_HS256")
+        .collect();
+    let binary = Binary::spawn(&off);
+    assert!(binary.wait_ready(), "serves");
+    let (_, stdout, stderr) = binary.terminate();
+    assert!(!format!("{stdout}{stderr}").contains("JWT_ACCEPT_HS256"));
+    // On without a secret: exit 2 naming the variable.
+    let out = std::process::Command::new(BIN)
+        .env_clear()
+        .envs(base.iter().copied())
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("auth-service: invalid JWT_ACCEPT_HS256: "),
+        "{stderr}"
+    );
 }
 
 async fn rotation_step_by_step_keeps_live_tokens_of_both_keys(backend: Backend) {
