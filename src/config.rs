@@ -710,18 +710,36 @@ fn parse_cors(raw: &str) -> Result<CorsOrigins, ConfigError> {
     Ok(CorsOrigins::List(origins))
 }
 
+/// `TRUSTED_PROXIES`: IPs or CIDRs. A range wider than an IPv4 /8 or an IPv6 /32 (`0.0.0.0/0`,
+/// `::/0`) is refused: trusting everyone lets every client choose its own IP, and so dodge every
+/// per-IP limit with a made-up `X-Forwarded-For`.
 fn parse_proxies(items: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     items
         .iter()
         .map(|p| {
-            p.parse::<IpNet>()
+            let net = p
+                .parse::<IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
                     ConfigError::new(
                         "TRUSTED_PROXIES",
                         format!("expected a comma list of IPs or CIDRs, got {p:?}"),
                     )
-                })
+                })?;
+            let widest = match net {
+                IpNet::V4(_) => 8,
+                IpNet::V6(_) => 32,
+            };
+            if net.prefix_len() < widest {
+                return Err(ConfigError::new(
+                    "TRUSTED_PROXIES",
+                    format!(
+                        "{p} trusts too many addresses (wider than /{widest}): every client could \
+                         choose its own IP; list your proxies' addresses or subnets"
+                    ),
+                ));
+            }
+            Ok(net)
         })
         .collect()
 }
@@ -899,6 +917,10 @@ mod tests {
             ("RATE_LIMIT_BURST", "-2"),
             ("LOGIN_MAX_FAILURES_PER_IP", "x"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "0.0.0.0/0"),
+            ("TRUSTED_PROXIES", "10.0.0.1, ::/0"),
+            ("TRUSTED_PROXIES", "10.0.0.0/7"),
+            ("TRUSTED_PROXIES", "2001:db8::/31"),
             ("REFRESH_REUSE_GRACE_SECONDS", "-1"),
             ("REFRESH_TOKEN_ROTATION", "sometimes"),
             ("PASSWORD_HASH_MAX_QUEUE", "-1"),
@@ -999,11 +1021,14 @@ mod tests {
     fn cors_star_and_trusted_proxies_parse() {
         let c = config(&[
             ("CORS_ORIGINS", "*"),
-            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1"),
+            (
+                "TRUSTED_PROXIES",
+                "10.0.0.0/8, 127.0.0.1,::1, 2001:db8::/32",
+            ),
         ])
         .unwrap();
         assert_eq!(c.server.cors_origins, CorsOrigins::Any);
-        assert_eq!(c.limits.trusted_proxies.len(), 3);
+        assert_eq!(c.limits.trusted_proxies.len(), 4);
         assert!(c.limits.trusted_proxies[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
     }
 }

@@ -297,6 +297,32 @@ fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
         .parse()
         .unwrap();
     assert!(max * (pool + 1) <= 100);
+    // /metrics is not on the public port.
+    assert!(config.server.metrics_addr.is_some(), "METRICS_ADDR set");
+}
+
+/// The Kubernetes and Cloud Run files keep `/metrics` off the main port: `METRICS_ADDR` is
+/// set to a valid address other than the service port.
+#[test]
+fn the_deploy_files_serve_metrics_on_their_own_listener() {
+    for (path, container) in [
+        (
+            "deploy/kubernetes/deployment.yaml",
+            yaml("deploy/kubernetes/deployment.yaml")["spec"]["template"]["spec"]["containers"][0]
+                .clone(),
+        ),
+        (
+            "deploy/cloudrun/service.yaml",
+            yaml("deploy/cloudrun/service.yaml")["spec"]["template"]["spec"]["containers"][0]
+                .clone(),
+        ),
+    ] {
+        let addr: std::net::SocketAddr = env_value(&container, "METRICS_ADDR")
+            .unwrap_or_else(|| panic!("{path}: METRICS_ADDR"))
+            .parse()
+            .unwrap();
+        assert_ne!(addr.port(), 8001, "{path}");
+    }
 }
 
 #[test]

@@ -39,6 +39,8 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
         ("LOGIN_MAX_ATTEMPTS", "many"),
         ("CORS_ORIGINS", "not an origin"),
         ("TRUSTED_PROXIES", "300.1.1.1"),
+        ("TRUSTED_PROXIES", "0.0.0.0/0"),
+        ("TRUSTED_PROXIES", "::/0"),
         ("LOG_FORMAT", "xml"),
         ("LOG_LEVEL", "verbose"),
     ];
