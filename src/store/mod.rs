@@ -24,6 +24,11 @@ use crate::database_url::DatabaseUrl;
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, read_original_users};
 
+/// With rotation on, the most rotated refresh tokens a session keeps (those rotated within the
+/// grace window, newest first): no person's client refreshes ten times within the grace
+/// window, and the eleventh-newest coming back counts as reuse.
+pub const ROTATED_TOKENS_KEPT: i64 = 10;
+
 /// What can go wrong in the store, in terms the service can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -511,9 +516,10 @@ pub trait Store: Send + Sync + 'static {
     /// session (`child.family_id`) has ended; otherwise a compare-and-set marks `parent`
     /// rotated at `now` (only if neither rotated nor revoked nor expired), stores `child`, and
     /// deletes the session's tokens rotated before `prune_rotated_before` (the grace window's
-    /// start), in one transaction. So a session keeps its current token, its parent and what
-    /// was rotated within the grace window, however often it refreshes; a pruned token that
-    /// comes back is recognised by its session's live row and its own missing one.
+    /// start) or older than its newest [`ROTATED_TOKENS_KEPT`] rotated ones, in one
+    /// transaction. So a session holds at most `ROTATED_TOKENS_KEPT + 1` rows however often it
+    /// refreshes; a pruned token that comes back is recognised by its session's live row and
+    /// its own missing one.
     async fn rotate_refresh_token(
         &self,
         parent: Uuid,

@@ -503,7 +503,19 @@ macro_rules! impl_store {
                 .bind(child.expires_at)
                 .execute(&mut *tx)
                 .await?;
-                // Constant storage per session: tokens rotated before the grace window go.
+                // Constant storage per session: tokens rotated before the grace window go,
+                // and of those within it only the newest `ROTATED_TOKENS_KEPT`.
+                let newest_kept: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                    r"select rotated_at from refresh_tokens
+                      where family_id = $1 and rotated_at is not null
+                      order by rotated_at desc limit 1 offset $2",
+                )
+                .bind(child.family_id)
+                .bind($crate::store::ROTATED_TOKENS_KEPT - 1)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let prune_rotated_before =
+                    newest_kept.map_or(prune_rotated_before, |at| at.max(prune_rotated_before));
                 // `parent_jti` cascades on delete, so the kept rows let go of them first.
                 sqlx::query(
                     r"update refresh_tokens set parent_jti = null
