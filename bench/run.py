@@ -13,6 +13,8 @@ and the JSON answer), then prints:
 - verify p50/p99 while logins saturate bcrypt at BCRYPT_ROUNDS=12, and the login rate against
   raw bcrypt capacity (cores / one hash, distinct users);
 - idle and loaded RSS; start-up time to /health/ready on SQLite;
+- with REFRESH_TOKEN_ROTATION=on, 2,000 refreshes of one session: latency and rows left;
+- POST /auth/password/forgot for a known and an unknown email: the two medians;
 - the auth-verifier crate: requests/s of examples/orders_service's protected route (local
   ES256 verification) against the same route unprotected, alternating; target >= 0.8.
 
@@ -23,6 +25,7 @@ PostgreSQL half, a server at $BENCH_POSTGRES_URL (default postgres://postgres@12
 
 import argparse
 import base64
+import http.client
 import hashlib
 import hmac
 import json
@@ -30,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -389,6 +393,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--verify-only", action="store_true",
                         help="only the SQLite verify ratio (while tuning the request path)")
+    parser.add_argument("--rotation-only", action="store_true",
+                        help="only the rotation storage line")
+    parser.add_argument("--forgot-only", action="store_true",
+                        help="only the forgot-password timing line")
     parser.add_argument("--verifier-only", action="store_true",
                         help="only the auth-verifier crate's ratio")
     args = parser.parse_args()
@@ -400,6 +408,12 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M')}, git {git_head()}")
     if args.verifier_only:
         verifier_ratio(seconds, rounds)
+        return
+    if args.rotation_only:
+        rotation_storage(2000)
+        return
+    if args.forgot_only:
+        forgot_timing(2000)
         return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
@@ -416,7 +430,71 @@ def main():
         subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
                        check=False)
     logins_and_verify_latency(seconds + 4)
+    rotation_storage(2000)
+    forgot_timing(2000)
     verifier_ratio(seconds, rounds)
+
+
+def rotation_storage(refreshes):
+    """REFRESH_TOKEN_ROTATION=on: one session refreshed `refreshes` times in a row on SQLite,
+    refresh latency and the refresh_tokens rows left (they were one per refresh, kept 30 days)."""
+    workdir = tempfile.mkdtemp()
+    database = os.path.join(workdir, "rotation.db")
+    service = Service(f"sqlite://{database}", REFRESH_TOKEN_ROTATION="on", BCRYPT_ROUNDS=4)
+    try:
+        email = "rotation@example.com"
+        http("POST", service.base + "/auth/register", {"email": email, "password": PASSWORD})
+        _, body = http("POST", service.base + "/auth/login", {"email": email, "password": PASSWORD})
+        token = body["refresh_token"]
+        took = []
+        for _ in range(refreshes):
+            started = time.perf_counter()
+            status, body = http("POST", service.base + "/auth/refresh", {"refresh_token": token})
+            took.append(time.perf_counter() - started)
+            if status != 200:
+                raise SystemExit(f"refresh failed: {status} {body}")
+            token = body["refresh_token"]
+        with sqlite3.connect(database) as db:
+            rows = db.execute("select count(*) from refresh_tokens").fetchone()[0]
+        took.sort()
+        print(f"rotation storage          {refreshes} refreshes of one session: "
+              f"p50 {took[len(took) // 2] * 1000:.2f} ms, p99 {took[len(took) * 99 // 100] * 1000:.2f} ms, "
+              f"{rows} refresh_tokens rows left")
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def forgot_timing(requests):
+    """POST /auth/password/forgot for a known and an unknown email, alternating on one
+    keep-alive connection: the two medians side by side (target: within 5%)."""
+    workdir = tempfile.mkdtemp()
+    service = Service(f"sqlite://{workdir}/forgot.db", BCRYPT_ROUNDS=4)
+    try:
+        known = "known@example.com"
+        http("POST", service.base + "/auth/register", {"email": known, "password": PASSWORD})
+        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        took = {"known": [], "unknown": []}
+        for i in range(2 * requests):
+            kind = "known" if i % 2 == 0 else "unknown"
+            email = known if kind == "known" else "unknown@example.com"
+            body = json.dumps({"email": email})
+            started = time.perf_counter()
+            connection.request("POST", "/auth/password/forgot", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            took[kind].append(time.perf_counter() - started)
+            if response.status != 202:
+                raise SystemExit(f"forgot answered {response.status}")
+        connection.close()
+        known_ms = statistics.median(took["known"]) * 1000
+        unknown_ms = statistics.median(took["unknown"]) * 1000
+        print(f"forgot timing             known {known_ms:.3f} ms   unknown {unknown_ms:.3f} ms   "
+              f"ratio {known_ms / unknown_ms:.3f}   (medians of {requests} each, alternating)")
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def git_head():

@@ -84,6 +84,74 @@ pub struct Config {
     pub limits: LimitConfig,
     /// Log level and format.
     pub log: LogConfig,
+    /// Outgoing mail and the links in it.
+    pub mail: MailConfig,
+}
+
+/// How mail leaves (`MAIL_URL`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailTransport {
+    /// `log` (the default): each message, link included, is logged at INFO on target `mail`.
+    Log,
+    /// `smtp://` or `smtps://`.
+    Smtp(SmtpSettings),
+}
+
+/// An SMTP server from `MAIL_URL`; `Debug` never shows the password.
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    /// Server host name or address.
+    pub host: String,
+    /// Port (default 587 for `smtp://`, 465 for `smtps://`).
+    pub port: u16,
+    /// How the connection is protected.
+    pub tls: SmtpTls,
+    /// `user:pass@` of the URL, percent-decoded.
+    pub credentials: Option<(String, SecretString)>,
+}
+
+impl PartialEq for SmtpSettings {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret as _;
+        let user = |s: &Self| {
+            s.credentials
+                .as_ref()
+                .map(|(user, pass)| (user.clone(), pass.expose_secret().to_owned()))
+        };
+        (&self.host, self.port, self.tls, user(self))
+            == (&other.host, other.port, other.tls, user(other))
+    }
+}
+
+impl Eq for SmtpSettings {}
+
+/// The protection of an SMTP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `smtp://host`: STARTTLS, required (a server that does not offer it is refused).
+    StartTls,
+    /// `smtps://host`: TLS from the first byte.
+    Implicit,
+    /// `smtp://host?tls=off`: plaintext, for a local sink such as Mailpit.
+    Off,
+}
+
+/// Mail: `MAIL_*`, the reset link and its lifetime.
+#[derive(Clone, Debug)]
+pub struct MailConfig {
+    /// `MAIL_URL` (default `log`).
+    pub transport: MailTransport,
+    /// `MAIL_FROM` (required with smtp/smtps): the `From` mailbox.
+    pub from: Option<String>,
+    /// `MAIL_PRODUCT_NAME` (default `auth-service`): the name in subjects and bodies.
+    pub product_name: String,
+    /// `PASSWORD_RESET_URL` (default `http://localhost:3000/reset-password`): the mail's link
+    /// is `<url>?token=<token>`.
+    pub password_reset_url: String,
+    /// `PASSWORD_RESET_TOKEN_MINUTES` (default 30).
+    pub password_reset_token_minutes: u32,
+    /// `MAIL_MAX_RETRY_HOURS` (default 24): how long a message is retried before it fails.
+    pub max_retry_hours: u32,
 }
 
 /// The listener: `HOST`, `PORT`, CORS, timeouts, connection limits, metrics, shutdown.
@@ -323,6 +391,7 @@ impl Config {
             passwords: PasswordConfig::read(&vars)?,
             limits: LimitConfig::read(&vars)?,
             log: LogConfig::read(&vars)?,
+            mail: MailConfig::read(&vars)?,
             server,
         })
     }
@@ -612,6 +681,120 @@ impl LimitConfig {
             trusted_proxies: parse_proxies(&vars.list("TRUSTED_PROXIES"))?,
             ipv6_prefix_length: vars.number("IPV6_PREFIX_LENGTH", 64, 1, 128)?,
         })
+    }
+}
+
+impl MailConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let transport = parse_mail_url(vars.get("MAIL_URL").as_deref())?;
+        let from = vars.get("MAIL_FROM");
+        match (&transport, &from) {
+            (MailTransport::Smtp(_), None) => {
+                return Err(ConfigError::new(
+                    "MAIL_FROM",
+                    "required with an smtp:// or smtps:// MAIL_URL (e.g. \"Shop <no-reply@shop.example.com>\")",
+                ));
+            }
+            (_, Some(from)) if from.parse::<lettre::message::Mailbox>().is_err() => {
+                return Err(ConfigError::new(
+                    "MAIL_FROM",
+                    format!(
+                        "expected an address like \"Shop <no-reply@shop.example.com>\", got {from:?}"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            transport,
+            from,
+            product_name: vars.text("MAIL_PRODUCT_NAME", "auth-service"),
+            password_reset_url: parse_link_base(
+                "PASSWORD_RESET_URL",
+                &vars.text("PASSWORD_RESET_URL", "http://localhost:3000/reset-password"),
+            )?,
+            password_reset_token_minutes: vars.number(
+                "PASSWORD_RESET_TOKEN_MINUTES",
+                30,
+                1,
+                24 * 60,
+            )?,
+            max_retry_hours: vars.number("MAIL_MAX_RETRY_HOURS", 24, 1, 24 * 30)?,
+        })
+    }
+}
+
+/// `MAIL_URL`: `log`, `smtp://[user:pass@]host[:port][?tls=off]` or `smtps://...`. Errors
+/// never repeat the value: it may hold a password.
+fn parse_mail_url(raw: Option<&str>) -> Result<MailTransport, ConfigError> {
+    let refuse = |why: &str| {
+        ConfigError::new(
+            "MAIL_URL",
+            format!(
+                "{why}; expected log, smtp://[user:pass@]host[:587] (STARTTLS), \
+                 smtps://[user:pass@]host[:465] or smtp://host:port?tls=off (the value is not \
+                 repeated: it may hold a password)"
+            ),
+        )
+    };
+    let Some(raw) = raw else {
+        return Ok(MailTransport::Log);
+    };
+    if raw.eq_ignore_ascii_case("log") {
+        return Ok(MailTransport::Log);
+    }
+    let url = url::Url::parse(raw).map_err(|_| refuse("not a URL"))?;
+    let (mut tls, default_port) = match url.scheme() {
+        "smtp" => (SmtpTls::StartTls, 587),
+        "smtps" => (SmtpTls::Implicit, 465),
+        _ => return Err(refuse("unknown scheme")),
+    };
+    for (key, value) in url.query_pairs() {
+        match (&*key, &*value) {
+            ("tls", "off") if tls == SmtpTls::StartTls => tls = SmtpTls::Off,
+            ("tls", "required" | "starttls") if tls == SmtpTls::StartTls => {}
+            _ => return Err(refuse("unknown query parameter")),
+        }
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| refuse("no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| refuse("the user or password is not UTF-8"))
+    };
+    let credentials = if url.username().is_empty() {
+        None
+    } else {
+        let password = decode(url.password().unwrap_or_default())?;
+        Some((decode(url.username())?, SecretString::from(password)))
+    };
+    Ok(MailTransport::Smtp(SmtpSettings {
+        host,
+        port: url.port().unwrap_or(default_port),
+        tls,
+        credentials,
+    }))
+}
+
+/// A frontend page the mail links to: an absolute http(s) URL without a fragment.
+fn parse_link_base(var: &'static str, raw: &str) -> Result<String, ConfigError> {
+    match url::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.fragment().is_none() => {
+            Ok(raw.to_owned())
+        }
+        _ => Err(ConfigError::new(
+            var,
+            format!(
+                "expected an http(s) URL like https://shop.example.com/reset-password, got {raw:?}"
+            ),
+        )),
     }
 }
 
@@ -949,6 +1132,71 @@ mod tests {
         assert_eq!(
             config(&[("PORT", "80a")]).unwrap_err().to_string(),
             r#"invalid PORT: expected an integer 0-65535, got "80a""#
+        );
+    }
+
+    #[test]
+    fn mail_urls_parse_and_never_repeat_a_password() {
+        use secrecy::ExposeSecret as _;
+        let mail = |url: &str, from: Option<&str>| {
+            let mut pairs = vec![("MAIL_URL", url)];
+            if let Some(from) = from {
+                pairs.push(("MAIL_FROM", from));
+            }
+            config(&pairs).map(|c| c.mail)
+        };
+        assert_eq!(config(&[]).unwrap().mail.transport, MailTransport::Log);
+        let from = Some("Shop <no-reply@shop.example.com>");
+        let MailTransport::Smtp(smtp) = mail("smtp://u%40x:p%3Ass@mail.example.com", from)
+            .unwrap()
+            .transport
+        else {
+            panic!("smtp");
+        };
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("mail.example.com", 587, SmtpTls::StartTls)
+        );
+        let (user, pass) = smtp.credentials.clone().unwrap();
+        assert_eq!((user.as_str(), pass.expose_secret()), ("u@x", "p:ss"));
+        assert!(!format!("{smtp:?}").contains("p:ss"));
+        let MailTransport::Smtp(smtps) = mail("smtps://mail.example.com", from).unwrap().transport
+        else {
+            panic!("smtps");
+        };
+        assert_eq!((smtps.port, smtps.tls), (465, SmtpTls::Implicit));
+        let MailTransport::Smtp(sink) =
+            mail("smtp://mailpit:1025?tls=off", from).unwrap().transport
+        else {
+            panic!("sink");
+        };
+        assert_eq!(
+            (sink.port, sink.tls, sink.credentials.is_none()),
+            (1025, SmtpTls::Off, true)
+        );
+        // MAIL_FROM is required with SMTP, and must be a mailbox.
+        assert_eq!(mail("smtp://h", None).unwrap_err().var, "MAIL_FROM");
+        assert_eq!(
+            mail("smtp://h", Some("not an address")).unwrap_err().var,
+            "MAIL_FROM"
+        );
+        // Bad URLs name the variable and never echo a password.
+        for bad in [
+            "http://user:hunter2@mail.example.com",
+            "smtp://user:hunter2@mail.example.com?tls=maybe",
+            "smtps://user:hunter2@mail.example.com?tls=off",
+            "smtp://user:hunter2@",
+            "not a url hunter2",
+        ] {
+            let err = mail(bad, from).unwrap_err();
+            assert_eq!(err.var, "MAIL_URL", "{bad}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert_eq!(
+            config(&[("PASSWORD_RESET_URL", "shop/reset")])
+                .unwrap_err()
+                .var,
+            "PASSWORD_RESET_URL"
         );
     }
 

@@ -25,6 +25,7 @@ pub mod database_url;
 pub mod error_chain;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod passwords;
 pub mod server;
 pub mod service;
@@ -109,6 +110,13 @@ pub async fn serve(
         .map_err(StartupError::Database)?;
     service::purge::spawn_background(state.auth());
     let hs256_reminder = spawn_hs256_reminder(&state.config().tokens);
+    if matches!(**state.mailer(), mail::Mailer::Log) {
+        tracing::warn!(
+            "MAIL_URL is log: mails (reset links included) are logged at INFO on target mail, \
+             not sent; set MAIL_URL and MAIL_FROM before anyone relies on them"
+        );
+    }
+    let mail_worker = service::mail::spawn_worker(state.auth(), Arc::clone(state.mailer()));
     let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
     let metrics = match state.config().server.metrics_addr {
         Some(addr) => {
@@ -131,6 +139,7 @@ pub async fn serve(
     }
     let served = server::serve(state, app, listener, shutdown).await;
     upkeep.abort();
+    mail_worker.abort();
     for task in [metrics, hs256_reminder].into_iter().flatten() {
         task.abort();
     }

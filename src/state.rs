@@ -14,8 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::{
     clock::Clock,
     config::{Config, DatabaseConfig, DatabaseUrl, TokenConfig},
+    mail::Mailer,
     passwords::Passwords,
-    service::{AuthService, AuthSettings, lockout::LockoutPolicy},
+    service::{AuthService, AuthSettings, lockout::LockoutPolicy, mail::MailSettings},
     store::{self, PoolSettings, Store, StoreError},
     telemetry,
     tokens::{TokenKeys, TokenSettings},
@@ -99,6 +100,8 @@ struct AppInner {
     config: Config,
     /// The only thing handlers call.
     auth: AuthService,
+    /// `MAIL_URL`'s transport.
+    mailer: Arc<Mailer>,
     /// Renders `/metrics`.
     metrics: PrometheusHandle,
     /// Set on SIGTERM: `/health/ready` answers 503 from then on.
@@ -179,10 +182,18 @@ impl AppState {
         };
         let feed_readers =
             crate::service::feed::FeedReaders::new(config.tokens.feed_tokens.clone());
-        let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers);
+        let mail = MailSettings {
+            product: config.mail.product_name.clone(),
+            reset_url: config.mail.password_reset_url.clone(),
+            reset_minutes: config.mail.password_reset_token_minutes,
+            max_retry: chrono::Duration::hours(config.mail.max_retry_hours.into()),
+        };
+        let mailer = Arc::new(Mailer::new(&config.mail)?);
+        let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers, mail);
         Ok(Self(Arc::new(AppInner {
             config,
             auth,
+            mailer,
             metrics,
             draining: AtomicBool::new(false),
         })))
@@ -192,6 +203,12 @@ impl AppState {
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// Where the outbox worker sends mail.
+    #[must_use]
+    pub fn mailer(&self) -> &Arc<Mailer> {
+        &self.0.mailer
     }
 
     /// The auth service.

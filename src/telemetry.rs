@@ -165,6 +165,18 @@ fn describe_metrics() {
     describe_counter!("rows_purged_total", "Rows deleted by the purge, by table");
     describe_gauge!("connections_open", "Open client connections");
     describe_counter!(
+        "mail_sent_total",
+        "Messages handed to the SMTP server (or the log)"
+    );
+    describe_counter!(
+        "mail_failed_total",
+        "Messages given up on (undeliverable, or retried for MAIL_MAX_RETRY_HOURS)"
+    );
+    describe_gauge!(
+        "mail_outbox_pending",
+        "Messages in the outbox neither sent nor failed"
+    );
+    describe_counter!(
         "connections_refused_total",
         "Connections closed at accept: the peer held MAX_CONNECTIONS_PER_IP, none of them idle"
     );

@@ -34,7 +34,9 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all));
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/password/forgot", post(super::recovery::forgot))
+        .route("/auth/password/reset", post(super::recovery::reset));
     let limited = match super::rate_limit::layer(config) {
         Some(layer) => limited.route_layer(layer),
         None => limited,

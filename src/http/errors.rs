@@ -22,6 +22,8 @@ pub enum ErrorCode {
     UserExists,
     /// 422: malformed email.
     InvalidEmail,
+    /// 400: a password-reset token that is unknown, expired, used or voided.
+    InvalidResetToken,
     /// 422: password policy.
     WeakPassword,
     /// 422: missing or wrongly typed field, or a field rule.
@@ -153,6 +155,7 @@ impl ApiError {
         match self {
             Self::Auth(err) => match err {
                 AuthError::UserExists => StatusCode::CONFLICT,
+                AuthError::InvalidResetToken => StatusCode::BAD_REQUEST,
                 AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -191,6 +194,7 @@ impl ApiError {
             Self::Auth(err) => match err {
                 AuthError::UserExists => ErrorCode::UserExists,
                 AuthError::InvalidEmail => ErrorCode::InvalidEmail,
+                AuthError::InvalidResetToken => ErrorCode::InvalidResetToken,
                 AuthError::WeakPassword(_) => ErrorCode::WeakPassword,
                 AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
                 AuthError::AccountDisabled => ErrorCode::AccountDisabled,

@@ -15,7 +15,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{auth, errors, errors::ApiError, health};
+use super::{auth, errors, errors::ApiError, health, recovery};
 use crate::{service::AuthService, state::AppState};
 
 /// The OpenAPI document.
@@ -26,7 +26,7 @@ use crate::{service::AuthService, state::AppState};
         service_info, metrics, jwks,
         health::health, health::ready, health::live,
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all, auth::verify,
-        auth::revocations,
+        auth::revocations, recovery::forgot, recovery::reset,
     ),
     components(schemas(errors::ErrorBody, errors::ErrorCode, errors::FieldError)),
     modifiers(&BearerAuth),

@@ -9,6 +9,7 @@ pub mod health;
 pub mod meta;
 pub mod middleware;
 pub mod rate_limit;
+pub mod recovery;
 
 use std::sync::Arc;
 

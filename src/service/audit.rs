@@ -44,6 +44,11 @@ pub enum Event {
     Logout,
     /// `logout_all`
     LogoutAll,
+    /// `password_reset_requested`: a forgot-password request (outcome `success` when a mail
+    /// was queued, `ignored` when not: unknown or disabled user, or throttled).
+    PasswordResetRequested,
+    /// `password_reset`
+    PasswordReset,
     /// `admin_user_create`, `admin_user_disable`, ... (admin commands).
     Admin(&'static str),
 }
@@ -60,6 +65,8 @@ impl Event {
             Self::ReuseDetected => "refresh_reuse_detected",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
+            Self::PasswordResetRequested => "password_reset_requested",
+            Self::PasswordReset => "password_reset",
             Self::Admin(name) => name,
         }
     }

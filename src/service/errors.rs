@@ -17,6 +17,9 @@ pub enum AuthError {
     /// A password that breaks the policy; the reasons in contract order.
     #[error("Password validation failed: {}", .0.join(", "))]
     WeakPassword(Vec<&'static str>),
+    /// A password-reset token that is unknown, expired, used or voided.
+    #[error("Invalid or expired reset token")]
+    InvalidResetToken,
     /// Unknown email or wrong password.
     #[error("Invalid email or password")]
     InvalidCredentials,

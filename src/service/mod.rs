@@ -12,6 +12,7 @@ mod errors;
 pub mod feed;
 pub mod lockout;
 mod login;
+pub mod mail;
 pub mod password_policy;
 pub mod purge;
 mod refresh;
@@ -116,6 +117,10 @@ struct Inner {
     /// and invalidation): with many distinct tokens most calls insert, and quick_cache's
     /// inserts cost a fraction of moka's (50,000 tokens in turn: 74k against 55k verifies/s).
     verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>>,
+    /// Account recovery's settings.
+    mail: mail::MailSettings,
+    /// Wakes the outbox worker when this process queued a message.
+    mail_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Access tokens remembered by [`Inner::verified_access`] at most: about 1 KiB each.
@@ -131,6 +136,7 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
         feed_readers: feed::FeedReaders,
+        mail: mail::MailSettings,
     ) -> Self {
         let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
@@ -143,6 +149,8 @@ impl AuthService {
             verify_counters: VerifyCounters::new(),
             feed_readers,
             verified_access: quick_cache::sync::Cache::new(VERIFIED_ACCESS_ENTRIES),
+            mail,
+            mail_wakeup: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 

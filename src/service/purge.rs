@@ -6,7 +6,8 @@
 //! - login counters whose window is over and whose lock (if any) has ended;
 //! - refresh tokens past their expiry (and the leeway);
 //! - sessions whose last refresh token expired longer ago than an access token lives;
-//! - revocation events older than an access token lives (the feed keeps that long).
+//! - revocation events older than an access token lives (the feed keeps that long);
+//! - mail sent or failed more than [`MAIL_RETENTION`] ago, and expired one-time tokens.
 
 use std::sync::{Arc, Weak};
 
@@ -32,7 +33,15 @@ pub struct PurgeReport {
     pub sessions: u64,
     /// Revocation events.
     pub events: u64,
+    /// Sent and failed mail.
+    pub mail: u64,
+    /// Expired one-time tokens.
+    pub user_tokens: u64,
 }
+
+/// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
+/// link, with its token, is already cleared.
+pub const MAIL_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
 impl AuthService {
     /// Deletes everything that nothing needs any more, batch after batch.
@@ -68,6 +77,8 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
         ),
         (Purge::Sessions(now - token_life), &mut report.sessions),
         (Purge::Events(now - token_life), &mut report.events),
+        (Purge::Mail(now - MAIL_RETENTION), &mut report.mail),
+        (Purge::UserTokens(now), &mut report.user_tokens),
     ] {
         loop {
             let deleted = inner.store.purge_batch(purge, BATCH).await?;

@@ -10,6 +10,7 @@
 #[macro_use]
 mod sql;
 
+mod mail;
 mod postgres;
 mod sqlite;
 
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::database_url::DatabaseUrl;
 
+pub use mail::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetDone, ResetRequest};
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, read_original_users};
 
@@ -399,6 +401,10 @@ pub enum Purge {
     /// Revocation events older than this, except the newest (it marks where the feed's
     /// cursors are still good).
     Events(DateTime<Utc>),
+    /// Messages sent or failed before this.
+    Mail(DateTime<Utc>),
+    /// One-time tokens that expired before this.
+    UserTokens(DateTime<Utc>),
 }
 
 impl Purge {
@@ -410,6 +416,8 @@ impl Purge {
             Self::RefreshTokens(_) => "refresh_tokens",
             Self::Sessions(_) => "sessions",
             Self::Events(_) => "revocation_events",
+            Self::Mail(_) => "mail_outbox",
+            Self::UserTokens(_) => "user_tokens",
         }
     }
 }
@@ -568,6 +576,50 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` rows of one kind that nothing needs any more, in one short
     /// transaction; returns how many. Callers repeat until fewer than `limit` come back.
     async fn purge_batch(&self, purge: Purge, limit: i64) -> Result<u64, StoreError>;
+
+    /// Queues a password reset, in one transaction under the user's lock, when the user exists
+    /// and is active and fewer than `per_hour` reset mails were queued in the hour before `now`,
+    /// none within `min_interval`: deletes the user's older reset tokens (a newer one voids
+    /// them), stores the token's hash and queues the mail. Whether it was queued.
+    async fn queue_password_reset(
+        &self,
+        request: &ResetRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Uses a reset token, in one transaction: consumes it (once: an atomic update, so two
+    /// concurrent uses cannot both succeed) if it is unused and unexpired at `now` and its user
+    /// is active; stores `new_hash`; ends every session of the user as logout-all does; clears
+    /// the email's lockout counter; marks the email verified; queues `notification`. `None`
+    /// when the token cannot be used (nothing changes then).
+    async fn reset_password(
+        &self,
+        token_hash: &[u8; 32],
+        new_hash: &str,
+        notification: &NewMail,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ResetDone>, StoreError>;
+
+    /// Claims up to `limit` messages due at `now` (not sent, not failed, not leased by a live
+    /// lease), leasing them until `lease_until` and counting the attempt; oldest first. On
+    /// PostgreSQL rows claimed by another replica are skipped (`FOR UPDATE SKIP LOCKED`).
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxMail>, StoreError>;
+
+    /// Records how sending message `id` ended, at `now`.
+    async fn finish_mail(
+        &self,
+        id: i64,
+        outcome: MailOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Messages neither sent nor failed.
+    async fn pending_mail(&self) -> Result<i64, StoreError>;
 
     /// Every user, by id (for `copy-data`).
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;

@@ -57,6 +57,26 @@ impl PgStore {
             .await
     }
 
+    /// The ids of up to `limit` messages due at `now`, oldest first, locked for this
+    /// transaction; rows another replica is claiming are skipped, not waited for.
+    async fn due_mail(
+        tx: &mut Transaction<'_, Postgres>,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            r"select id from mail_outbox
+              where sent_at is null and failed_at is null and next_attempt_at <= $1
+                and (leased_until is null or leased_until <= $1)
+              order by id limit $2
+              for update skip locked",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+    }
+
     /// The transaction-scoped advisory lock that makes event-writing transactions take their
     /// ids and commit one after the other, so a reader that sees event N has seen every event
     /// before it (an identity sequence alone can commit out of order).

@@ -114,6 +114,60 @@ macro_rules! impl_store {
                 Self::announce_event(tx, id).await
             }
 
+            /// Logout-all, inside a transaction that holds the user's lock: tokens issued before
+            /// `now` (whole seconds) die, every session ends, and the user-wide event follows.
+            /// Returns how many sessions were live.
+            async fn log_out_everywhere(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, sqlx::Error> {
+                let cutoff = $crate::store::not_before(now);
+                sqlx::query(
+                    r"update users set tokens_not_before = case when tokens_not_before > $2
+                        then tokens_not_before else $2 end
+                      where id = $1",
+                )
+                .bind(user_id)
+                .bind(cutoff)
+                .execute(&mut **tx)
+                .await?;
+                let ended = Self::end_user_sessions(tx, user_id, now).await?;
+                Self::append_event(
+                    tx,
+                    $crate::store::EventKind::LoggedOutEverywhere,
+                    user_id,
+                    None,
+                    Some(cutoff),
+                    now,
+                )
+                .await?;
+                Ok(ended)
+            }
+
+            /// Queues a message for a user, inside the transaction of the change that causes it.
+            async fn queue_mail(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                recipient: &str,
+                mail: &$crate::store::NewMail,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    r"insert into mail_outbox
+                        (user_id, recipient, template, link, created_at, next_attempt_at)
+                      values ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(user_id)
+                .bind(recipient)
+                .bind(mail.template.as_str())
+                .bind(mail.link.as_deref())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// Ends every live session of a user and revokes their refresh tokens, under the
             /// user's lock; returns how many sessions were live.
             async fn end_user_sessions(
@@ -598,26 +652,7 @@ macro_rules! impl_store {
                 if Self::lock_user(&mut tx, user_id).await?.is_none() {
                     return Ok(0);
                 }
-                let cutoff = $crate::store::not_before(now);
-                sqlx::query(
-                    r"update users set tokens_not_before = case when tokens_not_before > $2
-                        then tokens_not_before else $2 end
-                      where id = $1",
-                )
-                .bind(user_id)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-                let ended = Self::end_user_sessions(&mut tx, user_id, now).await?;
-                Self::append_event(
-                    &mut tx,
-                    $crate::store::EventKind::LoggedOutEverywhere,
-                    user_id,
-                    None,
-                    Some(cutoff),
-                    now,
-                )
-                .await?;
+                let ended = Self::log_out_everywhere(&mut tx, user_id, now).await?;
                 tx.commit().await?;
                 Ok(ended)
             }
@@ -763,6 +798,25 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected(),
+                    Purge::Mail(before) => sqlx::query(
+                        r"delete from mail_outbox where id in (
+                            select id from mail_outbox where sent_at < $1 or failed_at < $1
+                            limit $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    Purge::UserTokens(before) => sqlx::query(
+                        r"delete from user_tokens where token_hash in (
+                            select token_hash from user_tokens where expires_at < $1 limit $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
                     Purge::Events(before) => sqlx::query(
                         r"delete from revocation_events where id in (
                             select id from revocation_events where created_at < $1
@@ -777,6 +831,175 @@ macro_rules! impl_store {
                 };
                 tx.commit().await?;
                 Ok(deleted)
+            }
+
+            async fn queue_password_reset(
+                &self,
+                request: &$crate::store::ResetRequest<'_>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let kind = $crate::store::MailTemplate::PasswordReset.as_str();
+                let mut tx = self.begin_write().await?;
+                let Some(user_id): Option<i64> =
+                    sqlx::query_scalar("select id from users where email = $1")
+                        .bind(request.email)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                else {
+                    return Ok(false);
+                };
+                if Self::lock_user(&mut tx, user_id).await? != Some(true) {
+                    return Ok(false);
+                }
+                let (last_hour, latest): (i64, Option<chrono::DateTime<chrono::Utc>>) =
+                    sqlx::query_as(
+                        r"select count(*), max(created_at) from mail_outbox
+                          where user_id = $1 and template = $2 and created_at > $3",
+                    )
+                    .bind(user_id)
+                    .bind(kind)
+                    .bind(now - chrono::Duration::hours(1))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if last_hour >= request.per_hour
+                    || latest.is_some_and(|at| at > now - request.min_interval)
+                {
+                    return Ok(false);
+                }
+                sqlx::query("delete from user_tokens where user_id = $1 and kind = $2")
+                    .bind(user_id)
+                    .bind(kind)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    r"insert into user_tokens (token_hash, kind, user_id, created_at, expires_at)
+                      values ($1, $2, $3, $4, $5)",
+                )
+                .bind(&request.token_hash[..])
+                .bind(kind)
+                .bind(user_id)
+                .bind(now)
+                .bind(request.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                Self::queue_mail(&mut tx, user_id, request.email, &request.mail, now).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn reset_password(
+                &self,
+                token_hash: &[u8; 32],
+                new_hash: &str,
+                notification: &$crate::store::NewMail,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::ResetDone>, $crate::store::StoreError> {
+                let kind = $crate::store::MailTemplate::PasswordReset.as_str();
+                let mut tx = self.begin_write().await?;
+                // The atomic consume: of two concurrent uses, one updates the row.
+                let Some(user_id): Option<i64> = sqlx::query_scalar(
+                    r"update user_tokens set used_at = $3
+                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
+                      returning user_id",
+                )
+                .bind(&token_hash[..])
+                .bind(kind)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                if Self::lock_user(&mut tx, user_id).await? != Some(true) {
+                    // Rolled back: a disabled user's token is not spent either.
+                    return Ok(None);
+                }
+                let email: String = sqlx::query_scalar(
+                    r"update users set password_hash = $2, updated_at = $3,
+                        email_verified_at = coalesce(email_verified_at, $3)
+                      where id = $1
+                      returning email",
+                )
+                .bind(user_id)
+                .bind(new_hash)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                // The email's lockout counter (its key is the email itself).
+                sqlx::query("delete from login_attempts where key = $1")
+                    .bind(&email)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::queue_mail(&mut tx, user_id, &email, notification, now).await?;
+                // The event is the transaction's last write (see append_event).
+                Self::log_out_everywhere(&mut tx, user_id, now).await?;
+                tx.commit().await?;
+                Ok(Some($crate::store::ResetDone { user_id, email }))
+            }
+
+            async fn claim_mail(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::OutboxMail>, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let ids = Self::due_mail(&mut tx, now, limit).await?;
+                let mut claimed = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let mail: $crate::store::OutboxMail = sqlx::query_as(
+                        r"update mail_outbox set leased_until = $2, attempts = attempts + 1
+                          where id = $1
+                          returning id, recipient, template, link, created_at, attempts",
+                    )
+                    .bind(id)
+                    .bind(lease_until)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    claimed.push(mail);
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn finish_mail(
+                &self,
+                id: i64,
+                outcome: $crate::store::MailOutcome,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::MailOutcome;
+                let query = match outcome {
+                    // The link carries a token: once sent, the outbox forgets it.
+                    MailOutcome::Sent => sqlx::query(
+                        r"update mail_outbox set sent_at = $2, link = null, leased_until = null
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .bind(now),
+                    MailOutcome::RetryAt(at) => sqlx::query(
+                        r"update mail_outbox set next_attempt_at = $2, leased_until = null
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .bind(at),
+                    MailOutcome::Failed => sqlx::query(
+                        r"update mail_outbox set failed_at = $2, link = null, leased_until = null
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .bind(now),
+                };
+                query.execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn pending_mail(&self) -> Result<i64, $crate::store::StoreError> {
+                Ok(sqlx::query_scalar(
+                    "select count(*) from mail_outbox where sent_at is null and failed_at is null",
+                )
+                .fetch_one(&self.pool)
+                .await?)
             }
 
             async fn export_users(

@@ -48,6 +48,25 @@ impl SqliteStore {
             .await
     }
 
+    /// The ids of up to `limit` messages due at `now`, oldest first. The transaction holds
+    /// the one write lock: no other worker claims meanwhile.
+    async fn due_mail(
+        tx: &mut Transaction<'_, Sqlite>,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            r"select id from mail_outbox
+              where sent_at is null and failed_at is null and next_attempt_at <= $1
+                and (leased_until is null or leased_until <= $1)
+              order by id limit $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+    }
+
     /// Events need no ordering of their own: the single writer commits them in id order.
     #[expect(
         clippy::unused_async,

@@ -477,3 +477,36 @@ fn no_shipped_file_carries_a_secret_that_would_start() {
     }
     assert!(seen >= 2, "the files name the secret: {seen}");
 }
+
+/// `docker compose up` shows the mails in a browser: a Mailpit service, and the auth service's
+/// default `MAIL_URL` (which the binary accepts) pointing at its SMTP port.
+#[test]
+fn compose_sends_mail_to_its_mailpit() {
+    let compose = yaml("docker-compose.yml");
+    let services = &compose["services"];
+    assert_eq!(
+        services["mailpit"]["image"].as_str(),
+        Some("axllent/mailpit")
+    );
+    let environment = &services["auth-service"]["environment"];
+    let default = |name: &str| -> String {
+        let value = environment[name].as_str().unwrap();
+        value
+            .strip_prefix(&format!("${{{name}:-"))
+            .and_then(|v| v.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{name} has a default: {value}"))
+            .to_owned()
+    };
+    let (url, from) = (default("MAIL_URL"), default("MAIL_FROM"));
+    assert_eq!(url, "smtp://mailpit:1025?tls=off");
+    let config = auth_service::config::Config::from_lookup(|name| match name {
+        "MAIL_URL" => Some(url.clone()),
+        "MAIL_FROM" => Some(from.clone()),
+        _ => None,
+    })
+    .expect("compose's mail settings are valid");
+    assert!(matches!(
+        config.mail.transport,
+        auth_service::config::MailTransport::Smtp(_)
+    ));
+}

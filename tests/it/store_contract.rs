@@ -19,7 +19,8 @@
 use std::sync::Arc;
 
 use auth_service::store::{
-    AttemptLimits, EventKind, NewRefreshToken, NewSession, Purge, RotateOutcome, Store, StoreError,
+    AttemptLimits, EventKind, MailOutcome, MailTemplate, NewMail, NewRefreshToken, NewSession,
+    Purge, ResetRequest, RotateOutcome, Store, StoreError,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -67,6 +68,8 @@ dual_backend!(
     fifty_parallel_reservations_are_counted_exactly,
     rotation_is_a_compare_and_set,
     rotation_keeps_storage_per_session_constant,
+    reset_tokens_and_the_mail_outbox,
+    concurrent_claims_never_share_a_message,
     email_update_is_a_compare_and_set,
     data_migrations_are_recorded_once,
     purge_batches_delete_only_what_nothing_needs,
@@ -436,6 +439,240 @@ async fn rotation_keeps_storage_per_session_constant(backend: Backend) {
             .unwrap()
             .is_some()
     );
+}
+
+fn reset_request(email: &str, hash: [u8; 32]) -> ResetRequest<'_> {
+    ResetRequest {
+        email,
+        token_hash: hash,
+        expires_at: Utc::now() + Duration::minutes(30),
+        mail: NewMail {
+            template: MailTemplate::PasswordReset,
+            link: Some("http://localhost:3000/reset-password?token=t".to_owned()),
+        },
+        min_interval: Duration::seconds(60),
+        per_hour: 5,
+    }
+}
+
+async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap();
+    let user = store
+        .insert_user("mail@example.com", "h", now)
+        .await
+        .unwrap();
+    // A live session, which the reset must end.
+    session(&store, user.id).await;
+    // Queued once; the throttle and an unknown email queue nothing.
+    assert!(
+        store
+            .queue_password_reset(&reset_request("mail@example.com", [1; 32]), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .queue_password_reset(&reset_request("mail@example.com", [2; 32]), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .queue_password_reset(&reset_request("nobody@example.com", [3; 32]), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.pending_mail().await.unwrap(), 1);
+    // Claimed with a lease; not again while it runs; again once it ran out.
+    let claimed = store
+        .claim_mail(now, now + Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mail = &claimed[0];
+    assert_eq!(
+        (
+            mail.recipient.as_str(),
+            mail.template.as_str(),
+            mail.attempts
+        ),
+        ("mail@example.com", "password_reset", 1)
+    );
+    assert!(mail.link.as_deref().unwrap().contains("token="));
+    assert!(
+        store
+            .claim_mail(now + Duration::seconds(30), now + Duration::seconds(90), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .claim_mail(
+            now + Duration::seconds(61),
+            now + Duration::seconds(121),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.len(), again[0].attempts),
+        (1, 2),
+        "a dead worker's lease runs out"
+    );
+    // A retry waits for its time.
+    store
+        .finish_mail(
+            mail.id,
+            MailOutcome::RetryAt(now + Duration::seconds(200)),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_mail(
+                now + Duration::seconds(150),
+                now + Duration::seconds(210),
+                10
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_mail(
+                now + Duration::seconds(201),
+                now + Duration::seconds(261),
+                10
+            )
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store
+        .finish_mail(mail.id, MailOutcome::Sent, now)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_mail().await.unwrap(), 0);
+    assert!(
+        store
+            .claim_mail(now + Duration::days(1), now + Duration::days(2), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The reset: once, and it ends the sessions and queues the notification.
+    let notification = NewMail {
+        template: MailTemplate::PasswordChanged,
+        link: None,
+    };
+    assert_eq!(
+        store
+            .reset_password(&[9; 32], "new", &notification, now)
+            .await
+            .unwrap(),
+        None,
+        "unknown token"
+    );
+    let done = store
+        .reset_password(&[1; 32], "new-hash", &notification, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.user_id, done.email.as_str()),
+        (user.id, "mail@example.com")
+    );
+    assert_eq!(
+        store
+            .reset_password(&[1; 32], "again", &notification, now)
+            .await
+            .unwrap(),
+        None,
+        "used"
+    );
+    let stored = store.find_user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "new-hash");
+    assert!(
+        store
+            .export_refresh_tokens(now)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.user_id != user.id || t.revoked_at.is_some()),
+        "every session ended"
+    );
+    assert_eq!(store.pending_mail().await.unwrap(), 1, "the notification");
+    let failed = store
+        .claim_mail(now, now + Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    store
+        .finish_mail(failed[0].id, MailOutcome::Failed, now)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_mail().await.unwrap(), 0);
+    // An expired token cannot be used.
+    let later = now + Duration::hours(2);
+    assert!(
+        store
+            .queue_password_reset(&reset_request("mail@example.com", [4; 32]), later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .reset_password(&[4; 32], "x", &notification, later + Duration::hours(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Purges: sent and failed mail, expired tokens.
+    let future = now + Duration::days(10);
+    assert_eq!(
+        store.purge_batch(Purge::Mail(future), 100).await.unwrap(),
+        2
+    );
+    assert!(
+        store
+            .purge_batch(Purge::UserTokens(future), 100)
+            .await
+            .unwrap()
+            >= 1
+    );
+}
+
+/// Several workers (replicas) claiming at once never get the same message.
+async fn concurrent_claims_never_share_a_message(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now();
+    for i in 0..12 {
+        let email = format!("m{i}@example.com");
+        store.insert_user(&email, "h", now).await.unwrap();
+        assert!(
+            store
+                .queue_password_reset(&reset_request(&email, [i; 32]), now)
+                .await
+                .unwrap()
+        );
+    }
+    let claims =
+        join_all((0..4).map(|_| store.claim_mail(now, now + Duration::seconds(60), 5))).await;
+    let mut ids: Vec<i64> = claims
+        .into_iter()
+        .flat_map(|c| c.unwrap())
+        .map(|m| m.id)
+        .collect();
+    let claimed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed, "a message claimed twice");
+    assert_eq!(claimed, 12);
 }
 
 async fn revocations_end_sessions_once_and_append_events(backend: Backend) {

@@ -1,0 +1,81 @@
+//! `POST /auth/password/forgot` and `POST /auth/password/reset`: account recovery by mail.
+
+use axum::{Json, extract::State, http::StatusCode};
+use secrecy::SecretString;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{
+    auth::{BodyErrors, MessageResponse},
+    errors::{ApiError, ErrorBody},
+    extract::{AppJson, RequestCaller},
+};
+use crate::service::AuthService;
+
+/// `POST /auth/password/forgot` body.
+#[derive(Deserialize, ToSchema)]
+pub struct ForgotRequest {
+    /// The account's email.
+    #[schema(example = "test@example.com")]
+    pub email: String,
+}
+
+/// `POST /auth/password/reset` body.
+#[derive(Deserialize, ToSchema)]
+pub struct ResetRequest {
+    /// The `token` of the link in the reset mail.
+    pub token: String,
+    /// The new password, under the registration policy.
+    #[schema(example = "NewSecurePass456", format = Password)]
+    pub new_password: String,
+}
+
+/// The answer to every well-formed forgot request.
+pub const FORGOT_MESSAGE: &str =
+    "If an account exists for this email, a password reset link has been sent";
+
+/// `POST /auth/password/forgot`: mail a reset link, if the account exists.
+#[utoipa::path(post, path = "/auth/password/forgot", tag = "auth", summary = "Mail a password reset link",
+    description = "Always 202 with the same body for a well-formed email, known or not, active or disabled, \
+        in the same time: the mail is queued in the background, for an existing active user only, at most \
+        one per email per 60 s and 5 per hour.",
+    request_body = ForgotRequest,
+    responses(
+        (status = 202, description = "Accepted (whether or not the account exists)", body = MessageResponse),
+        BodyErrors,
+    ))]
+pub async fn forgot(
+    State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
+    AppJson(req): AppJson<ForgotRequest>,
+) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
+    auth.forgot_password(&req.email, &caller)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            message: FORGOT_MESSAGE.to_owned(),
+        }),
+    ))
+}
+
+/// `POST /auth/password/reset`: set a new password with the token of a reset mail.
+#[utoipa::path(post, path = "/auth/password/reset", tag = "auth", summary = "Set a new password with a reset token",
+    description = "Every session of the user ends (access tokens at once), the lockout is cleared, the email \
+        counts as verified, and a \"password changed\" mail is queued.",
+    request_body = ResetRequest,
+    responses(
+        (status = 200, description = "Password has been reset", body = MessageResponse),
+        (status = 400, description = "INVALID_RESET_TOKEN: unknown, expired, used or voided", body = ErrorBody),
+        BodyErrors,
+    ))]
+pub async fn reset(
+    State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
+    AppJson(req): AppJson<ResetRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    auth.reset_password(&req.token, SecretString::from(req.new_password), &caller)
+        .await?;
+    Ok(Json(MessageResponse {
+        message: "Password has been reset".to_owned(),
+    }))
+}

@@ -1,0 +1,349 @@
+//! Account recovery by mail: `POST /auth/password/forgot` and `/auth/password/reset`, and the
+//! worker that drains the outbox.
+//!
+//! - **Forgot** answers at once, the same for every well-formed email: the lookup, the throttle
+//!   and the queueing run after the answer, so neither its body nor its timing says whether the
+//!   account exists. What it queues (token and mail) is written in one transaction.
+//! - **Reset** consumes its token atomically and, in the same transaction, sets the password,
+//!   ends every session, clears the lockout, marks the address verified and queues the
+//!   "password changed" mail.
+//! - **The worker** (one per process) claims due messages with a lease, sends them, marks them
+//!   sent; a failure is retried with exponential backoff and jitter until
+//!   `MAIL_MAX_RETRY_HOURS`, then the message fails with an ERROR line that names neither the
+//!   address nor the link. Several replicas share the outbox: each message is sent once; one
+//!   killed mid-send leaves its lease to run out, and another sends the message then.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration as StdDuration,
+};
+
+use base64::Engine as _;
+use chrono::Duration;
+use secrecy::{ExposeSecret as _, SecretString};
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    AuthError, AuthService, Inner,
+    audit::{self, Caller, Event, Outcome},
+    email::Email,
+    password_policy,
+};
+use crate::{
+    mail::{self, Mailer, SendError},
+    store::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, StoreError},
+};
+
+/// How long a claimed message is reserved for the worker that claimed it.
+const LEASE: Duration = Duration::seconds(60);
+
+/// How often the worker looks for due messages when nothing woke it.
+const POLL: StdDuration = StdDuration::from_secs(1);
+
+/// Messages claimed at once.
+const BATCH: i64 = 10;
+
+/// Settings of account recovery, from `MAIL_*` and `PASSWORD_RESET_*`.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `MAIL_PRODUCT_NAME`.
+    pub product: String,
+    /// `PASSWORD_RESET_URL`: the link is `<url>?token=<token>`.
+    pub reset_url: String,
+    /// `PASSWORD_RESET_TOKEN_MINUTES`.
+    pub reset_minutes: u32,
+    /// `MAIL_MAX_RETRY_HOURS`.
+    pub max_retry: Duration,
+}
+
+/// At most one reset mail per email within this...
+const RESET_MIN_INTERVAL: Duration = Duration::seconds(60);
+
+/// ...and this many per hour.
+const RESET_PER_HOUR: i64 = 5;
+
+impl AuthService {
+    /// `POST /auth/password/forgot`: checks the email's format, then answers; the reset (if the
+    /// account exists, is active and is not throttled) is queued in the background.
+    ///
+    /// # Errors
+    /// `InvalidEmail` only: the answer never depends on the account.
+    pub fn forgot_password(&self, email: &str, caller: &Caller) -> Result<(), AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        let service = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move { service.queue_password_reset(&email, &caller).await });
+        Ok(())
+    }
+
+    async fn queue_password_reset(&self, email: &Email, caller: &Caller) {
+        let now = self.instant();
+        let settings = &self.0.mail;
+        let token =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let link = match url::Url::parse_with_params(&settings.reset_url, [("token", &token)]) {
+            Ok(link) => link.to_string(),
+            Err(err) => {
+                tracing::error!(error = %err, "PASSWORD_RESET_URL cannot carry a token");
+                return;
+            }
+        };
+        let request = ResetRequest {
+            email: email.as_str(),
+            token_hash: token_hash(&token),
+            expires_at: now + Duration::minutes(settings.reset_minutes.into()),
+            mail: NewMail {
+                template: MailTemplate::PasswordReset,
+                link: Some(link),
+            },
+            min_interval: RESET_MIN_INTERVAL,
+            per_hour: RESET_PER_HOUR,
+        };
+        let outcome = match self.0.store.queue_password_reset(&request, now).await {
+            Ok(true) => {
+                self.0.mail_wakeup.notify_one();
+                Outcome::Success
+            }
+            Ok(false) => Outcome::Ignored,
+            Err(err) => {
+                // The user asks again; an outage is logged by the revocation follower.
+                if matches!(err, StoreError::Unavailable(_)) {
+                    tracing::debug!(error = %crate::error_chain::error_chain(&err), "a password reset could not be queued");
+                } else {
+                    tracing::warn!(error = %crate::error_chain::error_chain(&err), "a password reset could not be queued");
+                }
+                Outcome::Error
+            }
+        };
+        audit::record(Event::PasswordResetRequested, outcome, None, caller);
+    }
+
+    /// `POST /auth/password/reset`: a new password for the user of a reset token.
+    ///
+    /// # Errors
+    /// `WeakPassword` (the token is not spent then), `InvalidResetToken`, `HashQueueFull`,
+    /// `Unavailable`, `Internal`.
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new_password: SecretString,
+        caller: &Caller,
+    ) -> Result<(), AuthError> {
+        let reasons = password_policy::violations(new_password.expose_secret());
+        if !reasons.is_empty() {
+            audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
+            return Err(AuthError::WeakPassword(reasons));
+        }
+        let Some(hash) = decode_token(token) else {
+            audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
+            return Err(AuthError::InvalidResetToken);
+        };
+        let new_hash = self.0.passwords.hash(new_password).await?;
+        let notification = NewMail {
+            template: MailTemplate::PasswordChanged,
+            link: None,
+        };
+        let done = self
+            .0
+            .store
+            .reset_password(&hash, &new_hash, &notification, self.instant())
+            .await?;
+        let Some(done) = done else {
+            audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
+            return Err(AuthError::InvalidResetToken);
+        };
+        // Here at once; other replicas and the feed through the event.
+        self.0.revocations.user_changed(done.user_id);
+        self.0.mail_wakeup.notify_one();
+        audit::record(
+            Event::PasswordReset,
+            Outcome::Success,
+            Some(done.user_id),
+            caller,
+        );
+        Ok(())
+    }
+}
+
+/// The stored form of a token: its SHA-256.
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A presented token's hash, if it has the shape of one (32 bytes, base64url).
+fn decode_token(token: &str) -> Option<[u8; 32]> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .ok()?;
+    (bytes.len() == 32).then(|| token_hash(token.trim()))
+}
+
+/// Runs the outbox worker until the service is gone.
+pub fn spawn_worker(auth: &AuthService, mailer: Arc<Mailer>) -> tokio::task::JoinHandle<()> {
+    let service: Weak<Inner> = Arc::downgrade(&auth.0);
+    tokio::spawn(async move {
+        loop {
+            let Some(inner) = service.upgrade() else {
+                return;
+            };
+            drain(&inner, &mailer).await;
+            let wake = Arc::clone(&inner.mail_wakeup);
+            drop(inner);
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                () = wake.notified() => {}
+            }
+        }
+    })
+}
+
+/// Sends every message due now, batch after batch.
+async fn drain(inner: &Inner, mailer: &Mailer) {
+    loop {
+        let now = inner.clock.now();
+        let batch = match inner.store.claim_mail(now, now + LEASE, BATCH).await {
+            Ok(batch) => batch,
+            // An outage is logged once when it starts and once when it ends, by the
+            // revocation follower; the worker only retries.
+            Err(err @ StoreError::Unavailable(_)) => {
+                tracing::debug!(
+                    error = %crate::error_chain::error_chain(&err),
+                    "the mail outbox cannot be read; retrying"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = %crate::error_chain::error_chain(&err),
+                    "the mail outbox cannot be read; retrying"
+                );
+                return;
+            }
+        };
+        let done = batch.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
+        for mail in batch {
+            attempt(inner, mailer, mail).await;
+        }
+        if done {
+            break;
+        }
+    }
+    if let Ok(pending) = inner.store.pending_mail().await {
+        #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
+        metrics::gauge!("mail_outbox_pending").set(pending as f64);
+    }
+}
+
+/// One attempt at one claimed message.
+async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
+    let settings = &inner.mail;
+    let id = mail.id;
+    let outcome = match MailTemplate::parse(&mail.template) {
+        None => Err(SendError::Build(format!(
+            "unknown template {}",
+            mail.template
+        ))),
+        Some(template) => {
+            let ctx = mail::Context {
+                product: &settings.product,
+                link: mail.link.as_deref().unwrap_or_default(),
+                minutes: settings.reset_minutes,
+            };
+            match mail::render(template, ctx) {
+                Ok(rendered) => mailer.send(&mail.recipient, &rendered).await,
+                Err(err) => Err(SendError::Build(err.to_string())),
+            }
+        }
+    };
+    let now = inner.clock.now();
+    let finish = match outcome {
+        Ok(()) => {
+            metrics::counter!("mail_sent_total").increment(1);
+            MailOutcome::Sent
+        }
+        Err(err) => {
+            let next = now + backoff(mail.attempts);
+            let permanent = matches!(&err, SendError::Build(_))
+                || matches!(&err, SendError::Smtp(smtp) if smtp.is_permanent());
+            if permanent || next > mail.created_at + settings.max_retry {
+                metrics::counter!("mail_failed_total").increment(1);
+                // Never the address or the link: the template and the cause's kind only.
+                tracing::error!(
+                    mail.id = id,
+                    mail.template = %mail.template,
+                    attempts = mail.attempts,
+                    cause = cause(&err),
+                    "a mail could not be delivered; giving up"
+                );
+                MailOutcome::Failed
+            } else {
+                tracing::warn!(
+                    mail.id = id,
+                    mail.template = %mail.template,
+                    attempts = mail.attempts,
+                    cause = cause(&err),
+                    retry_at = %next,
+                    "a mail was not delivered; retrying"
+                );
+                MailOutcome::RetryAt(next)
+            }
+        }
+    };
+    if let Err(err) = inner.store.finish_mail(id, finish, now).await {
+        // The lease runs out and the message is tried again (a sent one may then go twice:
+        // the one case where at-least-once shows).
+        tracing::warn!(
+            mail.id = id,
+            error = %crate::error_chain::error_chain(&err),
+            "a mail's outcome could not be recorded"
+        );
+    }
+}
+
+/// What went wrong, in words that hold no address: the SMTP status code, or the kind.
+fn cause(err: &SendError) -> String {
+    match err {
+        SendError::Build(_) => "the message could not be built".to_owned(),
+        SendError::Smtp(smtp) => match smtp.status() {
+            Some(code) => format!("SMTP {code}"),
+            None if smtp.is_timeout() => "SMTP timeout".to_owned(),
+            None => "SMTP connection failed".to_owned(),
+        },
+    }
+}
+
+/// 30 s after the first failure, doubling up to an hour, with ±20% jitter (so replicas that
+/// failed together do not retry together).
+fn backoff(attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 7)).unwrap_or(0);
+    let base = (30_i64 << exponent).min(3600);
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    #[expect(clippy::cast_possible_truncation, reason = "at most 4320 seconds")]
+    Duration::milliseconds((base as f64 * 1000.0 * jitter) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_32_bytes_and_only_their_hash_is_kept() {
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert_eq!(decode_token(&token), Some(token_hash(&token)));
+        assert_ne!(token_hash(&token).to_vec(), token.as_bytes());
+        for bad in ["", "abc", "!!!!", &token[..20]] {
+            assert_eq!(decode_token(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_an_hour_with_jitter() {
+        for (attempts, base) in [(1, 30), (2, 60), (3, 120), (8, 3600), (30, 3600)] {
+            let delay = backoff(attempts).num_milliseconds();
+            assert!(
+                (base * 800..=base * 1200).contains(&delay),
+                "{attempts}: {delay}"
+            );
+        }
+    }
+}

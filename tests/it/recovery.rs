@@ -1,0 +1,347 @@
+//! Account recovery by mail, over real sockets: the app sends to an SMTP sink, and the tests
+//! take the links from the received messages, as a user would.
+
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{dual_backend, helpers::*, smtp_sink::SmtpSink};
+
+/// How long a queued mail may take to reach the sink (the worker is woken at once).
+const MAIL_WITHIN: StdDuration = StdDuration::from_secs(10);
+
+const NEW_PASSWORD: &str = "NewSecurePass456";
+
+dual_backend!(
+    forgot_mail_reset_login_is_the_whole_loop,
+    known_unknown_and_disabled_emails_get_the_same_answer,
+    reset_mails_are_throttled_per_email_silently,
+    expired_used_and_voided_tokens_are_refused,
+    concurrent_resets_with_one_token_succeed_once,
+    a_weak_new_password_is_refused_and_spends_nothing,
+    a_mail_queued_while_smtp_is_down_arrives_once_it_is_back,
+);
+
+async fn app_with_sink(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let vars = sink.vars();
+    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.extend_from_slice(extra);
+    overrides.push(("MAIL_PRODUCT_NAME", "Shop"));
+    (TestApp::spawn_with(backend, &overrides).await, sink)
+}
+
+async fn forgot(app: &TestApp, email: &str) -> reqwest::Response {
+    app.post_json("/auth/password/forgot", &json!({ "email": email }))
+        .await
+}
+
+async fn reset(app: &TestApp, token: &str, password: &str) -> (StatusCode, Value) {
+    status_and_json(
+        app.post_json(
+            "/auth/password/reset",
+            &json!({"token": token, "new_password": password}),
+        )
+        .await,
+    )
+    .await
+}
+
+async fn forgot_mail_reset_login_is_the_whole_loop(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "forgetful@example.com";
+    let (_, access, refresh) = app.user_with_tokens(email).await;
+    // Act: forgot, then the link of the mail.
+    let (status, body) = status_and_json(forgot(&app, email).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        body,
+        json!({"message": "If an account exists for this email, a password reset link has been sent"})
+    );
+    let mail = sink.wait_for(email, 1, MAIL_WITHIN).await.remove(0);
+    assert_eq!(mail.subject(), "Reset your Shop password");
+    let text = mail.text();
+    assert_eq!(
+        text.matches("Shop").count(),
+        1,
+        "the product named once: {text}"
+    );
+    assert!(
+        text.contains("http://localhost:3000/reset-password?token="),
+        "{text}"
+    );
+    assert!(
+        mail.html()
+            .contains("href=\"http://localhost:3000/reset-password?token=")
+    );
+    assert!(!text.contains(PASSWORD), "no password in a mail");
+    let token = mail.link_token();
+    let (status, body) = reset(&app, &token, NEW_PASSWORD).await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({"message": "Password has been reset"})
+        )
+    );
+    // Assert: the new password works, the old one does not, every session ended.
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login(email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    verify_becomes(&app, &access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The notification follows; the token works once.
+    let mails = sink.wait_for(email, 2, MAIL_WITHIN).await;
+    assert_eq!(mails[1].subject(), "Your Shop password was changed");
+    assert!(!mails[1].text().contains(&token));
+    let (status, body) = reset(&app, &token, "AnotherPass789").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        json!({"detail": "Invalid or expired reset token", "error_code": "INVALID_RESET_TOKEN"})
+    );
+    // Sent mail keeps no link: the outbox forgets the token once delivered.
+    assert_eq!(app.store.pending_mail().await.unwrap(), 0);
+}
+
+async fn known_unknown_and_disabled_emails_get_the_same_answer(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    app.register("known@example.com", PASSWORD).await;
+    app.register("disabled@example.com", PASSWORD).await;
+    let out = cli_async(&app.db, &["user", "disable", "disabled@example.com"], "").await;
+    assert!(out.status.success(), "{out:?}");
+    let mut answers = Vec::new();
+    for email in [
+        "known@example.com",
+        "unknown@example.com",
+        "disabled@example.com",
+    ] {
+        let response = forgot(&app, email).await;
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| !["date", "x-request-id"].contains(&name.as_str()))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        let status = response.status();
+        let body = response.bytes().await.unwrap();
+        answers.push((status, headers, body));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    // Only the known, active user gets a mail.
+    sink.wait_for("known@example.com", 1, MAIL_WITHIN).await;
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let to: Vec<Vec<String>> = sink.received().into_iter().map(|m| m.to).collect();
+    assert_eq!(to, [vec!["known@example.com".to_owned()]]);
+    // A malformed email is 422 INVALID_EMAIL, as at registration.
+    let (status, body) = status_and_json(forgot(&app, "not-an-email").await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error_code"], "INVALID_EMAIL");
+}
+
+async fn reset_mails_are_throttled_per_email_silently(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "impatient@example.com";
+    app.register(email, PASSWORD).await;
+    // Three requests at once: one mail, three 202s.
+    for _ in 0..3 {
+        assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    }
+    sink.wait_for(email, 1, MAIL_WITHIN).await;
+    // One a minute at most, five an hour at most.
+    for expected in 2..=5 {
+        app.clock.advance(Duration::seconds(61));
+        assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+        sink.wait_for(email, expected, MAIL_WITHIN).await;
+    }
+    app.clock.advance(Duration::seconds(61));
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    assert_eq!(
+        sink.for_address(email).len(),
+        5,
+        "the sixth in an hour is dropped"
+    );
+    // An hour after the first, there is room again.
+    app.clock.advance(Duration::minutes(60));
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    sink.wait_for(email, 6, MAIL_WITHIN).await;
+}
+
+async fn expired_used_and_voided_tokens_are_refused(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "tokens@example.com";
+    app.register(email, PASSWORD).await;
+    forgot(&app, email).await;
+    let first = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    // A newer token voids the older one.
+    app.clock.advance(Duration::seconds(61));
+    forgot(&app, email).await;
+    let second = sink.wait_for(email, 2, MAIL_WITHIN).await[1].link_token();
+    assert_ne!(first, second);
+    assert_eq!(
+        reset(&app, &first, NEW_PASSWORD).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Past PASSWORD_RESET_TOKEN_MINUTES (30) the newer one has expired too.
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(
+        reset(&app, &second, NEW_PASSWORD).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Garbage and a made-up token of the right shape.
+    for token in ["", "garbage", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        assert_eq!(
+            reset(&app, token, NEW_PASSWORD).await.0,
+            StatusCode::BAD_REQUEST,
+            "{token}"
+        );
+    }
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::OK,
+        "unchanged"
+    );
+}
+
+async fn concurrent_resets_with_one_token_succeed_once(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "race@example.com";
+    app.register(email, PASSWORD).await;
+    forgot(&app, email).await;
+    let token = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    let passwords: Vec<String> = (0..8).map(|i| format!("RacePass{i}xyz")).collect();
+    let statuses = join_all(passwords.iter().map(|p| reset(&app, &token, p))).await;
+    let winners: Vec<usize> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s == StatusCode::OK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::BAD_REQUEST)
+    );
+    let won = &passwords[winners[0]];
+    assert_eq!(app.login(email, won).await.status(), StatusCode::OK);
+}
+
+async fn a_weak_new_password_is_refused_and_spends_nothing(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "weak@example.com";
+    app.register(email, PASSWORD).await;
+    forgot(&app, email).await;
+    let token = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    let (status, body) = reset(&app, &token, "short").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error_code"], "WEAK_PASSWORD");
+    assert_eq!(reset(&app, &token, NEW_PASSWORD).await.0, StatusCode::OK);
+}
+
+async fn a_mail_queued_while_smtp_is_down_arrives_once_it_is_back(backend: Backend) {
+    // The server the app is pointed at does not listen yet.
+    let port = free_port();
+    let url = format!("smtp://127.0.0.1:{port}?tls=off");
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("MAIL_URL", &url),
+            ("MAIL_FROM", "no-reply@shop.example.com"),
+        ],
+    )
+    .await;
+    let email = "patient@example.com";
+    app.register(email, PASSWORD).await;
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    // The first attempt fails (connection refused) and is retried after its backoff (30 s
+    // +-20% on the app's clock).
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    assert_eq!(app.store.pending_mail().await.unwrap(), 1, "still queued");
+    let sink = SmtpSink::start_on(port).await;
+    app.clock.advance(Duration::seconds(40));
+    sink.wait_for(email, 1, MAIL_WITHIN).await;
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    assert_eq!(sink.for_address(email).len(), 1, "once");
+    assert_eq!(app.store.pending_mail().await.unwrap(), 0);
+}
+
+/// The SMTP password in `MAIL_URL` never reaches a log line: not at start-up (the
+/// configuration is logged), not when sending fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mail_password_never_reaches_the_logs() {
+    let binary = Binary::spawn(&[
+        ("MAIL_URL", "smtp://mailer:hunter2-mail@127.0.0.1:1?tls=off"),
+        ("MAIL_FROM", "no-reply@shop.example.com"),
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("LOG_LEVEL", "debug"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let client = reqwest::Client::new();
+    let credentials = json!({"email": "logs@example.com", "password": PASSWORD});
+    client
+        .post(binary.url("/auth/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    let response = client
+        .post(binary.url("/auth/password/forgot"))
+        .json(&json!({"email": "logs@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // The worker tries (connection refused) and logs the retry.
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    let (_, stdout, stderr) = binary.terminate();
+    let logs = format!("{stdout}{stderr}");
+    assert!(
+        logs.contains("a mail was not delivered; retrying"),
+        "{logs}"
+    );
+    assert!(!logs.contains("hunter2-mail"), "{logs}");
+    assert!(
+        !logs.contains("logs@example.com"),
+        "no address in the logs: {logs}"
+    );
+}
+
+/// Two replicas on one database, each with its worker: every message goes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_each_mail_once() {
+    let sink = SmtpSink::start().await;
+    let vars = sink.vars();
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = TestApp::spawn_with(Backend::Postgres, &overrides).await;
+    let second = TestApp::spawn_on(first.db.clone(), first.clock.clone(), &overrides).await;
+    let emails: Vec<String> = (0..12).map(|i| format!("replica{i}@example.com")).collect();
+    for (i, email) in emails.iter().enumerate() {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.register(email, PASSWORD).await;
+        assert_eq!(forgot(app, email).await.status(), StatusCode::ACCEPTED);
+    }
+    for email in &emails {
+        sink.wait_for(email, 1, MAIL_WITHIN).await;
+    }
+    // Both workers keep polling; nothing goes twice.
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    for email in &emails {
+        assert_eq!(sink.for_address(email).len(), 1, "{email}");
+    }
+    assert_eq!(sink.received().len(), emails.len());
+}

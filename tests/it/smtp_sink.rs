@@ -1,0 +1,211 @@
+//! An SMTP server for the tests: it speaks enough SMTP for lettre (greeting, EHLO, MAIL, RCPT,
+//! DATA, RSET, NOOP, QUIT) on a free port and keeps every message it receives, so tests read
+//! the mail a user would get, over a real socket.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `RCPT TO` addresses.
+    pub to: Vec<String>,
+    /// The raw message (headers and body) as sent after `DATA`.
+    pub raw: Vec<u8>,
+}
+
+impl Received {
+    /// The parsed message.
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.raw)
+            .expect("a parsable message")
+    }
+
+    pub fn subject(&self) -> String {
+        self.parsed().subject().unwrap_or_default().to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        self.parsed()
+            .body_text(0)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn html(&self) -> String {
+        self.parsed()
+            .body_html(0)
+            .map(|t| t.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `token` parameter of the link in the text body, as a user would copy it.
+    pub fn link_token(&self) -> String {
+        let text = self.text();
+        let link = text
+            .split_whitespace()
+            .find(|word| word.contains("token="))
+            .unwrap_or_else(|| panic!("no link in {text}"));
+        let url = url::Url::parse(link).unwrap();
+        url.query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    }
+}
+
+/// The sink: its port, and what it received.
+#[derive(Clone)]
+pub struct SmtpSink {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+}
+
+impl SmtpSink {
+    /// A sink on a free port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// A sink on `port`, which the app may already be trying (a server that was down).
+    pub async fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> Self {
+        let sink = Self {
+            port: listener.local_addr().unwrap().port(),
+            received: Arc::default(),
+            arrived: Arc::default(),
+        };
+        let task = sink.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let task = task.clone();
+                tokio::spawn(async move { task.session(stream).await });
+            }
+        });
+        sink
+    }
+
+    /// The variables that point the app at this sink.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "MAIL_URL",
+                format!("smtp://127.0.0.1:{}?tls=off", self.port),
+            ),
+            ("MAIL_FROM", "Shop <no-reply@shop.example.com>".to_owned()),
+        ]
+    }
+
+    async fn session(&self, stream: TcpStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read);
+        if write.write_all(b"220 sink ESMTP\r\n").await.is_err() {
+            return;
+        }
+        let mut to = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match lines.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let command = line.trim_end().to_ascii_uppercase();
+            let reply: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO") {
+                b"250-sink\r\n250 8BITMIME\r\n"
+            } else if command.starts_with("MAIL FROM") || command.starts_with("RSET") {
+                to.clear();
+                b"250 OK\r\n"
+            } else if command.starts_with("RCPT TO") {
+                let address = line.trim_end()[8..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned();
+                to.push(address);
+                b"250 OK\r\n"
+            } else if command == "DATA" {
+                if write.write_all(b"354 go ahead\r\n").await.is_err() {
+                    return;
+                }
+                let mut raw = Vec::new();
+                loop {
+                    let mut data = String::new();
+                    match lines.read_line(&mut data).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if data == ".\r\n" {
+                        break;
+                    }
+                    // Dot-stuffing undone.
+                    let data = data.strip_prefix('.').unwrap_or(&data);
+                    raw.extend_from_slice(data.as_bytes());
+                }
+                self.received.lock().unwrap().push(Received {
+                    to: std::mem::take(&mut to),
+                    raw,
+                });
+                self.arrived.notify_waiters();
+                b"250 queued\r\n"
+            } else if command == "QUIT" {
+                let _ = write.write_all(b"221 bye\r\n").await;
+                return;
+            } else {
+                b"250 OK\r\n"
+            };
+            if write.write_all(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The messages received for `to` so far.
+    pub fn for_address(&self, to: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == to))
+            .collect()
+    }
+
+    /// Waits until `n` messages for `to` have arrived (at most `within`); all of them.
+    pub async fn wait_for(&self, to: &str, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.arrived.notified();
+            let got = self.for_address(to);
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                let got = self.for_address(to);
+                assert!(
+                    got.len() >= n,
+                    "{} of {n} mails for {to} arrived",
+                    got.len()
+                );
+                return got;
+            }
+        }
+    }
+}
