@@ -25,7 +25,7 @@ PostgreSQL half, a server at $BENCH_POSTGRES_URL (default postgres://postgres@12
 
 import argparse
 import base64
-import http.client
+import http.client as httpclient
 import hashlib
 import hmac
 import json
@@ -473,7 +473,7 @@ def forgot_timing(requests):
     try:
         known = "known@example.com"
         http("POST", service.base + "/auth/register", {"email": known, "password": PASSWORD})
-        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        connection = httpclient.HTTPConnection("127.0.0.1", service.port, timeout=30)
         took = {"known": [], "unknown": []}
         for i in range(2 * requests):
             kind = "known" if i % 2 == 0 else "unknown"

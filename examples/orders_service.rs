@@ -55,6 +55,7 @@ async fn orders_unprotected() -> Json<VerifiedUser> {
     Json(VerifiedUser {
         user_id: 0,
         email: "anonymous@example.com".to_owned(),
+        email_verified: false,
     })
 }
 

@@ -152,6 +152,24 @@ pub struct MailConfig {
     pub password_reset_token_minutes: u32,
     /// `MAIL_MAX_RETRY_HOURS` (default 24): how long a message is retried before it fails.
     pub max_retry_hours: u32,
+    /// `EMAIL_VERIFICATION` (default `optional`).
+    pub email_verification: EmailVerification,
+    /// `EMAIL_VERIFY_URL` (default `http://localhost:3000/verify-email`): the verification
+    /// mail's link is `<url>?token=<token>`.
+    pub email_verify_url: String,
+    /// `EMAIL_VERIFY_TOKEN_HOURS` (default 24).
+    pub email_verify_token_hours: u32,
+}
+
+/// Whether addresses are verified (`EMAIL_VERIFICATION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmailVerification {
+    /// `off`: no verification mail; every address counts as unverified until reset.
+    Off,
+    /// `optional` (default): a verification mail at registration; unverified users log in.
+    Optional,
+    /// `required`: as optional, and an unverified address cannot log in (403).
+    Required,
 }
 
 /// The listener: `HOST`, `PORT`, CORS, timeouts, connection limits, metrics, shutdown.
@@ -720,6 +738,26 @@ impl MailConfig {
                 24 * 60,
             )?,
             max_retry_hours: vars.number("MAIL_MAX_RETRY_HOURS", 24, 1, 24 * 30)?,
+            email_verification: match vars
+                .get("EMAIL_VERIFICATION")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                Some("off") => EmailVerification::Off,
+                None | Some("optional") => EmailVerification::Optional,
+                Some("required") => EmailVerification::Required,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "EMAIL_VERIFICATION",
+                        format!("expected off, optional or required, got {other:?}"),
+                    ));
+                }
+            },
+            email_verify_url: parse_link_base(
+                "EMAIL_VERIFY_URL",
+                &vars.text("EMAIL_VERIFY_URL", "http://localhost:3000/verify-email"),
+            )?,
+            email_verify_token_hours: vars.number("EMAIL_VERIFY_TOKEN_HOURS", 24, 1, 24 * 30)?,
         })
     }
 }
@@ -1114,6 +1152,9 @@ mod tests {
             ("IPV6_PREFIX_LENGTH", "129"),
             ("MIGRATE_ON_START", "sometimes"),
             ("JWT_ACCEPT_HS256", "maybe"),
+            ("EMAIL_VERIFICATION", "sometimes"),
+            ("EMAIL_VERIFY_URL", "verify"),
+            ("EMAIL_VERIFY_TOKEN_HOURS", "0"),
             ("METRICS_ADDR", "9090"),
             ("MAX_CONNECTIONS", "none"),
             ("MAX_CONNECTIONS_PER_IP", "-1"),

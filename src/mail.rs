@@ -41,6 +41,8 @@ pub struct Context<'a> {
     pub link: &'a str,
     /// `PASSWORD_RESET_TOKEN_MINUTES`.
     pub minutes: u32,
+    /// `EMAIL_VERIFY_TOKEN_HOURS`.
+    pub hours: u32,
 }
 
 #[derive(Template)]
@@ -57,6 +59,22 @@ struct PasswordResetHtml<'a> {
     product: &'a str,
     link: &'a str,
     minutes: u32,
+}
+
+#[derive(Template)]
+#[template(path = "mail/verify_email.txt")]
+struct VerifyEmailText<'a> {
+    product: &'a str,
+    link: &'a str,
+    hours: u32,
+}
+
+#[derive(Template)]
+#[template(path = "mail/verify_email.html")]
+struct VerifyEmailHtml<'a> {
+    product: &'a str,
+    link: &'a str,
+    hours: u32,
 }
 
 #[derive(Template)]
@@ -81,6 +99,7 @@ pub fn render(template: MailTemplate, ctx: Context<'_>) -> Result<Rendered, aska
         product,
         link,
         minutes,
+        hours,
     } = ctx;
     let (text, html) = match template {
         MailTemplate::PasswordReset => (
@@ -94,6 +113,20 @@ pub fn render(template: MailTemplate, ctx: Context<'_>) -> Result<Rendered, aska
                 product,
                 link,
                 minutes,
+            }
+            .render()?,
+        ),
+        MailTemplate::VerifyEmail => (
+            VerifyEmailText {
+                product,
+                link,
+                hours,
+            }
+            .render()?,
+            VerifyEmailHtml {
+                product,
+                link,
+                hours,
             }
             .render()?,
         ),

@@ -187,6 +187,9 @@ impl AppState {
             reset_url: config.mail.password_reset_url.clone(),
             reset_minutes: config.mail.password_reset_token_minutes,
             max_retry: chrono::Duration::hours(config.mail.max_retry_hours.into()),
+            verification: config.mail.email_verification,
+            verify_url: config.mail.email_verify_url.clone(),
+            verify_hours: config.mail.email_verify_token_hours,
         };
         let mailer = Arc::new(Mailer::new(&config.mail)?);
         let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers, mail);

@@ -27,6 +27,8 @@ pub struct Subject<'a> {
     pub email: &'a str,
     /// The session (refresh-token family).
     pub session: Uuid,
+    /// Whether the address is verified (access tokens carry it).
+    pub email_verified: bool,
 }
 
 /// Why a token was refused; all of them are the same 401 to the client.
@@ -180,6 +182,7 @@ impl TokenKeys {
             jti,
             sid: Some(subject.session),
             email: (kind == TokenKind::Access).then(|| subject.email.to_owned()),
+            email_verified: (kind == TokenKind::Access).then_some(subject.email_verified),
             nbf: None,
             iss: Some(self.issuer.clone()),
             aud: self.audience.clone(),
@@ -302,6 +305,7 @@ mod tests {
             user_id,
             email: "someone@example.com",
             session: Uuid::nil(),
+            email_verified: true,
         }
     }
 

@@ -36,7 +36,12 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
         .route("/auth/password/forgot", post(super::recovery::forgot))
-        .route("/auth/password/reset", post(super::recovery::reset));
+        .route("/auth/password/reset", post(super::recovery::reset))
+        .route("/auth/email/verify", post(super::recovery::verify_email))
+        .route(
+            "/auth/email/resend",
+            post(super::recovery::resend_verification),
+        );
     let limited = match super::rate_limit::layer(config) {
         Some(layer) => limited.route_layer(layer),
         None => limited,
@@ -166,6 +171,9 @@ pub struct VerifyResponse {
     #[schema(example = "test@example.com")]
     #[schema(value_type = String)]
     pub email: std::sync::Arc<str>,
+    /// Whether the address was verified when the token was issued (additive: the original's
+    /// clients see the same fields plus this one).
+    pub email_verified: bool,
 }
 
 /// The errors every JSON-body endpoint can answer, documented once.
@@ -339,6 +347,7 @@ pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
         valid: true,
         user_id: user.id,
         email: user.email,
+        email_verified: user.email_verified,
     })
 }
 

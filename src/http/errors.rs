@@ -24,6 +24,10 @@ pub enum ErrorCode {
     InvalidEmail,
     /// 400: a password-reset token that is unknown, expired, used or voided.
     InvalidResetToken,
+    /// 400: an email-verification token that is unknown, expired, used or voided.
+    InvalidVerificationToken,
+    /// 403: the right password for an unverified address (`EMAIL_VERIFICATION=required`).
+    EmailNotVerified,
     /// 422: password policy.
     WeakPassword,
     /// 422: missing or wrongly typed field, or a field rule.
@@ -155,7 +159,10 @@ impl ApiError {
         match self {
             Self::Auth(err) => match err {
                 AuthError::UserExists => StatusCode::CONFLICT,
-                AuthError::InvalidResetToken => StatusCode::BAD_REQUEST,
+                AuthError::InvalidResetToken | AuthError::InvalidVerificationToken => {
+                    StatusCode::BAD_REQUEST
+                }
+                AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
                 AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -195,6 +202,8 @@ impl ApiError {
                 AuthError::UserExists => ErrorCode::UserExists,
                 AuthError::InvalidEmail => ErrorCode::InvalidEmail,
                 AuthError::InvalidResetToken => ErrorCode::InvalidResetToken,
+                AuthError::InvalidVerificationToken => ErrorCode::InvalidVerificationToken,
+                AuthError::EmailNotVerified => ErrorCode::EmailNotVerified,
                 AuthError::WeakPassword(_) => ErrorCode::WeakPassword,
                 AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
                 AuthError::AccountDisabled => ErrorCode::AccountDisabled,

@@ -1,4 +1,5 @@
-//! `POST /auth/password/forgot` and `POST /auth/password/reset`: account recovery by mail.
+//! Account recovery by mail: `POST /auth/password/forgot`, `/auth/password/reset`,
+//! `/auth/email/verify` and `/auth/email/resend`.
 
 use axum::{Json, extract::State, http::StatusCode};
 use secrecy::SecretString;
@@ -8,7 +9,7 @@ use utoipa::ToSchema;
 use super::{
     auth::{BodyErrors, MessageResponse},
     errors::{ApiError, ErrorBody},
-    extract::{AppJson, RequestCaller},
+    extract::{AppJson, AuthUser, RequestCaller},
 };
 use crate::service::AuthService;
 
@@ -78,4 +79,56 @@ pub async fn reset(
     Ok(Json(MessageResponse {
         message: "Password has been reset".to_owned(),
     }))
+}
+
+/// `POST /auth/email/verify` body.
+#[derive(Deserialize, ToSchema)]
+pub struct VerifyEmailRequest {
+    /// The `token` of the link in the verification mail.
+    pub token: String,
+}
+
+/// `POST /auth/email/verify`: confirm the address with the token of a verification mail.
+#[utoipa::path(post, path = "/auth/email/verify", tag = "auth", summary = "Confirm an email address",
+    description = "Access tokens issued afterwards (at the next login or refresh) carry `email_verified: true`.",
+    request_body = VerifyEmailRequest,
+    responses(
+        (status = 200, description = "Email verified", body = MessageResponse),
+        (status = 400, description = "INVALID_VERIFICATION_TOKEN: unknown, expired, used or voided", body = ErrorBody),
+        BodyErrors,
+    ))]
+pub async fn verify_email(
+    State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
+    AppJson(req): AppJson<VerifyEmailRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    auth.verify_email(&req.token, &caller).await?;
+    Ok(Json(MessageResponse {
+        message: "Email verified".to_owned(),
+    }))
+}
+
+/// `POST /auth/email/resend`: another verification mail for the caller.
+#[utoipa::path(post, path = "/auth/email/resend", tag = "auth", summary = "Send the verification mail again",
+    description = "Always 202: nothing is queued when the address is verified, a verification mail went out \
+        within the last 60 s, or EMAIL_VERIFICATION is off.",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted", body = MessageResponse),
+        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED (per-IP token bucket); with Retry-After", body = ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: the database does not answer; with Retry-After", body = ErrorBody),
+    ))]
+pub async fn resend_verification(
+    State(auth): State<AuthService>,
+    RequestCaller(caller): RequestCaller,
+    AuthUser(user): AuthUser,
+) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
+    auth.resend_verification(user.id, &caller).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            message: "Verification email sent".to_owned(),
+        }),
+    ))
 }

@@ -49,6 +49,10 @@ pub enum Event {
     PasswordResetRequested,
     /// `password_reset`
     PasswordReset,
+    /// `email_verify`: a verification link used.
+    EmailVerify,
+    /// `email_verification_requested`: a verification mail asked for again.
+    EmailVerificationRequested,
     /// `admin_user_create`, `admin_user_disable`, ... (admin commands).
     Admin(&'static str),
 }
@@ -67,6 +71,8 @@ impl Event {
             Self::LogoutAll => "logout_all",
             Self::PasswordResetRequested => "password_reset_requested",
             Self::PasswordReset => "password_reset",
+            Self::EmailVerify => "email_verify",
+            Self::EmailVerificationRequested => "email_verification_requested",
             Self::Admin(name) => name,
         }
     }
@@ -105,6 +111,9 @@ pub enum Outcome {
     IpLocked,
     /// `disabled`
     Disabled,
+    /// `unverified`: the right password for an address not yet verified, with
+    /// `EMAIL_VERIFICATION=required`.
+    Unverified,
     /// `grace_reuse`: a rotated refresh token presented again within the grace window.
     GraceReuse,
     /// `reuse_detected`: a rotated refresh token presented after the grace window.
@@ -128,6 +137,7 @@ impl Outcome {
             Self::IpBlocked => "ip_blocked",
             Self::IpLocked => "ip_locked",
             Self::Disabled => "disabled",
+            Self::Unverified => "unverified",
             Self::GraceReuse => "grace_reuse",
             Self::ReuseDetected => "reuse_detected",
             Self::Ignored => "ignored",

@@ -17,6 +17,12 @@ pub enum AuthError {
     /// A password that breaks the policy; the reasons in contract order.
     #[error("Password validation failed: {}", .0.join(", "))]
     WeakPassword(Vec<&'static str>),
+    /// An email-verification token that is unknown, expired, used or voided.
+    #[error("Invalid or expired verification token")]
+    InvalidVerificationToken,
+    /// The right password for an address not verified, with `EMAIL_VERIFICATION=required`.
+    #[error("Email not verified")]
+    EmailNotVerified,
     /// A password-reset token that is unknown, expired, used or voided.
     #[error("Invalid or expired reset token")]
     InvalidResetToken,

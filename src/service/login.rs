@@ -11,7 +11,10 @@ use super::{
     email::Email,
     lockout::{self, AttemptDecision, AttemptStatus, LockoutKey, LockoutPolicy},
 };
-use crate::store::{StoreError, UserRow};
+use crate::{
+    config::EmailVerification,
+    store::{StoreError, UserRow},
+};
 
 /// A login's result plus the attempt figures for the response headers (absent when the
 /// request never reached the counter).
@@ -143,16 +146,22 @@ impl AuthService {
         {
             return LoginOutcome::error(err, Some(status));
         }
-        let result = if user.is_active {
+        let unverified = self.0.mail.verification == EmailVerification::Required
+            && user.email_verified_at.is_none();
+        let result = if !user.is_active {
+            audit::record(Event::Login, Outcome::Disabled, Some(user.id), caller);
+            Err(AuthError::AccountDisabled)
+        } else if unverified {
+            // Only after the password checked out: it tells nothing to someone without it.
+            audit::record(Event::Login, Outcome::Unverified, Some(user.id), caller);
+            Err(AuthError::EmailNotVerified)
+        } else {
             self.upgrade_hash(&user, password).await;
             let issued = self.start_session(&user).await;
             if issued.is_ok() {
                 audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
             }
             issued
-        } else {
-            audit::record(Event::Login, Outcome::Disabled, Some(user.id), caller);
-            Err(AuthError::AccountDisabled)
         };
         LoginOutcome {
             result,

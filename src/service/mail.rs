@@ -30,12 +30,14 @@ use super::{
     password_policy,
 };
 use crate::{
+    config::EmailVerification,
     mail::{self, Mailer, SendError},
-    store::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, StoreError},
+    store::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, StoreError, TokenMail},
 };
 
-/// How long a claimed message is reserved for the worker that claimed it.
-const LEASE: Duration = Duration::seconds(60);
+/// How long a claimed message is reserved for the worker that claimed it: twice the SMTP
+/// timeout, so a live worker always finishes first, and a dead one's message waits no longer.
+const LEASE: Duration = Duration::seconds(30);
 
 /// How often the worker looks for due messages when nothing woke it.
 const POLL: StdDuration = StdDuration::from_secs(1);
@@ -54,7 +56,16 @@ pub struct MailSettings {
     pub reset_minutes: u32,
     /// `MAIL_MAX_RETRY_HOURS`.
     pub max_retry: Duration,
+    /// `EMAIL_VERIFICATION`.
+    pub verification: EmailVerification,
+    /// `EMAIL_VERIFY_URL`: the link is `<url>?token=<token>`.
+    pub verify_url: String,
+    /// `EMAIL_VERIFY_TOKEN_HOURS`.
+    pub verify_hours: u32,
 }
+
+/// At most one verification mail per user within this.
+const RESEND_MIN_INTERVAL: Duration = Duration::seconds(60);
 
 /// At most one reset mail per email within this...
 const RESET_MIN_INTERVAL: Duration = Duration::seconds(60);
@@ -79,8 +90,7 @@ impl AuthService {
     async fn queue_password_reset(&self, email: &Email, caller: &Caller) {
         let now = self.instant();
         let settings = &self.0.mail;
-        let token =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let (token, token_hash) = new_token();
         let link = match url::Url::parse_with_params(&settings.reset_url, [("token", &token)]) {
             Ok(link) => link.to_string(),
             Err(err) => {
@@ -90,7 +100,7 @@ impl AuthService {
         };
         let request = ResetRequest {
             email: email.as_str(),
-            token_hash: token_hash(&token),
+            token_hash,
             expires_at: now + Duration::minutes(settings.reset_minutes.into()),
             mail: NewMail {
                 template: MailTemplate::PasswordReset,
@@ -101,7 +111,7 @@ impl AuthService {
         };
         let outcome = match self.0.store.queue_password_reset(&request, now).await {
             Ok(true) => {
-                self.0.mail_wakeup.notify_one();
+                self.mail_queued();
                 Outcome::Success
             }
             Ok(false) => Outcome::Ignored,
@@ -154,7 +164,7 @@ impl AuthService {
         };
         // Here at once; other replicas and the feed through the event.
         self.0.revocations.user_changed(done.user_id);
-        self.0.mail_wakeup.notify_one();
+        self.mail_queued();
         audit::record(
             Event::PasswordReset,
             Outcome::Success,
@@ -163,6 +173,92 @@ impl AuthService {
         );
         Ok(())
     }
+}
+
+impl AuthService {
+    /// The verification token and mail for a registration or a resend, when verification is
+    /// on (`EMAIL_VERIFICATION` other than `off`).
+    pub(super) fn verification_mail(&self) -> Result<Option<TokenMail>, AuthError> {
+        let settings = &self.0.mail;
+        if settings.verification == EmailVerification::Off {
+            return Ok(None);
+        }
+        let (token, token_hash) = new_token();
+        let link = url::Url::parse_with_params(&settings.verify_url, [("token", &token)])
+            .map_err(|err| AuthError::Internal(err.into()))?;
+        Ok(Some(TokenMail {
+            token_hash,
+            expires_at: self.instant() + Duration::hours(settings.verify_hours.into()),
+            mail: NewMail {
+                template: MailTemplate::VerifyEmail,
+                link: Some(link.to_string()),
+            },
+        }))
+    }
+
+    /// Wakes this process's outbox worker (a message was just queued).
+    pub(super) fn mail_queued(&self) {
+        self.0.mail_wakeup.notify_one();
+    }
+
+    /// `POST /auth/email/verify`: marks the address of the token's user verified.
+    ///
+    /// # Errors
+    /// `InvalidVerificationToken`, `Unavailable`, `Internal`.
+    pub async fn verify_email(&self, token: &str, caller: &Caller) -> Result<(), AuthError> {
+        let verified = match decode_token(token) {
+            Some(hash) => self.0.store.verify_email(&hash, self.instant()).await?,
+            None => None,
+        };
+        let Some(user_id) = verified else {
+            audit::record(Event::EmailVerify, Outcome::Invalid, None, caller);
+            return Err(AuthError::InvalidVerificationToken);
+        };
+        audit::record(Event::EmailVerify, Outcome::Success, Some(user_id), caller);
+        Ok(())
+    }
+
+    /// `POST /auth/email/resend`: a new verification mail for the caller, unless the address
+    /// is verified, one went out within a minute, or verification is off. Quiet either way.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Internal`.
+    pub async fn resend_verification(
+        &self,
+        user_id: i64,
+        caller: &Caller,
+    ) -> Result<(), AuthError> {
+        let Some(verification) = self.verification_mail()? else {
+            return Ok(());
+        };
+        let queued = self
+            .0
+            .store
+            .queue_email_verification(user_id, &verification, RESEND_MIN_INTERVAL, self.instant())
+            .await?;
+        if queued {
+            self.mail_queued();
+        }
+        let outcome = if queued {
+            Outcome::Success
+        } else {
+            Outcome::Ignored
+        };
+        audit::record(
+            Event::EmailVerificationRequested,
+            outcome,
+            Some(user_id),
+            caller,
+        );
+        Ok(())
+    }
+}
+
+/// A fresh token (32 random bytes, base64url) and its stored form.
+fn new_token() -> (String, [u8; 32]) {
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let hash = token_hash(&token);
+    (token, hash)
 }
 
 /// The stored form of a token: its SHA-256.
@@ -248,6 +344,7 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
                 product: &settings.product,
                 link: mail.link.as_deref().unwrap_or_default(),
                 minutes: settings.reset_minutes,
+                hours: settings.verify_hours,
             };
             match mail::render(template, ctx) {
                 Ok(rendered) => mailer.send(&mail.recipient, &rendered).await,

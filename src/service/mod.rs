@@ -58,6 +58,9 @@ pub struct VerifiedUser {
     pub id: i64,
     /// The user's normalised email (shared with the cache, not copied per request).
     pub email: Arc<str>,
+    /// Whether the address was verified when the token was issued (tokens from before email
+    /// verification existed count as verified).
+    pub email_verified: bool,
 }
 
 /// What a login or refresh hands out.
@@ -233,12 +236,26 @@ impl AuthService {
             return Err(AuthError::UserExists);
         }
         let hash = self.0.passwords.hash(password).await?;
-        match self
-            .0
-            .store
-            .insert_user(email.as_str(), &hash, self.now())
-            .await
-        {
+        let registered = match self.verification_mail()? {
+            Some(verification) => {
+                let user = self
+                    .0
+                    .store
+                    .register_user(email.as_str(), &hash, self.now(), &verification)
+                    .await;
+                if user.is_ok() {
+                    self.mail_queued();
+                }
+                user
+            }
+            None => {
+                self.0
+                    .store
+                    .insert_user(email.as_str(), &hash, self.now())
+                    .await
+            }
+        };
+        match registered {
             Ok(user) => Ok(RegisteredUser {
                 id: user.id,
                 email: user.email,
@@ -269,17 +286,18 @@ impl AuthService {
         if !self.0.store.start_session(&session, &refresh).await? {
             return Err(AuthError::AccountDisabled);
         }
-        self.pair_for(&refresh.into(), &user.email)
+        self.pair_for(&refresh.into(), user)
     }
 
-    /// A new access token plus the (re-)signed refresh token of `row`, whose user has `email`.
-    fn pair_for(&self, row: &RefreshTokenRow, email: &str) -> Result<TokenPair, AuthError> {
+    /// A new access token plus the (re-)signed refresh token of `row`, whose user is `user`.
+    fn pair_for(&self, row: &RefreshTokenRow, user: &UserRow) -> Result<TokenPair, AuthError> {
         let keys = &self.0.keys;
         let now = self.now();
         let subject = Subject {
             user_id: row.user_id,
-            email,
+            email: &user.email,
             session: row.family_id,
+            email_verified: user.email_verified_at.is_some(),
         };
         let access = keys.claims(
             TokenKind::Access,
@@ -349,6 +367,7 @@ impl AuthService {
         Ok(VerifiedUser {
             id: claims.user_id,
             email: Arc::clone(&user.email),
+            email_verified: claims.email_verified.unwrap_or(true),
         })
     }
 

@@ -119,7 +119,7 @@ impl AuthService {
         if !self.session_is_live(row.family_id).await? {
             return Ok(Refreshed::Invalid);
         }
-        let mut pair = self.pair_for(&row, &user.email)?;
+        let mut pair = self.pair_for(&row, &user)?;
         pair.refresh_token = token.to_owned();
         Ok(Refreshed::Issued(pair))
     }
@@ -160,9 +160,7 @@ impl AuthService {
             .await?
         {
             RotateOutcome::Rotated => {
-                return Ok(Refreshed::Issued(
-                    self.pair_for(&child.into(), &user.email)?,
-                ));
+                return Ok(Refreshed::Issued(self.pair_for(&child.into(), &user)?));
             }
             RotateOutcome::Refused => return Ok(Refreshed::Invalid),
             RotateOutcome::NotRotatable => {}
@@ -172,7 +170,7 @@ impl AuthService {
         match rotation::on_reuse(&current, now, self.0.settings.reuse_grace) {
             Reuse::ReturnChild => match store.find_child_token(current.jti).await? {
                 Some(child) if child.revoked_at.is_none() => {
-                    Ok(Refreshed::GraceReuse(self.pair_for(&child, &user.email)?))
+                    Ok(Refreshed::GraceReuse(self.pair_for(&child, &user)?))
                 }
                 _ => Ok(Refreshed::Invalid),
             },

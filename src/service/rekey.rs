@@ -107,6 +107,7 @@ mod tests {
             created_at: DateTime::default(),
             updated_at: DateTime::default(),
             tokens_not_before: None,
+            email_verified_at: None,
         }
     }
 

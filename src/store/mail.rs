@@ -9,6 +9,8 @@ pub enum MailTemplate {
     PasswordReset,
     /// "Your password was changed" (after a reset).
     PasswordChanged,
+    /// The email verification link.
+    VerifyEmail,
 }
 
 impl MailTemplate {
@@ -18,15 +20,20 @@ impl MailTemplate {
         match self {
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::VerifyEmail => "verify_email",
         }
     }
 
     /// The kind a stored `template` names.
     #[must_use]
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::PasswordReset, Self::PasswordChanged]
-            .into_iter()
-            .find(|t| t.as_str() == name)
+        [
+            Self::PasswordReset,
+            Self::PasswordChanged,
+            Self::VerifyEmail,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
     }
 }
 
@@ -91,4 +98,15 @@ pub struct ResetDone {
     pub user_id: i64,
     /// Their email (for the lockout counter and the audit trail).
     pub email: String,
+}
+
+/// A one-time token and the mail that carries it (email verification).
+#[derive(Debug, Clone)]
+pub struct TokenMail {
+    /// SHA-256 of the token.
+    pub token_hash: [u8; 32],
+    /// When the token stops working.
+    pub expires_at: DateTime<Utc>,
+    /// The message with the link; its template is also the token's kind.
+    pub mail: NewMail,
 }

@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::database_url::DatabaseUrl;
 
-pub use mail::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetDone, ResetRequest};
+pub use mail::{
+    MailOutcome, MailTemplate, NewMail, OutboxMail, ResetDone, ResetRequest, TokenMail,
+};
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, read_original_users};
 
@@ -129,6 +131,8 @@ pub struct UserRow {
     pub updated_at: DateTime<Utc>,
     /// Tokens issued (`iat`) before this are dead: set by logout-all and by disabling.
     pub tokens_not_before: Option<DateTime<Utc>>,
+    /// When the user proved the address is theirs (a verification link, a reset, an admin).
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 /// A refresh token as stored; the JWT is re-signed from these fields when needed.
@@ -620,6 +624,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages neither sent nor failed.
     async fn pending_mail(&self) -> Result<i64, StoreError>;
+
+    /// [`Store::insert_user`], and in the same transaction the verification token and its
+    /// mail (`verification.mail`'s template is the token's kind).
+    async fn register_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+        verification: &TokenMail,
+    ) -> Result<UserRow, StoreError>;
+
+    /// Queues a new verification mail for a user whose address is not verified, unless one
+    /// was queued within `min_interval`: older verification tokens are deleted, in one
+    /// transaction. Whether one was queued.
+    async fn queue_email_verification(
+        &self,
+        user_id: i64,
+        verification: &TokenMail,
+        min_interval: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Uses a verification token: consumes it once (atomically) if unused and unexpired at
+    /// `now`, and marks its user's address verified. The user's id, or `None`.
+    async fn verify_email(
+        &self,
+        token_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError>;
 
     /// Every user, by id (for `copy-data`).
     async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;

@@ -26,7 +26,8 @@
 /// The `users` columns every `UserRow` query selects.
 macro_rules! user_columns {
     () => {
-        "id, email, password_hash, is_active, created_at, updated_at, tokens_not_before"
+        "id, email, password_hash, is_active, created_at, updated_at, tokens_not_before, \
+         email_verified_at"
     };
 }
 
@@ -143,6 +144,34 @@ macro_rules! impl_store {
                 )
                 .await?;
                 Ok(ended)
+            }
+
+            /// Stores a one-time token (its kind is its mail's template), deleting the user's
+            /// older ones of that kind: a newer token voids them.
+            async fn insert_user_token(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                token: &$crate::store::TokenMail,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), sqlx::Error> {
+                let kind = token.mail.template.as_str();
+                sqlx::query("delete from user_tokens where user_id = $1 and kind = $2")
+                    .bind(user_id)
+                    .bind(kind)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(
+                    r"insert into user_tokens (token_hash, kind, user_id, created_at, expires_at)
+                      values ($1, $2, $3, $4, $5)",
+                )
+                .bind(&token.token_hash[..])
+                .bind(kind)
+                .bind(user_id)
+                .bind(now)
+                .bind(token.expires_at)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
             }
 
             /// Queues a message for a user, inside the transaction of the change that causes it.
@@ -866,22 +895,12 @@ macro_rules! impl_store {
                 {
                     return Ok(false);
                 }
-                sqlx::query("delete from user_tokens where user_id = $1 and kind = $2")
-                    .bind(user_id)
-                    .bind(kind)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    r"insert into user_tokens (token_hash, kind, user_id, created_at, expires_at)
-                      values ($1, $2, $3, $4, $5)",
-                )
-                .bind(&request.token_hash[..])
-                .bind(kind)
-                .bind(user_id)
-                .bind(now)
-                .bind(request.expires_at)
-                .execute(&mut *tx)
-                .await?;
+                let token = $crate::store::TokenMail {
+                    token_hash: request.token_hash,
+                    expires_at: request.expires_at,
+                    mail: request.mail.clone(),
+                };
+                Self::insert_user_token(&mut tx, user_id, &token, now).await?;
                 Self::queue_mail(&mut tx, user_id, request.email, &request.mail, now).await?;
                 tx.commit().await?;
                 Ok(true)
@@ -1002,6 +1021,96 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn register_user(
+                &self,
+                email: &str,
+                password_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                verification: &$crate::store::TokenMail,
+            ) -> Result<$crate::store::UserRow, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let user: $crate::store::UserRow = sqlx::query_as(concat!(
+                    r"insert into users (email, password_hash, is_active, created_at, updated_at)
+                      values ($1, $2, true, $3, $3)
+                      returning ",
+                    user_columns!()
+                ))
+                .bind(email)
+                .bind(password_hash)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::insert_user_token(&mut tx, user.id, verification, now).await?;
+                Self::queue_mail(&mut tx, user.id, &user.email, &verification.mail, now).await?;
+                tx.commit().await?;
+                Ok(user)
+            }
+
+            async fn queue_email_verification(
+                &self,
+                user_id: i64,
+                verification: &$crate::store::TokenMail,
+                min_interval: chrono::Duration,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let kind = verification.mail.template.as_str();
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, user_id).await? != Some(true) {
+                    return Ok(false);
+                }
+                let (email, verified): (String, Option<chrono::DateTime<chrono::Utc>>) =
+                    sqlx::query_as("select email, email_verified_at from users where id = $1")
+                        .bind(user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let latest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                    "select max(created_at) from mail_outbox where user_id = $1 and template = $2",
+                )
+                .bind(user_id)
+                .bind(kind)
+                .fetch_one(&mut *tx)
+                .await?;
+                if verified.is_some() || latest.is_some_and(|at| at > now - min_interval) {
+                    return Ok(false);
+                }
+                Self::insert_user_token(&mut tx, user_id, verification, now).await?;
+                Self::queue_mail(&mut tx, user_id, &email, &verification.mail, now).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn verify_email(
+                &self,
+                token_hash: &[u8; 32],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<i64>, $crate::store::StoreError> {
+                let kind = $crate::store::MailTemplate::VerifyEmail.as_str();
+                let mut tx = self.begin_write().await?;
+                let Some(user_id): Option<i64> = sqlx::query_scalar(
+                    r"update user_tokens set used_at = $3
+                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
+                      returning user_id",
+                )
+                .bind(&token_hash[..])
+                .bind(kind)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                sqlx::query(
+                    r"update users set email_verified_at = coalesce(email_verified_at, $2)
+                      where id = $1",
+                )
+                .bind(user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(user_id))
+            }
+
             async fn export_users(
                 &self,
             ) -> Result<Vec<$crate::store::UserRow>, $crate::store::StoreError> {
@@ -1047,8 +1156,8 @@ macro_rules! impl_store {
                     let id: Option<i64> = sqlx::query_scalar(
                         r"insert into users
                             (id, email, password_hash, is_active, created_at, updated_at,
-                             tokens_not_before)
-                          values ($1, $2, $3, $4, $5, $6, $7)
+                             tokens_not_before, email_verified_at)
+                          values ($1, $2, $3, $4, $5, $6, $7, $8)
                           on conflict do nothing
                           returning id",
                     )
@@ -1059,6 +1168,7 @@ macro_rules! impl_store {
                     .bind(user.created_at)
                     .bind(user.updated_at)
                     .bind(user.tokens_not_before)
+                    .bind(user.email_verified_at)
                     .fetch_optional(&mut *tx)
                     .await?;
                     inserted.extend(id);

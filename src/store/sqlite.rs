@@ -212,6 +212,8 @@ pub async fn read_original_users(path: &std::path::Path) -> Result<Vec<UserRow>,
                 created_at,
                 updated_at: created_at,
                 tokens_not_before: None,
+                // Users from before email verification count as verified.
+                email_verified_at: Some(created_at),
             })
         })
         .collect()

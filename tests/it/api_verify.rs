@@ -43,7 +43,8 @@ async fn a_valid_access_token_names_its_user(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"valid": true, "user_id": id, "email": "test@example.com"})
+        // Registered with EMAIL_VERIFICATION=optional (the default) and not yet verified.
+        json!({"valid": true, "user_id": id, "email": "test@example.com", "email_verified": false})
     );
     // The scheme is case-insensitive.
     let response = app

@@ -23,14 +23,22 @@ dual_backend!(
     concurrent_resets_with_one_token_succeed_once,
     a_weak_new_password_is_refused_and_spends_nothing,
     a_mail_queued_while_smtp_is_down_arrives_once_it_is_back,
+    registration_mails_a_link_that_verifies_the_address,
+    a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
+    required_verification_refuses_the_login_only_after_the_password,
+    with_verification_off_nothing_is_mailed,
+    resend_is_quiet_throttled_and_voids_the_older_link,
 );
 
 async fn app_with_sink(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let vars = sink.vars();
     let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    overrides.extend_from_slice(extra);
+    // No verification mail at registration unless a test asks for it: the reset tests count
+    // reset mails.
+    overrides.push(("EMAIL_VERIFICATION", "off"));
     overrides.push(("MAIL_PRODUCT_NAME", "Shop"));
+    overrides.extend_from_slice(extra);
     (TestApp::spawn_with(backend, &overrides).await, sink)
 }
 
@@ -92,9 +100,13 @@ async fn forgot_mail_reset_login_is_the_whole_loop(backend: Backend) {
         app.login(email, PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    let (status, body) = status_and_json(app.login(email, NEW_PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let fresh = body["access_token"].as_str().unwrap();
     assert_eq!(
-        app.login(email, NEW_PASSWORD).await.status(),
-        StatusCode::OK
+        claims_of(fresh)["email_verified"],
+        true,
+        "a reset proves the address"
     );
     verify_becomes(&app, &access, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
@@ -261,6 +273,7 @@ async fn a_mail_queued_while_smtp_is_down_arrives_once_it_is_back(backend: Backe
         &[
             ("MAIL_URL", &url),
             ("MAIL_FROM", "no-reply@shop.example.com"),
+            ("EMAIL_VERIFICATION", "off"),
         ],
     )
     .await;
@@ -289,6 +302,7 @@ async fn the_mail_password_never_reaches_the_logs() {
         ("JWT_SECRET_KEY", SECRET),
         ("BCRYPT_ROUNDS", "4"),
         ("LOG_LEVEL", "debug"),
+        ("EMAIL_VERIFICATION", "off"),
     ]);
     assert!(tokio::task::block_in_place(|| binary.wait_ready()));
     let client = reqwest::Client::new();
@@ -326,7 +340,8 @@ async fn the_mail_password_never_reaches_the_logs() {
 async fn two_replicas_send_each_mail_once() {
     let sink = SmtpSink::start().await;
     let vars = sink.vars();
-    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.push(("EMAIL_VERIFICATION", "off"));
     let first = TestApp::spawn_with(Backend::Postgres, &overrides).await;
     let second = TestApp::spawn_on(first.db.clone(), first.clock.clone(), &overrides).await;
     let emails: Vec<String> = (0..12).map(|i| format!("replica{i}@example.com")).collect();
@@ -344,4 +359,246 @@ async fn two_replicas_send_each_mail_once() {
         assert_eq!(sink.for_address(email).len(), 1, "{email}");
     }
     assert_eq!(sink.received().len(), emails.len());
+}
+
+async fn verified_claim(app: &TestApp, email: &str, password: &str) -> (Value, Value) {
+    let (status, body) = status_and_json(app.login(email, password).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let (_, verified) = status_and_json(app.verify(&access).await).await;
+    (
+        claims_of(&access)["email_verified"].clone(),
+        verified["email_verified"].clone(),
+    )
+}
+
+async fn verify(app: &TestApp, token: &str) -> (StatusCode, Value) {
+    status_and_json(
+        app.post_json("/auth/email/verify", &json!({ "token": token }))
+            .await,
+    )
+    .await
+}
+
+async fn resend(app: &TestApp, access: &str) -> StatusCode {
+    app.client
+        .post(app.url("/auth/email/resend"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn registration_mails_a_link_that_verifies_the_address(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "optional")]).await;
+    let email = "new@example.com";
+    app.register(email, PASSWORD).await;
+    let mail = sink.wait_for(email, 1, MAIL_WITHIN).await.remove(0);
+    assert_eq!(mail.subject(), "Confirm your email address for Shop");
+    assert!(
+        mail.text()
+            .contains("http://localhost:3000/verify-email?token=")
+    );
+    // Unverified: tokens and /auth/verify say so (optional: the login works).
+    assert_eq!(
+        verified_claim(&app, email, PASSWORD).await,
+        (json!(false), json!(false))
+    );
+    let (status, body) = verify(&app, &mail.link_token()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"message": "Email verified"}))
+    );
+    assert_eq!(
+        verified_claim(&app, email, PASSWORD).await,
+        (json!(true), json!(true))
+    );
+    // Once only.
+    let (status, body) = verify(&app, &mail.link_token()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body,
+        json!({"detail": "Invalid or expired verification token", "error_code": "INVALID_VERIFICATION_TOKEN"})
+    );
+    assert_eq!(verify(&app, "garbage").await.0, StatusCode::BAD_REQUEST);
+}
+
+async fn required_verification_refuses_the_login_only_after_the_password(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "required")]).await;
+    let email = "strict@example.com";
+    app.register(email, PASSWORD).await;
+    let token = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    // A wrong password says nothing about verification.
+    let (status, body) = status_and_json(app.login(email, "WrongPass123").await).await;
+    assert_eq!(
+        (status, &body["error_code"]),
+        (StatusCode::UNAUTHORIZED, &json!("INVALID_CREDENTIALS"))
+    );
+    let (status, body) = status_and_json(app.login(email, PASSWORD).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        json!({"detail": "Email not verified", "error_code": "EMAIL_NOT_VERIFIED"})
+    );
+    assert_eq!(verify(&app, &token).await.0, StatusCode::OK);
+    assert_eq!(
+        verified_claim(&app, email, PASSWORD).await,
+        (json!(true), json!(true))
+    );
+}
+
+async fn with_verification_off_nothing_is_mailed(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "off")]).await;
+    let (_, access, _) = app.user_with_tokens("quiet@example.com").await;
+    assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    assert!(sink.received().is_empty());
+    assert_eq!(app.store.pending_mail().await.unwrap(), 0);
+}
+
+async fn resend_is_quiet_throttled_and_voids_the_older_link(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "optional")]).await;
+    let email = "again@example.com";
+    let (_, access, _) = app.user_with_tokens(email).await;
+    let first = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    // Within 60 s of the last one: 202, nothing queued.
+    assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert_eq!(sink.for_address(email).len(), 1);
+    app.clock.advance(Duration::seconds(61));
+    assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
+    let second = sink.wait_for(email, 2, MAIL_WITHIN).await[1].link_token();
+    assert_eq!(
+        verify(&app, &first).await.0,
+        StatusCode::BAD_REQUEST,
+        "voided"
+    );
+    assert_eq!(verify(&app, &second).await.0, StatusCode::OK);
+    // Verified: nothing more, still 202.
+    app.clock.advance(Duration::seconds(61));
+    assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    assert_eq!(sink.for_address(email).len(), 2);
+    // Without a token: 401.
+    let response = app
+        .client
+        .post(app.url("/auth/email/resend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// SIGKILL between claiming a message and sending it: the row stays leased, and the next
+/// process sends it once the lease (30 s) has run out. The first SMTP server accepts the
+/// connection and never answers, so the kill lands mid-send.
+async fn a_process_killed_mid_send_leaves_the_mail_to_the_next_one(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalling_url = format!(
+        "smtp://127.0.0.1:{}?tls=off",
+        stalling.local_addr().unwrap().port()
+    );
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = stalling.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let database = db.url_string();
+    let vars = |mail_url: &str| {
+        vec![
+            ("DATABASE_URL", database.clone()),
+            ("JWT_SECRET_KEY", SECRET.to_owned()),
+            ("BCRYPT_ROUNDS", "4".to_owned()),
+            ("EMAIL_VERIFICATION", "off".to_owned()),
+            ("MAIL_URL", mail_url.to_owned()),
+            ("MAIL_FROM", "no-reply@shop.example.com".to_owned()),
+        ]
+    };
+    let first_vars = vars(&stalling_url);
+    let first_refs: Vec<(&str, &str)> = first_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut first = Binary::spawn(&first_refs);
+    assert!(tokio::task::block_in_place(|| first.wait_ready()));
+    let client = reqwest::Client::new();
+    let email = "crash@example.com";
+    client
+        .post(first.url("/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let response = client
+        .post(first.url("/auth/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // The worker has claimed the message and waits for the server's greeting: kill it.
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let store = db.store().await;
+    assert_eq!(store.pending_mail().await.unwrap(), 1, "nothing lost");
+    // The next process, with a working server, sends it after the lease.
+    let sink = SmtpSink::start().await;
+    let sink_url = format!("smtp://127.0.0.1:{}?tls=off", sink.port);
+    let second_vars = vars(&sink_url);
+    let second_refs: Vec<(&str, &str)> =
+        second_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let second = Binary::spawn(&second_refs);
+    assert!(tokio::task::block_in_place(|| second.wait_ready()));
+    sink.wait_for(email, 1, StdDuration::from_secs(45)).await;
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    assert_eq!(sink.for_address(email).len(), 1, "once");
+    tokio::task::block_in_place(|| second.terminate());
+    held.abort();
+}
+
+/// `MAIL_URL=log` (the default) sends nothing and logs each message at INFO on target `mail`,
+/// link included, after a start-up warning: what a developer reads instead of a mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_transport_logs_each_message_with_its_link() {
+    let binary = Binary::spawn(&[
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("EMAIL_VERIFICATION", "optional"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let response = reqwest::Client::new()
+        .post(binary.url("/auth/register"))
+        .json(&json!({"email": "dev@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("MAIL_URL is log")),
+        "{stdout}"
+    );
+    let mail = lines
+        .iter()
+        .find(|l| l["target"] == "mail")
+        .unwrap_or_else(|| panic!("no mail line: {stdout}"));
+    assert_eq!(mail["level"], "INFO");
+    assert_eq!(mail["to"], "dev@example.com");
+    assert!(
+        mail["body"]
+            .as_str()
+            .unwrap()
+            .contains("http://localhost:3000/verify-email?token="),
+        "{mail}"
+    );
 }

@@ -41,6 +41,10 @@ pub struct Claims {
     /// The user's email, in access tokens only (services that verify locally need it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Whether the address is verified, in access tokens only; tokens issued before email
+    /// verification existed lack it and count as verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
     /// Not before, when a token carries one (auth-service's do not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
@@ -59,6 +63,8 @@ pub struct VerifiedUser {
     pub user_id: i64,
     /// The user's email.
     pub email: String,
+    /// Whether the user proved the address is theirs (the `email_verified` claim).
+    pub email_verified: bool,
 }
 
 /// One session revoked, as the revocation feed lists it.

@@ -246,6 +246,7 @@ impl Verifier {
         Ok(VerifiedUser {
             user_id: claims.user_id,
             email: claims.email.clone().ok_or(VerifyError::Invalid)?,
+            email_verified: claims.email_verified.unwrap_or(true),
         })
     }
 
@@ -475,6 +476,7 @@ mod tests {
             jti: Uuid::new_v4(),
             sid: Some(Uuid::new_v4()),
             email: Some("u@example.com".to_owned()),
+            email_verified: Some(false),
             nbf: None,
             iss: Some("auth-service".to_owned()),
             aud: None,
@@ -495,8 +497,21 @@ mod tests {
             verifier.verify(&sign(&good, Algorithm::HS256, KID)).await,
             Ok(VerifiedUser {
                 user_id: 7,
-                email: "u@example.com".to_owned()
+                email: "u@example.com".to_owned(),
+                email_verified: false,
             })
+        );
+        // Tokens from before email verification existed carry no claim: verified.
+        let older = Claims {
+            email_verified: None,
+            ..good.clone()
+        };
+        assert_eq!(
+            verifier
+                .verify(&sign(&older, Algorithm::HS256, KID))
+                .await
+                .map(|user| user.email_verified),
+            Ok(true)
         );
         let refused = [
             Claims {
