@@ -1,11 +1,10 @@
-//! Outgoing mail: the messages, rendered from the templates in `templates/mail/` (askama,
-//! checked at compile time), and the transport `MAIL_URL` names (lettre over tokio and rustls,
-//! or the development `log`). The outbox and the worker that drains it are in
+//! Outgoing mail: the messages, rendered from the templates in `templates/mail/` (one file per
+//! message, askama, checked at compile time), and the transport `MAIL_URL` names (lettre over
+//! tokio and rustls, or the development `log`). The outbox and the worker that drains it are in
 //! `service::mail`.
 
 use std::time::Duration;
 
-use askama::Template;
 use lettre::{
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
@@ -45,106 +44,54 @@ pub struct Context<'a> {
     pub hours: u32,
 }
 
-#[derive(Template)]
-#[template(path = "mail/password_reset.txt")]
-struct PasswordResetText<'a> {
-    product: &'a str,
-    link: &'a str,
-    minutes: u32,
+/// One message kind: its file in `templates/mail/` holds three blocks (`subject`, `text`,
+/// `html`), each rendered by its own askama struct with the message's fields; only the HTML
+/// block is HTML-escaped.
+macro_rules! message {
+    ($module:ident, $path:literal, { $($field:ident: $ty:ty),* }) => {
+        mod $module {
+            #[derive(askama::Template)]
+            #[template(path = $path, block = "subject", escape = "none")]
+            #[allow(dead_code, reason = "a subject seldom uses every field of its message")]
+            pub(super) struct Subject<'a> { $(pub(super) $field: $ty),* }
+
+            #[derive(askama::Template)]
+            #[template(path = $path, block = "text", escape = "none")]
+            pub(super) struct Text<'a> { $(pub(super) $field: $ty),* }
+
+            #[derive(askama::Template)]
+            #[template(path = $path, block = "html", escape = "html")]
+            pub(super) struct Html<'a> { $(pub(super) $field: $ty),* }
+
+            /// The three parts, filled from `ctx`.
+            pub(super) fn render(ctx: super::Context<'_>) -> Result<super::Rendered, askama::Error> {
+                use askama::Template as _;
+                let super::Context { $($field,)* .. } = ctx;
+                Ok(super::Rendered {
+                    subject: Subject { $($field),* }.render()?.trim().to_owned(),
+                    text: Text { $($field),* }.render()?.trim().to_owned(),
+                    html: Html { $($field),* }.render()?.trim().to_owned(),
+                })
+            }
+        }
+    };
 }
 
-#[derive(Template)]
-#[template(path = "mail/password_reset.html")]
-struct PasswordResetHtml<'a> {
-    product: &'a str,
-    link: &'a str,
-    minutes: u32,
-}
+message!(password_reset, "mail/password_reset.mail", { product: &'a str, link: &'a str, minutes: u32 });
+message!(password_changed, "mail/password_changed.mail", { product: &'a str });
+message!(verify_email, "mail/verify_email.mail", { product: &'a str, link: &'a str, hours: u32 });
 
-#[derive(Template)]
-#[template(path = "mail/verify_email.txt")]
-struct VerifyEmailText<'a> {
-    product: &'a str,
-    link: &'a str,
-    hours: u32,
-}
-
-#[derive(Template)]
-#[template(path = "mail/verify_email.html")]
-struct VerifyEmailHtml<'a> {
-    product: &'a str,
-    link: &'a str,
-    hours: u32,
-}
-
-#[derive(Template)]
-#[template(path = "mail/password_changed.txt")]
-struct PasswordChangedText<'a> {
-    product: &'a str,
-}
-
-#[derive(Template)]
-#[template(path = "mail/password_changed.html")]
-struct PasswordChangedHtml<'a> {
-    product: &'a str,
-}
-
-/// Renders `template`. The text template's first line is `Subject: ...`.
+/// Renders `template`.
 ///
 /// # Errors
 /// When a template fails to render (it cannot, with the fields above; kept as an error, not a
 /// panic).
 pub fn render(template: MailTemplate, ctx: Context<'_>) -> Result<Rendered, askama::Error> {
-    let Context {
-        product,
-        link,
-        minutes,
-        hours,
-    } = ctx;
-    let (text, html) = match template {
-        MailTemplate::PasswordReset => (
-            PasswordResetText {
-                product,
-                link,
-                minutes,
-            }
-            .render()?,
-            PasswordResetHtml {
-                product,
-                link,
-                minutes,
-            }
-            .render()?,
-        ),
-        MailTemplate::VerifyEmail => (
-            VerifyEmailText {
-                product,
-                link,
-                hours,
-            }
-            .render()?,
-            VerifyEmailHtml {
-                product,
-                link,
-                hours,
-            }
-            .render()?,
-        ),
-        MailTemplate::PasswordChanged => (
-            PasswordChangedText { product }.render()?,
-            PasswordChangedHtml { product }.render()?,
-        ),
-    };
-    let (subject, body) = text.split_once('\n').unwrap_or((&text, ""));
-    Ok(Rendered {
-        subject: subject
-            .strip_prefix("Subject:")
-            .unwrap_or(subject)
-            .trim()
-            .to_owned(),
-        text: body.trim_start_matches('\n').to_owned(),
-        html,
-    })
+    match template {
+        MailTemplate::PasswordReset => password_reset::render(ctx),
+        MailTemplate::PasswordChanged => password_changed::render(ctx),
+        MailTemplate::VerifyEmail => verify_email::render(ctx),
+    }
 }
 
 /// Why a message was not handed over.
@@ -236,6 +183,48 @@ impl Mailer {
                     .map_err(|err| SendError::Build(err.to_string()))?;
                 transport.send(email).await?;
                 Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_names_the_product_once_per_part_and_escapes_only_html() {
+        let ctx = Context {
+            product: "Tom & Jerry's <Shop>",
+            link: "https://shop.example.com/p?token=abc&x=1",
+            minutes: 30,
+            hours: 24,
+        };
+        for template in [
+            MailTemplate::PasswordReset,
+            MailTemplate::PasswordChanged,
+            MailTemplate::VerifyEmail,
+        ] {
+            let message = render(template, ctx).unwrap();
+            assert_eq!(
+                message.subject.matches(ctx.product).count(),
+                1,
+                "{template:?}"
+            );
+            assert_eq!(message.text.matches(ctx.product).count(), 1, "{template:?}");
+            assert_eq!(
+                message
+                    .html
+                    .matches("Tom &#38; Jerry&#39;s &#60;Shop&#62;")
+                    .count(),
+                1,
+                "{template:?}: {}",
+                message.html
+            );
+            assert!(!message.subject.contains('\n'), "{template:?}");
+            if template != MailTemplate::PasswordChanged {
+                assert!(message.text.contains(ctx.link), "{template:?}");
+                assert!(message.html.contains("token=abc&#38;x=1"), "{template:?}");
             }
         }
     }

@@ -25,6 +25,7 @@ dual_backend!(
     a_mail_queued_while_smtp_is_down_arrives_once_it_is_back,
     registration_mails_a_link_that_verifies_the_address,
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
+    a_reset_clears_the_lockout,
     required_verification_refuses_the_login_only_after_the_password,
     with_verification_off_nothing_is_mailed,
     resend_is_quiet_throttled_and_voids_the_older_link,
@@ -62,6 +63,8 @@ async fn forgot_mail_reset_login_is_the_whole_loop(backend: Backend) {
     let (app, sink) = app_with_sink(backend, &[]).await;
     let email = "forgetful@example.com";
     let (_, access, refresh) = app.user_with_tokens(email).await;
+    let replica = TestApp::spawn_on(app.db.clone(), app.clock.clone(), &[]).await;
+    assert_eq!(replica.verify(&access).await.status(), StatusCode::OK);
     // Act: forgot, then the link of the mail.
     let (status, body) = status_and_json(forgot(&app, email).await).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -109,6 +112,8 @@ async fn forgot_mail_reset_login_is_the_whole_loop(backend: Backend) {
         "a reset proves the address"
     );
     verify_becomes(&app, &access, StatusCode::UNAUTHORIZED).await;
+    // Another replica refuses it within the contract's second, through the event.
+    verify_becomes(&replica, &access, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         app.refresh(&refresh).await.status(),
         StatusCode::UNAUTHORIZED
@@ -601,4 +606,90 @@ async fn the_log_transport_logs_each_message_with_its_link() {
             .contains("http://localhost:3000/verify-email?token="),
         "{mail}"
     );
+}
+
+async fn a_reset_clears_the_lockout(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "locked@example.com";
+    app.register(email, PASSWORD).await;
+    for _ in 0..5 {
+        app.login(email, "WrongPass123").await;
+    }
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked"
+    );
+    forgot(&app, email).await;
+    let token = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
+    assert_eq!(reset(&app, &token, NEW_PASSWORD).await.0, StatusCode::OK);
+    assert_eq!(
+        app.login(email, NEW_PASSWORD).await.status(),
+        StatusCode::OK,
+        "the reset cleared the lockout"
+    );
+}
+
+/// A server that refuses the recipient for good (550): the message fails at once, counted in
+/// `mail_failed_total`, with one ERROR line that names neither the address nor the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_refusal_fails_the_message_with_an_error_line_and_no_address() {
+    let sink = SmtpSink::start_rejecting().await;
+    let url = format!("smtp://127.0.0.1:{}?tls=off", sink.port);
+    let binary = Binary::spawn(&[
+        ("MAIL_URL", &url),
+        ("MAIL_FROM", "no-reply@shop.example.com"),
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("EMAIL_VERIFICATION", "optional"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let client = reqwest::Client::new();
+    let response = client
+        .post(binary.url("/auth/register"))
+        .json(&json!({"email": "bounce@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let metrics = async || {
+        client
+            .get(binary.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut failed = false;
+    for _ in 0..50 {
+        let text = metrics().await;
+        if text
+            .lines()
+            .any(|l| l.starts_with("mail_failed_total") && l.ends_with(" 1"))
+        {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    assert!(failed, "mail_failed_total: {}", metrics().await);
+    assert!(
+        metrics()
+            .await
+            .lines()
+            .any(|l| l == "mail_outbox_pending 0")
+    );
+    let (_, stdout, stderr) = tokio::task::block_in_place(|| binary.terminate());
+    let logs = format!("{stdout}{stderr}");
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "{logs}");
+    assert!(
+        errors[0].contains("giving up") && errors[0].contains("SMTP 550"),
+        "{}",
+        errors[0]
+    );
+    assert!(!logs.contains("bounce@example.com"), "{logs}");
+    assert!(!logs.contains("token="), "{logs}");
 }

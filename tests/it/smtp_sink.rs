@@ -69,26 +69,35 @@ pub struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
+    /// Answer every `RCPT TO` with `550` (a mailbox that does not exist: a permanent failure).
+    reject: bool,
 }
 
 impl SmtpSink {
     /// A sink on a free port.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener)
+        Self::serve(listener, false)
+    }
+
+    /// A sink that refuses every recipient with `550`.
+    pub async fn start_rejecting() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, true)
     }
 
     /// A sink on `port`, which the app may already be trying (a server that was down).
     pub async fn start_on(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        Self::serve(listener)
+        Self::serve(listener, false)
     }
 
-    fn serve(listener: TcpListener) -> Self {
+    fn serve(listener: TcpListener, reject: bool) -> Self {
         let sink = Self {
             port: listener.local_addr().unwrap().port(),
             received: Arc::default(),
             arrived: Arc::default(),
+            reject,
         };
         let task = sink.clone();
         tokio::spawn(async move {
@@ -131,6 +140,8 @@ impl SmtpSink {
             } else if command.starts_with("MAIL FROM") || command.starts_with("RSET") {
                 to.clear();
                 b"250 OK\r\n"
+            } else if command.starts_with("RCPT TO") && self.reject {
+                b"550 5.1.1 no such mailbox\r\n"
             } else if command.starts_with("RCPT TO") {
                 let address = line.trim_end()[8..]
                     .trim()

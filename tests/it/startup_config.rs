@@ -58,6 +58,34 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
 }
 
 #[test]
+fn smtp_without_mail_from_exits_2_saying_so() {
+    let output = run_with(&[
+        ("MAIL_URL", "smtp://user:hunter2-mail@mail.example.com"),
+        ("PORT", "0"),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("auth-service: invalid MAIL_FROM: required with an smtp:// or smtps://"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("hunter2-mail"), "{stderr}");
+    // A bad MAIL_URL names it and never repeats the password either.
+    let output = run_with(&[(
+        "MAIL_URL",
+        "smtp://user:hunter2-mail@mail.example.com?tls=maybe",
+    )]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("auth-service: invalid MAIL_URL: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2-mail"), "{stderr}");
+}
+
+#[test]
 fn a_guessable_secret_is_refused_without_being_echoed() {
     for secret in [
         "a".repeat(32),
