@@ -159,6 +159,15 @@ pub struct MessageResponse {
     pub message: String,
 }
 
+impl MessageResponse {
+    /// The JSON body `{"message": message}`.
+    pub fn json(message: &str) -> Json<Self> {
+        Json(Self {
+            message: message.to_owned(),
+        })
+    }
+}
+
 /// `GET /auth/verify` success.
 #[derive(Serialize, ToSchema)]
 pub struct VerifyResponse {
@@ -311,9 +320,7 @@ pub async fn logout(
     AppJson(req): AppJson<RefreshRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     auth.logout(&req.refresh_token, &caller).await?;
-    Ok(Json(MessageResponse {
-        message: "Successfully logged out".to_owned(),
-    }))
+    Ok(MessageResponse::json("Successfully logged out"))
 }
 
 /// `POST /auth/logout-all`: revoke every refresh token of the bearer's user.
@@ -330,9 +337,9 @@ pub async fn logout_all(
     AuthUser(user): AuthUser,
 ) -> Result<Json<MessageResponse>, ApiError> {
     auth.logout_all(user.id, &caller).await?;
-    Ok(Json(MessageResponse {
-        message: "Successfully logged out from all devices".to_owned(),
-    }))
+    Ok(MessageResponse::json(
+        "Successfully logged out from all devices",
+    ))
 }
 
 /// `GET /auth/verify`: who an access token belongs to.

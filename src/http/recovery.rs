@@ -51,12 +51,7 @@ pub async fn forgot(
     AppJson(req): AppJson<ForgotRequest>,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
     auth.forgot_password(&req.email, &caller)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(MessageResponse {
-            message: FORGOT_MESSAGE.to_owned(),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, MessageResponse::json(FORGOT_MESSAGE)))
 }
 
 /// `POST /auth/password/reset`: set a new password with the token of a reset mail.
@@ -76,9 +71,7 @@ pub async fn reset(
 ) -> Result<Json<MessageResponse>, ApiError> {
     auth.reset_password(&req.token, SecretString::from(req.new_password), &caller)
         .await?;
-    Ok(Json(MessageResponse {
-        message: "Password has been reset".to_owned(),
-    }))
+    Ok(MessageResponse::json("Password has been reset"))
 }
 
 /// `POST /auth/email/verify` body.
@@ -103,9 +96,7 @@ pub async fn verify_email(
     AppJson(req): AppJson<VerifyEmailRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     auth.verify_email(&req.token, &caller).await?;
-    Ok(Json(MessageResponse {
-        message: "Email verified".to_owned(),
-    }))
+    Ok(MessageResponse::json("Email verified"))
 }
 
 /// `POST /auth/email/resend`: another verification mail for the caller.
@@ -127,8 +118,6 @@ pub async fn resend_verification(
     auth.resend_verification(user.id, &caller).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(MessageResponse {
-            message: "Verification email sent".to_owned(),
-        }),
+        MessageResponse::json("Verification email sent"),
     ))
 }

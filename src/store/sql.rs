@@ -174,6 +174,26 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            /// Uses a one-time token of `kind` if it is unused and unexpired at `now`: the atomic
+            /// consume (of two concurrent uses, one updates the row). Its user, or `None`.
+            async fn consume_token(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                token_hash: &[u8; 32],
+                kind: $crate::store::MailTemplate,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::query_scalar(
+                    r"update user_tokens set used_at = $3
+                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
+                      returning user_id",
+                )
+                .bind(&token_hash[..])
+                .bind(kind.as_str())
+                .bind(now)
+                .fetch_optional(&mut **tx)
+                .await
+            }
+
             /// Queues a message for a user, inside the transaction of the change that causes it.
             async fn queue_mail(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -913,19 +933,9 @@ macro_rules! impl_store {
                 notification: &$crate::store::NewMail,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<$crate::store::ResetDone>, $crate::store::StoreError> {
-                let kind = $crate::store::MailTemplate::PasswordReset.as_str();
                 let mut tx = self.begin_write().await?;
-                // The atomic consume: of two concurrent uses, one updates the row.
-                let Some(user_id): Option<i64> = sqlx::query_scalar(
-                    r"update user_tokens set used_at = $3
-                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
-                      returning user_id",
-                )
-                .bind(&token_hash[..])
-                .bind(kind)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?
+                let kind = $crate::store::MailTemplate::PasswordReset;
+                let Some(user_id) = Self::consume_token(&mut tx, token_hash, kind, now).await?
                 else {
                     return Ok(None);
                 };
@@ -1084,18 +1094,9 @@ macro_rules! impl_store {
                 token_hash: &[u8; 32],
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<i64>, $crate::store::StoreError> {
-                let kind = $crate::store::MailTemplate::VerifyEmail.as_str();
                 let mut tx = self.begin_write().await?;
-                let Some(user_id): Option<i64> = sqlx::query_scalar(
-                    r"update user_tokens set used_at = $3
-                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
-                      returning user_id",
-                )
-                .bind(&token_hash[..])
-                .bind(kind)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?
+                let kind = $crate::store::MailTemplate::VerifyEmail;
+                let Some(user_id) = Self::consume_token(&mut tx, token_hash, kind, now).await?
                 else {
                     return Ok(None);
                 };
