@@ -69,6 +69,7 @@ dual_backend!(
     rotation_is_a_compare_and_set,
     rotation_keeps_storage_per_session_constant,
     reset_tokens_and_the_mail_outbox,
+    users_from_before_verification_count_as_verified,
     concurrent_claims_never_share_a_message,
     email_update_is_a_compare_and_set,
     data_migrations_are_recorded_once,
@@ -645,6 +646,65 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
             .unwrap()
             >= 1
     );
+}
+
+/// The upgrade that adds email verification marks every existing user verified; users made
+/// after it start unverified.
+async fn users_from_before_verification_count_as_verified(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // The schema as it was before the recovery migration (0006), with one user in it.
+    let created = "2026-01-02T03:04:05Z";
+    match &db.url {
+        auth_service::config::DatabaseUrl::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url_string()).await.unwrap();
+            let mut before = sqlx::migrate!("migrations/postgres");
+            before.migrations = before.migrations[..5].to_vec().into();
+            before.run(&pool).await.unwrap();
+            sqlx::query(
+                "insert into users (email, password_hash, is_active, created_at, updated_at) \
+                 values ('old@example.com', 'h', true, $1::timestamptz, $1::timestamptz)",
+            )
+            .bind(created)
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        _ => {
+            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url_string()))
+                .await
+                .unwrap();
+            let mut before = sqlx::migrate!("migrations/sqlite");
+            before.migrations = before.migrations[..5].to_vec().into();
+            before.run(&pool).await.unwrap();
+            sqlx::query(
+                "insert into users (email, password_hash, is_active, created_at, updated_at) \
+                 values ('old@example.com', 'h', true, $1, $1)",
+            )
+            .bind(created)
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+    let store = db.unmigrated_store().await;
+    store.migrate().await.unwrap();
+    let old = store
+        .find_user_by_email("old@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        old.email_verified_at.map(|at| at.to_rfc3339()),
+        Some(old.created_at.to_rfc3339()),
+        "verified as of its creation"
+    );
+    let new = store
+        .insert_user("new@example.com", "h", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(new.email_verified_at, None);
 }
 
 /// Several workers (replicas) claiming at once never get the same message.
