@@ -120,6 +120,17 @@ enum UserAction {
     Enable { email: String },
     /// Clear a user's login lockout.
     Unlock { email: String },
+    /// Set a user's password (same policy as /auth/register); every session of the user
+    /// ends. The password is prompted for without echo at a terminal, or read as one line from
+    /// standard input (always, with --password-stdin).
+    SetPassword {
+        email: String,
+        /// Read the password as one line from standard input, even at a terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Mark a user's email address verified.
+    VerifyEmail { email: String },
     /// Delete a user, their sessions and refresh tokens.
     Delete { email: String },
     /// Show id, active flag, creation time and lockout (never the hash).
@@ -351,10 +362,10 @@ async fn migrate(config: Config) -> ExitCode {
     }
 }
 
-/// The password for `user create`: prompted without echo at a terminal, else one line of
-/// standard input.
-fn read_password() -> std::io::Result<String> {
-    if std::io::stdin().is_terminal() {
+/// The password for `user create` and `user set-password`: prompted without echo at a
+/// terminal (unless `from_stdin`), else one line of standard input.
+fn read_password(from_stdin: bool) -> std::io::Result<String> {
+    if !from_stdin && std::io::stdin().is_terminal() {
         return rpassword::prompt_password("Password: ");
     }
     let mut line = String::new();
@@ -365,7 +376,13 @@ fn read_password() -> std::io::Result<String> {
 async fn user(config: Config, action: UserAction) -> ExitCode {
     let database = config.database.url.describe();
     let password = match &action {
-        UserAction::Create { .. } => match read_password() {
+        UserAction::Create { .. } | UserAction::SetPassword { .. } => match read_password(matches!(
+            action,
+            UserAction::SetPassword {
+                password_stdin: true,
+                ..
+            }
+        )) {
             Ok(password) => Some(password),
             Err(err) => {
                 eprintln!("auth-service: cannot read the password: {err}");
@@ -392,6 +409,14 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
             .admin_set_active(&email, true)
             .await
             .map(|id| format!("enabled user {id} in {database}")),
+        UserAction::SetPassword { email, .. } => auth
+            .admin_set_password(&email, password.unwrap_or_default().into())
+            .await
+            .map(|id| format!("set the password of user {id} in {database}; every session ended")),
+        UserAction::VerifyEmail { email } => auth
+            .admin_verify_email(&email)
+            .await
+            .map(|id| format!("verified the email of user {id} in {database}")),
         UserAction::Unlock { email } => auth
             .admin_unlock(&email)
             .await

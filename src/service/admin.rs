@@ -2,7 +2,7 @@
 //! (email normalisation, password policy), each one audited as `admin_user_*`.
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use super::{
     AuthError, AuthService, RegisteredUser,
@@ -114,6 +114,56 @@ impl AuthService {
             "admin_user_disable"
         };
         Ok(audited(name, user.id))
+    }
+
+    /// `user set-password EMAIL`: a new password under the registration policy; every session
+    /// of the user ends, and running servers learn it from the events table within a second.
+    ///
+    /// # Errors
+    /// `NotFound`, `Refused` (weak password), or `Database` for a database failure.
+    pub async fn admin_set_password(
+        &self,
+        email: &str,
+        password: SecretString,
+    ) -> Result<i64, AdminError> {
+        let (_, user) = self.user_by_email(email).await?;
+        let reasons = super::password_policy::violations(password.expose_secret());
+        if !reasons.is_empty() {
+            return Err(AuthError::WeakPassword(reasons).into());
+        }
+        let hash = self
+            .0
+            .passwords
+            .hash(password)
+            .await
+            .map_err(AuthError::from)?;
+        if !self
+            .0
+            .store
+            .set_password(user.id, &hash, self.instant())
+            .await?
+        {
+            return Err(AdminError::NotFound);
+        }
+        self.0.revocations.user_changed(user.id);
+        Ok(audited("admin_user_set_password", user.id))
+    }
+
+    /// `user verify-email EMAIL`: marks the address verified.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Database` for a database failure.
+    pub async fn admin_verify_email(&self, email: &str) -> Result<i64, AdminError> {
+        let (_, user) = self.user_by_email(email).await?;
+        if !self
+            .0
+            .store
+            .mark_email_verified(user.id, self.instant())
+            .await?
+        {
+            return Err(AdminError::NotFound);
+        }
+        Ok(audited("admin_user_verify_email", user.id))
     }
 
     /// `user unlock EMAIL`: clears the lockout counter.

@@ -646,6 +646,24 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Sets a user's password hash and, in the same transaction under the user's lock, ends
+    /// every session as logout-all does (the admin's `user set-password`). False when there is
+    /// no such user.
+    async fn set_password(
+        &self,
+        user_id: i64,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks a user's address verified (kept if it already was). False when there is no such
+    /// user.
+    async fn mark_email_verified(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Uses a verification token: consumes it once (atomically) if unused and unexpired at
     /// `now`, and marks its user's address verified. The user's id, or `None`.
     async fn verify_email(

@@ -1089,6 +1089,44 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn set_password(
+                &self,
+                user_id: i64,
+                new_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, user_id).await?.is_none() {
+                    return Ok(false);
+                }
+                sqlx::query("update users set password_hash = $2, updated_at = $3 where id = $1")
+                    .bind(user_id)
+                    .bind(new_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::log_out_everywhere(&mut tx, user_id, now).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn mark_email_verified(
+                &self,
+                user_id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    r"update users set email_verified_at = coalesce(email_verified_at, $2)
+                      where id = $1",
+                )
+                .bind(user_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
             async fn verify_email(
                 &self,
                 token_hash: &[u8; 32],

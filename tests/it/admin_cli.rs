@@ -38,6 +38,8 @@ dual_backend!(
     unlock_clears_the_lockout_and_show_reports_it,
     delete_removes_the_user_and_every_token,
     migrate_prepares_an_empty_database,
+    set_password_follows_the_policy_and_ends_every_session,
+    verify_email_marks_the_address_verified,
 );
 
 async fn user_create_follows_the_registration_rules(backend: Backend) {
@@ -462,4 +464,101 @@ async fn existing_emails_are_rekeyed_and_collisions_listed_not_merged(backend: B
     let db = app.stop().await;
     let again = TestApp::spawn_on(db, auth_service::clock::TestClock::new(), &[]).await;
     assert_eq!(again.get("/health/ready").await.status(), StatusCode::OK);
+}
+
+async fn set_password_follows_the_policy_and_ends_every_session(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // A second process on the database: it must refuse the old tokens within a second.
+    let replica = TestApp::spawn_on(app.db.clone(), app.clock.clone(), &[]).await;
+    let (_, access, refresh) = app.user_with_tokens("forgot@example.com").await;
+    let weak = cli_async(
+        &app.db,
+        &[
+            "user",
+            "set-password",
+            "forgot@example.com",
+            "--password-stdin",
+        ],
+        "short\n",
+    )
+    .await;
+    assert_eq!(weak.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("Password validation failed"));
+    assert_eq!(
+        app.verify(&access).await.status(),
+        StatusCode::OK,
+        "nothing changed"
+    );
+    let set = cli_async(
+        &app.db,
+        &[
+            "user",
+            "set-password",
+            "Forgot@Example.com",
+            "--password-stdin",
+        ],
+        "NewSecurePass456\n",
+    )
+    .await;
+    assert_succeeded(&set);
+    assert!(
+        stdout(&set).contains("every session ended"),
+        "{}",
+        stdout(&set)
+    );
+    assert_eq!(
+        app.login("forgot@example.com", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("forgot@example.com", "NewSecurePass456")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    verify_becomes(&app, &access, StatusCode::UNAUTHORIZED).await;
+    verify_becomes(&replica, &access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_failed(
+        &cli_async(
+            &app.db,
+            &[
+                "user",
+                "set-password",
+                "nobody@example.com",
+                "--password-stdin",
+            ],
+            "NewSecurePass456\n",
+        )
+        .await,
+        &format!(
+            "auth-service: user not found (in {})",
+            app.db.url.describe()
+        ),
+    );
+}
+
+async fn verify_email_marks_the_address_verified(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("EMAIL_VERIFICATION", "required")]).await;
+    app.register("unverified@example.com", PASSWORD).await;
+    assert_eq!(
+        app.login("unverified@example.com", PASSWORD).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let out = cli_async(
+        &app.db,
+        &["user", "verify-email", "unverified@example.com"],
+        "",
+    )
+    .await;
+    assert_succeeded(&out);
+    let (status, body) = status_and_json(app.login("unverified@example.com", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["email_verified"],
+        true
+    );
 }

@@ -633,6 +633,43 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
             .unwrap(),
         None
     );
+    // The admin's set-password ends every session; verify-email marks the address.
+    session(&store, user.id).await;
+    assert!(
+        store
+            .set_password(user.id, "admin-hash", later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_password(user.id + 1000, "x", later)
+            .await
+            .unwrap()
+    );
+    let stored = store.find_user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "admin-hash");
+    assert!(
+        store
+            .export_refresh_tokens(now)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.user_id != user.id || t.revoked_at.is_some())
+    );
+    let other = store
+        .insert_user("plain@example.com", "h", now)
+        .await
+        .unwrap();
+    assert!(store.mark_email_verified(other.id, now).await.unwrap());
+    assert!(
+        !store
+            .mark_email_verified(other.id + 1000, now)
+            .await
+            .unwrap()
+    );
+    let other = store.find_user_by_id(other.id).await.unwrap().unwrap();
+    assert!(other.email_verified_at.is_some());
     // Purges: sent and failed mail, expired tokens.
     let future = now + Duration::days(10);
     assert_eq!(
