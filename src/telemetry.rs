@@ -172,6 +172,10 @@ fn describe_metrics() {
         "mail_failed_total",
         "Messages given up on (undeliverable, or retried for MAIL_MAX_RETRY_HOURS)"
     );
+    describe_counter!(
+        "password_reset_dropped_total",
+        "Forgot-password requests dropped (answered 202) because 64 were already being queued"
+    );
     describe_gauge!(
         "mail_outbox_pending",
         "Messages in the outbox neither sent nor failed"

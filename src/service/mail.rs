@@ -67,6 +67,10 @@ pub struct MailSettings {
 /// At most one verification mail per user within this.
 const RESEND_MIN_INTERVAL: Duration = Duration::seconds(60);
 
+/// Forgot requests being looked up and queued at once, at most (each holds a database
+/// connection for a short write transaction).
+pub const FORGOT_IN_FLIGHT: usize = 64;
+
 /// At most one reset mail per email within this...
 const RESET_MIN_INTERVAL: Duration = Duration::seconds(60);
 
@@ -81,9 +85,20 @@ impl AuthService {
     /// `InvalidEmail` only: the answer never depends on the account.
     pub fn forgot_password(&self, email: &str, caller: &Caller) -> Result<(), AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        // The answer does not wait, so nothing pushes back on a flood: at most
+        // `FORGOT_IN_FLIGHT` requests are queued at once, and one beyond is dropped (counted,
+        // still 202: the answer must not say more under load than at rest).
+        let Ok(permit) = Arc::clone(&self.0.forgot_in_flight).try_acquire_owned() else {
+            metrics::counter!("password_reset_dropped_total").increment(1);
+            audit::record(Event::PasswordResetRequested, Outcome::Error, None, caller);
+            return Ok(());
+        };
         let service = self.clone();
         let caller = caller.clone();
-        tokio::spawn(async move { service.queue_password_reset(&email, &caller).await });
+        tokio::spawn(async move {
+            service.queue_password_reset(&email, &caller).await;
+            drop(permit);
+        });
         Ok(())
     }
 

@@ -124,6 +124,8 @@ struct Inner {
     mail: mail::MailSettings,
     /// Wakes the outbox worker when this process queued a message.
     mail_wakeup: Arc<tokio::sync::Notify>,
+    /// Forgot requests queued in the background at once (see `mail::FORGOT_IN_FLIGHT`).
+    forgot_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Access tokens remembered by [`Inner::verified_access`] at most: about 1 KiB each.
@@ -154,6 +156,7 @@ impl AuthService {
             verified_access: quick_cache::sync::Cache::new(VERIFIED_ACCESS_ENTRIES),
             mail,
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
+            forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(mail::FORGOT_IN_FLIGHT)),
         }))
     }
 

@@ -7,6 +7,7 @@ use chrono::Duration;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::Connection as _;
 
 use crate::{dual_backend, helpers::*, smtp_sink::SmtpSink};
 
@@ -692,4 +693,32 @@ async fn a_permanent_refusal_fails_the_message_with_an_error_line_and_no_address
     );
     assert!(!logs.contains("bounce@example.com"), "{logs}");
     assert!(!logs.contains("token="), "{logs}");
+}
+
+/// Forgot answers at once, so nothing pushes back on a flood: while the database is stuck,
+/// at most 64 requests wait in the background and the rest are dropped (still 202, counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgot_flood_is_bounded_while_the_database_is_stuck() {
+    let (app, _sink) = app_with_sink(Backend::Sqlite, &[]).await;
+    app.register("flood@example.com", PASSWORD).await;
+    let dropped = async || {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("password_reset_dropped_total "))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let before = dropped().await;
+    // Another connection holds SQLite's write lock: every queued request waits for it.
+    let mut holder = sqlx::SqliteConnection::connect(&app.db.url_string())
+        .await
+        .unwrap();
+    sqlx::query("begin immediate")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let answers = join_all((0..100).map(|_| forgot(&app, "flood@example.com"))).await;
+    assert!(answers.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+    let after = dropped().await;
+    sqlx::query("rollback").execute(&mut holder).await.unwrap();
+    assert!(after - before >= 36.0, "dropped {}", after - before);
 }
