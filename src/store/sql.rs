@@ -174,15 +174,31 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// Uses a one-time token of `kind` if it is unused and unexpired at `now`: the atomic
-            /// consume (of two concurrent uses, one updates the row). Its user, or `None`.
+            /// Uses a one-time token of `kind` if it is unused and unexpired at `now`, under the
+            /// locking rule: the user's row is locked first (a queueing transaction locks it
+            /// before it deletes older tokens, so the other order could deadlock), then the atomic
+            /// consume (of two concurrent uses, one updates the row). Its user and whether the
+            /// user is active, or `None`.
             async fn consume_token(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 token_hash: &[u8; 32],
                 kind: $crate::store::MailTemplate,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<i64>, sqlx::Error> {
-                sqlx::query_scalar(
+            ) -> Result<Option<(i64, bool)>, sqlx::Error> {
+                let owner: Option<i64> = sqlx::query_scalar(
+                    "select user_id from user_tokens where token_hash = $1 and kind = $2",
+                )
+                .bind(&token_hash[..])
+                .bind(kind.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+                let Some(owner) = owner else {
+                    return Ok(None);
+                };
+                let Some(active) = Self::lock_user(tx, owner).await? else {
+                    return Ok(None);
+                };
+                let consumed: Option<i64> = sqlx::query_scalar(
                     r"update user_tokens set used_at = $3
                       where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3
                       returning user_id",
@@ -191,7 +207,8 @@ macro_rules! impl_store {
                 .bind(kind.as_str())
                 .bind(now)
                 .fetch_optional(&mut **tx)
-                .await
+                .await?;
+                Ok(consumed.map(|user_id| (user_id, active)))
             }
 
             /// Queues a message for a user, inside the transaction of the change that causes it.
@@ -935,11 +952,12 @@ macro_rules! impl_store {
             ) -> Result<Option<$crate::store::ResetDone>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 let kind = $crate::store::MailTemplate::PasswordReset;
-                let Some(user_id) = Self::consume_token(&mut tx, token_hash, kind, now).await?
+                let Some((user_id, active)) =
+                    Self::consume_token(&mut tx, token_hash, kind, now).await?
                 else {
                     return Ok(None);
                 };
-                if Self::lock_user(&mut tx, user_id).await? != Some(true) {
+                if !active {
                     // Rolled back: a disabled user's token is not spent either.
                     return Ok(None);
                 }
@@ -1134,7 +1152,8 @@ macro_rules! impl_store {
             ) -> Result<Option<i64>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 let kind = $crate::store::MailTemplate::VerifyEmail;
-                let Some(user_id) = Self::consume_token(&mut tx, token_hash, kind, now).await?
+                let Some((user_id, _active)) =
+                    Self::consume_token(&mut tx, token_hash, kind, now).await?
                 else {
                     return Ok(None);
                 };

@@ -27,6 +27,7 @@ dual_backend!(
     registration_mails_a_link_that_verifies_the_address,
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
+    a_reset_racing_a_new_forgot_never_fails_the_request,
     required_verification_refuses_the_login_only_after_the_password,
     with_verification_off_nothing_is_mailed,
     resend_is_quiet_throttled_and_voids_the_older_link,
@@ -721,4 +722,36 @@ async fn a_forgot_flood_is_bounded_while_the_database_is_stuck() {
     let after = dropped().await;
     sqlx::query("rollback").execute(&mut holder).await.unwrap();
     assert!(after - before >= 36.0, "dropped {}", after - before);
+}
+
+/// A reset and a forgot of the same user at once take the user's lock in the same order: the
+/// reset either wins (200) or finds its token voided (400), never an error.
+async fn a_reset_racing_a_new_forgot_never_fails_the_request(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "racer@example.com";
+    app.register(email, PASSWORD).await;
+    for round in 0..5 {
+        let mailed = sink.for_address(email).len();
+        forgot(&app, email).await;
+        let token = sink
+            .wait_for(email, mailed + 1, MAIL_WITHIN)
+            .await
+            .last()
+            .unwrap()
+            .link_token();
+        // Past the throttle, so the racing forgot voids the older tokens for real.
+        app.clock.advance(Duration::minutes(61));
+        let password = format!("RoundPass{round}xyz");
+        let (reset, _) = tokio::join!(reset(&app, &token, &password), forgot(&app, email));
+        assert!(
+            [StatusCode::OK, StatusCode::BAD_REQUEST].contains(&reset.0),
+            "round {round}: {reset:?}"
+        );
+        // Every mail of the round lands before the next one counts: the racing forgot's, and
+        // the "password changed" one when the reset won.
+        let notified = usize::from(reset.0 == StatusCode::OK);
+        sink.wait_for(email, mailed + 2 + notified, MAIL_WITHIN)
+            .await;
+        app.clock.advance(Duration::minutes(61));
+    }
 }
