@@ -14,6 +14,7 @@ RUN mkdir -p src verifier/src \
     && rm -rf src verifier/src \
     && mkdir /data
 COPY migrations migrations
+COPY templates templates
 COPY verifier verifier
 COPY src src
 RUN touch src/main.rs src/lib.rs verifier/src/lib.rs && cargo build --release --locked

@@ -435,6 +435,55 @@ fn the_dockerfile_build_stage_loads_the_workspace_at_every_cargo_build() {
         }
     }
     assert_eq!(builds, 2, "the dependency build and the real one");
+    // The real build also reads files at compile time (askama templates, embedded migrations,
+    // include_str!): every path the sources name that way is in the context by then.
+    let mut named = Vec::new();
+    compile_time_paths(&root().join("src"), &mut named);
+    assert!(named.len() >= 4, "{named:?}");
+    for path in named {
+        assert!(
+            context.path().join(&path).exists(),
+            "the Dockerfile's build stage does not copy {path}, which the build reads"
+        );
+    }
+}
+
+/// Paths (relative to the crate root) that the sources read at compile time:
+/// `#[template(path = "...")]` (under `templates/`), `sqlx::migrate!("...")`.
+fn compile_time_paths(dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            compile_time_paths(&path, out);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (marker, prefix) in [
+            ("template(path = \"", "templates/"),
+            ("sqlx::migrate!(\"", ""),
+        ] {
+            for piece in text.split(marker).skip(1) {
+                let Some(named) = piece.split('"').next() else {
+                    continue;
+                };
+                // Macro bodies name `$path`: the call sites carry the literal.
+                if named.starts_with('$') {
+                    continue;
+                }
+                out.push(format!("{prefix}{named}"));
+            }
+        }
+        // `message!(name, "mail/x.mail", ...)`: the mail templates.
+        for piece in text.split("message!(").skip(1) {
+            if let Some(named) = piece.split('"').nth(1)
+                && named.starts_with("mail/")
+            {
+                out.push(format!("templates/{named}"));
+            }
+        }
+    }
 }
 
 /// No file a user copies carries a JWT secret that would start: every `JWT_SECRET_KEY` or
