@@ -128,7 +128,7 @@ fn the_kubernetes_deployment_is_hardened() {
         .filter(|e| !e["valueFrom"]["secretKeyRef"].is_null())
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(secrets, ["JWT_SECRET_KEY", "DATABASE_URL"]);
+    assert_eq!(secrets, ["JWT_SECRET_KEY", "DATABASE_URL", "MAIL_URL"]);
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         assert!(!container[probe].is_null(), "{probe}");
     }
@@ -212,6 +212,14 @@ fn kubernetes_manifests_are_safe_as_shipped() {
         (n == "TRUSTED_PROXIES").then(|| trusted.to_owned())
     });
     assert_eq!(refused.unwrap_err().var, "TRUSTED_PROXIES");
+    // So are the mail placeholders: no mail goes out from a made-up sender or links nowhere.
+    for var in ["MAIL_FROM", "PASSWORD_RESET_URL", "EMAIL_VERIFY_URL"] {
+        let value = env_value(container, var).unwrap();
+        assert!(value.contains("_PLACEHOLDER"), "{var}: {value}");
+        let refused =
+            auth_service::config::Config::from_lookup(|n| (n == var).then(|| value.to_owned()));
+        assert_eq!(refused.unwrap_err().var, var);
+    }
     // The HPA's maximum fits PostgreSQL's default 100 connections (3 reserved).
     let pool: u64 = env_value(container, "DATABASE_MAX_CONNECTIONS")
         .unwrap()
@@ -239,7 +247,7 @@ fn kubernetes_manifests_are_safe_as_shipped() {
             .collect()
     };
     assert_eq!(ports(&policy["spec"]["ingress"]), [8001, 9090]);
-    assert_eq!(ports(&policy["spec"]["egress"]), [5432, 53, 53]);
+    assert_eq!(ports(&policy["spec"]["egress"]), [5432, 53, 53, 587, 465]);
     let deployment_text =
         std::fs::read_to_string(root().join("deploy/kubernetes/deployment.yaml")).unwrap();
     assert!(
@@ -267,9 +275,15 @@ fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
             ))
         })
         .collect();
+    // With the secrets and the two mail placeholders filled in as the README says.
     let config = auth_service::config::Config::from_lookup(|name| match name {
         "JWT_SECRET_KEY" => Some(crate::helpers::SECRET.to_owned()),
-        _ => plain.get(name).cloned(),
+        "MAIL_URL" => Some("smtp://user:pass@smtp.example.com:587".to_owned()),
+        _ => plain.get(name).map(|value| {
+            value
+                .replace("MAIL_FROM_PLACEHOLDER", "Shop <no-reply@shop.example.com>")
+                .replace("FRONTEND_URL_PLACEHOLDER", "https://shop.example.com")
+        }),
     })
     .expect("Cloud Run's settings are valid");
     let front_end: std::net::IpAddr = "169.254.8.1".parse().unwrap();
