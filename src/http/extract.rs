@@ -80,10 +80,10 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Deserialises `bytes` as `T`: syntax errors are `InvalidJson`; shape errors are one
-/// `Validation` listing every repeated, missing or mistyped field (read from `T`'s OpenAPI
-/// schema, so the document and the check cannot disagree), then the field rules of `T`'s own
-/// `Deserialize`.
+/// Deserialises `bytes` as `T`: syntax errors are `InvalidJson`; when it fails, shape errors
+/// are one `Validation` listing every repeated, missing or mistyped field (read from `T`'s
+/// OpenAPI schema, so the document and the check cannot disagree), else the field rule of
+/// `T`'s own `Deserialize` that refused it.
 fn parse_json<T: DeserializeOwned + ToSchema>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every request body is an object; serde would otherwise accept `[email, password]`.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -96,20 +96,26 @@ fn parse_json<T: DeserializeOwned + ToSchema>(bytes: &[u8]) -> Result<T, ApiErro
         };
     }
     let body: ObjectBody = serde_json::from_slice(bytes).map_err(|_| ApiError::InvalidJson)?;
-    let mut errors: Vec<FieldError> = body
-        .repeated
-        .into_iter()
-        .map(|name| FieldError::new(name, "given more than once"))
-        .collect();
-    errors.extend(shape_errors(&T::schema(), &body.fields));
-    if !errors.is_empty() {
+    // Only a body that fails pays for the schema walk (it builds `T`'s OpenAPI schema).
+    let shape = || shape_errors(&T::schema(), &body.fields);
+    if !body.repeated.is_empty() {
+        let mut errors: Vec<FieldError> = body
+            .repeated
+            .iter()
+            .map(|name| FieldError::new(name.clone(), "given more than once"))
+            .collect();
+        errors.extend(shape());
         return Err(ApiError::Validation(errors));
     }
-    serde_path_to_error::deserialize(Value::Object(body.fields)).map_err(|err| {
+    serde_path_to_error::deserialize(&body.fields).map_err(|err| {
+        let shape = shape();
+        if !shape.is_empty() {
+            return ApiError::Validation(shape);
+        }
         let path = err.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
-        // Deserialised from a `Value`, the message carries no position: it is the DTO's own
-        // wording (`LoginPassword`'s rule, for one).
+        // The shape is right, so the DTO's own rule refused a value (`LoginPassword`'s, for
+        // one); deserialised from a `Value`, its message carries no position.
         ApiError::Validation(vec![FieldError::new(field, err.into_inner().to_string())])
     })
 }
