@@ -105,9 +105,12 @@ impl AuthService {
     async fn queue_password_reset(&self, email: &Email, caller: &Caller) {
         let now = self.instant();
         let settings = &self.0.mail;
-        let (token, token_hash) = new_token();
-        let link = match url::Url::parse_with_params(&settings.reset_url, [("token", &token)]) {
-            Ok(link) => link.to_string(),
+        let token = match self.token_mail(
+            &settings.reset_url,
+            MailTemplate::PasswordReset,
+            Duration::minutes(settings.reset_minutes.into()),
+        ) {
+            Ok(token) => token,
             Err(err) => {
                 tracing::error!(error = %err, "PASSWORD_RESET_URL cannot carry a token");
                 return;
@@ -115,12 +118,7 @@ impl AuthService {
         };
         let request = ResetRequest {
             email: email.as_str(),
-            token_hash,
-            expires_at: now + Duration::minutes(settings.reset_minutes.into()),
-            mail: NewMail {
-                template: MailTemplate::PasswordReset,
-                link: Some(link),
-            },
+            token,
             min_interval: RESET_MIN_INTERVAL,
             per_hour: RESET_PER_HOUR,
         };
@@ -168,22 +166,22 @@ impl AuthService {
             template: MailTemplate::PasswordChanged,
             link: None,
         };
-        let done = self
+        let reset = self
             .0
             .store
             .reset_password(&hash, &new_hash, &notification, self.instant())
             .await?;
-        let Some(done) = done else {
+        let Some(user_id) = reset else {
             audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
             return Err(AuthError::InvalidResetToken);
         };
         // Here at once; other replicas and the feed through the event.
-        self.0.revocations.user_changed(done.user_id);
+        self.0.revocations.user_changed(user_id);
         self.mail_queued();
         audit::record(
             Event::PasswordReset,
             Outcome::Success,
-            Some(done.user_id),
+            Some(user_id),
             caller,
         );
         Ok(())
@@ -198,17 +196,33 @@ impl AuthService {
         if settings.verification == EmailVerification::Off {
             return Ok(None);
         }
+        self.token_mail(
+            &settings.verify_url,
+            MailTemplate::VerifyEmail,
+            Duration::hours(settings.verify_hours.into()),
+        )
+        .map(Some)
+        .map_err(|err| AuthError::Internal(err.into()))
+    }
+
+    /// A fresh one-time token of `template`'s kind, valid for `ttl`, and its mail, whose
+    /// link is `<base>?token=<token>`.
+    fn token_mail(
+        &self,
+        base: &str,
+        template: MailTemplate,
+        ttl: Duration,
+    ) -> Result<TokenMail, url::ParseError> {
         let (token, token_hash) = new_token();
-        let link = url::Url::parse_with_params(&settings.verify_url, [("token", &token)])
-            .map_err(|err| AuthError::Internal(err.into()))?;
-        Ok(Some(TokenMail {
+        let link = url::Url::parse_with_params(base, [("token", &token)])?;
+        Ok(TokenMail {
             token_hash,
-            expires_at: self.instant() + Duration::hours(settings.verify_hours.into()),
+            expires_at: self.instant() + ttl,
             mail: NewMail {
-                template: MailTemplate::VerifyEmail,
+                template,
                 link: Some(link.to_string()),
             },
-        }))
+        })
     }
 
     /// Wakes this process's outbox worker (a message was just queued).

@@ -79,28 +79,15 @@ pub enum MailOutcome {
 pub struct ResetRequest<'a> {
     /// The normalised email.
     pub email: &'a str,
-    /// SHA-256 of the token (the token itself is only in `mail.link`).
-    pub token_hash: [u8; 32],
-    /// When the token stops working.
-    pub expires_at: DateTime<Utc>,
-    /// The message with the link.
-    pub mail: NewMail,
+    /// The token and the mail with its link.
+    pub token: TokenMail,
     /// No reset mail if one was queued for this user within this.
     pub min_interval: Duration,
     /// No reset mail if this many were queued for this user within the last hour.
     pub per_hour: i64,
 }
 
-/// A password reset that happened: whose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResetDone {
-    /// The user.
-    pub user_id: i64,
-    /// Their email (for the lockout counter and the audit trail).
-    pub email: String,
-}
-
-/// A one-time token and the mail that carries it (email verification).
+/// A one-time token and the mail that carries it (password reset, email verification).
 #[derive(Debug, Clone)]
 pub struct TokenMail {
     /// SHA-256 of the token.

@@ -22,9 +22,7 @@ use uuid::Uuid;
 
 use crate::database_url::DatabaseUrl;
 
-pub use mail::{
-    MailOutcome, MailTemplate, NewMail, OutboxMail, ResetDone, ResetRequest, TokenMail,
-};
+pub use mail::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, TokenMail};
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, read_original_users};
 
@@ -594,15 +592,15 @@ pub trait Store: Send + Sync + 'static {
     /// Uses a reset token, in one transaction: consumes it (once: an atomic update, so two
     /// concurrent uses cannot both succeed) if it is unused and unexpired at `now` and its user
     /// is active; stores `new_hash`; ends every session of the user as logout-all does; clears
-    /// the email's lockout counter; marks the email verified; queues `notification`. `None`
-    /// when the token cannot be used (nothing changes then).
+    /// the email's lockout counter; marks the email verified; queues `notification`. The
+    /// user's id, or `None` when the token cannot be used (nothing changes then).
     async fn reset_password(
         &self,
         token_hash: &[u8; 32],
         new_hash: &str,
         notification: &NewMail,
         now: DateTime<Utc>,
-    ) -> Result<Option<ResetDone>, StoreError>;
+    ) -> Result<Option<i64>, StoreError>;
 
     /// Claims up to `limit` messages due at `now` (not sent, not failed, not leased by a live
     /// lease), leasing them until `lease_until` and counting the attempt; oldest first. On

@@ -211,6 +211,25 @@ macro_rules! impl_store {
                 Ok(consumed.map(|user_id| (user_id, active)))
             }
 
+            /// How many `template` messages were queued for a user after `since`, and when the
+            /// last of them was (the throttles of the reset and verification mails).
+            async fn recent_mail(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                template: $crate::store::MailTemplate,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
+                sqlx::query_as(
+                    r"select count(*), max(created_at) from mail_outbox
+                      where user_id = $1 and template = $2 and created_at > $3",
+                )
+                .bind(user_id)
+                .bind(template.as_str())
+                .bind(since)
+                .fetch_one(&mut **tx)
+                .await
+            }
+
             /// Queues a message for a user, inside the transaction of the change that causes it.
             async fn queue_mail(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -904,7 +923,7 @@ macro_rules! impl_store {
                 request: &$crate::store::ResetRequest<'_>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let kind = $crate::store::MailTemplate::PasswordReset.as_str();
+                let kind = request.token.mail.template;
                 let mut tx = self.begin_write().await?;
                 let Some(user_id): Option<i64> =
                     sqlx::query_scalar("select id from users where email = $1")
@@ -917,28 +936,17 @@ macro_rules! impl_store {
                 if Self::lock_user(&mut tx, user_id).await? != Some(true) {
                     return Ok(false);
                 }
-                let (last_hour, latest): (i64, Option<chrono::DateTime<chrono::Utc>>) =
-                    sqlx::query_as(
-                        r"select count(*), max(created_at) from mail_outbox
-                          where user_id = $1 and template = $2 and created_at > $3",
-                    )
-                    .bind(user_id)
-                    .bind(kind)
-                    .bind(now - chrono::Duration::hours(1))
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let (last_hour, latest) =
+                    Self::recent_mail(&mut tx, user_id, kind, now - chrono::Duration::hours(1))
+                        .await?;
                 if last_hour >= request.per_hour
                     || latest.is_some_and(|at| at > now - request.min_interval)
                 {
                     return Ok(false);
                 }
-                let token = $crate::store::TokenMail {
-                    token_hash: request.token_hash,
-                    expires_at: request.expires_at,
-                    mail: request.mail.clone(),
-                };
-                Self::insert_user_token(&mut tx, user_id, &token, now).await?;
-                Self::queue_mail(&mut tx, user_id, request.email, &request.mail, now).await?;
+                let token = &request.token;
+                Self::insert_user_token(&mut tx, user_id, token, now).await?;
+                Self::queue_mail(&mut tx, user_id, request.email, &token.mail, now).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -949,7 +957,7 @@ macro_rules! impl_store {
                 new_hash: &str,
                 notification: &$crate::store::NewMail,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<$crate::store::ResetDone>, $crate::store::StoreError> {
+            ) -> Result<Option<i64>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 let kind = $crate::store::MailTemplate::PasswordReset;
                 let Some((user_id, active)) =
@@ -981,7 +989,7 @@ macro_rules! impl_store {
                 // The event is the transaction's last write (see append_event).
                 Self::log_out_everywhere(&mut tx, user_id, now).await?;
                 tx.commit().await?;
-                Ok(Some($crate::store::ResetDone { user_id, email }))
+                Ok(Some(user_id))
             }
 
             async fn claim_mail(
@@ -1081,7 +1089,7 @@ macro_rules! impl_store {
                 min_interval: chrono::Duration,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let kind = verification.mail.template.as_str();
+                let kind = verification.mail.template;
                 let mut tx = self.begin_write().await?;
                 if Self::lock_user(&mut tx, user_id).await? != Some(true) {
                     return Ok(false);
@@ -1091,14 +1099,9 @@ macro_rules! impl_store {
                         .bind(user_id)
                         .fetch_one(&mut *tx)
                         .await?;
-                let latest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-                    "select max(created_at) from mail_outbox where user_id = $1 and template = $2",
-                )
-                .bind(user_id)
-                .bind(kind)
-                .fetch_one(&mut *tx)
-                .await?;
-                if verified.is_some() || latest.is_some_and(|at| at > now - min_interval) {
+                let (recent, _) =
+                    Self::recent_mail(&mut tx, user_id, kind, now - min_interval).await?;
+                if verified.is_some() || recent > 0 {
                     return Ok(false);
                 }
                 Self::insert_user_token(&mut tx, user_id, verification, now).await?;
