@@ -127,10 +127,7 @@ impl AuthService {
         password: SecretString,
     ) -> Result<i64, AdminError> {
         let (_, user) = self.user_by_email(email).await?;
-        let reasons = super::password_policy::violations(password.expose_secret());
-        if !reasons.is_empty() {
-            return Err(AuthError::WeakPassword(reasons).into());
-        }
+        super::password_policy::check(password.expose_secret())?;
         let hash = self
             .0
             .passwords

@@ -152,10 +152,9 @@ impl AuthService {
         new_password: SecretString,
         caller: &Caller,
     ) -> Result<(), AuthError> {
-        let reasons = password_policy::violations(new_password.expose_secret());
-        if !reasons.is_empty() {
+        if let Err(weak) = password_policy::check(new_password.expose_secret()) {
             audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
-            return Err(AuthError::WeakPassword(reasons));
+            return Err(weak);
         }
         let Some(hash) = decode_token(token) else {
             audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);

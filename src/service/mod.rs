@@ -220,10 +220,7 @@ impl AuthService {
         password: SecretString,
     ) -> Result<RegisteredUser, AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        let reasons = password_policy::violations(password.expose_secret());
-        if !reasons.is_empty() {
-            return Err(AuthError::WeakPassword(reasons));
-        }
+        password_policy::check(password.expose_secret())?;
         if self.0.passwords.is_saturated() {
             return Err(AuthError::HashQueueFull);
         }

@@ -1,6 +1,20 @@
 //! The registration password policy, with its reasons in the contract's order.
 
+use super::AuthError;
 use crate::passwords::MAX_PASSWORD_BYTES;
+
+/// The policy as the API answers it: `WeakPassword` with every reason, in order.
+///
+/// # Errors
+/// `WeakPassword` when any rule is broken.
+pub fn check(password: &str) -> Result<(), AuthError> {
+    let reasons = violations(password);
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::WeakPassword(reasons))
+    }
+}
 
 /// The shortest password the contract accepts, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
