@@ -274,6 +274,9 @@ pub struct LimitConfig {
     /// `IPV6_PREFIX_LENGTH` (default 64): IPv6 clients are counted per network of this length
     /// by every per-IP limit.
     pub ipv6_prefix_length: u8,
+    /// `MAX_SESSIONS_PER_USER` (default 100, 1 to 100,000): live sessions per user; a login
+    /// beyond it ends the user's least recently used session.
+    pub max_sessions_per_user: u32,
 }
 
 /// Logging: `LOG_LEVEL`, `LOG_FORMAT`.
@@ -683,6 +686,7 @@ impl LimitConfig {
             rate_limit_burst: vars.number("RATE_LIMIT_BURST", 50, 0, 1_000_000)?,
             trusted_proxies: parse_proxies(&vars.list("TRUSTED_PROXIES"))?,
             ipv6_prefix_length: vars.number("IPV6_PREFIX_LENGTH", 64, 1, 128)?,
+            max_sessions_per_user: vars.number("MAX_SESSIONS_PER_USER", 100, 1, 100_000)?,
         })
     }
 }
@@ -1011,6 +1015,7 @@ mod tests {
             (10, 50)
         );
         assert_eq!(c.limits.login_max_failures_per_ip, 50);
+        assert_eq!(c.limits.max_sessions_per_user, 100);
         assert!(c.limits.trusted_proxies.is_empty());
         assert_eq!(c.database.max_connections, 20);
     }
@@ -1122,6 +1127,7 @@ mod tests {
             ("RATE_LIMIT_PER_SECOND", "1.5"),
             ("RATE_LIMIT_BURST", "-2"),
             ("LOGIN_MAX_FAILURES_PER_IP", "x"),
+            ("MAX_SESSIONS_PER_USER", "0"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("TRUSTED_PROXIES", "0.0.0.0/0"),
             ("TRUSTED_PROXIES", "10.0.0.1, ::/0"),

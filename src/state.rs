@@ -176,6 +176,7 @@ impl AppState {
             }),
             rotation: config.tokens.rotation,
             ipv6_prefix_length: config.limits.ipv6_prefix_length,
+            max_sessions: config.limits.max_sessions_per_user,
             leeway: chrono::Duration::seconds(
                 i64::try_from(config.tokens.leeway_seconds).unwrap_or(i64::MAX),
             ),

@@ -9,7 +9,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,8 @@ use crate::{
     state::AppState,
 };
 
-/// The `/auth` routes. The per-IP limiter covers the POST routes only: `/auth/verify` is what
-/// other services call on every request they serve.
+/// The `/auth` routes. The per-IP limiter covers every route but `/auth/verify` (what other
+/// services call on every request they serve) and the revocation feed.
 pub fn router(config: &Config) -> Router<AppState> {
     let limited = Router::new()
         .route("/auth/register", post(register))
@@ -41,7 +41,14 @@ pub fn router(config: &Config) -> Router<AppState> {
         .route(
             "/auth/email/resend",
             post(super::recovery::resend_verification),
-        );
+        )
+        .route(
+            "/auth/password/change",
+            post(super::account::change_password),
+        )
+        .route("/auth/sessions", get(super::account::list_sessions))
+        .route("/auth/sessions/{sid}", delete(super::account::end_session))
+        .route("/auth/me", delete(super::account::delete_me));
     let limited = match super::rate_limit::layer(config) {
         Some(layer) => limited.route_layer(layer),
         None => limited,
@@ -227,7 +234,7 @@ fn tokens(pair: TokenPair) -> Response {
 }
 
 /// `X-RateLimit-*` headers of a login response.
-fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
+pub(super) fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(s) = status {
         for (name, value) in [

@@ -1,9 +1,11 @@
 //! Requests from browsers: the ones that carry an `Origin` header.
 //!
-//! - A POST from an origin outside `CORS_ORIGINS`, other than the service's own (same-origin:
-//!   the `/docs` page), is refused with 403 `ORIGIN_NOT_ALLOWED` before anything else happens: a hostile page can POST without `Content-Type` (no
-//!   preflight) and would otherwise register accounts or burn login attempts from its
-//!   visitors' addresses.
+//! - A POST or DELETE from an origin outside `CORS_ORIGINS`, other than the service's own
+//!   (same-origin: the `/docs` page), is refused with 403 `ORIGIN_NOT_ALLOWED` before anything
+//!   else happens: a hostile page can POST without `Content-Type` (no preflight) and would
+//!   otherwise register accounts or burn login attempts from its visitors' addresses. A
+//!   DELETE always needs a preflight, which CORS refuses anyway; refusing it here too keeps
+//!   one rule for every state-changing method.
 //! - CORS (tower-http's `CorsLayer`) answers preflights and decorates the responses.
 //!
 //! Requests without `Origin` (servers, curl, the services calling `/auth/verify` on every
@@ -90,7 +92,7 @@ where
         let Some(origin) = req.headers().get(header::ORIGIN) else {
             return Either::Right(self.inner.call(req));
         };
-        if req.method() == Method::POST
+        if (req.method() == Method::POST || req.method() == Method::DELETE)
             && !allowed(&self.origins, origin)
             && !same_origin(&req, origin)
         {

@@ -52,6 +52,8 @@ pub enum ErrorCode {
     InvalidRefreshToken,
     /// 403: a POST from a browser origin outside `CORS_ORIGINS`.
     OriginNotAllowed,
+    /// 404: not a live session of the caller (unknown, ended, or another user's).
+    SessionNotFound,
     /// 404: no such route.
     NotFound,
     /// 405: route exists, method does not.
@@ -163,6 +165,7 @@ impl ApiError {
                     StatusCode::BAD_REQUEST
                 }
                 AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
+                AuthError::SessionNotFound => StatusCode::NOT_FOUND,
                 AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -204,6 +207,7 @@ impl ApiError {
                 AuthError::InvalidResetToken => ErrorCode::InvalidResetToken,
                 AuthError::InvalidVerificationToken => ErrorCode::InvalidVerificationToken,
                 AuthError::EmailNotVerified => ErrorCode::EmailNotVerified,
+                AuthError::SessionNotFound => ErrorCode::SessionNotFound,
                 AuthError::WeakPassword(_) => ErrorCode::WeakPassword,
                 AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
                 AuthError::AccountDisabled => ErrorCode::AccountDisabled,
@@ -436,6 +440,14 @@ mod tests {
                 "INVALID_TOKEN",
                 "Invalid or expired token",
                 Some(r#"Bearer error="invalid_token""#),
+                None,
+            ),
+            (
+                AuthError::SessionNotFound.into(),
+                404,
+                "SESSION_NOT_FOUND",
+                "Session not found",
+                None,
                 None,
             ),
             (

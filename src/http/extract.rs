@@ -314,9 +314,15 @@ impl FromRequestParts<AppState> for RequestCaller {
             &parts.extensions,
             &state.config().limits.trusted_proxies,
         );
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Self(Caller {
             ip: Some(ip),
             request_id,
+            user_agent,
         }))
     }
 }

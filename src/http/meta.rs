@@ -15,7 +15,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{auth, errors, errors::ApiError, health, recovery};
+use super::{account, auth, errors, errors::ApiError, health, recovery};
 use crate::{service::AuthService, state::AppState};
 
 /// The OpenAPI document.
@@ -27,12 +27,14 @@ use crate::{service::AuthService, state::AppState};
         health::health, health::ready, health::live,
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all, auth::verify,
         auth::revocations, recovery::forgot, recovery::reset, recovery::verify_email,
-        recovery::resend_verification,
+        recovery::resend_verification, account::change_password, account::list_sessions,
+        account::end_session, account::delete_me,
     ),
     components(schemas(errors::ErrorBody, errors::ErrorCode, errors::FieldError)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Registration, login and tokens"),
+        (name = "account", description = "The signed-in user's password, sessions (devices) and account"),
         (name = "health", description = "Probes"),
         (name = "meta", description = "Service information and metrics"),
     )

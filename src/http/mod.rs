@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, extractors, middleware. Handlers call [`crate::service`] only; no
 //! SQL, bcrypt or JWT code lives here.
 
+pub mod account;
 pub mod auth;
 pub mod browser;
 pub mod errors;
@@ -103,7 +104,7 @@ pub fn metrics_router(state: AppState) -> Router {
 
 fn cors(origins: &CorsOrigins) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         // Any request header, as the original allowed (a browser sending `X-Correlation-ID`
         // must pass its preflight). Mirrored rather than `*`, which browsers ignore on
         // credentialed requests.

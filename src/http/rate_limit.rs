@@ -1,4 +1,4 @@
-//! Per-client-IP token bucket on the POST `/auth/*` routes (`RATE_LIMIT_PER_SECOND`,
+//! Per-client-IP token bucket on the `/auth/*` routes but `/auth/verify` and the feed (`RATE_LIMIT_PER_SECOND`,
 //! `RATE_LIMIT_BURST`), with tower_governor keyed by the same client IP as the logs and the
 //! audit trail (so a spoofed `X-Forwarded-For` from an untrusted peer changes nothing).
 

@@ -181,15 +181,10 @@ impl AuthService {
     /// # Errors
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_delete(&self, email: &str) -> Result<i64, AdminError> {
-        let (email, user) = self.user_by_email(email).await?;
-        let store = &self.0.store;
-        if !store.delete_user(user.id, self.instant()).await? {
+        let (_, user) = self.user_by_email(email).await?;
+        if !self.delete_user_now(&user).await? {
             return Err(AdminError::NotFound);
         }
-        self.0.revocations.user_changed(user.id);
-        store
-            .clear_login_attempts(&LockoutKey::Email(&email).stored())
-            .await?;
         Ok(audited("admin_user_delete", user.id))
     }
 

@@ -14,6 +14,8 @@ pub struct Caller {
     pub ip: Option<IpAddr>,
     /// The request id (`x-request-id`); `None` for admin commands.
     pub request_id: Option<String>,
+    /// The `User-Agent` header, for the session a login starts (never logged).
+    pub user_agent: Option<String>,
 }
 
 impl Caller {
@@ -23,6 +25,7 @@ impl Caller {
         Self {
             ip: None,
             request_id: None,
+            user_agent: None,
         }
     }
 }
@@ -53,6 +56,15 @@ pub enum Event {
     EmailVerify,
     /// `email_verification_requested`: a verification mail asked for again.
     EmailVerificationRequested,
+    /// `password_changed`: the user changed the password (`POST /auth/password/change`).
+    PasswordChanged,
+    /// `session_ended`: the user ended one of their sessions (`DELETE /auth/sessions/{sid}`).
+    SessionEnded,
+    /// `session_evicted`: a login beyond `MAX_SESSIONS_PER_USER` ended the least recently
+    /// used session.
+    SessionEvicted,
+    /// `account_deleted`: the user deleted their own account (`DELETE /auth/me`).
+    AccountDeleted,
     /// `admin_user_create`, `admin_user_disable`, ... (admin commands).
     Admin(&'static str),
 }
@@ -73,6 +85,10 @@ impl Event {
             Self::PasswordReset => "password_reset",
             Self::EmailVerify => "email_verify",
             Self::EmailVerificationRequested => "email_verification_requested",
+            Self::PasswordChanged => "password_changed",
+            Self::SessionEnded => "session_ended",
+            Self::SessionEvicted => "session_evicted",
+            Self::AccountDeleted => "account_deleted",
             Self::Admin(name) => name,
         }
     }

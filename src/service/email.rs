@@ -48,6 +48,13 @@ impl Email {
         (email.chars().count() <= MAX_EMAIL_LEN).then_some(Self(email))
     }
 
+    /// The address of an account as the database holds it (stored in comparison form): the
+    /// lockout key of the user a token belongs to.
+    #[must_use]
+    pub fn stored(email: String) -> Self {
+        Self(email)
+    }
+
     /// The address in its comparison form.
     #[must_use]
     pub fn as_str(&self) -> &str {

@@ -54,6 +54,10 @@ pub enum AuthError {
     /// An access token that does not verify, or whose user is gone or disabled.
     #[error("Invalid or expired token")]
     InvalidToken,
+    /// A session id that is not a live session of the caller (unknown, ended, or another
+    /// user's: one answer for all three).
+    #[error("Session not found")]
+    SessionNotFound,
     /// A refresh token that does not verify, was revoked, or was reused.
     #[error("Invalid or expired refresh token")]
     InvalidRefreshToken,

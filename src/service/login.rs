@@ -16,18 +16,19 @@ use crate::{
     store::{StoreError, UserRow},
 };
 
-/// A login's result plus the attempt figures for the response headers (absent when the
-/// request never reached the counter).
-pub struct LoginOutcome {
-    /// Tokens, or why not.
-    pub result: Result<TokenPair, AuthError>,
+/// The result of an action that checks a password under the lockout (a login: tokens; a
+/// password change or an account deletion: nothing) plus the attempt figures for the
+/// `X-RateLimit-*` response headers (absent when the request never reached the counter).
+pub struct LoginOutcome<T = TokenPair> {
+    /// What the action gives, or why not.
+    pub result: Result<T, AuthError>,
     /// The `X-RateLimit-*` figures.
     pub status: Option<AttemptStatus>,
 }
 
-impl LoginOutcome {
+impl<T> LoginOutcome<T> {
     /// A failure, with the attempt figures when the counter was reached.
-    fn error(err: impl Into<AuthError>, status: Option<AttemptStatus>) -> Self {
+    pub(super) fn error(err: impl Into<AuthError>, status: Option<AttemptStatus>) -> Self {
         Self {
             result: Err(err.into()),
             status,
@@ -61,10 +62,6 @@ impl LoginOutcome {
 
 impl AuthService {
     /// `POST /auth/login`: exchanges email and password for tokens.
-    ///
-    /// Order matters: the client IP's spraying guard, then the email's attempt is reserved in
-    /// the database before anything is verified (so a parallel burst can never test more
-    /// passwords than the limit allows), then exactly one bcrypt verification.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
     pub async fn login(
         &self,
@@ -76,6 +73,50 @@ impl AuthService {
             audit::record(Event::Login, Outcome::InvalidRequest, None, caller);
             return LoginOutcome::error(AuthError::InvalidEmail, None);
         };
+        let attempt = self
+            .attempt_password(&email, &password, Event::Login, caller)
+            .await;
+        let user = match attempt.result {
+            Ok(user) => user,
+            Err(err) => return LoginOutcome::error(err, attempt.status),
+        };
+        let unverified = self.0.mail.verification == EmailVerification::Required
+            && user.email_verified_at.is_none();
+        let result = if !user.is_active {
+            audit::record(Event::Login, Outcome::Disabled, Some(user.id), caller);
+            Err(AuthError::AccountDisabled)
+        } else if unverified {
+            // Only after the password checked out: it tells nothing to someone without it.
+            audit::record(Event::Login, Outcome::Unverified, Some(user.id), caller);
+            Err(AuthError::EmailNotVerified)
+        } else {
+            self.upgrade_hash(&user, password).await;
+            let issued = self.start_session(&user, caller).await;
+            if issued.is_ok() {
+                audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
+            }
+            issued
+        };
+        LoginOutcome {
+            result,
+            status: attempt.status,
+        }
+    }
+
+    /// One password attempt for `email` under the login rules, by login and by every action
+    /// that asks for the password again (change, delete): the client IP's spraying guard, then
+    /// the email's attempt is reserved in the database before anything is verified (so a
+    /// parallel burst can never test more passwords than the limit allows), then exactly one
+    /// bcrypt verification; a failure counts against the email and the client IP, a success
+    /// clears the email's counter. `event` names the action in the audit trail. The user
+    /// (active or not) when the password is right.
+    pub(super) async fn attempt_password(
+        &self,
+        email: &Email,
+        password: &SecretString,
+        event: Event,
+        caller: &Caller,
+    ) -> LoginOutcome<UserRow> {
         if self.0.passwords.is_saturated() {
             return LoginOutcome::error(AuthError::HashQueueFull, None);
         }
@@ -90,10 +131,10 @@ impl AuthService {
                 Err(err) => return LoginOutcome::error(err, None),
                 Ok(row) => {
                     if let Some((until, status)) = row.and_then(|r| ip_policy.lock_of(&r, now)) {
-                        audit::record(Event::Login, Outcome::IpBlocked, None, caller);
+                        audit::record(event, Outcome::IpBlocked, None, caller);
                         tracing::info!(
                             client.network = %network,
-                            "login refused: the client's address is blocked after too many failures"
+                            "password refused unchecked: the client's address is blocked after too many failures"
                         );
                         return LoginOutcome::ip_blocked(until, now, status);
                     }
@@ -104,17 +145,17 @@ impl AuthService {
         let reserved = self
             .0
             .store
-            .reserve_login_attempt(&LockoutKey::Email(&email).stored(), now, policy.limits())
+            .reserve_login_attempt(&LockoutKey::Email(email).stored(), now, policy.limits())
             .await;
         let status = match reserved.map(|row| policy.decide(&row, now)) {
             Err(err) => return LoginOutcome::error(err, None),
             Ok(AttemptDecision::Locked { until, status }) => {
-                audit::record(Event::Login, Outcome::Locked, None, caller);
+                audit::record(event, Outcome::Locked, None, caller);
                 return LoginOutcome::locked(until, now, status);
             }
             Ok(AttemptDecision::Allowed(status)) => status,
         };
-        let user = match self.check_credentials(&email, &password).await {
+        let user = match self.check_credentials(email, password).await {
             Ok(Ok(user)) => user,
             Ok(Err(known)) => {
                 // The user id (never the email) when the address matched an account: an
@@ -122,7 +163,7 @@ impl AuthService {
                 if let Some(id) = known {
                     tracing::Span::current().record("user.id", id);
                 }
-                audit::record(Event::Login, Outcome::InvalidCredentials, known, caller);
+                audit::record(event, Outcome::InvalidCredentials, known, caller);
                 if status.remaining == 0 {
                     audit::record(Event::Lockout, Outcome::Locked, known, caller);
                 }
@@ -141,30 +182,13 @@ impl AuthService {
         if let Err(err) = self
             .0
             .store
-            .clear_login_attempts(&LockoutKey::Email(&email).stored())
+            .clear_login_attempts(&LockoutKey::Email(email).stored())
             .await
         {
             return LoginOutcome::error(err, Some(status));
         }
-        let unverified = self.0.mail.verification == EmailVerification::Required
-            && user.email_verified_at.is_none();
-        let result = if !user.is_active {
-            audit::record(Event::Login, Outcome::Disabled, Some(user.id), caller);
-            Err(AuthError::AccountDisabled)
-        } else if unverified {
-            // Only after the password checked out: it tells nothing to someone without it.
-            audit::record(Event::Login, Outcome::Unverified, Some(user.id), caller);
-            Err(AuthError::EmailNotVerified)
-        } else {
-            self.upgrade_hash(&user, password).await;
-            let issued = self.start_session(&user).await;
-            if issued.is_ok() {
-                audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
-            }
-            issued
-        };
         LoginOutcome {
-            result,
+            result: Ok(user),
             status: Some(policy.fresh()),
         }
     }

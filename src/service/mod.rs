@@ -4,6 +4,7 @@
 //! policies. Its methods are named after the API actions and return [`AuthError`], whose
 //! messages are the contract's `detail` strings. This module does not know about HTTP.
 
+mod account;
 pub mod admin;
 pub mod audit;
 pub mod copy;
@@ -20,7 +21,11 @@ pub mod rekey;
 pub mod revocations;
 pub mod rotation;
 
-pub use self::{errors::AuthError, login::LoginOutcome};
+pub use self::{
+    account::{ActiveSession, Credentialed},
+    errors::AuthError,
+    login::LoginOutcome,
+};
 
 use std::sync::Arc;
 
@@ -61,6 +66,8 @@ pub struct VerifiedUser {
     /// Whether the address was verified when the token was issued (tokens from before email
     /// verification existed count as verified).
     pub email_verified: bool,
+    /// The token's session (`sid`).
+    pub session: Uuid,
 }
 
 /// What a login or refresh hands out.
@@ -93,6 +100,8 @@ pub struct AuthSettings {
     pub ipv6_prefix_length: u8,
     /// `JWT_LEEWAY_SECONDS`: how long past `exp` a token still verifies.
     pub leeway: Duration,
+    /// `MAX_SESSIONS_PER_USER`: live sessions per user.
+    pub max_sessions: u32,
 }
 
 /// The authentication service; cheap to clone.
@@ -265,15 +274,21 @@ impl AuthService {
         }
     }
 
-    /// Starts a session for `user`: stores it with its first refresh token (under the user's
-    /// lock, refused if the user was disabled or deleted meanwhile) and signs the pair.
-    async fn start_session(&self, user: &UserRow) -> Result<TokenPair, AuthError> {
+    /// Starts a session for `user` from `caller`'s device: stores it with its first refresh
+    /// token (under the user's lock, refused if the user was disabled or deleted meanwhile;
+    /// the least recently used sessions beyond `MAX_SESSIONS_PER_USER` end) and signs the pair.
+    async fn start_session(&self, user: &UserRow, caller: &Caller) -> Result<TokenPair, AuthError> {
         let now = self.now();
         let session = NewSession {
             id: Uuid::new_v4(),
             user_id: user.id,
             created_at: now,
             expires_at: now + self.0.settings.refresh_ttl,
+            user_agent: caller
+                .user_agent
+                .as_deref()
+                .map(|agent| agent.chars().take(crate::store::USER_AGENT_CHARS).collect()),
+            ip: caller.ip.map(|ip| ip.to_string()),
         };
         let refresh = NewRefreshToken {
             jti: Uuid::new_v4(),
@@ -283,16 +298,37 @@ impl AuthService {
             issued_at: now,
             expires_at: session.expires_at,
         };
-        if !self.0.store.start_session(&session, &refresh).await? {
+        let max_live = i64::from(self.0.settings.max_sessions);
+        let Some(evicted) = self
+            .0
+            .store
+            .start_session(&session, &refresh, max_live)
+            .await?
+        else {
             return Err(AuthError::AccountDisabled);
+        };
+        for ended in evicted {
+            self.0.revocations.session_ended(ended, user.id);
+            audit::record(
+                Event::SessionEvicted,
+                Outcome::Success,
+                Some(user.id),
+                caller,
+            );
         }
-        self.pair_for(&refresh.into(), user)
+        self.pair_for(&refresh.into(), user, now)
     }
 
-    /// A new access token plus the (re-)signed refresh token of `row`, whose user is `user`.
-    fn pair_for(&self, row: &RefreshTokenRow, user: &UserRow) -> Result<TokenPair, AuthError> {
+    /// A new access token issued at `now` plus the (re-)signed refresh token of `row`, whose
+    /// user is `user`. `now` is the `last_used_at` the session recorded for this use (see
+    /// [`Store::revoke_user_sessions`]), never a later reading of the clock.
+    fn pair_for(
+        &self,
+        row: &RefreshTokenRow,
+        user: &UserRow,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AuthError> {
         let keys = &self.0.keys;
-        let now = self.now();
         let subject = Subject {
             user_id: row.user_id,
             email: &user.email,
@@ -368,6 +404,7 @@ impl AuthService {
             id: claims.user_id,
             email: Arc::clone(&user.email),
             email_verified: claims.email_verified.unwrap_or(true),
+            session,
         })
     }
 

@@ -116,17 +116,14 @@ impl AuthService {
         if row.revoked_at.is_some() || row.rotated_at.is_some() || row.expires_at <= now {
             return Ok(Refreshed::Invalid);
         }
-        if !self.session_is_live(row.family_id).await? {
+        // Records the use while checking the session is live, before the token is signed
+        // with that same time as its `iat` (see `Store::revoke_user_sessions`).
+        if !self.0.store.touch_session(row.family_id, now).await? {
             return Ok(Refreshed::Invalid);
         }
-        let mut pair = self.pair_for(&row, &user)?;
+        let mut pair = self.pair_for(&row, &user, now)?;
         pair.refresh_token = token.to_owned();
         Ok(Refreshed::Issued(pair))
-    }
-
-    async fn session_is_live(&self, session: Uuid) -> Result<bool, AuthError> {
-        let row = self.0.store.find_session(session).await?;
-        Ok(row.is_some_and(|s| s.revoked_at.is_none()))
     }
 
     /// Rotation on: under the user's lock, a compare-and-set creates the one child; a loser
@@ -160,7 +157,11 @@ impl AuthService {
             .await?
         {
             RotateOutcome::Rotated => {
-                return Ok(Refreshed::Issued(self.pair_for(&child.into(), &user)?));
+                return Ok(Refreshed::Issued(self.pair_for(
+                    &child.into(),
+                    &user,
+                    issued_at,
+                )?));
             }
             RotateOutcome::Refused => return Ok(Refreshed::Invalid),
             RotateOutcome::NotRotatable => {}
@@ -169,8 +170,13 @@ impl AuthService {
         let current = store.find_refresh_token(row.jti).await?.unwrap_or(row);
         match rotation::on_reuse(&current, now, self.0.settings.reuse_grace) {
             Reuse::ReturnChild => match store.find_child_token(current.jti).await? {
-                Some(child) if child.revoked_at.is_none() => {
-                    Ok(Refreshed::GraceReuse(self.pair_for(&child, &user)?))
+                Some(child)
+                    if child.revoked_at.is_none()
+                        && store.touch_session(child.family_id, issued_at).await? =>
+                {
+                    Ok(Refreshed::GraceReuse(
+                        self.pair_for(&child, &user, issued_at)?,
+                    ))
                 }
                 _ => Ok(Refreshed::Invalid),
             },

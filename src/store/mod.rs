@@ -31,6 +31,9 @@ pub use sqlite::{SqliteStore, read_original_users};
 /// window, and the eleventh-newest coming back counts as reuse.
 pub const ROTATED_TOKENS_KEPT: i64 = 10;
 
+/// The longest `User-Agent` a session keeps, in characters.
+pub const USER_AGENT_CHARS: usize = 256;
+
 /// What can go wrong in the store, in terms the service can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -259,6 +262,12 @@ pub struct SessionRow {
     pub expires_at: DateTime<Utc>,
     /// When it ended (logout, reuse detected, logout-all, disable).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Its last login or refresh (`None` for sessions from before it was recorded).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// The `User-Agent` of the login, cut to [`USER_AGENT_CHARS`] characters.
+    pub user_agent: Option<String>,
+    /// The client IP of the login, as the per-IP rules see it.
+    pub ip: Option<String>,
 }
 
 /// A session about to be stored, with its first refresh token.
@@ -272,6 +281,10 @@ pub struct NewSession {
     pub created_at: DateTime<Utc>,
     /// When its first refresh token expires.
     pub expires_at: DateTime<Utc>,
+    /// The `User-Agent` of the login, already cut to [`USER_AGENT_CHARS`] characters.
+    pub user_agent: Option<String>,
+    /// The client IP of the login, as the per-IP rules see it.
+    pub ip: Option<String>,
 }
 
 /// What kind of change a revocation event records (the `kind` column).
@@ -361,6 +374,24 @@ impl TryFrom<RawEventRow> for EventRow {
             not_before: raw.not_before,
         })
     }
+}
+
+/// A password change by its user, for [`Store::change_password`].
+#[derive(Debug, Clone)]
+pub struct PasswordChange<'a> {
+    /// Whose password.
+    pub user_id: i64,
+    /// The session that made the change: it stays live.
+    pub keep: Uuid,
+    /// The hash the password was checked against.
+    pub old_hash: &'a str,
+    /// The new hash.
+    pub new_hash: &'a str,
+    /// "Your password was changed".
+    pub notification: &'a NewMail,
+    /// Sessions used since this may hold a live access token: each gets its own event (the
+    /// others end in the database only, where nothing can use them any more).
+    pub live_tokens_since: DateTime<Utc>,
 }
 
 /// How a rotation attempt ended.
@@ -504,13 +535,37 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Starts a session with its first refresh token, under the user's lock; `false` (nothing
-    /// stored) when the user is gone or disabled. `Duplicate` when the session id or `jti`
-    /// exists.
+    /// Starts a session with its first refresh token, under the user's lock, and keeps the
+    /// user's live sessions at `max_live`: beyond it the least recently used end as at logout
+    /// (an event each). The ids of the sessions it ended, or `None` (nothing stored) when the
+    /// user is gone or disabled. `Duplicate` when the session id or `jti` exists.
     async fn start_session(
         &self,
         session: &NewSession,
         first: &NewRefreshToken,
+        max_live: i64,
+    ) -> Result<Option<Vec<Uuid>>, StoreError>;
+
+    /// Records a use (a refresh) of a live session at `at`, the `iat` of the access token about
+    /// to be signed for it (see [`Store::revoke_user_sessions`] for why it comes first);
+    /// whether the session is live.
+    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// The user's live sessions (not ended, not expired at `now`), newest first.
+    async fn live_sessions(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionRow>, StoreError>;
+
+    /// A password change by the user of session `keep`, in one transaction under the user's
+    /// lock: a compare-and-set from `old_hash` (a concurrent change is never overwritten), every
+    /// other session ends as at logout (`keep` stays live) and the notification is queued. Whether it changed (false when the user is gone
+    /// or the hash moved meanwhile).
+    async fn change_password(
+        &self,
+        change: &PasswordChange<'_>,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
     /// The session with this id.
@@ -544,6 +599,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Logout-all: sets `tokens_not_before` and ends every session of the user, under the
     /// user's lock; returns how many sessions were live.
+    ///
+    /// Its cost does not grow with the number of sessions: one statement ends them all, one
+    /// revokes their refresh tokens, and the events are the user-wide one (tokens issued
+    /// before the cut-off second are dead) plus one per session used in the cut-off second
+    /// itself (a token of it may carry `iat` equal to the cut-off; `last_used_at` is written
+    /// before every token is signed, with its `iat`, so no other session can hold one).
     async fn revoke_user_sessions(
         &self,
         user_id: i64,

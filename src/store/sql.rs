@@ -34,7 +34,7 @@ macro_rules! user_columns {
 /// The `sessions` columns every `SessionRow` query selects.
 macro_rules! session_columns {
     () => {
-        "id, user_id, created_at, expires_at, revoked_at"
+        "id, user_id, created_at, expires_at, revoked_at, last_used_at, user_agent, ip"
     };
 }
 
@@ -133,7 +133,7 @@ macro_rules! impl_store {
                 .bind(cutoff)
                 .execute(&mut **tx)
                 .await?;
-                let ended = Self::end_user_sessions(tx, user_id, now).await?;
+                let ended = Self::end_user_sessions(tx, user_id, now, None, cutoff).await?;
                 Self::append_event(
                     tx,
                     $crate::store::EventKind::LoggedOutEverywhere,
@@ -253,45 +253,100 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            /// Ends every live session of a user and revokes their refresh tokens, under the
-            /// user's lock; returns how many sessions were live.
+            /// Ends every live session of a user but `except` and revokes their refresh tokens,
+            /// under the user's lock, in two statements whatever their number; returns how many
+            /// sessions were live. Events: one per ended session used at or after
+            /// `announce_used_since` (or never recorded as used), which may still hold a live
+            /// access token that nothing else refuses; the caller appends any user-wide one.
             async fn end_user_sessions(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: i64,
                 now: chrono::DateTime<chrono::Utc>,
+                except: Option<uuid::Uuid>,
+                announce_used_since: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, sqlx::Error> {
-                let ended: Vec<uuid::Uuid> = sqlx::query_scalar(
-                    r"update sessions set revoked_at = $2
-                      where user_id = $1 and revoked_at is null
-                      returning id",
+                // The nil id is no session's: "except nothing".
+                let except = except.unwrap_or(uuid::Uuid::nil());
+                let announced: Vec<uuid::Uuid> = sqlx::query_scalar(
+                    r"select id from sessions
+                      where user_id = $1 and revoked_at is null and id <> $2
+                        and (last_used_at is null or last_used_at >= $3)",
                 )
                 .bind(user_id)
-                .bind(now)
+                .bind(except)
+                .bind(announce_used_since)
                 .fetch_all(&mut **tx)
                 .await?;
-                sqlx::query(
-                    r"update refresh_tokens set revoked_at = $2
-                      where user_id = $1 and revoked_at is null",
+                let ended = sqlx::query(
+                    r"update sessions set revoked_at = $2
+                      where user_id = $1 and revoked_at is null and id <> $3",
                 )
                 .bind(user_id)
                 .bind(now)
+                .bind(except)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    r"update refresh_tokens set revoked_at = $2
+                      where user_id = $1 and revoked_at is null and family_id <> $3",
+                )
+                .bind(user_id)
+                .bind(now)
+                .bind(except)
                 .execute(&mut **tx)
                 .await?;
-                // One event per session as well as the user-wide one: a token issued in the
-                // same second before the change has `iat == not_before`, and local verifiers
-                // refuse it by its session.
-                for session in &ended {
+                for session in announced {
                     Self::append_event(
                         tx,
                         $crate::store::EventKind::SessionRevoked,
                         user_id,
-                        Some(*session),
+                        Some(session),
                         None,
                         now,
                     )
                     .await?;
                 }
-                Ok(u64::try_from(ended.len()).unwrap_or(u64::MAX))
+                Ok(ended)
+            }
+
+            /// Ends one session of `user_id` and revokes its refresh tokens, under the user's
+            /// lock; whether it was live until now (only then is an event appended).
+            async fn end_session(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+                id: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, sqlx::Error> {
+                let ended = sqlx::query(
+                    "update sessions set revoked_at = $2 where id = $1 and revoked_at is null",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                sqlx::query(
+                    r"update refresh_tokens set revoked_at = $2
+                      where family_id = $1 and revoked_at is null",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                if ended {
+                    Self::append_event(
+                        tx,
+                        $crate::store::EventKind::SessionRevoked,
+                        user_id,
+                        Some(id),
+                        None,
+                        now,
+                    )
+                    .await?;
+                }
+                Ok(ended)
             }
         }
 
@@ -402,7 +457,7 @@ macro_rules! impl_store {
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;
-                    Self::end_user_sessions(&mut tx, id, now).await?;
+                    Self::end_user_sessions(&mut tx, id, now, None, cutoff).await?;
                     Self::append_event(
                         &mut tx,
                         EventKind::UserDisabled,
@@ -533,22 +588,132 @@ macro_rules! impl_store {
                 &self,
                 session: &$crate::store::NewSession,
                 first: &$crate::store::NewRefreshToken,
-            ) -> Result<bool, $crate::store::StoreError> {
+                max_live: i64,
+            ) -> Result<Option<Vec<uuid::Uuid>>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 if Self::lock_user(&mut tx, session.user_id).await? != Some(true) {
-                    return Ok(false);
+                    return Ok(None);
                 }
+                let now = session.created_at;
                 sqlx::query(
-                    r"insert into sessions (id, user_id, created_at, expires_at)
-                      values ($1, $2, $3, $4)",
+                    r"insert into sessions
+                        (id, user_id, created_at, expires_at, last_used_at, user_agent, ip)
+                      values ($1, $2, $3, $4, $3, $5, $6)",
                 )
                 .bind(session.id)
                 .bind(session.user_id)
-                .bind(session.created_at)
+                .bind(now)
                 .bind(session.expires_at)
+                .bind(session.user_agent.as_deref())
+                .bind(session.ip.as_deref())
                 .execute(&mut *tx)
                 .await?;
                 Self::insert_token(&mut tx, first).await?;
+                // The cap: the least recently used live sessions beyond it end as at logout.
+                let live: i64 = sqlx::query_scalar(
+                    r"select count(*) from sessions
+                      where user_id = $1 and revoked_at is null and expires_at > $2",
+                )
+                .bind(session.user_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut evicted = Vec::new();
+                if live > max_live {
+                    let oldest: Vec<uuid::Uuid> = sqlx::query_scalar(
+                        r"select id from sessions
+                          where user_id = $1 and revoked_at is null and expires_at > $2
+                            and id <> $3
+                          order by coalesce(last_used_at, created_at), created_at
+                          limit $4",
+                    )
+                    .bind(session.user_id)
+                    .bind(now)
+                    .bind(session.id)
+                    .bind(live - max_live)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for id in oldest {
+                        if Self::end_session(&mut tx, session.user_id, id, now).await? {
+                            evicted.push(id);
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(Some(evicted))
+            }
+
+            async fn touch_session(
+                &self,
+                id: uuid::Uuid,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                // Never moves backwards (two refreshes finishing out of order).
+                Ok(sqlx::query(
+                    r"update sessions set last_used_at = case when last_used_at > $2
+                        then last_used_at else $2 end
+                      where id = $1 and revoked_at is null",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn live_sessions(
+                &self,
+                user_id: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::SessionRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "select ",
+                    session_columns!(),
+                    r" from sessions
+                      where user_id = $1 and revoked_at is null and expires_at > $2
+                      order by created_at desc, id"
+                ))
+                .bind(user_id)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn change_password(
+                &self,
+                change: &$crate::store::PasswordChange<'_>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, change.user_id).await?.is_none() {
+                    return Ok(false);
+                }
+                let email: Option<String> = sqlx::query_scalar(
+                    r"update users set password_hash = $3, updated_at = $4
+                      where id = $1 and password_hash = $2
+                      returning email",
+                )
+                .bind(change.user_id)
+                .bind(change.old_hash)
+                .bind(change.new_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(email) = email else {
+                    return Ok(false);
+                };
+                Self::queue_mail(&mut tx, change.user_id, &email, change.notification, now)
+                    .await?;
+                // The events are the transaction's last writes (see append_event).
+                Self::end_user_sessions(
+                    &mut tx,
+                    change.user_id,
+                    now,
+                    Some(change.keep),
+                    change.live_tokens_since,
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -633,13 +798,18 @@ macro_rules! impl_store {
                     ..child.clone()
                 };
                 Self::insert_token(&mut tx, &child).await?;
+                // The child's access token is signed with `iat = issued_at` after this commits:
+                // the use is recorded first (see `Store::revoke_user_sessions`).
                 sqlx::query(
                     r"update sessions set expires_at = case when expires_at > $2
-                        then expires_at else $2 end
+                        then expires_at else $2 end,
+                        last_used_at = case when last_used_at > $3
+                          then last_used_at else $3 end
                       where id = $1",
                 )
                 .bind(child.family_id)
                 .bind(child.expires_at)
+                .bind(child.issued_at)
                 .execute(&mut *tx)
                 .await?;
                 // Constant storage per session: tokens rotated before the grace window go,
@@ -697,35 +867,9 @@ macro_rules! impl_store {
                 if Self::lock_user(&mut tx, user_id).await?.is_none() {
                     return Ok(false);
                 }
-                let ended = sqlx::query(
-                    "update sessions set revoked_at = $2 where id = $1 and revoked_at is null",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                sqlx::query(
-                    r"update refresh_tokens set revoked_at = $2
-                      where family_id = $1 and revoked_at is null",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if ended == 1 {
-                    Self::append_event(
-                        &mut tx,
-                        $crate::store::EventKind::SessionRevoked,
-                        user_id,
-                        Some(id),
-                        None,
-                        now,
-                    )
-                    .await?;
-                }
+                let ended = Self::end_session(&mut tx, user_id, id, now).await?;
                 tx.commit().await?;
-                Ok(ended == 1)
+                Ok(ended)
             }
 
             async fn revoke_user_sessions(

@@ -28,6 +28,7 @@ mod operations;
 mod outage;
 mod races;
 mod recovery;
+mod self_service;
 mod sessions;
 mod smtp_sink;
 mod startup_config;

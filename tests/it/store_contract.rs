@@ -208,8 +208,13 @@ async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
         user_id,
         created_at: first.issued_at,
         expires_at: first.expires_at,
+        user_agent: Some("agent/1".to_owned()),
+        ip: Some("192.0.2.1".to_owned()),
     };
-    assert!(store.start_session(&session, &first).await.unwrap());
+    assert_eq!(
+        store.start_session(&session, &first, 100).await.unwrap(),
+        Some(vec![])
+    );
     first
 }
 
@@ -277,10 +282,12 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         user_id: user.id,
         created_at: now,
         expires_at: now,
+        user_agent: None,
+        ip: None,
     };
     assert!(matches!(
         store
-            .start_session(&again, &token(user.id, first.family_id, None))
+            .start_session(&again, &token(user.id, first.family_id, None), 100)
             .await,
         Err(StoreError::Duplicate)
     ));
@@ -292,8 +299,13 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         user_id: user.id,
         created_at: now,
         expires_at: now,
+        user_agent: None,
+        ip: None,
     };
-    assert!(!store.start_session(&new, &refused).await.unwrap());
+    assert_eq!(
+        store.start_session(&new, &refused, 100).await.unwrap(),
+        None
+    );
     assert!(
         store
             .find_session(refused.family_id)
@@ -307,8 +319,10 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         user_id: user.id + 100,
         created_at: now,
         expires_at: now,
+        user_agent: None,
+        ip: None,
     };
-    assert!(!store.start_session(&new, &ghost).await.unwrap());
+    assert_eq!(store.start_session(&new, &ghost, 100).await.unwrap(), None);
 }
 
 async fn rotation_is_a_compare_and_set(backend: Backend) {
@@ -833,8 +847,9 @@ async fn revocations_end_sessions_once_and_append_events(backend: Backend) {
         kinds,
         [
             (EventKind::SessionRevoked, a.id, Some(a1.family_id)),
-            // Logout-all names each session it ended too, so a local verifier
-            // refuses a same-second token of it (the cut-off alone is per second).
+            // Logout-all names each session it ended that was used in the cut-off second
+            // (a2 just logged in), so a local verifier refuses a same-second token of it
+            // (the cut-off alone is per second).
             (EventKind::SessionRevoked, a.id, Some(a2.family_id)),
             (EventKind::LoggedOutEverywhere, a.id, None),
         ]
