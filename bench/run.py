@@ -15,6 +15,8 @@ and the JSON answer), then prints:
 - idle and loaded RSS; start-up time to /health/ready on SQLite;
 - with REFRESH_TOKEN_ROTATION=on, 2,000 refreshes of one session: latency and rows left;
 - POST /auth/password/forgot for a known and an unknown email: the two medians;
+- logout-all of a user holding 10,000 sessions on PostgreSQL: its time, the events it
+  appended, and other users' logouts meanwhile against the same logouts before it;
 - the auth-verifier crate: requests/s of examples/orders_service's protected route (local
   ES256 verification) against the same route unprotected, alternating; target >= 0.8.
 
@@ -397,6 +399,8 @@ def main():
                         help="only the rotation storage line")
     parser.add_argument("--forgot-only", action="store_true",
                         help="only the forgot-password timing line")
+    parser.add_argument("--logout-all-only", action="store_true",
+                        help="only the logout-all over 10,000 sessions line")
     parser.add_argument("--verifier-only", action="store_true",
                         help="only the auth-verifier crate's ratio")
     args = parser.parse_args()
@@ -415,6 +419,9 @@ def main():
     if args.forgot_only:
         forgot_timing(2000)
         return
+    if args.logout_all_only:
+        logout_all_timing(10_000)
+        return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
         verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
@@ -432,6 +439,7 @@ def main():
     logins_and_verify_latency(seconds + 4)
     rotation_storage(2000)
     forgot_timing(2000)
+    logout_all_timing(10_000)
     verifier_ratio(seconds, rounds)
 
 
@@ -495,6 +503,91 @@ def forgot_timing(requests):
     finally:
         service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def logout_all_timing(sessions, bystanders=20):
+    """Logout-all of one user holding `sessions` sessions (seeded in the database, as a store
+    from before MAX_SESSIONS_PER_USER could hold) on PostgreSQL, while other users log out in a
+    loop: the logout-all's time and the events it appended, and the bystanders' logout latency
+    during it against the same logouts before it."""
+    import threading
+
+    admin, name = postgres_database()
+    url = f"{admin}/{name}"
+    service = Service(url, BCRYPT_ROUNDS=4)
+    try:
+        big = "hoarder@example.com"
+        access = service.token(big)
+        _, me = http("GET", service.base + "/auth/verify", token=access)
+        refresh_of = {}
+        for i in range(bystanders):
+            email = f"bystander{i}@example.com"
+            http("POST", service.base + "/auth/register", {"email": email, "password": PASSWORD})
+            refresh_of[email] = []
+            for _ in range(40):
+                _, body = http("POST", service.base + "/auth/login",
+                               {"email": email, "password": PASSWORD})
+                refresh_of[email].append(body["refresh_token"])
+        seed = f"""
+            with s as (select gen_random_uuid() as id from generate_series(1, {sessions})),
+            i as (insert into sessions (id, user_id, created_at, expires_at, last_used_at)
+                  select id, {me['user_id']}, now() - interval '1 hour',
+                         now() + interval '30 days', now() - interval '1 hour' from s)
+            insert into refresh_tokens (jti, user_id, family_id, issued_at, expires_at)
+            select gen_random_uuid(), {me['user_id']}, id, now() - interval '1 hour',
+                   now() + interval '30 days' from s"""
+        subprocess.run(["psql", url, "-qc", seed], check=True)
+        queue = [t for tokens in refresh_of.values() for t in tokens]
+
+        def logouts(count, took):
+            connection = httpclient.HTTPConnection("127.0.0.1", service.port, timeout=30)
+            for _ in range(count):
+                body = json.dumps({"refresh_token": queue.pop()})
+                started = time.perf_counter()
+                connection.request("POST", "/auth/logout", body,
+                                   {"Content-Type": "application/json"})
+                connection.getresponse().read()
+                took.append(time.perf_counter() - started)
+            connection.close()
+
+        before = []
+        logouts(200, before)
+        events = int(subprocess.run(["psql", url, "-tAc", "select count(*) from revocation_events"],
+                                    capture_output=True, text=True, check=True).stdout)
+        during, done = [], threading.Event()
+
+        def background():
+            while not done.is_set() and queue:
+                logouts(1, during)
+
+        worker = threading.Thread(target=background)
+        worker.start()
+        time.sleep(0.05)
+        started = time.perf_counter()
+        status, _ = http("POST", service.base + "/auth/logout-all", token=access)
+        took = time.perf_counter() - started
+        time.sleep(0.05)
+        done.set()
+        worker.join()
+        if status != 200:
+            raise SystemExit(f"logout-all answered {status}")
+        appended = int(subprocess.run(
+            ["psql", url, "-tAc", "select count(*) from revocation_events "
+             f"where user_id = {me['user_id']}"],
+            capture_output=True, text=True, check=True).stdout)
+        live = int(subprocess.run(
+            ["psql", url, "-tAc", "select count(*) from sessions "
+             f"where user_id = {me['user_id']} and revoked_at is null"],
+            capture_output=True, text=True, check=True).stdout)
+        print(f"logout-all, {sessions} sessions  {took * 1000:.1f} ms on PostgreSQL, "
+              f"{appended} events, {live} sessions left live; other users' logouts: "
+              f"median {statistics.median(before) * 1000:.2f} ms before, "
+              f"{statistics.median(during) * 1000:.2f} ms (max {max(during) * 1000:.2f}) during "
+              f"({len(during)} logouts; {events} events before it)")
+    finally:
+        service.stop()
+        subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
+                       check=False)
 
 
 def git_head():

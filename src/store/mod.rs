@@ -464,9 +464,13 @@ impl Purge {
 /// revocation sees the ended session and creates nothing. Nothing else is locked before the
 /// user row, so the rule cannot deadlock.
 ///
-/// **The events rule.** Every change that can kill a token (`revoke_session`,
-/// `revoke_user_sessions`, `set_user_active`, `delete_user`) appends a `revocation_events` row
-/// in the same transaction, and events become visible in `id` order.
+/// **The events rule.** Every change that can kill a live access token (`revoke_session`,
+/// `revoke_user_sessions`, `set_user_active`, `delete_user`, `change_password`, the cap in
+/// `start_session`, ...) appends, in the same transaction, the `revocation_events` rows a
+/// verifier needs to refuse those tokens, and events become visible in `id` order. Ending many
+/// sessions at once names only the sessions that may still hold a live access token that a
+/// user-wide cut-off does not refuse (see [`Store::revoke_user_sessions`]): each use of a
+/// session (`last_used_at`) is recorded before its token is signed, with the token's `iat`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Answers when the database does.

@@ -358,10 +358,12 @@ macro_rules! impl_store {
             }
 
             fn pool_stats(&self) -> $crate::store::PoolStats {
-                $crate::store::PoolStats {
-                    size: self.pool.size(),
-                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-                }
+                let size = self.pool.size();
+                // sqlx reads the two counts separately, without a lock: while a connection
+                // changes hands its idle count can come out wrapped below zero (seen as
+                // 2^64 - 1). An idle count is at most the pool's size, never past it.
+                let idle = u32::try_from(self.pool.num_idle()).map_or(0, |idle| idle.min(size));
+                $crate::store::PoolStats { size, idle }
             }
 
             async fn migrate(&self) -> Result<(), $crate::store::StoreError> {

@@ -8,6 +8,7 @@
 //! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
 //! | `update_password_hash` | `password_hash_update_is_a_compare_and_set` |
 //! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
+//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one` |
 //! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
 //! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
 //! | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use auth_service::store::{
     AttemptLimits, EventKind, MailOutcome, MailTemplate, NewMail, NewRefreshToken, NewSession,
-    Purge, ResetRequest, RotateOutcome, Store, StoreError, TokenMail,
+    PasswordChange, Purge, ResetRequest, RotateOutcome, Store, StoreError, TokenMail,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -60,6 +61,7 @@ dual_backend!(
     disabling_and_deleting_end_sessions_and_append_events,
     password_hash_update_is_a_compare_and_set,
     sessions_start_only_for_active_users,
+    sessions_record_their_use_and_end_all_but_one,
     revocations_end_sessions_once_and_append_events,
     events_are_read_in_order_and_signalled,
     export_and_import_round_trip,
@@ -323,6 +325,120 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         ip: None,
     };
     assert_eq!(store.start_session(&new, &ghost, 100).await.unwrap(), None);
+}
+
+async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let t0 = Utc::now().duration_trunc(Duration::seconds(1)).unwrap() - Duration::hours(2);
+    let user = store.insert_user("u@example.com", "old", t0).await.unwrap();
+    let start = |at: chrono::DateTime<Utc>, agent: &str, cap: i64| {
+        let store = Arc::clone(&store);
+        let agent = agent.to_owned();
+        async move {
+            let first = NewRefreshToken {
+                issued_at: at,
+                ..token(user.id, Uuid::new_v4(), None)
+            };
+            let session = NewSession {
+                id: first.family_id,
+                user_id: user.id,
+                created_at: at,
+                expires_at: first.expires_at,
+                user_agent: Some(agent),
+                ip: Some("2001:db8::1".to_owned()),
+            };
+            let evicted = store.start_session(&session, &first, cap).await.unwrap();
+            (first.family_id, evicted.unwrap())
+        }
+    };
+    let (old, _) = start(t0, "old", 3).await;
+    let (middle, _) = start(t0 + Duration::minutes(1), "middle", 3).await;
+    let (new, evicted) = start(t0 + Duration::minutes(2), "new", 3).await;
+    assert!(evicted.is_empty());
+    // A use moves `last_used_at` forward, never back, and only on a live session.
+    assert!(
+        store
+            .touch_session(old, t0 + Duration::minutes(3))
+            .await
+            .unwrap()
+    );
+    assert!(store.touch_session(old, t0).await.unwrap());
+    let live = store
+        .live_sessions(user.id, t0 + Duration::minutes(4))
+        .await
+        .unwrap();
+    let listed: Vec<_> = live
+        .iter()
+        .map(|s| (s.id, s.user_agent.as_deref(), s.last_used_at))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (new, Some("new"), Some(t0 + Duration::minutes(2))),
+            (middle, Some("middle"), Some(t0 + Duration::minutes(1))),
+            (old, Some("old"), Some(t0 + Duration::minutes(3))),
+        ],
+        "newest first"
+    );
+    assert_eq!(live[0].ip.as_deref(), Some("2001:db8::1"));
+    // The cap: the fourth ends the least recently used (`middle`, not the oldest login).
+    let (fourth, evicted) = start(t0 + Duration::minutes(5), "fourth", 3).await;
+    assert_eq!(evicted, [middle]);
+    assert!(
+        !store
+            .touch_session(middle, t0 + Duration::minutes(6))
+            .await
+            .unwrap()
+    );
+    // A password change keeps one session and ends the others; a stale hash changes nothing.
+    let mail = NewMail {
+        template: MailTemplate::PasswordChanged,
+        link: None,
+    };
+    let change = PasswordChange {
+        user_id: user.id,
+        keep: fourth,
+        old_hash: "stale",
+        new_hash: "new",
+        notification: &mail,
+        live_tokens_since: t0 + Duration::minutes(3),
+    };
+    let now = t0 + Duration::minutes(7);
+    assert!(!store.change_password(&change, now).await.unwrap());
+    let before = store.last_event_id().await.unwrap();
+    let change = PasswordChange {
+        old_hash: "old",
+        ..change
+    };
+    assert!(store.change_password(&change, now).await.unwrap());
+    let live: Vec<_> = store
+        .live_sessions(user.id, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(live, [fourth]);
+    assert_eq!(
+        store
+            .find_user_by_id(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new"
+    );
+    assert_eq!(store.pending_mail().await.unwrap(), 1);
+    // Events: only the ended sessions used since `live_tokens_since` (`old`, at minute 3);
+    // `new` (minute 2) holds no token that still verifies.
+    let named: Vec<_> = store
+        .events_since(before, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.session_id))
+        .collect();
+    assert_eq!(named, [(EventKind::SessionRevoked, Some(old))]);
 }
 
 async fn rotation_is_a_compare_and_set(backend: Backend) {
