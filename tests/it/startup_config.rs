@@ -250,6 +250,24 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         .send()
         .await
         .unwrap();
+    // Self-service: a password change, then the account deleted with the new password.
+    let new_password = "ChangedPass456";
+    let changed = client
+        .post(binary.url("/auth/password/change"))
+        .bearer_auth(&access)
+        .json(&serde_json::json!({"current_password": password, "new_password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), reqwest::StatusCode::OK);
+    let deleted = client
+        .delete(binary.url("/auth/me"))
+        .bearer_auth(&access)
+        .json(&serde_json::json!({"password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), reqwest::StatusCode::OK);
     let (code, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     // Assert
     assert_eq!(code, Some(0));
@@ -257,6 +275,7 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
     for secret in [
         email,
         password,
+        new_password,
         "WrongPass123",
         access.as_str(),
         refresh.as_str(),
@@ -298,6 +317,8 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         ("refresh", "success"),
         ("login", "invalid_credentials"),
         ("login", "invalid_credentials"),
+        ("password_changed", "success"),
+        ("account_deleted", "success"),
     ]
     .iter()
     .map(|(e, o)| ((*e).to_owned(), (*o).to_owned()))
@@ -321,6 +342,12 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         failures[0]
     );
     assert!(failures[1]["user.id"].is_null(), "{:?}", failures[1]);
+    // The deletion names the account by id only (the email is nowhere in the log, above).
+    let deletion = lines
+        .iter()
+        .find(|l| l["target"] == "audit" && l["event"] == "account_deleted")
+        .unwrap();
+    assert_eq!(deletion["user.id"], login_audit["user.id"], "{deletion}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
 //! | `update_password_hash` | `password_hash_update_is_a_compare_and_set` |
 //! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
-//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one` |
+//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one`, `sessions_from_before_devices_get_nulls` |
 //! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
 //! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
 //! | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
@@ -62,6 +62,7 @@ dual_backend!(
     password_hash_update_is_a_compare_and_set,
     sessions_start_only_for_active_users,
     sessions_record_their_use_and_end_all_but_one,
+    sessions_from_before_devices_get_nulls,
     revocations_end_sessions_once_and_append_events,
     events_are_read_in_order_and_signalled,
     export_and_import_round_trip,
@@ -813,6 +814,82 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
             .unwrap()
             >= 1
     );
+}
+
+/// The upgrade that records devices (0007) leaves existing sessions' use, user agent and IP
+/// null; they are still listed, and a refresh records its use.
+async fn sessions_from_before_devices_get_nulls(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let created = "2026-11-02T03:04:05Z";
+    let expires = "2099-01-01T00:00:00Z";
+    let session = Uuid::new_v4();
+    match &db.url {
+        auth_service::config::DatabaseUrl::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url_string()).await.unwrap();
+            let mut before = sqlx::migrate!("migrations/postgres");
+            before.migrations = before.migrations[..6].to_vec().into();
+            before.run(&pool).await.unwrap();
+            sqlx::query(
+                "insert into users (id, email, password_hash, is_active, created_at, updated_at) \
+                 values (1, 'old@example.com', 'h', true, $1::timestamptz, $1::timestamptz)",
+            )
+            .bind(created)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "insert into sessions (id, user_id, created_at, expires_at) \
+                 values ($1, 1, $2::timestamptz, $3::timestamptz)",
+            )
+            .bind(session)
+            .bind(created)
+            .bind(expires)
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        _ => {
+            let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url_string()))
+                .await
+                .unwrap();
+            let mut before = sqlx::migrate!("migrations/sqlite");
+            before.migrations = before.migrations[..6].to_vec().into();
+            before.run(&pool).await.unwrap();
+            let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+            sqlx::query(
+                "insert into users (id, email, password_hash, is_active, created_at, updated_at) \
+                 values (1, 'old@example.com', 'h', true, $1, $1)",
+            )
+            .bind(at(created))
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "insert into sessions (id, user_id, created_at, expires_at) values ($1, 1, $2, $3)",
+            )
+            .bind(session)
+            .bind(at(created))
+            .bind(at(expires))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+    let store = db.unmigrated_store().await;
+    store.migrate().await.unwrap();
+    let row = store.find_session(session).await.unwrap().unwrap();
+    assert_eq!(
+        (row.last_used_at, row.user_agent, row.ip),
+        (None, None, None)
+    );
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let live = store.live_sessions(1, now).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert!(store.touch_session(session, now).await.unwrap());
+    let row = store.find_session(session).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(now));
 }
 
 /// The upgrade that adds email verification marks every existing user verified; users made
