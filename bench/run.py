@@ -8,8 +8,14 @@ Builds the release binary and bench/baseline (a bare axum server doing only the 
 and the JSON answer), then prints:
 
 - verify requests/s of auth-service and of the baseline, alternating A B A B with the same
-  load generator (wrk) and connection count, and their ratio, on SQLite and on PostgreSQL,
-  with one token presented again and again and with 50,000 tokens in turn;
+  load generator (wrk) and connection count, and their ratio, on SQLite and on PostgreSQL:
+  one token presented again and again; 20,000 distinct live tokens of 200 users in turn
+  (production: nearly every call a new token); and a skewed mix of them (Zipf: a few hot
+  users, a long tail). For the two token mixes the baseline reads a token file of the same
+  length and order (the same claims, signed with its own secret) through the same Lua request
+  function, so the load generator costs both sides the same;
+- RSS after 200,000 distinct valid tokens, and after 200,000 forged ones (bad signatures,
+  unknown sessions, expired), against the bound the caches are built to;
 - verify p50/p99 while logins saturate bcrypt at BCRYPT_ROUNDS=12, and the login rate against
   raw bcrypt capacity (cores / one hash, distinct users);
 - idle and loaded RSS; start-up time to /health/ready on SQLite;
@@ -52,6 +58,8 @@ EXAMPLE = os.path.join(TARGET, "release", "examples", "orders_service")
 FEED_TOKEN = "bench-feed-token-0123456789abcdef"
 PASSWORD = "SecurePass123"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+# bench/baseline's own HS256 secret: its token files are ours, re-signed with it.
+BASELINE_SECRET = "bench-baseline-secret-0123456789abcdef0123456789"
 CONNECTIONS = 32
 
 
@@ -176,16 +184,17 @@ def wrk(url, seconds, token=None, connections=CONNECTIONS, script=None):
     return rps, int(errors.group(1)) if errors else 0, latency
 
 
-DISTINCT_TOKENS = 50_000
+USERS = 200
+TOKENS_PER_USER = 100
 
-DISTINCT_SCRIPT = """
+TOKENS_SCRIPT = """
 tokens = {}
 for line in io.lines("%s") do tokens[#tokens + 1] = line end
 math.randomseed(os.time() + tonumber(tostring({}):match("0x(%%x+)") or "0", 16))
 counter = math.random(#tokens)
 request = function()
   counter = counter %% #tokens + 1
-  return wrk.format("GET", "/auth/verify", {["Authorization"] = "Bearer " .. tokens[counter]})
+  return wrk.format("GET", "%s", {["Authorization"] = "Bearer " .. tokens[counter]})
 end
 """
 
@@ -194,57 +203,178 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+def claims_of(token):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def sign(header, claims, secret):
+    signing_input = header.encode() + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64url(signature)).decode()
+
+
 def distinct_tokens(token, count):
     """`count` valid tokens of one session that differ in `jti`: the real token's header and
     claims with a fresh `jti` each, signed with the bench's HS256 secret."""
-    header, payload, _ = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    header = token.split(".")[0]
+    claims = claims_of(token)
     tokens = []
     for _ in range(count):
         claims["jti"] = str(uuid.uuid4())
-        signing_input = header.encode() + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
-        signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
-        tokens.append((signing_input + b"." + b64url(signature)).decode())
+        tokens.append(sign(header, claims, SECRET))
     return tokens
 
 
+def resigned(tokens, secret):
+    """The same tokens (header and claims byte for byte, so the same length) signed with
+    `secret`: what the baseline accepts."""
+    out = []
+    for token in tokens:
+        header, payload, _ = token.split(".")
+        signing_input = (header + "." + payload).encode()
+        signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+        out.append((signing_input + b"." + b64url(signature)).decode())
+    return out
+
+
+def production_tokens(service, users=USERS, per_user=TOKENS_PER_USER, prefix="prod"):
+    """`users` users, one login each, and `per_user` live access tokens of each session:
+    `users * per_user` distinct tokens, grouped by user."""
+    grouped = []
+    for i in range(users):
+        token = service.token(f"{prefix}-{i}-{uuid.uuid4().hex[:6]}@bench.example")
+        grouped.append(distinct_tokens(token, per_user))
+    return grouped
+
+
+def round_robin(grouped):
+    """Every token once, users interleaved (user 0's first, user 1's first, ...)."""
+    return [tokens[i] for i in range(len(grouped[0])) for tokens in grouped]
+
+
+def zipf_mix(grouped, length, exponent=1.1, seed=7):
+    """`length` picks: a user by Zipf rank (user k with weight 1/k^exponent: a few hot users,
+    a long tail), then one of that user's tokens uniformly."""
+    import random
+
+    rng = random.Random(seed)
+    weights = [1 / (rank ** exponent) for rank in range(1, len(grouped) + 1)]
+    users = rng.choices(range(len(grouped)), weights=weights, k=length)
+    return [rng.choice(grouped[user]) for user in users]
+
+
+def token_script(workdir, name, tokens, path="/auth/verify"):
+    """A wrk script presenting `tokens` in turn (from a random start), and its token file."""
+    tokens_file = os.path.join(workdir, f"{name}.txt")
+    with open(tokens_file, "w") as out:
+        out.write("\n".join(tokens) + "\n")
+    script = os.path.join(workdir, f"{name}.lua")
+    with open(script, "w") as out:
+        out.write(TOKENS_SCRIPT % (tokens_file, path))
+    return script
+
+
 def verify_ratio(name, database_url, seconds, rounds):
-    """Alternates baseline and auth-service verify runs, the service once with one token
-    presented again and again (as a service's requests in one session present it) and once
-    with 50,000 tokens in turn (most signatures checked anew); prints the ratios and returns
-    the loaded RSS."""
+    """Alternates baseline and auth-service verify runs for three loads: one token presented
+    again and again (as a service's requests in one session present it), 20,000 tokens of 200
+    users in turn, and a Zipf mix of them; both servers get the same load generator, the same
+    token order and token length. Prints the ratios and returns the loaded RSS."""
     service = Service(database_url, BCRYPT_ROUNDS=4)
     baseline = Baseline()
     workdir = tempfile.mkdtemp()
     try:
         token = service.token(f"verify-{uuid.uuid4().hex[:8]}@bench.example")
-        tokens_file = os.path.join(workdir, "tokens.txt")
-        with open(tokens_file, "w") as out:
-            out.write("\n".join(distinct_tokens(token, DISTINCT_TOKENS)) + "\n")
-        script = os.path.join(workdir, "distinct.lua")
-        with open(script, "w") as out:
-            out.write(DISTINCT_SCRIPT % tokens_file)
+        grouped = production_tokens(service)
+        mixes = {"round robin": round_robin(grouped)}
+        mixes["zipf"] = zipf_mix(grouped, len(mixes["round robin"]))
+        loads = [("one token", {"token": token}, {"token": baseline.token})]
+        for mix, tokens in mixes.items():
+            key = mix.replace(" ", "_")
+            ours = token_script(workdir, f"ours_{key}", tokens)
+            theirs = token_script(workdir, f"theirs_{key}", resigned(tokens, BASELINE_SECRET),
+                                  path="/verify")
+            loads.append((mix, {"script": ours}, {"script": theirs}))
         wrk(service.base + "/auth/verify", 2, token)  # warm up: caches, connections
         wrk(f"http://127.0.0.1:{baseline.port}/verify", 2, baseline.token)
-        ours, distinct, theirs = [], [], []
+        results = {load: ([], []) for load, _, _ in loads}
         for _ in range(rounds):
-            theirs.append(wrk(f"http://127.0.0.1:{baseline.port}/verify", seconds, baseline.token)[0])
-            for results, extra in ((ours, {"token": token}), (distinct, {"script": script})):
-                rps, errors, _ = wrk(service.base + "/auth/verify", seconds, **extra)
+            for load, ours_args, theirs_args in loads:
+                theirs, errors, _ = wrk(f"http://127.0.0.1:{baseline.port}/verify", seconds,
+                                        **theirs_args)
                 if errors:
-                    raise SystemExit(f"{name}: {errors} verify requests failed")
-                results.append(rps)
+                    raise SystemExit(f"baseline: {errors} verify requests failed ({load})")
+                ours, errors, _ = wrk(service.base + "/auth/verify", seconds, **ours_args)
+                if errors:
+                    raise SystemExit(f"{name}: {errors} verify requests failed ({load})")
+                results[load][0].append(ours)
+                results[load][1].append(theirs)
         loaded = service.rss_mib()
     finally:
         baseline.stop()
         service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    ours, distinct, theirs = (statistics.median(x) for x in (ours, distinct, theirs))
-    print(f"verify {name:<10} auth-service {ours:>9,.0f} rps   baseline {theirs:>9,.0f} rps   "
-          f"ratio {ours / theirs:.2f}   (median of {rounds} alternating {seconds} s runs, c{CONNECTIONS})")
-    print(f"  {DISTINCT_TOKENS:,} tokens in turn {distinct:>9,.0f} rps   "
-          f"ratio {distinct / theirs:.2f}   (signatures mostly checked anew)")
+    for load, (ours, theirs) in results.items():
+        ours, theirs = statistics.median(ours), statistics.median(theirs)
+        label = {"one token": "one token",
+                 "round robin": f"{USERS * TOKENS_PER_USER:,} tokens, {USERS} users",
+                 "zipf": "Zipf mix of them"}[load]
+        print(f"verify {name:<10} {label:<26} auth-service {ours:>9,.0f} rps   "
+              f"baseline {theirs:>9,.0f} rps   ratio {ours / theirs:.2f}   "
+              f"(median of {rounds} alternating {seconds} s runs, c{CONNECTIONS})")
     return loaded
+
+
+def forged_tokens(grouped, count):
+    """`count` tokens no verifier may accept or remember, in thirds: a valid token with its
+    signature's last characters changed, a token of an unknown session (signed with the
+    bench's secret: only a holder of the key could make one), and a token expired an hour
+    ago."""
+    import random
+
+    rng = random.Random(11)
+    forged = []
+    for i in range(count):
+        token = rng.choice(rng.choice(grouped))
+        header = token.split(".")[0]
+        claims = claims_of(token)
+        claims["jti"] = str(uuid.uuid4())
+        kind = i % 3
+        if kind == 0:
+            signed = sign(header, claims, SECRET)
+            forged.append(signed[:-6] + ("AAAAAA" if not signed.endswith("AAAAAA") else "BBBBBB"))
+        elif kind == 1:
+            claims["sid"] = str(uuid.uuid4())
+            forged.append(sign(header, claims, SECRET))
+        else:
+            claims["exp"] = int(time.time()) - 3600
+            claims["iat"] = claims["exp"] - 900
+            forged.append(sign(header, claims, SECRET))
+    return forged
+
+
+def verify_memory(count=200_000, seconds=8):
+    """RSS after `count` distinct valid tokens (each presented about once), then after `count`
+    forged ones, on SQLite; the caches' bound is stated in BENCHMARKS.md."""
+    workdir = tempfile.mkdtemp()
+    service = Service(f"sqlite://{workdir}/memory.db", BCRYPT_ROUNDS=4)
+    try:
+        grouped = production_tokens(service, per_user=count // USERS, prefix="mem")
+        idle = service.rss_mib()
+        valid = token_script(workdir, "valid", round_robin(grouped))
+        rps, errors, _ = wrk(service.base + "/auth/verify", seconds, script=valid)
+        if errors:
+            raise SystemExit(f"memory: {errors} valid tokens refused")
+        after_valid = service.rss_mib()
+        forged = token_script(workdir, "forged", forged_tokens(grouped, count))
+        forged_rps, accepted, _ = wrk(service.base + "/auth/verify", seconds, script=forged)
+        after_forged = service.rss_mib()
+        print(f"verify memory            idle {idle:.1f} MiB; after {count:,} distinct valid tokens "
+              f"({rps * seconds:,.0f} verifies) {after_valid:.1f} MiB; after {count:,} forged "
+              f"({forged_rps * seconds:,.0f} verifies, all refused) {after_forged:.1f} MiB")
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 LOGIN_SCRIPT = """
@@ -394,7 +524,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--verify-only", action="store_true",
-                        help="only the SQLite verify ratio (while tuning the request path)")
+                        help="only the SQLite verify ratios (while tuning the request path)")
+    parser.add_argument("--verify-postgres-only", action="store_true",
+                        help="only the PostgreSQL verify ratios")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the verify memory line")
     parser.add_argument("--rotation-only", action="store_true",
                         help="only the rotation storage line")
     parser.add_argument("--forgot-only", action="store_true",
@@ -426,6 +560,17 @@ def main():
     if args.verify_only:
         verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
         return
+    if args.memory_only:
+        verify_memory()
+        return
+    if args.verify_postgres_only:
+        admin, name = postgres_database()
+        try:
+            verify_ratio("PostgreSQL", f"{admin}/{name}", seconds, rounds)
+        finally:
+            subprocess.run(["psql", admin + "/postgres", "-qc",
+                            f"drop database {name} with (force)"], check=False)
+        return
     startup_and_idle()
     loaded = verify_ratio("SQLite", f"sqlite://{workdir}/verify.db", seconds, rounds)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -436,6 +581,7 @@ def main():
     finally:
         subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
                        check=False)
+    verify_memory()
     logins_and_verify_latency(seconds + 4)
     rotation_storage(2000)
     forgot_timing(2000)

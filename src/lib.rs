@@ -133,7 +133,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let app = http::router(state.clone());
+    let app = http::app(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }

@@ -162,6 +162,10 @@ fn describe_metrics() {
         "db_pool_idle_connections",
         "Idle database connections of the pool"
     );
+    describe_gauge!(
+        "verify_cache_entries",
+        "What /auth/verify remembers, by cache: verified tokens (at most 10,000), users and sessions (of tokens that verified)"
+    );
     describe_counter!("rows_purged_total", "Rows deleted by the purge, by table");
     describe_gauge!("connections_open", "Open client connections");
     describe_counter!(

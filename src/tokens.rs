@@ -81,6 +81,10 @@ pub struct TokenKeys {
     /// The HS256 secret, when one verifies (always with HS256; with an asymmetric algorithm,
     /// while `JWT_SECRET_KEY` is still set).
     hmac: Option<DecodingKey>,
+    /// The encoded header of the HS256 tokens this service signs (`{"typ":"JWT","alg":"HS256"}`
+    /// as jsonwebtoken writes it), when `hmac` is set: a token whose first segment is byte for
+    /// byte this one needs no header parsed (see [`Self::decode`]).
+    own_hs256_header: Option<String>,
     /// Every key a token may name by `kid`.
     published: KeySet,
     /// The published keys as served at `/.well-known/jwks.json`.
@@ -138,10 +142,19 @@ impl TokenKeys {
                 anyhow::bail!("JWT_ALGORITHM={} without a signing key", algorithm.name())
             }
         };
+        let own_hs256_header = match &hmac {
+            Some(_) => {
+                let probe = EncodingKey::from_secret(b"header-probe")?;
+                let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &(), &probe)?;
+                token.split('.').next().map(str::to_owned)
+            }
+            None => None,
+        };
         Ok(Self {
             header,
             encoding,
             hmac,
+            own_hs256_header,
             jwks: serde_json::to_string(&keys.jwks())?,
             published: keys.clone(),
             hs256: validation(Algorithm::HS256),
@@ -223,6 +236,62 @@ impl TokenKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid);
         }
+        let claims = match self.decode_own_hs256(token) {
+            Some(decoded) => decoded?,
+            None => self.decode_any(token)?,
+        };
+        if claims.sub != claims.user_id.to_string() {
+            return Err(TokenError::Invalid);
+        }
+        if claims.iss.as_deref() != Some(self.issuer.as_str()) {
+            return Err(TokenError::WrongParty);
+        }
+        if let Some(audience) = &self.audience
+            && claims.aud.as_deref() != Some(audience.as_str())
+        {
+            return Err(TokenError::WrongParty);
+        }
+        if claims.kind != expected {
+            return Err(TokenError::WrongKind);
+        }
+        Ok(claims)
+    }
+
+    /// The hot path for the tokens this service signs with HS256 (every token `/auth/verify`
+    /// sees with the default algorithm): when the header segment is byte for byte the one we
+    /// write, that header needs no parse, and jsonwebtoken checks the signature
+    /// (`crypto::verify`, constant time) before the claims are parsed, once. `None` for any
+    /// other header, which [`Self::decode_any`] reads in full.
+    fn decode_own_hs256(&self, token: &str) -> Option<Result<Claims, TokenError>> {
+        use base64::Engine as _;
+
+        let (header, _) = token.split_once('.')?;
+        if Some(header) != self.own_hs256_header.as_deref() {
+            return None;
+        }
+        let hmac = self.hmac.as_ref()?;
+        let (message, signature) = token.rsplit_once('.')?;
+        let (_, payload) = message.split_once('.')?;
+        Some(
+            match jsonwebtoken::crypto::verify(
+                signature,
+                message.as_bytes(),
+                hmac,
+                Algorithm::HS256,
+            ) {
+                Ok(true) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .ok()
+                    .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+                    .ok_or(TokenError::Invalid),
+                Ok(false) | Err(_) => Err(TokenError::Invalid),
+            },
+        )
+    }
+
+    /// Any header: jsonwebtoken parses it, pins the algorithm (and for asymmetric keys the
+    /// key by `kid`), checks the signature and parses the claims.
+    fn decode_any(&self, token: &str) -> Result<Claims, TokenError> {
         let data = if self.published.published.is_empty() {
             // HS256 only: one parse; the header is checked afterwards.
             let hmac = self.hmac.as_ref().ok_or(TokenError::Invalid)?;
@@ -253,22 +322,7 @@ impl TokenKeys {
         {
             return Err(TokenError::Invalid);
         }
-        let claims = data.claims;
-        if claims.sub != claims.user_id.to_string() {
-            return Err(TokenError::Invalid);
-        }
-        if claims.iss.as_deref() != Some(self.issuer.as_str()) {
-            return Err(TokenError::WrongParty);
-        }
-        if let Some(audience) = &self.audience
-            && claims.aud.as_deref() != Some(audience.as_str())
-        {
-            return Err(TokenError::WrongParty);
-        }
-        if claims.kind != expected {
-            return Err(TokenError::WrongKind);
-        }
-        Ok(claims)
+        Ok(data.claims)
     }
 
     /// Whether decoded claims are current at `now` (`exp`, and `nbf` or `iat`, with the
@@ -434,6 +488,52 @@ mod tests {
             keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1), TokenKind::Access, now),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn our_header_skips_the_header_parse_and_any_other_gets_the_full_one_with_the_same_rules() {
+        use base64::Engine as _;
+        let keys = keys(&[]);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = Utc::now();
+        let claims = keys.claims(
+            TokenKind::Access,
+            &subject(9),
+            Uuid::new_v4(),
+            now,
+            now + Duration::minutes(1),
+        );
+        let token = keys.sign(&claims).unwrap();
+        let (header, rest) = token.split_once('.').unwrap();
+        assert_eq!(Some(header), keys.own_hs256_header.as_deref());
+        assert!(keys.decode_own_hs256(&token).is_some(), "the hot path");
+        let payload = rest.split_once('.').unwrap().0;
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let signed = |header: &str, payload: &str| {
+            let message = format!("{header}.{payload}");
+            let signature =
+                jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{message}.{signature}")
+        };
+        // The same claims under an equivalent header: the full parse, the same answer.
+        let reordered = b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let other = signed(&reordered, payload);
+        assert!(keys.decode_own_hs256(&other).is_none());
+        assert_eq!(keys.verify(&other, TokenKind::Access, now).unwrap(), claims);
+        // A header the full parse refuses (no `typ`), and our header over a payload that is
+        // not claims, both correctly signed: refused.
+        let untyped = b64.encode(r#"{"alg":"HS256"}"#);
+        assert_eq!(
+            keys.verify(&signed(&untyped, payload), TokenKind::Access, now),
+            Err(TokenError::Invalid)
+        );
+        for junk in [b64.encode("not json"), b64.encode("{}"), "%%%".to_owned()] {
+            assert_eq!(
+                keys.verify(&signed(header, &junk), TokenKind::Access, now),
+                Err(TokenError::Invalid),
+                "{junk}"
+            );
+        }
     }
 
     proptest::proptest! {

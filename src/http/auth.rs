@@ -357,6 +357,11 @@ pub async fn logout_all(
         (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
     ))]
 pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
+    verify_response(user)
+}
+
+/// The body of a successful verify (the route's handler and the hot path's).
+pub fn verify_response(user: crate::service::VerifiedUser) -> Json<VerifyResponse> {
     Json(VerifyResponse {
         valid: true,
         user_id: user.id,

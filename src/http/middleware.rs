@@ -59,14 +59,16 @@ pub struct HttpMetrics {
     routes: RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>,
 }
 
-struct RouteMetrics {
+/// The metric handles of one route.
+pub struct RouteMetrics {
     route: Arc<str>,
     duration: metrics::Histogram,
     requests: RwLock<HashMap<(&'static str, u16), metrics::Counter>>,
 }
 
 impl HttpMetrics {
-    fn route(&self, route: &str) -> Arc<RouteMetrics> {
+    /// The handles of `route` (a route template), registered on first use.
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
         if let Some(found) = read(&self.routes).get(route) {
             return Arc::clone(found);
         }
@@ -81,7 +83,8 @@ impl HttpMetrics {
 }
 
 impl RouteMetrics {
-    fn record(&self, method: &'static str, status: u16, took: std::time::Duration) {
+    /// Counts one response and observes its latency.
+    pub fn record(&self, method: &'static str, status: u16, took: std::time::Duration) {
         self.duration.record(took.as_secs_f64());
         if let Some(counter) = read(&self.requests).get(&(method, status)) {
             counter.increment(1);

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod errors;
 pub mod extract;
 pub mod health;
+pub mod hot_path;
 pub mod meta;
 pub mod middleware;
 pub mod rate_limit;
@@ -33,13 +34,38 @@ use crate::{config::CorsOrigins, state::AppState};
 /// Request bodies over this get 413 (the largest legitimate body is well under 1 KiB).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
+/// Headers every response carries, set over whatever a handler put: no page of ours may be
+/// framed (clickjacking), leak its URL to another site, or be sniffed as another type.
+pub const COMMON_HEADERS: [(HeaderName, &str); 3] = [
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
+/// The application the server runs: the `/auth/verify` hot path ([`hot_path`]) in front of
+/// the [`router`].
+pub fn app(state: AppState) -> hot_path::App {
+    let metrics = Arc::new(middleware::HttpMetrics::default());
+    let span = request_span(&state);
+    let router = router_with(state.clone(), Arc::clone(&metrics));
+    hot_path::App::new(router, state.auth().clone(), &metrics, span)
+}
+
+fn request_span(state: &AppState) -> middleware::RequestSpan {
+    middleware::RequestSpan {
+        trusted_proxies: Arc::from(state.config().limits.trusted_proxies.clone()),
+    }
+}
+
 /// The whole application router with its layers.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Arc::new(middleware::HttpMetrics::default()))
+}
+
+fn router_with(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
     let config = state.config();
     let request_id = HeaderName::from_static("x-request-id");
-    let span = middleware::RequestSpan {
-        trusted_proxies: Arc::from(config.limits.trusted_proxies.clone()),
-    };
+    let span = request_span(&state);
 
     // One `Router::layer` call with the whole stack: axum boxes a route's service once per
     // `layer` call and clones every box on every request, so ten separate calls cost ten
@@ -57,19 +83,9 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(request_id))
-        // No page of ours may be framed (clickjacking) or leak its URL to another site.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
+        .layer(common_header(0))
+        .layer(common_header(1))
+        .layer(common_header(2))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::VARY,
             HeaderValue::from_static("origin"),
@@ -79,7 +95,7 @@ pub fn router(state: AppState) -> Router {
             config.server.cors_origins.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(middleware::HttpMetrics::default()),
+            metrics,
             middleware::observe,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
@@ -93,6 +109,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .layer(layers)
+}
+
+/// The layer that sets `COMMON_HEADERS[index]`.
+fn common_header(index: usize) -> SetResponseHeaderLayer<HeaderValue> {
+    let (name, value) = &COMMON_HEADERS[index];
+    SetResponseHeaderLayer::overriding(name.clone(), HeaderValue::from_static(value))
 }
 
 /// The router of the separate metrics listener (`METRICS_ADDR`): `/metrics` and JSON 404s.

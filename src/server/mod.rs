@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, extract::ConnectInfo};
+use axum::{body::Body, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -58,7 +58,7 @@ use crate::state::AppState;
 /// Never for now; the signature leaves room for listener failures that should stop the process.
 pub async fn serve(
     state: AppState,
-    app: Router,
+    app: crate::http::hot_path::App,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -225,7 +225,7 @@ impl AuthService {
         if !store.delete_user(user.id, self.instant()).await? {
             return Ok(false);
         }
-        self.0.revocations.user_changed(user.id);
+        self.0.revocations.user_deleted(user.id);
         let email = Email::stored(user.email.clone());
         store
             .clear_login_attempts(&LockoutKey::Email(&email).stored())

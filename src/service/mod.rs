@@ -388,18 +388,18 @@ impl AuthService {
             .check_time(&claims, self.0.clock.now())
             .map_err(|_| AuthError::InvalidToken)?;
         let session = claims.sid.ok_or(AuthError::InvalidToken)?;
-        // Remembered only once it is current and has a session, so refused tokens take no room.
-        if remembered.is_none() {
-            self.0
-                .verified_access
-                .insert(Arc::from(token), Arc::clone(&claims));
-        }
         tracing::Span::current().record("user.id", claims.user_id);
         let user = self
             .0
             .revocations
             .check(claims.user_id, session, claims.iat)
             .await?;
+        // Remembered only once it verified in full, so a refused token takes no room.
+        if remembered.is_none() {
+            self.0
+                .verified_access
+                .insert(Arc::from(token), Arc::clone(&claims));
+        }
         Ok(VerifiedUser {
             id: claims.user_id,
             email: Arc::clone(&user.email),
@@ -408,11 +408,22 @@ impl AuthService {
         })
     }
 
-    /// Publishes the database pool's size and idle connections as gauges.
+    /// Publishes the database pool's size and idle connections, and what verification
+    /// remembers (`verify_cache_entries` by cache: verified tokens, users, sessions), as
+    /// gauges.
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "entry counts are far below 2^52"
+    )]
     pub fn record_pool_metrics(&self) {
         let stats = self.0.store.pool_stats();
         metrics::gauge!("db_pool_connections").set(f64::from(stats.size));
         metrics::gauge!("db_pool_idle_connections").set(f64::from(stats.idle));
+        let (users, sessions) = self.0.revocations.entries();
+        let tokens = self.0.verified_access.len() as f64;
+        metrics::gauge!("verify_cache_entries", "cache" => "tokens").set(tokens);
+        metrics::gauge!("verify_cache_entries", "cache" => "users").set(users as f64);
+        metrics::gauge!("verify_cache_entries", "cache" => "sessions").set(sessions as f64);
     }
 
     /// Whether the database answers (health checks).

@@ -183,8 +183,17 @@ impl Revocations {
             (EventKind::SessionRevoked, Some(session)) => {
                 self.session_ended(session, event.user_id);
             }
+            (EventKind::UserDeleted, _) => self.user_deleted(event.user_id),
             _ => self.user_changed(event.user_id),
         }
+    }
+
+    /// A user was deleted (after the commit): their tokens are refused from memory at once,
+    /// as long as the cache keeps the entry (a user the database does not know is otherwise
+    /// not remembered, see [`Self::user`]).
+    pub fn user_deleted(&self, user_id: i64) {
+        self.user_changed(user_id);
+        self.users.insert(user_id, None);
     }
 
     /// This process ended a session (after the commit): refuse its tokens at once.
@@ -214,6 +223,15 @@ impl Revocations {
         }
     }
 
+    /// Users and sessions remembered now (for the `verify_cache_entries` gauge; moka counts
+    /// after its pending maintenance, which this runs).
+    #[must_use]
+    pub fn entries(&self) -> (u64, u64) {
+        self.users.run_pending_tasks();
+        self.sessions.run_pending_tasks();
+        (self.users.entry_count(), self.sessions.entry_count())
+    }
+
     /// The verdict on an access token that verified cryptographically: the user's status when
     /// the token is still good, `InvalidToken` when its user or session is gone, disabled or
     /// ended, or when it was issued before the user's `not_before`.
@@ -241,36 +259,41 @@ impl Revocations {
         Ok(user)
     }
 
+    /// The user's status: cached, or loaded and cached. An id the database does not know is
+    /// not remembered (only a holder of the signing key can present one, or a token of a user
+    /// deleted before this process followed the events: the `UserDeleted` event itself
+    /// remembers those), so no token can fill the cache with ids that do not exist.
     async fn user(&self, user_id: i64) -> Result<Option<Arc<UserStatus>>, StoreError> {
         if let Some(cached) = self.users.get(&user_id) {
             return Ok(cached);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let loaded = self
-            .store
-            .find_user_by_id(user_id)
-            .await?
-            .map(|row| Arc::new(UserStatus::from(&row)));
+        let Some(row) = self.store.find_user_by_id(user_id).await? else {
+            return Ok(None);
+        };
+        let loaded = Some(Arc::new(UserStatus::from(&row)));
         if self.generation.load(Ordering::SeqCst) == generation {
             self.users.insert(user_id, loaded.clone());
         }
         Ok(loaded)
     }
 
+    /// The session's status: cached, or loaded and cached; as for users, a session the
+    /// database does not know is answered "not live" without being remembered.
     async fn session(&self, session: Uuid) -> Result<SessionStatus, StoreError> {
         if let Some(cached) = self.sessions.get(&session) {
             return Ok(cached);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let loaded = match self.store.find_session(session).await? {
-            Some(row) => SessionStatus {
-                user_id: row.user_id,
-                live: row.revoked_at.is_none(),
-            },
-            None => SessionStatus {
+        let Some(row) = self.store.find_session(session).await? else {
+            return Ok(SessionStatus {
                 user_id: 0,
                 live: false,
-            },
+            });
+        };
+        let loaded = SessionStatus {
+            user_id: row.user_id,
+            live: row.revoked_at.is_none(),
         };
         if self.generation.load(Ordering::SeqCst) == generation {
             self.sessions.insert(session, loaded);

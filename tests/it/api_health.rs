@@ -323,7 +323,7 @@ async fn cors_allows_the_configured_origins_only(backend: Backend) {
 }
 
 /// The value of one series in a Prometheus text exposition.
-fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         line.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))

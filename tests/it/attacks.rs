@@ -79,6 +79,7 @@ dual_backend!(
     two_hundred_parallel_guesses_from_many_ips_test_at_most_five_passwords,
     password_spraying_from_one_ip_is_stopped_at_the_per_ip_limit,
     forged_and_malformed_tokens_are_all_401_never_5xx,
+    forged_tokens_take_no_room_in_what_verify_remembers,
     hostile_bodies_get_contract_4xx_and_the_service_stays_healthy,
 );
 
@@ -277,6 +278,56 @@ async fn password_spraying_from_one_ip_is_stopped_at_the_per_ip_limit(backend: B
             .status(),
         StatusCode::OK
     );
+}
+
+/// `verify_cache_entries` by cache, from `/metrics`.
+async fn cache_entries(app: &TestApp) -> [f64; 3] {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    ["tokens", "users", "sessions"].map(|cache| {
+        let series = format!("verify_cache_entries{{cache=\"{cache}\"}}");
+        crate::api_health::metric_value(&text, &series).unwrap_or_else(|| panic!("{series}"))
+    })
+}
+
+async fn forged_tokens_take_no_room_in_what_verify_remembers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (id, access, _) = app.user_with_tokens("roomy@example.com").await;
+    assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
+    assert_eq!(cache_entries(&app).await, [1.0, 1.0, 1.0]);
+    let now = {
+        use auth_service::clock::Clock as _;
+        app.clock.now().timestamp()
+    };
+    // Act: 300 tokens no one may use, in thirds: a bad signature; correctly signed (as only a
+    // holder of the key could) for an unknown session of a real user, or of an unknown user;
+    // expired.
+    for i in 0..300_i64 {
+        let unknown = json!(uuid::Uuid::new_v4().to_string());
+        let token = match i % 3 {
+            0 => {
+                let t = sign(Header::default(), &claims_at(now, id, "access", &unknown));
+                format!("{}AAAA", &t[..t.len() - 4])
+            }
+            1 => sign(
+                Header::default(),
+                &claims_at(
+                    now,
+                    if i % 2 == 0 { id } else { id + 1000 + i },
+                    "access",
+                    &unknown,
+                ),
+            ),
+            _ => {
+                let mut expired = claims_at(now - 3600, id, "access", &claims_of(&access)["sid"]);
+                expired["exp"] = json!(now - 60);
+                sign(Header::default(), &expired)
+            }
+        };
+        assert_refused(&app, &token, "forged").await;
+    }
+    // Assert: nothing more is remembered, and the real token still answers from memory.
+    assert_eq!(cache_entries(&app).await, [1.0, 1.0, 1.0]);
+    assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
 }
 
 async fn forged_and_malformed_tokens_are_all_401_never_5xx(backend: Backend) {

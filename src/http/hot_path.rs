@@ -1,0 +1,154 @@
+//! `GET /auth/verify` ahead of the router: what every other service calls on every request it
+//! serves, with only the layers it needs.
+//!
+//! [`App`] is the service the server runs: a `GET /auth/verify` without an `Origin` header
+//! (a service, not a browser) is answered here; everything else, browsers' verify calls
+//! included, goes to the [`Router`] with its full stack. The answer is the same either way:
+//! the same handler body ([`super::auth::verify_response`]), the same error responses, the
+//! contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
+//! `Vary: Origin`), the same `http_requests_total` and `http_request_duration_seconds`
+//! series and, at DEBUG, the same request line. What it leaves out is what a verify from a
+//! service does not use: routing, the per-layer boxing and cloning of the router's stack, the
+//! CORS machinery, and the body limit (a GET's body is never read).
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::Request,
+    http::{HeaderValue, Method, header},
+    response::{IntoResponse as _, Response},
+};
+use tower::Service;
+use tower_http::{request_id::RequestId, trace::MakeSpan as _};
+use uuid::Uuid;
+
+use super::{
+    COMMON_HEADERS,
+    errors::ApiError,
+    extract::bearer_token,
+    middleware::{self, HttpMetrics, REQUEST_ID, RouteMetrics},
+};
+use crate::service::AuthService;
+
+/// The route this module answers.
+pub const VERIFY: &str = "/auth/verify";
+
+/// The application: the verify hot path, then the router.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    hot: Arc<Hot>,
+}
+
+struct Hot {
+    auth: AuthService,
+    route: Arc<RouteMetrics>,
+    span: middleware::RequestSpan,
+}
+
+impl App {
+    /// `router` behind the verify hot path; `metrics` is the router's own, so both count in
+    /// the same series.
+    pub(super) fn new(
+        router: Router,
+        auth: AuthService,
+        metrics: &HttpMetrics,
+        span: middleware::RequestSpan,
+    ) -> Self {
+        Self {
+            router,
+            hot: Arc::new(Hot {
+                auth,
+                route: metrics.route(VERIFY),
+                span,
+            }),
+        }
+    }
+}
+
+/// Whether `req` is a service's verify: `GET /auth/verify`, no `Origin`.
+fn is_hot(req: &Request) -> bool {
+    req.method() == Method::GET
+        && req.uri().path() == VERIFY
+        && !req.headers().contains_key(header::ORIGIN)
+}
+
+type HotFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures_util::future::Either<HotFuture, <Router as Service<Request<Body>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<Body>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if is_hot(&req) {
+            let hot = Arc::clone(&self.hot);
+            futures_util::future::Either::Left(Box::pin(async move { Ok(hot.verify(req).await) }))
+        } else {
+            futures_util::future::Either::Right(self.router.call(req))
+        }
+    }
+}
+
+impl Hot {
+    async fn verify(&self, mut req: Request) -> Response {
+        let started = Instant::now();
+        req = middleware::drop_unusable_request_id(req);
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => fresh_request_id(),
+        };
+        // The request line is DEBUG for verify (see `RequestSpan`): built only when on.
+        let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            req.extensions_mut()
+                .insert(RequestId::new(request_id.clone()));
+            self.span.clone().make_span(&req)
+        });
+        let answer = match bearer_token(req.headers()) {
+            Ok(token) => match self.auth.verify_access(token).await {
+                Ok(user) => Ok(super::auth::verify_response(user)),
+                Err(err) => Err(ApiError::from(err)),
+            },
+            Err(err) => Err(err),
+        };
+        let mut response = match answer {
+            Ok(body) => body.into_response(),
+            Err(err) => err.into_response(),
+        };
+        let headers = response.headers_mut();
+        headers.insert(REQUEST_ID, request_id);
+        for (name, value) in COMMON_HEADERS {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers
+            .entry(header::VARY)
+            .or_insert(HeaderValue::from_static("origin"));
+        let took = started.elapsed();
+        self.route.record("GET", response.status().as_u16(), took);
+        if let Some(span) = span {
+            middleware::on_response(&response, took, &span);
+        }
+        response
+    }
+}
+
+/// A new request id, as `MakeRequestUuid` makes them for the router.
+fn fresh_request_id() -> HeaderValue {
+    let mut buffer = Uuid::encode_buffer();
+    let id = Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid-request-id"))
+}
