@@ -28,8 +28,10 @@ use axum::{
     response::{IntoResponse as _, Response},
 };
 use tower::Service;
-use tower_http::{request_id::RequestId, trace::MakeSpan as _};
-use uuid::Uuid;
+use tower_http::{
+    request_id::{MakeRequestId as _, MakeRequestUuid, RequestId},
+    trace::MakeSpan as _,
+};
 
 use super::{
     COMMON_HEADERS,
@@ -108,14 +110,19 @@ impl Hot {
     async fn verify(&self, mut req: Request) -> Response {
         let started = Instant::now();
         req = middleware::drop_unusable_request_id(req);
+        // The client's usable id, or a fresh one made as the router's `SetRequestIdLayer`
+        // makes them (`MakeRequestUuid` always makes one).
         let request_id = match req.headers().get(REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => fresh_request_id(),
+            Some(id) => Some(id.clone()),
+            None => MakeRequestUuid
+                .make_request_id(&req)
+                .map(RequestId::into_header_value),
         };
         // The request line is DEBUG for verify (see `RequestSpan`): built only when on.
         let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-            req.extensions_mut()
-                .insert(RequestId::new(request_id.clone()));
+            if let Some(id) = &request_id {
+                req.extensions_mut().insert(RequestId::new(id.clone()));
+            }
             self.span.clone().make_span(&req)
         });
         let answer = match bearer_token(req.headers()) {
@@ -130,7 +137,9 @@ impl Hot {
             Err(err) => err.into_response(),
         };
         let headers = response.headers_mut();
-        headers.insert(REQUEST_ID, request_id);
+        if let Some(id) = request_id {
+            headers.insert(REQUEST_ID, id);
+        }
         for (name, value) in COMMON_HEADERS {
             headers.insert(name, HeaderValue::from_static(value));
         }
@@ -144,11 +153,4 @@ impl Hot {
         }
         response
     }
-}
-
-/// A new request id, as `MakeRequestUuid` makes them for the router.
-fn fresh_request_id() -> HeaderValue {
-    let mut buffer = Uuid::encode_buffer();
-    let id = Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid-request-id"))
 }
