@@ -125,10 +125,10 @@ struct Inner {
     /// the signature and the JSON are the dearest part of a verification. Only tokens that
     /// verified are remembered (a forged one never matches a remembered text), the keys never
     /// change while the process runs, and the time claims and revocations are checked on
-    /// every use. quick_cache rather than moka (which the revocation view uses for its loads
-    /// and invalidation): with many distinct tokens most calls insert, and quick_cache's
-    /// inserts cost a fraction of moka's (50,000 tokens in turn: 74k against 55k verifies/s).
-    verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>>,
+    /// every use. Bounded in bytes ([`VERIFIED_ACCESS_BYTES`]). quick_cache, as the
+    /// revocation view: with many distinct tokens most calls insert, and its inserts cost a
+    /// fraction of moka's (50,000 tokens in turn: 74k against 55k verifies/s).
+    verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>, TokenWeight>,
     /// Account recovery's settings.
     mail: mail::MailSettings,
     /// Wakes the outbox worker when this process queued a message.
@@ -137,8 +137,30 @@ struct Inner {
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// Access tokens remembered by [`Inner::verified_access`] at most: about 1 KiB each.
-const VERIFIED_ACCESS_ENTRIES: usize = 10_000;
+/// What [`Inner::verified_access`] may hold, in bytes as [`TokenWeight`] weighs them: about
+/// 10,000 tokens (a token with a 30-byte email weighs about 1 KiB).
+pub const VERIFIED_ACCESS_BYTES: u64 = 10 * 1024 * 1024;
+
+/// What a remembered token costs besides its text and its claims' strings: the cache's slot
+/// and index (measured by a test below) and the two shared allocations' headers.
+const TOKEN_ENTRY_BYTES: u64 = 112 + 2 * 16;
+
+/// Weighs a remembered token by what it holds on the heap: its text, its claims and their
+/// strings, and the cache's own share ([`TOKEN_ENTRY_BYTES`]).
+#[derive(Debug, Clone, Copy)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<Arc<str>, Arc<Claims>> for TokenWeight {
+    fn weight(&self, token: &Arc<str>, claims: &Arc<Claims>) -> u64 {
+        let strings = [&claims.email, &claims.iss, &claims.aud]
+            .into_iter()
+            .flatten()
+            .map(String::len)
+            .sum::<usize>();
+        let bytes = token.len() + size_of::<Claims>() + claims.sub.len() + strings;
+        TOKEN_ENTRY_BYTES + u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+}
 
 impl AuthService {
     /// Assembles the service.
@@ -162,7 +184,11 @@ impl AuthService {
             revocations,
             verify_counters: VerifyCounters::new(),
             feed_readers,
-            verified_access: quick_cache::sync::Cache::new(VERIFIED_ACCESS_ENTRIES),
+            verified_access: quick_cache::sync::Cache::with_weighter(
+                10_000,
+                VERIFIED_ACCESS_BYTES,
+                TokenWeight,
+            ),
             mail,
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(mail::FORGOT_IN_FLIGHT)),
@@ -432,5 +458,51 @@ impl AuthService {
     /// `Unavailable` or `Internal` when it does not.
     pub async fn ping(&self) -> Result<(), AuthError> {
         Ok(self.0.store.ping().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quick_cache::Weighter as _;
+
+    use super::*;
+
+    #[test]
+    fn a_full_token_cache_stays_within_its_stated_bytes() {
+        let cache =
+            quick_cache::sync::Cache::with_weighter(10_000, VERIFIED_ACCESS_BYTES, TokenWeight);
+        let email = format!("{}@example.com", "e".repeat(242));
+        let entry = |n: i64| {
+            let claims = Claims {
+                sub: n.to_string(),
+                user_id: n,
+                kind: TokenKind::Access,
+                iat: 0,
+                exp: 900,
+                jti: Uuid::new_v4(),
+                sid: Some(Uuid::new_v4()),
+                email: Some(email.clone()),
+                email_verified: Some(true),
+                nbf: None,
+                iss: Some("auth-service".to_owned()),
+                aud: None,
+            };
+            (Arc::<str>::from(format!("{n:0>800}")), Arc::new(claims))
+        };
+        for n in 100_000..140_000 {
+            let (token, claims) = entry(n);
+            cache.insert(token, claims);
+        }
+        assert!(cache.weight() <= VERIFIED_ACCESS_BYTES);
+        // What an entry holds: the cache's structures, the token's text and the claims (each
+        // allocation with its 16-byte header), the claims' strings.
+        let heap = 16 + 800 + 16 + size_of::<Claims>() + 6 + email.len() + "auth-service".len();
+        let bytes = revocations::structure_bytes_per_entry(&cache) + heap;
+        let (token, claims) = entry(100_000);
+        let weighed = usize::try_from(TokenWeight.weight(&token, &claims)).unwrap();
+        assert!(
+            bytes <= weighed,
+            "{bytes} bytes per token entry, weighed as {weighed}"
+        );
     }
 }
