@@ -137,9 +137,14 @@ struct Inner {
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// What [`Inner::verified_access`] may hold, in bytes as [`TokenWeight`] weighs them: about
-/// 10,000 tokens (a token with a 30-byte email weighs about 1 KiB).
+/// What [`Inner::verified_access`] may hold, in bytes as [`TokenWeight`] weighs them: 10,000
+/// to 14,000 tokens (a token with a short email weighs 0.75-1 KiB; the bench's fill held 13,512).
 pub const VERIFIED_ACCESS_BYTES: u64 = 10 * 1024 * 1024;
+
+/// The cache behind [`Inner::verified_access`], bounded by [`VERIFIED_ACCESS_BYTES`].
+fn verified_access_cache() -> quick_cache::sync::Cache<Arc<str>, Arc<Claims>, TokenWeight> {
+    quick_cache::sync::Cache::with_weighter(10_000, VERIFIED_ACCESS_BYTES, TokenWeight)
+}
 
 /// What a remembered token costs besides its text and its claims' strings: the cache's slot
 /// and index (measured by a test below) and the two shared allocations' headers.
@@ -184,11 +189,7 @@ impl AuthService {
             revocations,
             verify_counters: VerifyCounters::new(),
             feed_readers,
-            verified_access: quick_cache::sync::Cache::with_weighter(
-                10_000,
-                VERIFIED_ACCESS_BYTES,
-                TokenWeight,
-            ),
+            verified_access: verified_access_cache(),
             mail,
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(mail::FORGOT_IN_FLIGHT)),
@@ -469,8 +470,7 @@ mod tests {
 
     #[test]
     fn a_full_token_cache_stays_within_its_stated_bytes() {
-        let cache =
-            quick_cache::sync::Cache::with_weighter(10_000, VERIFIED_ACCESS_BYTES, TokenWeight);
+        let cache = verified_access_cache();
         let email = format!("{}@example.com", "e".repeat(242));
         let entry = |n: i64| {
             let claims = Claims {
