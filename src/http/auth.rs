@@ -60,7 +60,7 @@ pub fn router(config: &Config) -> Router<AppState> {
             StatusCode::REQUEST_TIMEOUT,
             config.server.request_timeout,
         ))
-        .route("/auth/verify", get(verify));
+        .route(super::hot_path::VERIFY, get(verify));
     // The feed exists only for the readers `REVOCATION_FEED_TOKENS` names; a long poll is
     // held up to a minute, so it is outside the request timeout too.
     if config.tokens.feed_tokens.is_empty() {
@@ -356,18 +356,28 @@ pub async fn logout_all(
         (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
         (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
     ))]
-pub async fn verify(AuthUser(user): AuthUser) -> Json<VerifyResponse> {
-    verify_response(user)
+pub async fn verify(State(auth): State<AuthService>, headers: HeaderMap) -> Response {
+    verify_answer(&auth, &headers).await
 }
 
-/// The body of a successful verify (the route's handler and the hot path's).
-pub fn verify_response(user: crate::service::VerifiedUser) -> Json<VerifyResponse> {
-    Json(VerifyResponse {
-        valid: true,
-        user_id: user.id,
-        email: user.email,
-        email_verified: user.email_verified,
-    })
+/// The answer to `GET /auth/verify`, whichever door the request came through (this route, or
+/// the hot path ahead of the router, [`super::hot_path`]): the bearer token from `headers`,
+/// the service's verdict, and the response, the error's included.
+pub async fn verify_answer(auth: &AuthService, headers: &HeaderMap) -> Response {
+    let verdict = match bearer_token(headers) {
+        Ok(token) => auth.verify_access(token).await.map_err(ApiError::from),
+        Err(err) => Err(err),
+    };
+    match verdict {
+        Ok(user) => Json(VerifyResponse {
+            valid: true,
+            user_id: user.id,
+            email: user.email,
+            email_verified: user.email_verified,
+        })
+        .into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 /// `GET /auth/revocations` query: both optional.

@@ -4,8 +4,9 @@
 //! [`App`] is the service the server runs: a `GET /auth/verify` without an `Origin` header
 //! (a service, not a browser) is answered here; everything else, browsers' verify calls
 //! included, goes to the [`Router`] with its full stack. The answer is the same either way:
-//! the same handler body ([`super::auth::verify_response`]), the same error responses, the
-//! contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
+//! the same function ([`super::auth::verify_answer`]: token, service call, response, error)
+//! run inside the same request span (so every log line of the request carries its id, route
+//! and client), the contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
 //! `Vary: Origin`), the same `http_requests_total` and `http_request_duration_seconds`
 //! series and, at DEBUG, the same request line. What it leaves out is what a verify from a
 //! service does not use: routing, the per-layer boxing and cloning of the router's stack, the
@@ -25,18 +26,14 @@ use axum::{
     body::Body,
     extract::Request,
     http::{HeaderValue, Method, header},
-    response::{IntoResponse as _, Response},
+    response::Response,
 };
 use tower::Service;
-use tower_http::{
-    request_id::{MakeRequestId as _, MakeRequestUuid, RequestId},
-    trace::MakeSpan as _,
-};
+use tower_http::request_id::{MakeRequestId as _, MakeRequestUuid, RequestId};
+use tracing::Instrument as _;
 
 use super::{
     COMMON_HEADERS,
-    errors::ApiError,
-    extract::bearer_token,
     middleware::{self, HttpMetrics, REQUEST_ID, RouteMetrics},
 };
 use crate::service::AuthService;
@@ -107,9 +104,9 @@ impl Service<Request> for App {
 }
 
 impl Hot {
-    async fn verify(&self, mut req: Request) -> Response {
+    async fn verify(&self, req: Request) -> Response {
         let started = Instant::now();
-        req = middleware::drop_unusable_request_id(req);
+        let req = middleware::drop_unusable_request_id(req);
         // The client's usable id, or a fresh one made as the router's `SetRequestIdLayer`
         // makes them (`MakeRequestUuid` always makes one).
         let request_id = match req.headers().get(REQUEST_ID) {
@@ -118,24 +115,10 @@ impl Hot {
                 .make_request_id(&req)
                 .map(RequestId::into_header_value),
         };
-        // The request line is DEBUG for verify (see `RequestSpan`): built only when on.
-        let span = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-            if let Some(id) = &request_id {
-                req.extensions_mut().insert(RequestId::new(id.clone()));
-            }
-            self.span.clone().make_span(&req)
-        });
-        let answer = match bearer_token(req.headers()) {
-            Ok(token) => match self.auth.verify_access(token).await {
-                Ok(user) => Ok(super::auth::verify_response(user)),
-                Err(err) => Err(ApiError::from(err)),
-            },
-            Err(err) => Err(err),
-        };
-        let mut response = match answer {
-            Ok(body) => body.into_response(),
-            Err(err) => err.into_response(),
-        };
+        let span = self.span.span(&req, VERIFY, request_id.as_ref());
+        let mut response = super::auth::verify_answer(&self.auth, req.headers())
+            .instrument(span.clone())
+            .await;
         let headers = response.headers_mut();
         if let Some(id) = request_id {
             headers.insert(REQUEST_ID, id);
@@ -148,9 +131,7 @@ impl Hot {
             .or_insert(HeaderValue::from_static("origin"));
         let took = started.elapsed();
         self.route.record("GET", response.status().as_u16(), took);
-        if let Some(span) = span {
-            middleware::on_response(&response, took, &span);
-        }
+        middleware::on_response(&response, took, &span);
         response
     }
 }

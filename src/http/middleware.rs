@@ -159,6 +159,10 @@ fn json_errors(response: axum::response::Response) -> axum::response::Response {
     axum::response::Response::from_parts(parts, body)
 }
 
+/// The target of the spans and request lines of probes, scrapes and `/auth/verify`, whose
+/// request lines are DEBUG (see [`RequestSpan`]).
+const QUIET: &str = "auth_service::http::quiet";
+
 /// Builds the per-request span: method, route template, status, latency, request id, client.
 #[derive(Clone)]
 pub struct RequestSpan {
@@ -166,28 +170,34 @@ pub struct RequestSpan {
     pub trusted_proxies: Arc<[IpNet]>,
 }
 
-impl<B> MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, req: &axum::http::Request<B>) -> Span {
-        let route = route_of(req);
-        // Probes, scrapes and /auth/verify (which other services call on every request they
-        // serve, tens of thousands a second) log their request lines at DEBUG: at INFO they
-        // would cost more than the verification itself. Their failures are still logged by
-        // the error handling, and counted in the metrics.
-        let quiet = route.starts_with("/health") || route == "/metrics" || route == "/auth/verify";
+impl RequestSpan {
+    /// The span of a request to `route` whose id is `request_id`.
+    ///
+    /// Every span is INFO, so the WARN and ERROR lines logged inside a request carry its id,
+    /// route and client whatever the route. Probes, scrapes and `/auth/verify` (which other
+    /// services call on every request they serve, tens of thousands a second) log their
+    /// request lines at DEBUG (their spans have the [`QUIET`] target): at INFO they would cost
+    /// more than the verification itself. Their failures are still logged by the error
+    /// handling, and counted in the metrics.
+    pub fn span<B>(
+        &self,
+        req: &axum::http::Request<B>,
+        route: &str,
+        request_id: Option<&HeaderValue>,
+    ) -> Span {
         macro_rules! request_span {
-            ($level:expr) => {
+            ($target:expr) => {
                 // The field values are only computed when the span is enabled.
                 tracing::span!(
-                    $level,
+                    target: $target,
+                    Level::INFO,
                     "request",
                     http.method = method_label(req.method()),
                     http.route = route,
                     http.status = Empty,
                     duration_ms = Empty,
-                    request_id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
+                    request_id = request_id
+                        .and_then(|id| id.to_str().ok())
                         .unwrap_or_default(),
                     client.ip = %super::extract::client_ip(
                         req.headers(),
@@ -197,28 +207,40 @@ impl<B> MakeSpan<B> for RequestSpan {
                 )
             };
         }
+        let quiet =
+            route.starts_with("/health") || route == "/metrics" || route == super::hot_path::VERIFY;
         if quiet {
-            request_span!(Level::DEBUG)
+            request_span!(QUIET)
         } else {
-            request_span!(Level::INFO)
+            request_span!(module_path!())
         }
     }
 }
 
-/// Records status and latency on the span and logs one line per request (probes and metrics
-/// scrapes at DEBUG so they do not drown the log).
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, req: &axum::http::Request<B>) -> Span {
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(RequestId::header_value);
+        self.span(req, route_of(req), request_id)
+    }
+}
+
+/// Records status and latency on the span and logs one line per request (probes, scrapes and
+/// verify at DEBUG so they do not drown the log).
 pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span: &Span) {
     let status = response.status().as_u16();
     let duration_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
     span.record("http.status", status);
     span.record("duration_ms", duration_ms);
-    // Probes and scrapes get a DEBUG span (see `make_span`); the line has the span's level.
     let quiet = match span.metadata() {
-        Some(meta) => *meta.level() == Level::DEBUG,
+        Some(meta) => meta.target() == QUIET,
         None => return,
     };
     if quiet {
         tracing::event!(
+            target: QUIET,
             Level::DEBUG,
             http.status = status,
             duration_ms,

@@ -47,7 +47,7 @@ pub const COMMON_HEADERS: [(HeaderName, &str); 3] = [
 pub fn app(state: AppState) -> hot_path::App {
     let metrics = Arc::new(middleware::HttpMetrics::default());
     let span = request_span(&state);
-    let router = router_with(state.clone(), Arc::clone(&metrics));
+    let router = router(state.clone(), Arc::clone(&metrics));
     hot_path::App::new(router, state.auth().clone(), &metrics, span)
 }
 
@@ -57,12 +57,8 @@ fn request_span(state: &AppState) -> middleware::RequestSpan {
     }
 }
 
-/// The whole application router with its layers.
-pub fn router(state: AppState) -> Router {
-    router_with(state, Arc::new(middleware::HttpMetrics::default()))
-}
-
-fn router_with(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
+/// The whole application router with its layers; `metrics` is shared with the hot path.
+fn router(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
     let config = state.config();
     let request_id = HeaderName::from_static("x-request-id");
     let span = request_span(&state);

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use chrono::Duration;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
 
 use super::{
     AuthError, AuthService, Inner,
@@ -95,10 +96,14 @@ impl AuthService {
         };
         let service = self.clone();
         let caller = caller.clone();
-        tokio::spawn(async move {
-            service.queue_password_reset(&email, &caller).await;
-            drop(permit);
-        });
+        // In the request's span, so its lines carry the request's id and client.
+        tokio::spawn(
+            async move {
+                service.queue_password_reset(&email, &caller).await;
+                drop(permit);
+            }
+            .instrument(tracing::Span::current()),
+        );
         Ok(())
     }
 

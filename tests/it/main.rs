@@ -34,3 +34,4 @@ mod smtp_sink;
 mod startup_config;
 mod store_contract;
 mod verifier_crate;
+mod verify_doors;
