@@ -90,10 +90,17 @@ impl AuthService {
             audit::record(Event::Login, Outcome::Unverified, Some(user.id), caller);
             Err(AuthError::EmailNotVerified)
         } else {
-            self.upgrade_hash(&user, password).await;
-            let issued = self.start_session(&user, caller).await;
-            if issued.is_ok() {
-                audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
+            let checked_hash = self.upgrade_hash(&user, password).await;
+            let issued = self.start_session(&user, &checked_hash, caller).await;
+            match &issued {
+                Ok(_) => audit::record(Event::Login, Outcome::Success, Some(user.id), caller),
+                Err(AuthError::InvalidCredentials) => audit::record(
+                    Event::Login,
+                    Outcome::InvalidCredentials,
+                    Some(user.id),
+                    caller,
+                ),
+                Err(_) => {}
             }
             issued
         };
@@ -234,27 +241,35 @@ impl AuthService {
     }
 
     /// After a successful login: re-hash at `BCRYPT_ROUNDS` when the stored cost differs (one
-    /// extra hash, only then). A failure here is logged, never fatal to the login.
-    async fn upgrade_hash(&self, user: &UserRow, password: SecretString) {
+    /// extra hash, only then). A failure here is logged, never fatal to the login. The hash
+    /// the checked password now has in the database, as far as this login knows: the new one
+    /// when it was stored, else the one it was checked against (the session's start compares
+    /// it with the user's hash under the lock).
+    async fn upgrade_hash(&self, user: &UserRow, password: SecretString) -> String {
         if !self.0.passwords.needs_rehash(&user.password_hash) {
-            return;
+            return user.password_hash.clone();
         }
-        let upgraded = match self.0.passwords.hash(password).await {
+        let (hash, upgraded) = match self.0.passwords.hash(password).await {
             Ok(hash) => {
                 let store = &self.0.store;
-                store
+                let upgraded = store
                     .update_password_hash(user.id, &user.password_hash, &hash, self.now())
-                    .await
+                    .await;
+                (hash, upgraded)
             }
             Err(err) => {
                 tracing::warn!(error = %err, "password re-hash failed");
-                return;
+                return user.password_hash.clone();
             }
         };
         match upgraded {
-            Ok(true) => tracing::info!("password hash upgraded to the configured cost"),
+            Ok(true) => {
+                tracing::info!("password hash upgraded to the configured cost");
+                return hash;
+            }
             Ok(false) => {}
             Err(err) => tracing::warn!(error = %err, "storing the re-hashed password failed"),
         }
+        user.password_hash.clone()
     }
 }

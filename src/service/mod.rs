@@ -43,7 +43,9 @@ use crate::{
     clock::Clock,
     config::RotationMode,
     passwords::Passwords,
-    store::{NewRefreshToken, NewSession, RefreshTokenRow, Store, StoreError, UserRow},
+    store::{
+        NewRefreshToken, NewSession, RefreshTokenRow, SessionRefused, Store, StoreError, UserRow,
+    },
     tokens::{Claims, Subject, TokenKeys, TokenKind},
 };
 
@@ -304,7 +306,15 @@ impl AuthService {
     /// Starts a session for `user` from `caller`'s device: stores it with its first refresh
     /// token (under the user's lock, refused if the user was disabled or deleted meanwhile;
     /// the least recently used sessions beyond `MAX_SESSIONS_PER_USER` end) and signs the pair.
-    async fn start_session(&self, user: &UserRow, caller: &Caller) -> Result<TokenPair, AuthError> {
+    /// A new session for `user`, whose password was checked against `checked_hash`: refused
+    /// (as a wrong password) when that is no longer the user's hash or the user is gone, and
+    /// as disabled when the user was disabled meanwhile.
+    async fn start_session(
+        &self,
+        user: &UserRow,
+        checked_hash: &str,
+        caller: &Caller,
+    ) -> Result<TokenPair, AuthError> {
         let now = self.now();
         let session = NewSession {
             id: Uuid::new_v4(),
@@ -326,13 +336,21 @@ impl AuthService {
             expires_at: session.expires_at,
         };
         let max_live = i64::from(self.0.settings.max_sessions);
-        let Some(evicted) = self
+        let evicted = match self
             .0
             .store
-            .start_session(&session, &refresh, max_live)
+            .start_session(&session, &refresh, checked_hash, max_live)
             .await?
-        else {
-            return Err(AuthError::AccountDisabled);
+        {
+            Ok(evicted) => evicted,
+            Err(SessionRefused::Disabled) => return Err(AuthError::AccountDisabled),
+            Err(refused @ (SessionRefused::UserGone | SessionRefused::PasswordChanged)) => {
+                tracing::info!(
+                    reason = ?refused,
+                    "login refused: the password changed or the account was deleted while it was checked"
+                );
+                return Err(AuthError::InvalidCredentials);
+            }
         };
         for ended in evicted {
             self.0.revocations.session_ended(ended, user.id);

@@ -287,6 +287,18 @@ pub struct NewSession {
     pub ip: Option<String>,
 }
 
+/// Why [`Store::start_session`] stored nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefused {
+    /// The user no longer exists (deleted while the login checked the password).
+    UserGone,
+    /// The user is disabled.
+    Disabled,
+    /// The user's password hash is no longer the one the login checked: a reset, a change or
+    /// an admin's set committed between the check and the session.
+    PasswordChanged,
+}
+
 /// What kind of change a revocation event records (the `kind` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -541,14 +553,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts a session with its first refresh token, under the user's lock, and keeps the
     /// user's live sessions at `max_live`: beyond it the least recently used end as at logout
-    /// (an event each). The ids of the sessions it ended, or `None` (nothing stored) when the
-    /// user is gone or disabled. `Duplicate` when the session id or `jti` exists.
+    /// (an event each). `checked_hash` is the password hash the login verified the password
+    /// against: the session starts only if it is still the user's under the lock, so a login
+    /// whose check raced a reset, a change or an admin's set (which committed first) starts
+    /// nothing. The ids of the sessions it ended, or why nothing was stored.
+    /// `Duplicate` when the session id or `jti` exists.
     async fn start_session(
         &self,
         session: &NewSession,
         first: &NewRefreshToken,
+        checked_hash: &str,
         max_live: i64,
-    ) -> Result<Option<Vec<Uuid>>, StoreError>;
+    ) -> Result<Result<Vec<Uuid>, SessionRefused>, StoreError>;
 
     /// Records a use (a refresh) of a live session at `at`, the `iat` of the access token about
     /// to be signed for it (see [`Store::revoke_user_sessions`] for why it comes first);

@@ -590,11 +590,25 @@ macro_rules! impl_store {
                 &self,
                 session: &$crate::store::NewSession,
                 first: &$crate::store::NewRefreshToken,
+                checked_hash: &str,
                 max_live: i64,
-            ) -> Result<Option<Vec<uuid::Uuid>>, $crate::store::StoreError> {
+            ) -> Result<Result<Vec<uuid::Uuid>, $crate::store::SessionRefused>, $crate::store::StoreError> {
+                use $crate::store::SessionRefused;
                 let mut tx = self.begin_write().await?;
-                if Self::lock_user(&mut tx, session.user_id).await? != Some(true) {
-                    return Ok(None);
+                match Self::lock_user(&mut tx, session.user_id).await? {
+                    None => return Ok(Err(SessionRefused::UserGone)),
+                    Some(false) => return Ok(Err(SessionRefused::Disabled)),
+                    Some(true) => {}
+                }
+                // Under the user's lock, so no password writer can commit between this read
+                // and the commit below.
+                let current: String =
+                    sqlx::query_scalar("select password_hash from users where id = $1")
+                        .bind(session.user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if current != checked_hash {
+                    return Ok(Err(SessionRefused::PasswordChanged));
                 }
                 let now = session.created_at;
                 sqlx::query(
@@ -642,7 +656,7 @@ macro_rules! impl_store {
                     }
                 }
                 tx.commit().await?;
-                Ok(Some(evicted))
+                Ok(Ok(evicted))
             }
 
             async fn touch_session(

@@ -27,6 +27,7 @@ dual_backend!(
     registration_mails_a_link_that_verifies_the_address,
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
+    a_login_checked_before_a_reset_commits_starts_no_session,
     a_reset_racing_a_new_forgot_never_fails_the_request,
     required_verification_refuses_the_login_only_after_the_password,
     with_verification_off_nothing_is_mailed,
@@ -754,4 +755,86 @@ async fn a_reset_racing_a_new_forgot_never_fails_the_request(backend: Backend) {
             .await;
         app.clock.advance(Duration::minutes(61));
     }
+}
+
+/// A bcrypt hash of `password` whose check takes at least a quarter of a second in this build:
+/// the window in which a login sits between its check and its session.
+fn slow_hash(password: &str) -> String {
+    for cost in 8..=16 {
+        let hash = bcrypt::hash(password, cost).unwrap();
+        let started = std::time::Instant::now();
+        assert!(bcrypt::verify(password, &hash).unwrap());
+        if started.elapsed() >= StdDuration::from_millis(250) || cost == 16 {
+            return hash;
+        }
+    }
+    unreachable!()
+}
+
+async fn a_login_checked_before_a_reset_commits_starts_no_session(backend: Backend) {
+    // Arrange: the owner asked for a reset; the attacker knows the old password. The user's
+    // hash is slow to check, so the attacker's login stays between its check and its session
+    // while the owner's reset commits.
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "raced@example.com";
+    let (id, _, _) = app.user_with_tokens(email).await;
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    let token = sink
+        .wait_for(email, 1, MAIL_WITHIN)
+        .await
+        .remove(0)
+        .link_token();
+    let slow = tokio::task::spawn_blocking(|| slow_hash(PASSWORD))
+        .await
+        .unwrap();
+    app.db
+        .execute(&format!(
+            "update users set password_hash = '{slow}' where id = {id}"
+        ))
+        .await;
+    // Act: the login starts; once its attempt is reserved (its check has begun: the attempt
+    // is reserved before the password is read and hashed), the reset commits.
+    let login = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/auth/login"));
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({"email": "raced@example.com", "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap();
+            (std::time::Instant::now(), status_and_json(response).await)
+        }
+    });
+    let started = std::time::Instant::now();
+    while app.store.find_login_attempt(email).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "the login never reserved its attempt"
+        );
+        tokio::task::yield_now().await;
+    }
+    let (status, _) = reset(&app, &token, NEW_PASSWORD).await;
+    let reset_done = std::time::Instant::now();
+    assert_eq!(status, StatusCode::OK);
+    let (login_done, (status, body)) = login.await.unwrap();
+    // Assert: the login answered after the reset, and as a wrong password: no session.
+    assert!(login_done > reset_done, "the race did not happen");
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "Invalid email or password",
+        "INVALID_CREDENTIALS",
+    );
+    let live = app
+        .store
+        .live_sessions(id, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(live.is_empty(), "sessions after the reset: {live:?}");
+    assert_eq!(
+        app.login(email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
 }

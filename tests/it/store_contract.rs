@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use auth_service::store::{
     AttemptLimits, EventKind, MailOutcome, MailTemplate, NewMail, NewRefreshToken, NewSession,
-    PasswordChange, Purge, ResetRequest, RotateOutcome, Store, StoreError, TokenMail,
+    PasswordChange, Purge, ResetRequest, RotateOutcome, SessionRefused, Store, StoreError,
+    TokenMail,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -214,9 +215,18 @@ async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
         user_agent: Some("agent/1".to_owned()),
         ip: Some("192.0.2.1".to_owned()),
     };
+    let hash = store
+        .find_user_by_id(user_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash;
     assert_eq!(
-        store.start_session(&session, &first, 100).await.unwrap(),
-        Some(vec![])
+        store
+            .start_session(&session, &first, &hash, 100)
+            .await
+            .unwrap(),
+        Ok(vec![])
     );
     first
 }
@@ -290,11 +300,12 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
     };
     assert!(matches!(
         store
-            .start_session(&again, &token(user.id, first.family_id, None), 100)
+            .start_session(&again, &token(user.id, first.family_id, None), "h", 100)
             .await,
         Err(StoreError::Duplicate)
     ));
-    // Disabled or missing users get no session.
+    // Disabled or missing users, and a login whose checked hash is no longer the user's, get
+    // no session.
     store.set_user_active(user.id, false, now).await.unwrap();
     let refused = token(user.id, Uuid::new_v4(), None);
     let new = NewSession {
@@ -306,8 +317,8 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         ip: None,
     };
     assert_eq!(
-        store.start_session(&new, &refused, 100).await.unwrap(),
-        None
+        store.start_session(&new, &refused, "h", 100).await.unwrap(),
+        Err(SessionRefused::Disabled)
     );
     assert!(
         store
@@ -325,7 +336,29 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         user_agent: None,
         ip: None,
     };
-    assert_eq!(store.start_session(&new, &ghost, 100).await.unwrap(), None);
+    assert_eq!(
+        store.start_session(&new, &ghost, "h", 100).await.unwrap(),
+        Err(SessionRefused::UserGone)
+    );
+    store.set_user_active(user.id, true, now).await.unwrap();
+    let stale = token(user.id, Uuid::new_v4(), None);
+    let new = NewSession {
+        id: stale.family_id,
+        user_id: user.id,
+        created_at: now,
+        expires_at: now,
+        user_agent: None,
+        ip: None,
+    };
+    assert_eq!(
+        store
+            .start_session(&new, &stale, "checked-before-a-reset", 100)
+            .await
+            .unwrap(),
+        Err(SessionRefused::PasswordChanged)
+    );
+    assert!(store.find_session(stale.family_id).await.unwrap().is_none());
+    assert!(store.find_refresh_token(stale.jti).await.unwrap().is_none());
 }
 
 async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
@@ -348,7 +381,16 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
                 user_agent: Some(agent),
                 ip: Some("2001:db8::1".to_owned()),
             };
-            let evicted = store.start_session(&session, &first, cap).await.unwrap();
+            let hash = store
+                .find_user_by_id(user.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash;
+            let evicted = store
+                .start_session(&session, &first, &hash, cap)
+                .await
+                .unwrap();
             (first.family_id, evicted.unwrap())
         }
     };
