@@ -580,8 +580,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A password change by the user of session `keep`, in one transaction under the user's
     /// lock: a compare-and-set from `old_hash` (a concurrent change is never overwritten), every
-    /// other session ends as at logout (`keep` stays live) and the notification is queued. Whether it changed (false when the user is gone
-    /// or the hash moved meanwhile).
+    /// other session ends as at logout (`keep` stays live), the user's outstanding reset links
+    /// are void and the notification is queued. Whether it changed (false when the user is
+    /// gone or the hash moved meanwhile).
     async fn change_password(
         &self,
         change: &PasswordChange<'_>,
@@ -617,8 +618,9 @@ pub trait Store: Send + Sync + 'static {
     /// it was live until now (only then is an event appended).
     async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    /// Logout-all: sets `tokens_not_before` and ends every session of the user, under the
-    /// user's lock; returns how many sessions were live.
+    /// Logout-all: sets `tokens_not_before`, ends every session of the user and voids the
+    /// user's outstanding reset links, under the user's lock; returns how many sessions were
+    /// live. Every writer that ends all sessions (reset, admin set, disable) does the same.
     ///
     /// Its cost does not grow with the number of sessions: one statement ends them all, one
     /// revokes their refresh tokens, and the events are the user-wide one (tokens issued

@@ -115,14 +115,30 @@ macro_rules! impl_store {
                 Self::announce_event(tx, id).await
             }
 
-            /// Logout-all, inside a transaction that holds the user's lock: tokens issued before
-            /// `now` (whole seconds) die, every session ends, and the user-wide event follows.
-            /// Returns how many sessions were live.
+            /// Voids the user's outstanding password-reset links, inside a transaction that
+            /// holds the user's lock: after a password change, a logout everywhere, a reset or
+            /// an admin's action, a link mailed before it must not set a password.
+            async fn void_reset_tokens(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: i64,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query("delete from user_tokens where user_id = $1 and kind = $2")
+                    .bind(user_id)
+                    .bind($crate::store::MailTemplate::PasswordReset.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// Logout-all, inside a transaction that holds the user's lock: outstanding reset
+            /// links are void, tokens issued before `now` (whole seconds) die, every session
+            /// ends, and the user-wide event follows. Returns how many sessions were live.
             async fn log_out_everywhere(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: i64,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, sqlx::Error> {
+                Self::void_reset_tokens(tx, user_id).await?;
                 let cutoff = $crate::store::not_before(now);
                 sqlx::query(
                     r"update users set tokens_not_before = case when tokens_not_before > $2
@@ -721,6 +737,7 @@ macro_rules! impl_store {
                 };
                 Self::queue_mail(&mut tx, change.user_id, &email, change.notification, now)
                     .await?;
+                Self::void_reset_tokens(&mut tx, change.user_id).await?;
                 // The events are the transaction's last writes (see append_event).
                 Self::end_user_sessions(
                     &mut tx,

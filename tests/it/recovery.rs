@@ -28,6 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    a_password_change_logout_all_or_admin_set_voids_older_reset_links,
     a_reset_racing_a_new_forgot_never_fails_the_request,
     required_verification_refuses_the_login_only_after_the_password,
     with_verification_off_nothing_is_mailed,
@@ -837,4 +838,57 @@ async fn a_login_checked_before_a_reset_commits_starts_no_session(backend: Backe
         app.login(email, NEW_PASSWORD).await.status(),
         StatusCode::OK
     );
+}
+
+async fn a_password_change_logout_all_or_admin_set_voids_older_reset_links(backend: Backend) {
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    for (i, action) in ["change", "logout-all", "set-password"]
+        .into_iter()
+        .enumerate()
+    {
+        // Arrange: a reset link is out (mailed, not yet used).
+        let email = format!("void{i}@example.com");
+        let (_, access, _) = app.user_with_tokens(&email).await;
+        assert_eq!(forgot(&app, &email).await.status(), StatusCode::ACCEPTED);
+        let token = sink
+            .wait_for(&email, 1, MAIL_WITHIN)
+            .await
+            .remove(0)
+            .link_token();
+        // Act: the owner secures the account another way.
+        match action {
+            "change" => {
+                let changed = app
+                    .client
+                    .post(app.url("/auth/password/change"))
+                    .bearer_auth(&access)
+                    .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(changed.status(), StatusCode::OK);
+            }
+            "logout-all" => {
+                assert_eq!(app.logout_all(&access).await.status(), StatusCode::OK);
+            }
+            _ => {
+                let set = cli_async(
+                    &app.db,
+                    &["user", "set-password", &email, "--password-stdin"],
+                    "NewSecurePass456\n",
+                )
+                .await;
+                assert!(set.status.success(), "{set:?}");
+            }
+        }
+        // Assert: the older link no longer sets a password.
+        let (status, body) = reset(&app, &token, "AnotherPass789").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{action}: {body}");
+        assert_eq!(body["error_code"], "INVALID_RESET_TOKEN", "{action}");
+        assert_eq!(
+            app.login(&email, "AnotherPass789").await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{action}"
+        );
+    }
 }
