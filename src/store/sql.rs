@@ -475,6 +475,7 @@ macro_rules! impl_store {
                     .bind(cutoff)
                     .execute(&mut *tx)
                     .await?;
+                    Self::void_reset_tokens(&mut tx, id).await?;
                     Self::end_user_sessions(&mut tx, id, now, None, cutoff).await?;
                     Self::append_event(
                         &mut tx,
