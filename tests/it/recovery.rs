@@ -28,7 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
-    a_password_change_logout_all_or_admin_set_voids_older_reset_links,
+    a_password_change_logout_all_admin_set_or_disable_voids_older_reset_links,
     a_reset_racing_a_new_forgot_never_fails_the_request,
     required_verification_refuses_the_login_only_after_the_password,
     with_verification_off_nothing_is_mailed,
@@ -840,12 +840,12 @@ async fn a_login_checked_before_a_reset_commits_starts_no_session(backend: Backe
     );
 }
 
-async fn a_password_change_logout_all_or_admin_set_voids_older_reset_links(backend: Backend) {
+async fn a_password_change_logout_all_admin_set_or_disable_voids_older_reset_links(
+    backend: Backend,
+) {
     let (app, sink) = app_with_sink(backend, &[]).await;
-    for (i, action) in ["change", "logout-all", "set-password"]
-        .into_iter()
-        .enumerate()
-    {
+    let actions = ["change", "logout-all", "set-password", "disable-enable"];
+    for (i, action) in actions.into_iter().enumerate() {
         // Arrange: a reset link is out (mailed, not yet used).
         let email = format!("void{i}@example.com");
         let (_, access, _) = app.user_with_tokens(&email).await;
@@ -870,6 +870,12 @@ async fn a_password_change_logout_all_or_admin_set_voids_older_reset_links(backe
             }
             "logout-all" => {
                 assert_eq!(app.logout_all(&access).await.status(), StatusCode::OK);
+            }
+            "disable-enable" => {
+                for command in ["disable", "enable"] {
+                    let done = cli_async(&app.db, &["user", command, &email], "").await;
+                    assert!(done.status.success(), "{done:?}");
+                }
             }
             _ => {
                 let set = cli_async(
