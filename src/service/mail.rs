@@ -165,6 +165,18 @@ impl AuthService {
             audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
             return Err(AuthError::InvalidResetToken);
         };
+        // A token that cannot be used is refused before the new password is hashed: junk
+        // tokens cost a read, not a bcrypt hash each.
+        let kind = MailTemplate::PasswordReset;
+        if !self
+            .0
+            .store
+            .token_is_usable(&hash, kind, self.instant())
+            .await?
+        {
+            audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
+            return Err(AuthError::InvalidResetToken);
+        }
         let new_hash = self.0.passwords.hash(new_password).await?;
         let notification = NewMail {
             template: MailTemplate::PasswordChanged,

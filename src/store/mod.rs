@@ -672,6 +672,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Whether a one-time token of `kind` with this hash exists, unused and unexpired at
+    /// `now`: a read, so a request that cannot succeed is refused before it costs a password
+    /// hash (the use itself, [`Store::reset_password`], decides again atomically).
+    async fn token_is_usable(
+        &self,
+        token_hash: &[u8; 32],
+        kind: MailTemplate,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Uses a reset token, in one transaction: consumes it (once: an atomic update, so two
     /// concurrent uses cannot both succeed) if it is unused and unexpired at `now` and its user
     /// is active; stores `new_hash`; ends every session of the user as logout-all does; clears

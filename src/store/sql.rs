@@ -1129,6 +1129,24 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn token_is_usable(
+                &self,
+                token_hash: &[u8; 32],
+                kind: $crate::store::MailTemplate,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    r"select user_id from user_tokens
+                      where token_hash = $1 and kind = $2 and used_at is null and expires_at > $3",
+                )
+                .bind(&token_hash[..])
+                .bind(kind.as_str())
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
             async fn reset_password(
                 &self,
                 token_hash: &[u8; 32],

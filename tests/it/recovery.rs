@@ -28,6 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    junk_reset_tokens_cost_no_password_hash,
     a_password_change_logout_all_admin_set_or_disable_voids_older_reset_links,
     a_reset_racing_a_new_forgot_never_fails_the_request,
     required_verification_refuses_the_login_only_after_the_password,
@@ -897,4 +898,48 @@ async fn a_password_change_logout_all_admin_set_or_disable_voids_older_reset_lin
             "{action}"
         );
     }
+}
+
+async fn junk_reset_tokens_cost_no_password_hash(backend: Backend) {
+    // Arrange: the binary (its own metrics), with a strong new password ready to be hashed.
+    let db = TestDb::new(backend).await;
+    let url = db.url_string();
+    let server = Binary::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET_KEY", SECRET),
+        ("RATE_LIMIT_PER_SECOND", "0"),
+    ]);
+    assert!(server.wait_ready());
+    let client = reqwest::Client::new();
+    let hashes = || async {
+        let text = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        crate::api_health::metric_value(&text, "password_hash_wait_seconds_count").unwrap_or(0.0)
+    };
+    let before = hashes().await;
+    // Act: well-formed tokens that were never issued.
+    for i in 0..10u8 {
+        let junk =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, [i; 32]);
+        let response = client
+            .post(server.url("/auth/password/reset"))
+            .json(&json!({"token": junk, "new_password": NEW_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = status_and_json(response).await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (StatusCode::BAD_REQUEST, &json!("INVALID_RESET_TOKEN"))
+        );
+    }
+    // Assert: not one bcrypt hash was run for them.
+    assert_eq!(hashes().await, before);
+    server.terminate();
 }

@@ -15,6 +15,7 @@
 //! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
 //! | `update_user_email` | `email_update_is_a_compare_and_set` |
 //! | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
+//! | `queue_password_reset`, `token_is_usable`, `reset_password`, `claim_mail`, `finish_mail`, `pending_mail` | `reset_tokens_and_the_mail_outbox` |
 //! | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
 
 use std::sync::Arc;
@@ -747,6 +748,16 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
         template: MailTemplate::PasswordChanged,
         link: None,
     };
+    let reset = MailTemplate::PasswordReset;
+    assert!(store.token_is_usable(&[1; 32], reset, now).await.unwrap());
+    assert!(!store.token_is_usable(&[9; 32], reset, now).await.unwrap());
+    assert!(
+        !store
+            .token_is_usable(&[1; 32], MailTemplate::VerifyEmail, now)
+            .await
+            .unwrap(),
+        "another kind"
+    );
     assert_eq!(
         store
             .reset_password(&[9; 32], "new", &notification, now)
@@ -770,6 +781,7 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
         None,
         "used"
     );
+    assert!(!store.token_is_usable(&[1; 32], reset, now).await.unwrap());
     let stored = store.find_user_by_id(user.id).await.unwrap().unwrap();
     assert_eq!(stored.password_hash, "new-hash");
     assert!(
@@ -843,6 +855,14 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     );
     let other = store.find_user_by_id(other.id).await.unwrap().unwrap();
     assert!(other.email_verified_at.is_some());
+    // The admin's set voided the user's outstanding reset link; another user's stays.
+    assert!(!store.token_is_usable(&[4; 32], reset, now).await.unwrap());
+    assert!(
+        store
+            .queue_password_reset(&reset_request("plain@example.com", [5; 32]), now)
+            .await
+            .unwrap()
+    );
     // Purges: sent and failed mail, expired tokens.
     let future = now + Duration::days(10);
     assert_eq!(
