@@ -124,8 +124,10 @@ pub enum SmtpTls {
 /// Mail: `MAIL_*`, the reset link and its lifetime.
 #[derive(Clone, Debug)]
 pub struct MailConfig {
-    /// `MAIL_URL` (default `log`).
+    /// `MAIL_URL` (default `log` with SQLite; required with PostgreSQL to serve).
     pub transport: MailTransport,
+    /// Whether `MAIL_URL` was set (the log transport is the default only with SQLite).
+    pub transport_chosen: bool,
     /// `MAIL_FROM` (required with smtp/smtps): the `From` mailbox.
     pub from: Option<String>,
     /// `MAIL_PRODUCT_NAME` (default `auth-service`): the name in subjects and bodies.
@@ -371,6 +373,14 @@ impl Config {
                 "JWT_SECRET_KEY",
                 "required with PostgreSQL: every replica must sign with the same secret \
                  (generate one with: openssl rand -base64 48)",
+            ));
+        }
+        // Production (PostgreSQL) must not log reset and verification links by default.
+        if self.database.url.is_postgres() && !self.mail.transport_chosen {
+            return Err(ConfigError::new(
+                "MAIL_URL",
+                "required with a PostgreSQL DATABASE_URL: set smtp://... or smtps://..., or \
+                 MAIL_URL=log to log every message, links included, at INFO",
             ));
         }
         Ok(())
@@ -714,6 +724,7 @@ impl MailConfig {
         }
         Ok(Self {
             transport,
+            transport_chosen: vars.get("MAIL_URL").is_some(),
             from,
             product_name: vars.text("MAIL_PRODUCT_NAME", "auth-service"),
             password_reset_url: parse_link_base(
@@ -1025,6 +1036,7 @@ mod tests {
         let c = config(&[
             ("DATABASE_URL", "postgres://app:hunter2-secret@db:5432/auth"),
             ("JWT_SECRET_KEY", SECRET),
+            ("MAIL_URL", "log"),
         ])
         .unwrap();
         let shown = format!("{c:?}");
@@ -1273,9 +1285,18 @@ mod tests {
         assert_eq!(pg.check_for_serving().unwrap_err().var, "JWT_SECRET_KEY");
         let pg = config(&[
             ("DATABASE_URL", "postgres://u@h/db"),
+            ("MAIL_URL", "log"),
             ("JWT_SECRET_KEY", SECRET),
         ]);
         assert!(pg.unwrap().check_for_serving().is_ok());
+        let no_mail = config(&[
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("JWT_SECRET_KEY", SECRET),
+        ]);
+        assert_eq!(
+            no_mail.unwrap().check_for_serving().unwrap_err().var,
+            "MAIL_URL"
+        );
         assert!(
             config(&[]).unwrap().check_for_serving().is_ok(),
             "SQLite try-out"

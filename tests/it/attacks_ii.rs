@@ -489,6 +489,7 @@ async fn a_database_password_never_reaches_the_logs() {
             .env("DATABASE_URL", url)
             .env("JWT_SECRET_KEY", SECRET)
             .env("DATABASE_CONNECT_TIMEOUT_SECONDS", "1")
+            .env("MAIL_URL", "log")
             .output()
             .unwrap();
         let all = format!(

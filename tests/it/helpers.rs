@@ -620,9 +620,11 @@ impl Binary {
     pub fn spawn(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port().to_string();
+        // The log transport unless a test names another: required with PostgreSQL.
         let mut child = Command::new(BIN)
             .env_clear()
             .env("PORT", &port)
+            .env("MAIL_URL", "log")
             .envs(vars.iter().copied())
             .current_dir(dir.path())
             .stdin(Stdio::null())

@@ -69,6 +69,7 @@ async fn with_migrate_on_start_false_a_stale_schema_exits_2_and_says_what_to_do(
         ("JWT_SECRET_KEY", SECRET),
         ("MIGRATE_ON_START", "false"),
         ("PORT", "0"),
+        ("MAIL_URL", "log"),
     ];
     // Act + Assert: no DDL, one line saying what to run.
     let refused = run_in(dir.path(), &vars, &["serve"]);

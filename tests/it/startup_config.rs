@@ -131,6 +131,7 @@ fn an_unreachable_database_exits_2_naming_database_url() {
     let output = run_with(&[
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
         ("JWT_SECRET_KEY", crate::helpers::SECRET),
+        ("MAIL_URL", "log"),
         ("DATABASE_CONNECT_TIMEOUT_SECONDS", "1"),
         ("PORT", "0"),
         ("LOG_LEVEL", "error"),
@@ -157,6 +158,7 @@ fn a_wrong_postgres_database_name_is_one_line_with_the_cause_once() {
             &format!("postgres://postgres@127.0.0.1:5432/{name}"),
         ),
         ("JWT_SECRET_KEY", crate::helpers::SECRET),
+        ("MAIL_URL", "log"),
         ("DATABASE_CONNECT_TIMEOUT_SECONDS", "0"),
         ("PORT", "0"),
         ("LOG_LEVEL", "error"),
@@ -386,4 +388,41 @@ async fn healthcheck_passes_on_a_ready_server_and_fails_on_a_draining_one() {
     assert_eq!(check(app.base.clone()), Some(1), "draining is not ready");
     app.wait_stopped().await;
     assert_eq!(check(app.base.clone()), Some(1), "nothing listens");
+}
+
+#[test]
+fn serving_postgres_without_mail_url_exits_2_unless_log_is_asked_for() {
+    // Production must not log reset links by default: an unset MAIL_URL is refused with a
+    // PostgreSQL DATABASE_URL before anything connects; `log` asked for is accepted (the
+    // server then tries its database, here a port nothing listens on).
+    let url = "postgres://postgres@127.0.0.1:1/auth";
+    let secret = crate::helpers::SECRET;
+    let vars = [
+        ("DATABASE_URL", url),
+        ("JWT_SECRET_KEY", secret),
+        ("DATABASE_CONNECT_TIMEOUT_SECONDS", "1"),
+    ];
+    let refused = run_with(&vars);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr
+            .starts_with("auth-service: invalid MAIL_URL: required with a PostgreSQL DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("MAIL_URL=log"), "{stderr}");
+    let mut with_log = vars.to_vec();
+    with_log.push(("MAIL_URL", "log"));
+    let accepted = run_with(&with_log);
+    let stderr = String::from_utf8_lossy(&accepted.stderr);
+    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        !stderr.contains("MAIL_URL") && !stdout.contains("invalid MAIL_URL"),
+        "{stderr} {stdout}"
+    );
+    assert!(
+        stdout.contains("database") || stderr.contains("database"),
+        "it went on to the database: {stderr} {stdout}"
+    );
 }
