@@ -623,13 +623,14 @@ async fn purge(config: Config) -> ExitCode {
     let result = state.auth().purge().await.map(|report| {
         format!(
             "purged {} login counters, {} refresh tokens, {} sessions, {} revocation events, \
-             {} mails, {} one-time tokens from {database}",
+             {} mails, {} one-time tokens, {} mail counts from {database}",
             report.login_attempts,
             report.refresh_tokens,
             report.sessions,
             report.events,
             report.mail,
-            report.user_tokens
+            report.user_tokens,
+            report.mail_sends
         )
     });
     finish(result, &database)

@@ -178,7 +178,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "password_reset_dropped_total",
-        "Forgot-password requests dropped (answered 202) because 64 were already being queued"
+        "Forgot-password and resend-by-email requests dropped (answered 202) because 64 were already being queued"
     );
     describe_gauge!(
         "mail_outbox_pending",

@@ -1,7 +1,11 @@
 //! Account recovery by mail: `POST /auth/password/forgot`, `/auth/password/reset`,
 //! `/auth/email/verify` and `/auth/email/resend`.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::{FromRef as _, FromRequest as _, FromRequestParts as _, Request, State},
+    http::{StatusCode, header},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -11,7 +15,7 @@ use super::{
     errors::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestCaller},
 };
-use crate::service::AuthService;
+use crate::{service::AuthService, state::AppState};
 
 /// `POST /auth/password/forgot` body.
 #[derive(Deserialize, ToSchema)]
@@ -99,23 +103,41 @@ pub async fn verify_email(
     Ok(MessageResponse::json("Email verified"))
 }
 
-/// `POST /auth/email/resend`: another verification mail for the caller.
+/// `POST /auth/email/resend` body, without a Bearer token.
+#[derive(Deserialize, ToSchema)]
+pub struct ResendRequest {
+    /// The address to verify.
+    #[schema(example = "test@example.com")]
+    pub email: String,
+}
+
+/// `POST /auth/email/resend`: another verification mail, for the caller (Bearer) or for an
+/// address (body, no Bearer).
 #[utoipa::path(post, path = "/auth/email/resend", tag = "auth", summary = "Send the verification mail again",
-    description = "Always 202: nothing is queued when the address is verified, a verification mail went out \
-        within the last 60 s, or EMAIL_VERIFICATION is off.",
-    security(("bearer" = [])),
+    description = "With `Authorization: Bearer <access>`: for the caller; no body is read. Without it:         `{\"email\": ...}`, answered as forgot is (always 202 for a well-formed email, in the same time;         the mail is queued in the background only for an existing, active, unverified user): the way back         for a user whom EMAIL_VERIFICATION=required keeps from logging in. Either way nothing is queued when         the address is verified, a verification mail went out within the last 60 s, the address had its         10 mails this hour, or EMAIL_VERIFICATION is off.",
+    request_body(content = Option<ResendRequest>, description = "Without a Bearer token: the address"),
+    security((), ("bearer" = [])),
     responses(
         (status = 202, description = "Accepted", body = MessageResponse),
-        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
-        (status = 429, description = "RATE_LIMITED (per-IP token bucket); with Retry-After", body = ErrorBody),
-        (status = 503, description = "SERVICE_UNAVAILABLE: the database does not answer; with Retry-After", body = ErrorBody),
+        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN (a Bearer token was sent)", body = ErrorBody),
+        BodyErrors,
     ))]
 pub async fn resend_verification(
-    State(auth): State<AuthService>,
+    State(state): State<AppState>,
     RequestCaller(caller): RequestCaller,
-    AuthUser(user): AuthUser,
+    request: Request,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
-    auth.resend_verification(user.id, &caller).await?;
+    let auth = AuthService::from_ref(&state);
+    let (mut parts, body) = request.into_parts();
+    // A token that was sent must be valid: a bad one is never taken for "no token".
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        let AuthUser(user) = AuthUser::from_request_parts(&mut parts, &state).await?;
+        auth.resend_verification(user.id, &caller).await?;
+    } else {
+        let request = Request::from_parts(parts, body);
+        let AppJson(req) = AppJson::<ResendRequest>::from_request(request, &state).await?;
+        auth.resend_verification_to(&req.email, &caller)?;
+    }
     Ok((
         StatusCode::ACCEPTED,
         MessageResponse::json("Verification email sent"),

@@ -86,25 +86,74 @@ impl AuthService {
     /// `InvalidEmail` only: the answer never depends on the account.
     pub fn forgot_password(&self, email: &str, caller: &Caller) -> Result<(), AuthError> {
         let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
-        // The answer does not wait, so nothing pushes back on a flood: at most
-        // `FORGOT_IN_FLIGHT` requests are queued at once, and one beyond is dropped (counted,
-        // still 202: the answer must not say more under load than at rest).
+        self.in_background(
+            Event::PasswordResetRequested,
+            caller,
+            |service, caller| async move {
+                service.queue_password_reset(&email, &caller).await;
+            },
+        );
+        Ok(())
+    }
+
+    /// `POST /auth/email/resend` without a Bearer token: checks the email's format, then
+    /// answers as forgot does; another verification mail is queued in the background for an
+    /// existing, active, unverified user (not within 60 s of the last one, and within the
+    /// address's hourly share).
+    ///
+    /// # Errors
+    /// `InvalidEmail` only: the answer never depends on the account.
+    pub fn resend_verification_to(&self, email: &str, caller: &Caller) -> Result<(), AuthError> {
+        let email = Email::parse(email).ok_or(AuthError::InvalidEmail)?;
+        self.in_background(
+            Event::EmailVerificationRequested,
+            caller,
+            |service, caller| async move {
+                let found = service.0.store.find_user_by_email(email.as_str()).await;
+                match found {
+                    Ok(Some(user)) => {
+                        if let Err(err) = service.resend_verification(user.id, &caller).await {
+                            tracing::warn!(error = %err, "queueing a verification mail failed");
+                        }
+                    }
+                    Ok(None) => audit::record(
+                        Event::EmailVerificationRequested,
+                        Outcome::Ignored,
+                        None,
+                        &caller,
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "queueing a verification mail failed"),
+                }
+            },
+        );
+        Ok(())
+    }
+
+    /// Runs `work` after the answer, for the requests whose answer must not depend on the
+    /// account (forgot, resend by email). The answer does not wait, so nothing pushes back on
+    /// a flood: at most `FORGOT_IN_FLIGHT` of them run at once, and one beyond is dropped
+    /// (counted, audited as `event` with outcome error; still 202: the answer must not say
+    /// more under load than at rest). The work runs in the request's span, so its lines carry
+    /// the request's id and client.
+    fn in_background<F, Fut>(&self, event: Event, caller: &Caller, work: F)
+    where
+        F: FnOnce(Self, Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let Ok(permit) = Arc::clone(&self.0.forgot_in_flight).try_acquire_owned() else {
             metrics::counter!("password_reset_dropped_total").increment(1);
-            audit::record(Event::PasswordResetRequested, Outcome::Error, None, caller);
-            return Ok(());
+            audit::record(event, Outcome::Error, None, caller);
+            return;
         };
         let service = self.clone();
         let caller = caller.clone();
-        // In the request's span, so its lines carry the request's id and client.
         tokio::spawn(
             async move {
-                service.queue_password_reset(&email, &caller).await;
+                work(service, caller).await;
                 drop(permit);
             }
             .instrument(tracing::Span::current()),
         );
-        Ok(())
     }
 
     async fn queue_password_reset(&self, email: &Email, caller: &Caller) {

@@ -7,7 +7,8 @@
 //! - refresh tokens past their expiry (and the leeway);
 //! - sessions whose last refresh token expired longer ago than an access token lives;
 //! - revocation events older than an access token lives (the feed keeps that long);
-//! - mail sent or failed more than [`MAIL_RETENTION`] ago, and expired one-time tokens.
+//! - mail sent or failed more than [`MAIL_RETENTION`] ago, expired one-time tokens, and the
+//!   per-address mail counts of more than an hour ago.
 
 use std::sync::{Arc, Weak};
 
@@ -37,6 +38,8 @@ pub struct PurgeReport {
     pub mail: u64,
     /// Expired one-time tokens.
     pub user_tokens: u64,
+    /// Per-address mail counts older than an hour.
+    pub mail_sends: u64,
 }
 
 /// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
@@ -79,6 +82,10 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
         (Purge::Events(now - token_life), &mut report.events),
         (Purge::Mail(now - MAIL_RETENTION), &mut report.mail),
         (Purge::UserTokens(now), &mut report.user_tokens),
+        (
+            Purge::MailSends(now - chrono::Duration::hours(1)),
+            &mut report.mail_sends,
+        ),
     ] {
         loop {
             let deleted = inner.store.purge_batch(purge, BATCH).await?;

@@ -450,6 +450,8 @@ pub enum Purge {
     Mail(DateTime<Utc>),
     /// One-time tokens that expired before this.
     UserTokens(DateTime<Utc>),
+    /// The per-address mail counts ([`MAIL_PER_ADDRESS_PER_HOUR`]) older than this.
+    MailSends(DateTime<Utc>),
 }
 
 impl Purge {
@@ -463,9 +465,15 @@ impl Purge {
             Self::Events(_) => "revocation_events",
             Self::Mail(_) => "mail_outbox",
             Self::UserTokens(_) => "user_tokens",
+            Self::MailSends(_) => "mail_sends",
         }
     }
 }
+
+/// Verification and reset mails together that one address can receive per hour, whatever
+/// caused them (registrations of a deleted and re-created account included); beyond it the
+/// requests answer as usual and queue nothing. Security notifications are not counted.
+pub const MAIL_PER_ADDRESS_PER_HOUR: i64 = 10;
 
 /// Everything the service needs from a database.
 ///

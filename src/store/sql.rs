@@ -246,6 +246,34 @@ macro_rules! impl_store {
                 .await
             }
 
+            /// Counts a verification or reset mail to `address` against
+            /// [`MAIL_PER_ADDRESS_PER_HOUR`](crate::store::MAIL_PER_ADDRESS_PER_HOUR), inside a
+            /// transaction that holds the lock of the user who owns the address (so two
+            /// requests for one address are counted one after the other, on any replica).
+            /// False, and nothing counted, when the address had its share this past hour.
+            async fn count_mail_to(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                address: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, sqlx::Error> {
+                let sent: i64 = sqlx::query_scalar(
+                    "select count(*) from mail_sends where address = $1 and created_at > $2",
+                )
+                .bind(address)
+                .bind(now - chrono::Duration::hours(1))
+                .fetch_one(&mut **tx)
+                .await?;
+                if sent >= $crate::store::MAIL_PER_ADDRESS_PER_HOUR {
+                    return Ok(false);
+                }
+                sqlx::query("insert into mail_sends (address, created_at) values ($1, $2)")
+                    .bind(address)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(true)
+            }
+
             /// Queues a message for a user, inside the transaction of the change that causes it.
             async fn queue_mail(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -1080,6 +1108,16 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected(),
+                    Purge::MailSends(before) => sqlx::query(
+                        r"delete from mail_sends where (address, created_at) in (
+                            select address, created_at from mail_sends where created_at < $1
+                            limit $2)",
+                    )
+                    .bind(before)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
                     Purge::Events(before) => sqlx::query(
                         r"delete from revocation_events where id in (
                             select id from revocation_events where created_at < $1
@@ -1120,6 +1158,9 @@ macro_rules! impl_store {
                 if last_hour >= request.per_hour
                     || latest.is_some_and(|at| at > now - request.min_interval)
                 {
+                    return Ok(false);
+                }
+                if !Self::count_mail_to(&mut tx, request.email, now).await? {
                     return Ok(false);
                 }
                 let token = &request.token;
@@ -1272,8 +1313,13 @@ macro_rules! impl_store {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-                Self::insert_user_token(&mut tx, user.id, verification, now).await?;
-                Self::queue_mail(&mut tx, user.id, &user.email, &verification.mail, now).await?;
+                // The account is created either way; the mail only while the address has its
+                // share left this hour (a user past the cap can ask again later).
+                if Self::count_mail_to(&mut tx, &user.email, now).await? {
+                    Self::insert_user_token(&mut tx, user.id, verification, now).await?;
+                    Self::queue_mail(&mut tx, user.id, &user.email, &verification.mail, now)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(user)
             }
@@ -1297,7 +1343,7 @@ macro_rules! impl_store {
                         .await?;
                 let (recent, _) =
                     Self::recent_mail(&mut tx, user_id, kind, now - min_interval).await?;
-                if verified.is_some() || recent > 0 {
+                if verified.is_some() || recent > 0 || !Self::count_mail_to(&mut tx, &email, now).await? {
                     return Ok(false);
                 }
                 Self::insert_user_token(&mut tx, user_id, verification, now).await?;

@@ -28,6 +28,8 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out,
+    an_address_gets_ten_verification_and_reset_mails_an_hour_whatever_the_cause,
     junk_reset_tokens_cost_no_password_hash,
     a_password_change_logout_all_admin_set_or_disable_voids_older_reset_links,
     a_reset_racing_a_new_forgot_never_fails_the_request,
@@ -490,14 +492,16 @@ async fn resend_is_quiet_throttled_and_voids_the_older_link(backend: Backend) {
     assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
     tokio::time::sleep(StdDuration::from_millis(500)).await;
     assert_eq!(sink.for_address(email).len(), 2);
-    // Without a token: 401.
+    // Without a token the address is the body (see
+    // `resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out`): none is
+    // a 422.
     let response = app
         .client
         .post(app.url("/auth/email/resend"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 /// SIGKILL between claiming a message and sending it: the row stays leased, and the next
@@ -942,4 +946,123 @@ async fn junk_reset_tokens_cost_no_password_hash(backend: Backend) {
     // Assert: not one bcrypt hash was run for them.
     assert_eq!(hashes().await, before);
     server.terminate();
+}
+
+/// `POST /auth/email/resend` without a Bearer token.
+async fn resend_to(app: &TestApp, email: &str) -> (StatusCode, Value) {
+    status_and_json(
+        app.post_json("/auth/email/resend", &json!({ "email": email }))
+            .await,
+    )
+    .await
+}
+
+/// Waits (at most [`MAIL_WITHIN`]) until the outbox has nothing left to send.
+async fn outbox_drained(app: &TestApp) {
+    let started = std::time::Instant::now();
+    while app.store.pending_mail().await.unwrap() > 0 {
+        assert!(started.elapsed() < MAIL_WITHIN, "the outbox never drained");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+}
+
+async fn resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out(
+    backend: Backend,
+) {
+    // Arrange: required verification, and the first mail lost.
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "required")]).await;
+    let email = "lost@example.com";
+    app.register(email, PASSWORD).await;
+    sink.wait_for(email, 1, MAIL_WITHIN).await;
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // Act: an unknown address first, then the user's own, past the 60 s spacing.
+    app.clock.advance(chrono::Duration::seconds(61));
+    let unknown = resend_to(&app, "nobody@example.com").await;
+    let known = resend_to(&app, email).await;
+    // Assert: the same answer for both, as forgot gives; a new link for the user only.
+    let accepted = (
+        StatusCode::ACCEPTED,
+        json!({"message": "Verification email sent"}),
+    );
+    assert_eq!(unknown, accepted);
+    assert_eq!(known, accepted);
+    let mails = sink.wait_for(email, 2, MAIL_WITHIN).await;
+    assert_eq!(verify(&app, &mails[1].link_token()).await.0, StatusCode::OK);
+    assert_eq!(app.login(email, PASSWORD).await.status(), StatusCode::OK);
+    assert!(sink.for_address("nobody@example.com").is_empty());
+    // Throttled as the Bearer form is, and refused like forgot when malformed; a Bearer
+    // token that was sent must be valid.
+    assert_eq!(resend_to(&app, email).await, accepted);
+    let (status, body) = resend_to(&app, "not-an-email").await;
+    assert_eq!(
+        (status, &body["error_code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("INVALID_EMAIL"))
+    );
+    assert_eq!(resend(&app, "not-a-token").await, StatusCode::UNAUTHORIZED);
+    outbox_drained(&app).await;
+    assert_eq!(sink.for_address(email).len(), 2, "verified: nothing more");
+}
+
+async fn an_address_gets_ten_verification_and_reset_mails_an_hour_whatever_the_cause(
+    backend: Backend,
+) {
+    // Arrange + Act: the mail bomb: register, log in, delete the account, again and again,
+    // with the victim's address.
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "optional")]).await;
+    let victim = "victim@example.com";
+    for round in 0..12 {
+        assert_eq!(
+            app.register(victim, PASSWORD).await.status(),
+            StatusCode::CREATED
+        );
+        // As the attacker's loop does at this pace, each mail leaves before its account goes
+        // (a queued one goes with a deleted account).
+        if round < 10 {
+            sink.wait_for(victim, round + 1, MAIL_WITHIN).await;
+        }
+        let (access, _) = app.tokens(victim).await;
+        let deleted = app
+            .client
+            .delete(app.url("/auth/me"))
+            .bearer_auth(&access)
+            .json(&json!({ "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), StatusCode::OK);
+    }
+    // A last account, and a forgot for it: still the same answers, no more mail.
+    let (_, access, _) = app.user_with_tokens(victim).await;
+    assert_eq!(forgot(&app, victim).await.status(), StatusCode::ACCEPTED);
+    outbox_drained(&app).await;
+    // Assert: ten in the hour, across accounts and causes.
+    assert_eq!(sink.for_address(victim).len(), 10);
+    // A security notification is never dropped by the cap.
+    let changed = app
+        .client
+        .post(app.url("/auth/password/change"))
+        .bearer_auth(&access)
+        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let mails = sink.wait_for(victim, 11, MAIL_WITHIN).await;
+    assert!(
+        mails[10].subject().contains("password was changed"),
+        "{}",
+        mails[10].subject()
+    );
+    // An hour later the address has its share again.
+    app.clock.advance(chrono::Duration::minutes(61));
+    assert_eq!(forgot(&app, victim).await.status(), StatusCode::ACCEPTED);
+    let mails = sink.wait_for(victim, 12, MAIL_WITHIN).await;
+    assert!(
+        mails[11].subject().contains("Reset"),
+        "{}",
+        mails[11].subject()
+    );
 }
