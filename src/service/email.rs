@@ -1,21 +1,28 @@
-//! `Email`: a validated address in its comparison form. Past [`Email::parse`] the service never
+//! `Email`: a validated address, in two forms. Past [`Email::parse`] the service never
 //! handles a raw email string.
 //!
-//! Two addresses a person would read as the same are the same account (API.md, "Emails"):
+//! Two addresses a person would read as the same are the same account (API.md, "Emails"). The
+//! **key** (what accounts, lockouts and mail caps are found by):
 //!
-//! - the whole address is put in Unicode compatibility form (NFKC, `unicode-normalization`)
-//!   and fully case-folded (`caseless`), so NFC and NFD forms of `josé`, full-width `ａｌｉｃｅ`,
+//! - the local part is put in Unicode compatibility form (NFKC, `unicode-normalization`) and
+//!   fully case-folded (`caseless`), so NFC and NFD forms of `josé`, full-width `ａｌｉｃｅ`,
 //!   and `ΣΑΣ`/`σας` meet;
-//! - the domain is mapped by IDNA UTS 46 (`idna`, STD3 rules, hyphen and length checks) and kept
-//!   in its Unicode form;
+//! - the domain is mapped by IDNA UTS 46 alone (`idna`, non-transitional as browsers and mail
+//!   use it, STD3 rules, hyphen and length checks) and kept in its Unicode form: never case-
+//!   folded before, which would turn `faß.de` into `fass.de`, another domain with another owner;
 //! - characters nobody can see (control, format, unassigned, private-use, separators: zero-width
 //!   space, BOM, bidi overrides, tag characters...) are refused anywhere, never stripped;
 //! - the local part must be a dot-atom (no leading, trailing or doubled dot, none of
 //!   `<>()[]\,;:"`, no spaces), and the top-level label must not be all digits.
 //!
-//! The stored and returned form is that comparison form: lower case for ASCII addresses.
+//! The **address** mail is sent to is the local part as the user typed it (trimmed, NFC) at the
+//! same domain in its IDNA ASCII form (what every relay takes): folding is for comparing, never
+//! for delivering (`Straße@` and `strasse@` can be two mailboxes).
 
-use std::fmt;
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+};
 
 use unicode_normalization::UnicodeNormalization as _;
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory as _};
@@ -23,9 +30,27 @@ use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory as _};
 /// The longest address the contract accepts (RFC 5321's path limit).
 pub const MAX_EMAIL_LEN: usize = 254;
 
-/// A validated email address in its comparison form.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Email(String);
+/// A validated email address: its comparison key and the address to deliver to. Equal when
+/// the keys are.
+#[derive(Clone)]
+pub struct Email {
+    key: String,
+    address: String,
+}
+
+impl PartialEq for Email {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Email {}
+
+impl Hash for Email {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
 
 impl Email {
     /// Trims, normalises and checks an address. `None` when it breaks a rule; the caller
@@ -36,29 +61,43 @@ impl Email {
         if raw.chars().any(is_invisible) {
             return None;
         }
-        let folded: String = caseless::default_case_fold_str(&raw.nfkc().collect::<String>())
-            .nfkc()
-            .collect();
-        let (local, domain) = folded.split_once('@')?;
-        if !is_dot_atom(local) || domain.contains('@') {
+        let (typed_local, domain) = raw.split_once('@')?;
+        let local: String =
+            caseless::default_case_fold_str(&typed_local.nfkc().collect::<String>())
+                .nfkc()
+                .collect();
+        let typed_local: String = typed_local.nfc().collect();
+        if !is_dot_atom(&local) || !is_dot_atom(&typed_local) || domain.contains('@') {
             return None;
         }
-        let domain = normalise_domain(domain)?;
-        let email = format!("{local}@{domain}");
-        (email.chars().count() <= MAX_EMAIL_LEN).then_some(Self(email))
+        let (domain, ascii_domain) = normalise_domain(domain)?;
+        let key = format!("{local}@{domain}");
+        let address = format!("{typed_local}@{ascii_domain}");
+        (key.chars().count() <= MAX_EMAIL_LEN && address.chars().count() <= MAX_EMAIL_LEN)
+            .then_some(Self { key, address })
     }
 
-    /// The address of an account as the database holds it (stored in comparison form): the
-    /// lockout key of the user a token belongs to.
+    /// The address of an account as the database holds it (stored as its key): the lockout
+    /// key of the user a token belongs to.
     #[must_use]
     pub fn stored(email: String) -> Self {
-        Self(email)
+        Self {
+            address: email.clone(),
+            key: email,
+        }
     }
 
-    /// The address in its comparison form.
+    /// The comparison key (what the `email` column holds).
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// The address to send mail to: the local part as typed, the domain as IDNA maps it, in
+    /// ASCII.
+    #[must_use]
+    pub fn address(&self) -> &str {
+        &self.address
     }
 }
 
@@ -94,8 +133,8 @@ fn is_dot_atom(local: &str) -> bool {
 
 /// The domain through IDNA UTS 46 (strict: letters, digits and inner hyphens per label,
 /// DNS lengths), at least two labels, a top-level label that is not all digits; returned in
-/// its Unicode form.
-fn normalise_domain(domain: &str) -> Option<String> {
+/// its Unicode form (the key's) and its ASCII form (what SMTP and DNS take without SMTPUTF8).
+fn normalise_domain(domain: &str) -> Option<(String, String)> {
     let ascii = idna::domain_to_ascii_strict(domain).ok()?;
     let labels: Vec<&str> = ascii.split('.').collect();
     let tld = labels.last()?;
@@ -104,7 +143,7 @@ fn normalise_domain(domain: &str) -> Option<String> {
     }
     let (unicode, checked) = idna::domain_to_unicode(&ascii);
     checked.ok()?;
-    Some(unicode)
+    Some((unicode, ascii))
 }
 
 /// Emails are personal data: `Debug` never prints one, so a stray `?email` in a log is safe.
@@ -213,6 +252,30 @@ mod tests {
         ] {
             assert!(Email::parse(good).is_some(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn the_domain_is_mapped_by_idna_alone_and_mail_goes_where_it_was_typed() {
+        // Full case folding would turn ß into ss and ς into σ: another domain.
+        for (raw, key, address) in [
+            ("anna@fa\u{df}.de", "anna@fa\u{df}.de", "anna@xn--fa-hia.de"),
+            ("Anna@FA\u{df}.DE", "anna@fa\u{df}.de", "Anna@xn--fa-hia.de"),
+            (
+                "x@\u{3b5}\u{3bb}\u{3bb}\u{3ac}\u{3c2}.gr",
+                "x@\u{3b5}\u{3bb}\u{3bb}\u{3ac}\u{3c2}.gr",
+                "x@xn--hxarsa0b.gr",
+            ),
+            (
+                "Stra\u{df}e@example.com",
+                "strasse@example.com",
+                "Stra\u{df}e@example.com",
+            ),
+            ("a@xn--fa-hia.de", "a@fa\u{df}.de", "a@xn--fa-hia.de"),
+        ] {
+            let email = Email::parse(raw).unwrap_or_else(|| panic!("{raw:?} refused"));
+            assert_eq!((email.as_str(), email.address()), (key, address), "{raw:?}");
+        }
+        assert_ne!(key("anna@fa\u{df}.de"), key("anna@fass.de"));
     }
 
     #[test]

@@ -274,25 +274,21 @@ impl AuthService {
             return Err(AuthError::UserExists);
         }
         let hash = self.0.passwords.hash(password).await?;
-        let registered = match self.verification_mail()? {
-            Some(verification) => {
-                let user = self
-                    .0
-                    .store
-                    .register_user(email.as_str(), &hash, self.now(), &verification)
-                    .await;
-                if user.is_ok() {
-                    self.mail_queued();
-                }
-                user
-            }
-            None => {
-                self.0
-                    .store
-                    .insert_user(email.as_str(), &hash, self.now())
-                    .await
-            }
-        };
+        let verification = self.verification_mail()?;
+        let registered = self
+            .0
+            .store
+            .register_user(
+                email.as_str(),
+                email.address(),
+                &hash,
+                self.now(),
+                verification.as_ref(),
+            )
+            .await;
+        if registered.is_ok() && verification.is_some() {
+            self.mail_queued();
+        }
         match registered {
             Ok(user) => Ok(RegisteredUser {
                 id: user.id,

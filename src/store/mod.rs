@@ -724,14 +724,17 @@ pub trait Store: Send + Sync + 'static {
     /// Messages neither sent nor failed.
     async fn pending_mail(&self) -> Result<i64, StoreError>;
 
-    /// [`Store::insert_user`], and in the same transaction the verification token and its
-    /// mail (`verification.mail`'s template is the token's kind).
+    /// A registration: [`Store::insert_user`] with `mail_to`, the address mail goes to (as the
+    /// user typed it; `email` is the comparison key), and in the same transaction the
+    /// verification token and its mail, if any (`verification.mail`'s template is the token's
+    /// kind), within the address's hourly share ([`MAIL_PER_ADDRESS_PER_HOUR`]).
     async fn register_user(
         &self,
         email: &str,
+        mail_to: &str,
         password_hash: &str,
         now: DateTime<Utc>,
-        verification: &TokenMail,
+        verification: Option<&TokenMail>,
     ) -> Result<UserRow, StoreError>;
 
     /// Queues a new verification mail for a user whose address is not verified, unless one

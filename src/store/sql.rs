@@ -753,7 +753,7 @@ macro_rules! impl_store {
                 let email: Option<String> = sqlx::query_scalar(
                     r"update users set password_hash = $3, updated_at = $4
                       where id = $1 and password_hash = $2
-                      returning email",
+                      returning coalesce(mail_to, email)",
                 )
                 .bind(change.user_id)
                 .bind(change.old_hash)
@@ -1141,8 +1141,8 @@ macro_rules! impl_store {
             ) -> Result<bool, $crate::store::StoreError> {
                 let kind = request.token.mail.template;
                 let mut tx = self.begin_write().await?;
-                let Some(user_id): Option<i64> =
-                    sqlx::query_scalar("select id from users where email = $1")
+                let Some((user_id, mail_to)): Option<(i64, String)> =
+                    sqlx::query_as("select id, coalesce(mail_to, email) from users where email = $1")
                         .bind(request.email)
                         .fetch_optional(&mut *tx)
                         .await?
@@ -1165,7 +1165,7 @@ macro_rules! impl_store {
                 }
                 let token = &request.token;
                 Self::insert_user_token(&mut tx, user_id, token, now).await?;
-                Self::queue_mail(&mut tx, user_id, request.email, &token.mail, now).await?;
+                Self::queue_mail(&mut tx, user_id, &mail_to, &token.mail, now).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -1206,11 +1206,11 @@ macro_rules! impl_store {
                     // Rolled back: a disabled user's token is not spent either.
                     return Ok(None);
                 }
-                let email: String = sqlx::query_scalar(
+                let (email, mail_to): (String, String) = sqlx::query_as(
                     r"update users set password_hash = $2, updated_at = $3,
                         email_verified_at = coalesce(email_verified_at, $3)
                       where id = $1
-                      returning email",
+                      returning email, coalesce(mail_to, email)",
                 )
                 .bind(user_id)
                 .bind(new_hash)
@@ -1222,7 +1222,7 @@ macro_rules! impl_store {
                     .bind(&email)
                     .execute(&mut *tx)
                     .await?;
-                Self::queue_mail(&mut tx, user_id, &email, notification, now).await?;
+                Self::queue_mail(&mut tx, user_id, &mail_to, notification, now).await?;
                 // The event is the transaction's last write (see append_event).
                 Self::log_out_everywhere(&mut tx, user_id, now).await?;
                 tx.commit().await?;
@@ -1297,28 +1297,32 @@ macro_rules! impl_store {
             async fn register_user(
                 &self,
                 email: &str,
+                mail_to: &str,
                 password_hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-                verification: &$crate::store::TokenMail,
+                verification: Option<&$crate::store::TokenMail>,
             ) -> Result<$crate::store::UserRow, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 let user: $crate::store::UserRow = sqlx::query_as(concat!(
-                    r"insert into users (email, password_hash, is_active, created_at, updated_at)
-                      values ($1, $2, true, $3, $3)
+                    r"insert into users
+                        (email, mail_to, password_hash, is_active, created_at, updated_at)
+                      values ($1, $2, $3, true, $4, $4)
                       returning ",
                     user_columns!()
                 ))
                 .bind(email)
+                .bind(mail_to)
                 .bind(password_hash)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
                 // The account is created either way; the mail only while the address has its
                 // share left this hour (a user past the cap can ask again later).
-                if Self::count_mail_to(&mut tx, &user.email, now).await? {
+                if let Some(verification) = verification
+                    && Self::count_mail_to(&mut tx, &user.email, now).await?
+                {
                     Self::insert_user_token(&mut tx, user.id, verification, now).await?;
-                    Self::queue_mail(&mut tx, user.id, &user.email, &verification.mail, now)
-                        .await?;
+                    Self::queue_mail(&mut tx, user.id, mail_to, &verification.mail, now).await?;
                 }
                 tx.commit().await?;
                 Ok(user)
@@ -1336,18 +1340,21 @@ macro_rules! impl_store {
                 if Self::lock_user(&mut tx, user_id).await? != Some(true) {
                     return Ok(false);
                 }
-                let (email, verified): (String, Option<chrono::DateTime<chrono::Utc>>) =
-                    sqlx::query_as("select email, email_verified_at from users where id = $1")
-                        .bind(user_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let (email, mail_to, verified): (String, String, Option<chrono::DateTime<chrono::Utc>>) =
+                    sqlx::query_as(
+                        r"select email, coalesce(mail_to, email), email_verified_at
+                          from users where id = $1",
+                    )
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let (recent, _) =
                     Self::recent_mail(&mut tx, user_id, kind, now - min_interval).await?;
                 if verified.is_some() || recent > 0 || !Self::count_mail_to(&mut tx, &email, now).await? {
                     return Ok(false);
                 }
                 Self::insert_user_token(&mut tx, user_id, verification, now).await?;
-                Self::queue_mail(&mut tx, user_id, &email, &verification.mail, now).await?;
+                Self::queue_mail(&mut tx, user_id, &mail_to, &verification.mail, now).await?;
                 tx.commit().await?;
                 Ok(true)
             }

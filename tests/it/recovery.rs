@@ -28,6 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    mail_goes_to_the_domain_the_user_typed_never_a_case_folded_one,
     resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out,
     an_address_gets_ten_verification_and_reset_mails_an_hour_whatever_the_cause,
     junk_reset_tokens_cost_no_password_hash,
@@ -1064,5 +1065,63 @@ async fn an_address_gets_ten_verification_and_reset_mails_an_hour_whatever_the_c
         mails[11].subject().contains("Reset"),
         "{}",
         mails[11].subject()
+    );
+}
+
+async fn mail_goes_to_the_domain_the_user_typed_never_a_case_folded_one(backend: Backend) {
+    // `faß.de` and `fass.de` are two domains with two owners: full case folding of the whole
+    // address used to send this user's mail (and so their reset links) to the other one.
+    let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "optional")]).await;
+    let (status, body) =
+        status_and_json(app.register("Anna.Gross@Fa\u{df}.de", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        body["email"], "anna.gross@fa\u{df}.de",
+        "the comparison key"
+    );
+    // The other domain is another account.
+    assert_eq!(
+        app.register("anna.gross@fass.de", PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        forgot(&app, "ANNA.GROSS@FA\u{df}.DE").await.status(),
+        StatusCode::ACCEPTED
+    );
+    // Both mails (verification, reset) went to the address as typed, at the IDNA domain (its
+    // ASCII form, which every relay takes).
+    let started = std::time::Instant::now();
+    let typed = |to: &str| to == "Anna.Gross@xn--fa-hia.de";
+    loop {
+        let ours = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|to| typed(to)))
+            .count();
+        if ours == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < MAIL_WITHIN,
+            "{:?} pending {}",
+            sink.received()
+                .into_iter()
+                .map(|m| m.to)
+                .collect::<Vec<_>>(),
+            app.store.pending_mail().await.unwrap()
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    outbox_drained(&app).await;
+    let to_fass: Vec<_> = sink
+        .received()
+        .into_iter()
+        .flat_map(|m| m.to)
+        .filter(|to| to.contains("fass.de"))
+        .collect();
+    assert_eq!(
+        to_fass,
+        ["anna.gross@fass.de"],
+        "only fass.de's own registration"
     );
 }
