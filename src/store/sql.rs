@@ -149,7 +149,7 @@ macro_rules! impl_store {
                 .bind(cutoff)
                 .execute(&mut **tx)
                 .await?;
-                let ended = Self::end_user_sessions(tx, user_id, now, None, cutoff).await?;
+                let ended = Self::end_user_sessions(tx, user_id, now, None, cutoff, false).await?;
                 Self::append_event(
                     tx,
                     $crate::store::EventKind::LoggedOutEverywhere,
@@ -300,25 +300,31 @@ macro_rules! impl_store {
             /// Ends every live session of a user but `except` and revokes their refresh tokens,
             /// under the user's lock, in two statements whatever their number; returns how many
             /// sessions were live. Events: one per ended session used at or after
-            /// `announce_used_since` (or never recorded as used), which may still hold a live
-            /// access token that nothing else refuses; the caller appends any user-wide one.
+            /// `announce_used_since`, which may still hold a live access token that nothing
+            /// else refuses; the caller appends any user-wide one. Sessions never recorded as
+            /// used (from before `last_used_at` existed) are announced only when
+            /// `unrecorded_may_be_live`: after a user-wide cut-off they cannot hold a token of
+            /// the cut-off second (every use since the column exists records itself first), so
+            /// the user-wide event covers them all, however many there are.
             async fn end_user_sessions(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: i64,
                 now: chrono::DateTime<chrono::Utc>,
                 except: Option<uuid::Uuid>,
                 announce_used_since: chrono::DateTime<chrono::Utc>,
+                unrecorded_may_be_live: bool,
             ) -> Result<u64, sqlx::Error> {
                 // The nil id is no session's: "except nothing".
                 let except = except.unwrap_or(uuid::Uuid::nil());
                 let announced: Vec<uuid::Uuid> = sqlx::query_scalar(
                     r"select id from sessions
                       where user_id = $1 and revoked_at is null and id <> $2
-                        and (last_used_at is null or last_used_at >= $3)",
+                        and (last_used_at >= $3 or ($4 and last_used_at is null))",
                 )
                 .bind(user_id)
                 .bind(except)
                 .bind(announce_used_since)
+                .bind(unrecorded_may_be_live)
                 .fetch_all(&mut **tx)
                 .await?;
                 let ended = sqlx::query(
@@ -504,7 +510,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                     Self::void_reset_tokens(&mut tx, id).await?;
-                    Self::end_user_sessions(&mut tx, id, now, None, cutoff).await?;
+                    Self::end_user_sessions(&mut tx, id, now, None, cutoff, false).await?;
                     Self::append_event(
                         &mut tx,
                         EventKind::UserDisabled,
@@ -774,6 +780,9 @@ macro_rules! impl_store {
                     now,
                     Some(change.keep),
                     change.live_tokens_since,
+                    // No user-wide cut-off here (the caller's session lives on): a session
+                    // from before `last_used_at` may hold a live token.
+                    true,
                 )
                 .await?;
                 tx.commit().await?;

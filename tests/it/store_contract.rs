@@ -8,7 +8,7 @@
 //! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
 //! | `update_password_hash` | `password_hash_update_is_a_compare_and_set` |
 //! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
-//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one`, `sessions_from_before_devices_get_nulls` |
+//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one`, `sessions_from_before_devices_get_nulls`, `ending_every_session_from_before_devices_writes_one_event` |
 //! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
 //! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
 //! | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
@@ -65,6 +65,7 @@ dual_backend!(
     sessions_start_only_for_active_users,
     sessions_record_their_use_and_end_all_but_one,
     sessions_from_before_devices_get_nulls,
+    ending_every_session_from_before_devices_writes_one_event,
     revocations_end_sessions_once_and_append_events,
     events_are_read_in_order_and_signalled,
     export_and_import_round_trip,
@@ -952,6 +953,74 @@ async fn sessions_from_before_devices_get_nulls(backend: Backend) {
     assert!(store.touch_session(session, now).await.unwrap());
     let row = store.find_session(session).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(now));
+}
+
+/// Logout-all and a disable cost one event whatever the sessions: also for sessions from before
+/// `last_used_at` existed (every session of an upgraded installation), which the user-wide
+/// cut-off covers. A password change (no cut-off: the caller's session lives on) still names
+/// them, as they may hold a live token.
+async fn ending_every_session_from_before_devices_writes_one_event(backend: Backend) {
+    let (db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let mut users = Vec::new();
+    for name in ["all", "disabled", "changed"] {
+        let user = store
+            .insert_user(&format!("{name}@example.com"), "h", now)
+            .await
+            .unwrap();
+        for _ in 0..40 {
+            session(&store, user.id).await;
+        }
+        users.push(user.id);
+    }
+    // As an installation upgraded to migration 0007 has them: never recorded as used.
+    db.execute("update sessions set last_used_at = null").await;
+    let events_for = |user: i64, after: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .events_since(after, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.user_id == user)
+                .map(|e| e.kind)
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = store.last_event_id().await.unwrap();
+    assert_eq!(store.revoke_user_sessions(users[0], now).await.unwrap(), 40);
+    assert!(store.set_user_active(users[1], false, now).await.unwrap());
+    assert_eq!(
+        events_for(users[0], before).await,
+        [EventKind::LoggedOutEverywhere]
+    );
+    assert_eq!(
+        events_for(users[1], before).await,
+        [EventKind::UserDisabled]
+    );
+    assert!(store.live_sessions(users[0], now).await.unwrap().is_empty());
+    assert!(store.live_sessions(users[1], now).await.unwrap().is_empty());
+    let keep = store.live_sessions(users[2], now).await.unwrap()[0].id;
+    let changed = store
+        .change_password(
+            &PasswordChange {
+                user_id: users[2],
+                old_hash: "h",
+                new_hash: "new",
+                keep,
+                live_tokens_since: now - Duration::minutes(15),
+                notification: &NewMail {
+                    template: MailTemplate::PasswordChanged,
+                    link: None,
+                },
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(events_for(users[2], before).await.len(), 39);
 }
 
 /// The upgrade that adds email verification marks every existing user verified; users made
