@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
-    message::{Mailbox, MultiPart},
+    message::{
+        Mailbox, MultiPart,
+        header::{HeaderName, HeaderValue},
+    },
     transport::smtp::authentication::Credentials,
 };
 use secrecy::ExposeSecret as _;
@@ -152,11 +155,18 @@ impl Mailer {
         })
     }
 
-    /// Hands `message` to the transport for `to`.
+    /// Hands `message` to the transport for `to`, as `Message-ID: <message_id@domain of
+    /// MAIL_FROM>` (the same on every attempt) with `Auto-Submitted: auto-generated` (RFC 3834:
+    /// no auto-replies).
     ///
     /// # Errors
     /// [`SendError`]; its text never holds the address, the link or the SMTP password.
-    pub async fn send(&self, to: &str, message: &Rendered) -> Result<(), SendError> {
+    pub async fn send(
+        &self,
+        to: &str,
+        message_id: &str,
+        message: &Rendered,
+    ) -> Result<(), SendError> {
         match self {
             Self::Log => {
                 tracing::info!(
@@ -175,6 +185,11 @@ impl Mailer {
                 let email = Message::builder()
                     .from(from.clone())
                     .to(to)
+                    .message_id(Some(format!("<{message_id}@{}>", from.email.domain())))
+                    .raw_header(HeaderValue::new(
+                        HeaderName::new_from_ascii_str("Auto-Submitted"),
+                        "auto-generated".to_owned(),
+                    ))
                     .subject(message.subject.clone())
                     .multipart(MultiPart::alternative_plain_html(
                         message.text.clone(),

@@ -441,7 +441,11 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
                 hours: settings.verify_hours,
             };
             match mail::render(template, ctx) {
-                Ok(rendered) => mailer.send(&mail.recipient, &rendered).await,
+                Ok(rendered) => {
+                    mailer
+                        .send(&mail.recipient, &mail.message_id, &rendered)
+                        .await
+                }
                 Err(err) => Err(SendError::Build(err.to_string())),
             }
         }

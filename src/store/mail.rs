@@ -61,6 +61,8 @@ pub struct OutboxMail {
     pub created_at: DateTime<Utc>,
     /// Attempts so far, this one included.
     pub attempts: i32,
+    /// The left part of its `Message-ID`, the same on every attempt.
+    pub message_id: String,
 }
 
 /// How an attempt to send ended.

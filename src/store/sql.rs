@@ -284,14 +284,16 @@ macro_rules! impl_store {
             ) -> Result<(), sqlx::Error> {
                 sqlx::query(
                     r"insert into mail_outbox
-                        (user_id, recipient, template, link, created_at, next_attempt_at)
-                      values ($1, $2, $3, $4, $5, $5)",
+                        (user_id, recipient, template, link, created_at, next_attempt_at,
+                         message_id)
+                      values ($1, $2, $3, $4, $5, $5, $6)",
                 )
                 .bind(user_id)
                 .bind(recipient)
                 .bind(mail.template.as_str())
                 .bind(mail.link.as_deref())
                 .bind(now)
+                .bind(uuid::Uuid::new_v4().simple().to_string())
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -1251,7 +1253,8 @@ macro_rules! impl_store {
                     let mail: $crate::store::OutboxMail = sqlx::query_as(
                         r"update mail_outbox set leased_until = $2, attempts = attempts + 1
                           where id = $1
-                          returning id, recipient, template, link, created_at, attempts",
+                          returning id, recipient, template, link, created_at, attempts,
+                            coalesce(message_id, 'outbox-' || id) as message_id",
                     )
                     .bind(id)
                     .bind(lease_until)

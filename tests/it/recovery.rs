@@ -28,6 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    every_mail_has_a_message_id_kept_across_retries_and_says_it_is_automatic,
     mail_goes_to_the_domain_the_user_typed_never_a_case_folded_one,
     resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out,
     an_address_gets_ten_verification_and_reset_mails_an_hour_whatever_the_cause,
@@ -1124,4 +1125,50 @@ async fn mail_goes_to_the_domain_the_user_typed_never_a_case_folded_one(backend:
         ["anna.gross@fass.de"],
         "only fass.de's own registration"
     );
+}
+
+async fn every_mail_has_a_message_id_kept_across_retries_and_says_it_is_automatic(
+    backend: Backend,
+) {
+    // Arrange: the relay answers the first attempt "try again later".
+    let (app, sink) = app_with_sink(backend, &[]).await;
+    let email = "ids@example.com";
+    app.user_with_tokens(email).await;
+    sink.defer_next();
+    // Act: a reset mail, deferred once, then retried after its backoff.
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    while sink.deferred().is_empty() {
+        assert!(started.elapsed() < MAIL_WITHIN, "never attempted");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    app.clock.advance(Duration::minutes(2));
+    let sent = sink.wait_for(email, 1, MAIL_WITHIN).await.remove(0);
+    // Assert: one Message-ID, the same on both attempts, at MAIL_FROM's domain.
+    let first = sink.deferred()[0]
+        .header("Message-ID")
+        .expect("a Message-ID");
+    let id = sent.header("Message-ID").expect("a Message-ID");
+    assert_eq!(id, first, "kept across the retry");
+    assert!(
+        id.starts_with('<') && id.ends_with("@shop.example.com>") && id.len() > 30,
+        "{id}"
+    );
+    assert_eq!(
+        sent.header("Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
+    // Another message has another id.
+    let (access, _) = app.tokens(email).await;
+    let changed = app
+        .client
+        .post(app.url("/auth/password/change"))
+        .bearer_auth(&access)
+        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let notification = sink.wait_for(email, 2, MAIL_WITHIN).await.remove(1);
+    assert_ne!(notification.header("Message-ID"), Some(id));
 }

@@ -30,6 +30,17 @@ impl Received {
             .expect("a parsable message")
     }
 
+    /// A header's raw value, trimmed (`None` when absent).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let raw = String::from_utf8_lossy(&self.raw);
+        let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+        head.split("\r\n").find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
     pub fn subject(&self) -> String {
         self.parsed().subject().unwrap_or_default().to_owned()
     }
@@ -71,6 +82,10 @@ pub struct SmtpSink {
     arrived: Arc<Notify>,
     /// Answer every `RCPT TO` with `550` (a mailbox that does not exist: a permanent failure).
     reject: bool,
+    /// While set, the next message is answered `451` (try again later) after its data, and
+    /// kept in `deferred`.
+    defer_next: Arc<std::sync::atomic::AtomicBool>,
+    deferred: Arc<Mutex<Vec<Received>>>,
 }
 
 impl SmtpSink {
@@ -98,6 +113,8 @@ impl SmtpSink {
             received: Arc::default(),
             arrived: Arc::default(),
             reject,
+            defer_next: Arc::default(),
+            deferred: Arc::default(),
         };
         let task = sink.clone();
         tokio::spawn(async move {
@@ -168,12 +185,22 @@ impl SmtpSink {
                     let data = data.strip_prefix('.').unwrap_or(&data);
                     raw.extend_from_slice(data.as_bytes());
                 }
-                self.received.lock().unwrap().push(Received {
+                let message = Received {
                     to: std::mem::take(&mut to),
                     raw,
-                });
-                self.arrived.notify_waiters();
-                b"250 queued\r\n"
+                };
+                if self
+                    .defer_next
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    self.deferred.lock().unwrap().push(message);
+                    self.arrived.notify_waiters();
+                    b"451 4.3.0 try again later\r\n"
+                } else {
+                    self.received.lock().unwrap().push(message);
+                    self.arrived.notify_waiters();
+                    b"250 queued\r\n"
+                }
             } else if command == "QUIT" {
                 let _ = write.write_all(b"221 bye\r\n").await;
                 return;
@@ -184,6 +211,17 @@ impl SmtpSink {
                 return;
             }
         }
+    }
+
+    /// Answers the next message with a temporary failure (`451`), keeping it apart.
+    pub fn defer_next(&self) {
+        self.defer_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The messages answered with `451` so far.
+    pub fn deferred(&self) -> Vec<Received> {
+        self.deferred.lock().unwrap().clone()
     }
 
     /// Everything received so far.
