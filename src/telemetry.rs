@@ -186,11 +186,12 @@ fn describe_metrics() {
     );
     describe_counter!(
         "connections_refused_total",
-        "Connections closed at accept: the peer held MAX_CONNECTIONS_PER_IP, none of them idle"
+        "Connections closed at accept: per_ip (the peer held MAX_CONNECTIONS_PER_IP, none of them \
+         idle) or full (every slot held by a connection with a request in flight)"
     );
     describe_counter!(
         "connections_shed_total",
-        "Idle keep-alive connections closed: per_ip (a new one from the same peer over its cap) \
-         or overload (above 75% of MAX_CONNECTIONS)"
+        "Idle or silent connections closed: per_ip (a new one from the same peer over its cap), \
+         overload (above 75% of MAX_CONNECTIONS) or full (a new one at MAX_CONNECTIONS)"
     );
 }

@@ -1,17 +1,28 @@
-//! The open connections, by peer, so one host cannot hold every slot (Hardening III).
+//! The open connections, by peer, so neither one host nor a few can hold every slot.
 //!
 //! - **Per-peer cap** (`MAX_CONNECTIONS_PER_IP`): a socket peer (IPv6: per network of
 //!   `IPV6_PREFIX_LENGTH`) that is not a trusted proxy holds at most this many connections. A
 //!   connection beyond it closes that peer's oldest idle keep-alive connection, or, when none
 //!   of them is idle, is itself closed at accept.
-//! - **Overload shedding**: above 75% of `MAX_CONNECTIONS`, idle keep-alive connections are
-//!   closed oldest first (as Envoy's overload manager and nginx under `worker_connections`
-//!   pressure do), so a slot is always free for a new client, whoever holds the rest.
+//! - **A full server decides at once** (`MAX_CONNECTIONS`): the accept loop never waits for a
+//!   slot. A new connection when every slot is live takes the slot of a *sheddable* one, which
+//!   is closed at once; when none is sheddable (every connection has a request in flight) the
+//!   new one is closed at accept.
+//! - **Overload shedding** above 75% of `MAX_CONNECTIONS`: sheddable connections are closed
+//!   until the live ones are back at 75%, so a slot is free for a new client, whoever holds the
+//!   rest (as Envoy's overload manager and nginx under `worker_connections` pressure do).
 //!
-//! "Idle" is a connection that has served a request and has none in flight or arriving; it is
-//! closed gracefully (hyper closes an idle HTTP/1 connection at once and sends HTTP/2 GOAWAY),
-//! so a request that slips in meanwhile is still answered. Trusted proxies carry many clients:
-//! they are exempt from the per-peer cap, not from shedding.
+//! Sheddable: no request in flight, and either an idle keep-alive connection (it has served a
+//! request) or one that has not completed its first request head (at 75%: once it has had
+//! [`FIRST_HEAD_GRACE`] to send it, or at once when its peer holds more than this one; at
+//! 100%: at once). Victims are taken from the peer
+//! holding the most live connections first, its silent connections before its idle ones,
+//! oldest first: pressure falls on whoever causes it, and a service's single keep-alive
+//! connection outlives an attacker's hundreds. An idle connection is closed gracefully (hyper
+//! closes an idle HTTP/1 connection at once and sends HTTP/2 GOAWAY), a silent one at once.
+//! Trusted proxies carry many clients: they are exempt from the per-peer cap, not from
+//! shedding. Peers are compared as the per-IP limits compare them (IPv4-mapped IPv6 addresses
+//! as IPv4, [`client_network`]).
 //!
 //! One mutex guards the registry; it is taken at accept and when a connection ends, never on a
 //! request.
@@ -20,6 +31,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -39,6 +51,19 @@ pub struct ConnectionLimits {
     pub trusted: Vec<IpNet>,
     /// IPv6 peers are counted per network of this length.
     pub v6_prefix: u8,
+}
+
+/// How long a new connection may take to send its first request head before it counts as
+/// sheddable under overload (above 75%; a full server sheds such connections at once).
+pub const FIRST_HEAD_GRACE: Duration = Duration::from_secs(1);
+
+/// How hard the registry is looking for connections to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pressure {
+    /// Above 75%: idle connections, and silent ones past [`FIRST_HEAD_GRACE`].
+    Overload,
+    /// Every slot live: idle and silent connections alike.
+    Full,
 }
 
 impl ConnectionLimits {
@@ -116,8 +141,11 @@ impl Connections {
     }
 
     /// Admits a new connection from `ip`, closing what the rules say to close, or refuses it
-    /// (`None`: close the socket at once).
+    /// (`None`: close the socket at once). Never waits.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, activity: &Arc<Activity>) -> Option<Registered> {
+        // `::ffff:a.b.c.d` on a dual-stack listener is the IPv4 peer a.b.c.d, for the trusted
+        // list as for the per-peer count.
+        let ip = ip.to_canonical();
         let peer = client_network(ip, self.limits.v6_prefix);
         let exempt = self.limits.trusted.iter().any(|net| net.contains(&ip));
         let mut inner = self.lock();
@@ -135,6 +163,15 @@ impl Connections {
                 metrics::counter!("connections_shed_total", "reason" => "per_ip").increment(1);
             }
         }
+        if inner.open - inner.closing >= self.limits.max {
+            let Some(victim) = victims(&mut inner.by_peer, 1, Pressure::Full, None).pop() else {
+                // Every connection has a request in flight: nothing to take a slot from.
+                metrics::counter!("connections_refused_total", "reason" => "full").increment(1);
+                return None;
+            };
+            close(victim, &mut inner.closing);
+            metrics::counter!("connections_shed_total", "reason" => "full").increment(1);
+        }
         inner.next_id += 1;
         let id = inner.next_id;
         inner.by_peer.entry(peer).or_default().push(Conn {
@@ -146,7 +183,7 @@ impl Connections {
         let live = inner.open - inner.closing;
         let excess = live.saturating_sub(self.limits.shed_above());
         if excess > 0 {
-            let shed = oldest_idle(inner.by_peer.values_mut().flatten(), excess);
+            let shed = victims(&mut inner.by_peer, excess, Pressure::Overload, Some(id));
             let count = shed.len();
             for conn in shed {
                 close(conn, &mut inner.closing);
@@ -160,16 +197,6 @@ impl Connections {
             peer,
             id,
         })
-    }
-
-    /// No slot is free: closes the oldest idle connection, if any, so one frees soon.
-    pub fn make_room(&self) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        if let Some(conn) = oldest_idle(inner.by_peer.values_mut().flatten(), 1).pop() {
-            close(conn, &mut inner.closing);
-            metrics::counter!("connections_shed_total", "reason" => "overload").increment(1);
-        }
     }
 
     /// Tells every connection to close gracefully (shutdown).
@@ -194,8 +221,51 @@ fn oldest_idle<'a>(conns: impl Iterator<Item = &'a mut Conn>, n: usize) -> Vec<&
     idle.into_iter().take(n).map(|(_, conn)| conn).collect()
 }
 
+/// Up to `n` sheddable connections under `pressure` but `spare` (see the module's doc), in the
+/// order they go: the peer holding the most live connections first; within a peer, silent
+/// connections past [`FIRST_HEAD_GRACE`], then idle ones, then newer silent ones; oldest first.
+fn victims(
+    by_peer: &mut HashMap<IpNet, Vec<Conn>>,
+    n: usize,
+    pressure: Pressure,
+    spare: Option<u64>,
+) -> Vec<&mut Conn> {
+    let mut candidates: Vec<(usize, u8, tokio::time::Instant, &mut Conn)> = Vec::new();
+    for conns in by_peer.values_mut() {
+        let live = conns.iter().filter(|conn| !conn.closing).count();
+        for conn in conns
+            .iter_mut()
+            .filter(|conn| !conn.closing && Some(conn.id) != spare)
+        {
+            let activity = &conn.activity;
+            if let Some(since) = activity.idle_since() {
+                candidates.push((live, 1, since, conn));
+            } else if let Some(opened) = activity.silent_since() {
+                // A lone new client gets its grace; a peer opening many gets none.
+                let waited = opened.elapsed() >= FIRST_HEAD_GRACE;
+                if waited {
+                    candidates.push((live, 0, opened, conn));
+                } else if pressure == Pressure::Full || live > 1 {
+                    candidates.push((live, 2, opened, conn));
+                }
+            }
+        }
+    }
+    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    candidates
+        .into_iter()
+        .take(n)
+        .map(|(_, _, _, conn)| conn)
+        .collect()
+}
+
 fn close(conn: &mut Conn, closing: &mut usize) {
-    conn.activity.close();
+    if conn.activity.silent_since().is_some() {
+        // Nothing to finish: a connection that never sent a request head goes at once.
+        conn.activity.abort();
+    } else {
+        conn.activity.close();
+    }
     conn.closing = true;
     *closing += 1;
 }

@@ -10,8 +10,10 @@
 //!   HTTP/2, with no request in flight for this long is closed.
 //! - **A cap on open connections** (`MAX_CONNECTIONS`), **per peer**
 //!   (`MAX_CONNECTIONS_PER_IP`) and **overload shedding** above 75% of it: see
-//!   [`connections`]. Past `MAX_CONNECTIONS`, a new connection waits for a slot (the oldest
-//!   idle connection is closed to make one) instead of costing memory and tasks.
+//!   [`connections`]. The accept loop never waits: past `MAX_CONNECTIONS` a new connection
+//!   takes the slot of a sheddable one (silent or idle, from the peer holding the most) or is
+//!   closed at once, so a full server keeps answering new clients, `/health/live` and
+//!   `/metrics` included.
 //! - **Graceful shutdown**: readiness turns 503 first, the listener closes, in-flight requests
 //!   finish.
 //!
@@ -27,7 +29,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -43,9 +45,10 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Notify, Semaphore, TryAcquireError},
+    sync::Notify,
     time::Instant,
 };
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use self::connections::{ConnectionLimits, Connections};
@@ -67,15 +70,15 @@ pub async fn serve(
         header_read: config.server.header_read_timeout,
         idle: config.server.idle_timeout,
     };
-    let max = config.server.max_connections;
-    let permits = Arc::new(Semaphore::new(max));
     let connections = Connections::new(ConnectionLimits {
-        max,
+        max: config.server.max_connections,
         per_peer: config.server.max_connections_per_ip,
         trusted: config.limits.trusted_proxies.clone(),
         v6_prefix: config.limits.ipv6_prefix_length,
     });
     let builder = auto::Builder::new(TokioExecutor::new());
+    // Every connection's task, so shutdown can wait for each to finish its request.
+    let tasks = TaskTracker::new();
     let mut shutdown = std::pin::pin!(state.clone().drain_on(shutdown));
     loop {
         let (stream, peer) = tokio::select! {
@@ -92,23 +95,10 @@ pub async fn serve(
         };
         let activity = Arc::new(Activity::new());
         let Some(registered) = connections.admit(peer.ip(), &activity) else {
-            // Over its peer's cap with none of that peer's connections idle.
+            // Over its peer's cap with none of that peer's connections idle, or a full server
+            // with every connection busy: closed at once, and the loop goes on accepting.
             drop(stream);
             continue;
-        };
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => {
-                connections.make_room();
-                tokio::select! {
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
         };
         let watched = Arc::clone(&activity);
         let service = app
@@ -134,7 +124,7 @@ pub async fn serve(
         let conn = builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
             .into_owned();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
             loop {
@@ -154,6 +144,10 @@ pub async fn serve(
                     }
                     () = tokio::time::sleep_until(deadline) => {}
                     () = activity.close.notified(), if !closing => {
+                        if activity.aborted.load(Ordering::Relaxed) {
+                            // Shed before its first request head: nothing to finish.
+                            break;
+                        }
                         // Finishes a request in flight, then closes (HTTP/2: GOAWAY).
                         conn.as_mut().graceful_shutdown();
                         closing = true;
@@ -161,14 +155,12 @@ pub async fn serve(
                 }
             }
             drop(registered);
-            drop(permit);
         });
     }
     drop(listener);
     connections.close_all();
-    // Every connection holds a permit until it ends.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
@@ -192,6 +184,8 @@ struct Activity {
     head_started: AtomicU64,
     /// Set by the registry to close the connection gracefully (shed, or shutdown).
     close: Notify,
+    /// Set with `close` when the connection is to go at once (shed before its first request).
+    aborted: AtomicBool,
 }
 
 /// The watchdog's decision.
@@ -211,7 +205,22 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             close: Notify::new(),
+            aborted: AtomicBool::new(false),
         }
+    }
+
+    /// Since when this connection waits for its first request head (accepted, nothing served,
+    /// nothing in flight); `None` once a request arrived.
+    fn silent_since(&self) -> Option<Instant> {
+        let silent =
+            self.served.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) == 0;
+        silent.then_some(self.opened)
+    }
+
+    /// Asks the watchdog to drop the connection at once.
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
+        self.close.notify_one();
     }
 
     /// Since when this is an idle keep-alive connection: it has served a request and has none

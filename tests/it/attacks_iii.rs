@@ -232,3 +232,103 @@ async fn a_trusted_proxy_is_not_capped() {
         7
     );
 }
+
+/// `GET path` on `stream`: whether a 200 came back within [`SERVED_WITHIN`].
+async fn answers(stream: &mut TcpStream, path: &str) -> bool {
+    let exchange = async {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(response.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(SERVED_WITHIN, exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_requests_on_more_sockets_than_there_are_slots_cannot_stop_the_server() {
+    // Shape 1 of the attack, as measured: 260 sockets at once from one address (under its
+    // per-IP cap), a request sent on each and never read, against 200 slots. The accept loop
+    // used to wait for a slot behind them and answer nobody until they went.
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("MAX_CONNECTIONS", "200")]).await;
+    let hog = loopback(0, 3, 1);
+    let flood = join_all((0..260).map(|_| async {
+        let mut stream = connect_from(&app, hog).await;
+        let _ = stream
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        stream
+    }))
+    .await;
+    // Another address is served within a second, and so are the probes and the scrape.
+    for path in ["/health/live", "/metrics", "/health/ready"] {
+        let mut other = connect_from(&app, loopback(0, 3, 2)).await;
+        assert!(answers(&mut other, path).await, "{path} answered");
+    }
+    drop(flood);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_from_a_few_addresses_lose_their_slots_before_a_services_keep_alive() {
+    // Shape 2, scaled down as measured: 64 slots, 16 per address, five addresses opening
+    // sockets that never send a request head, while a service keeps one connection open.
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("MAX_CONNECTIONS", "64"), ("MAX_CONNECTIONS_PER_IP", "16")],
+    )
+    .await;
+    let mut service = idle_connection(&app, loopback(0, 4, 100)).await;
+    let mut silent = Vec::new();
+    for attacker in 1..=5 {
+        for _ in 0..16 {
+            silent.push(connect_from(&app, loopback(0, 4, attacker)).await);
+        }
+    }
+    // A new client from another address is served within a second...
+    let mut newcomer = connect_from(&app, loopback(0, 4, 200)).await;
+    assert!(served(&mut newcomer).await, "a new client served");
+    // ...and the service's keep-alive connection, idle all along, still serves.
+    assert!(served(&mut service).await, "the service's connection kept");
+    // The slots were taken from the silent sockets.
+    assert!(count_closed(&mut silent, Duration::from_millis(300)).await >= 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_dual_stack_listener_ipv4_peers_are_capped_and_trusted_as_ipv4() {
+    // Shape 3: with HOST=:: an IPv4 peer arrives as ::ffff:a.b.c.d. The trusted proxy must
+    // be recognised (not capped), an untrusted IPv4 peer capped as on an IPv4 listener.
+    let app = TestApp::spawn_dual_stack(
+        Backend::Sqlite,
+        &[
+            ("MAX_CONNECTIONS_PER_IP", "5"),
+            ("TRUSTED_PROXIES", "127.0.5.1"),
+        ],
+    )
+    .await;
+    let mut proxied = Vec::new();
+    for _ in 0..12 {
+        proxied.push(idle_connection(&app, loopback(0, 5, 1)).await);
+    }
+    assert_eq!(
+        count_closed(&mut proxied, Duration::from_millis(300)).await,
+        0,
+        "the trusted proxy is not capped"
+    );
+    let mut capped = Vec::new();
+    for _ in 0..8 {
+        capped.push(idle_connection(&app, loopback(0, 5, 2)).await);
+    }
+    assert_eq!(
+        count_closed(&mut capped, Duration::from_millis(300)).await,
+        3,
+        "an untrusted IPv4 peer capped at 5"
+    );
+    // IPv6 clients are served on the same listener.
+    let port = app_addr(&app).port();
+    let mut v6 = TcpStream::connect(("::1", port)).await.unwrap();
+    assert!(served(&mut v6).await, "::1 served");
+}

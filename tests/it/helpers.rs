@@ -333,6 +333,27 @@ impl TestApp {
     pub async fn spawn_config(db: Arc<TestDb>, clock: TestClock, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        Self::spawn_listening(db, clock, config, listener, base).await
+    }
+
+    /// An app on a dual-stack listener (`[::]`, as `HOST=::` binds): IPv4 clients arrive as
+    /// `::ffff:a.b.c.d`. `base` is its IPv4 loopback address.
+    pub async fn spawn_dual_stack(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let db = TestDb::new(backend).await;
+        let config = test_config(&db, overrides);
+        let listener = TcpListener::bind("[::]:0").await.expect("bind [::]");
+        let port = listener.local_addr().expect("addr").port();
+        let base = format!("http://127.0.0.1:{port}");
+        Self::spawn_listening(db, TestClock::new(), config, listener, base).await
+    }
+
+    async fn spawn_listening(
+        db: Arc<TestDb>,
+        clock: TestClock,
+        config: Config,
+        listener: TcpListener,
+        base: String,
+    ) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let app_clock = Arc::new(clock.clone());
         let handle = tokio::spawn(async move {
