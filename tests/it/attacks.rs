@@ -520,8 +520,9 @@ async fn a_client_trickling_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_wait_until_one_closes() {
-    // Arrange: a cap of 2, both taken by idle connections.
+async fn past_the_cap_a_new_connection_takes_a_silent_ones_slot_or_is_closed_never_waits() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Arrange: a cap of 2, both taken by connections that sent nothing.
     let app = TestApp::spawn_with(
         Backend::Sqlite,
         &[
@@ -535,21 +536,54 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let second = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    // Act
-    let url = app.url("/health/live");
-    let mut third = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
-    // Assert: not served while both slots are held...
-    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut third).await;
-    assert!(early.is_err(), "served past the cap: {early:?}");
-    // ...and served once one closes.
-    drop(first);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), third)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    drop(second);
+    let mut first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Act + Assert: a new client is served at once, in the slot of a silent one.
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        client.get(app.url("/health/live")).send(),
+    )
+    .await
+    .expect("served at once, not after a wait")
+    .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let mut buffer = [0u8; 16];
+    let closed =
+        |read: Result<Result<usize, std::io::Error>, _>| matches!(read, Ok(Ok(0) | Err(_)));
+    let wait = std::time::Duration::from_millis(300);
+    let first_closed = closed(tokio::time::timeout(wait, first.read(&mut buffer)).await);
+    let second_closed = closed(tokio::time::timeout(wait, second.read(&mut buffer)).await);
+    assert!(
+        first_closed || second_closed,
+        "a silent connection gave its slot"
+    );
+    // With every slot busy (a request in flight, its body awaited), a new connection is
+    // closed at once: nothing is shed under a request, and the loop does not wait.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        busy.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut refused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        closed(
+            tokio::time::timeout(std::time::Duration::from_secs(1), refused.read(&mut buffer))
+                .await
+        ),
+        "closed at accept"
+    );
+    for stream in &mut busy {
+        assert!(
+            !closed(tokio::time::timeout(wait, stream.read(&mut buffer)).await),
+            "a busy connection is never shed"
+        );
+    }
 }
