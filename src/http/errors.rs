@@ -60,6 +60,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 413: body over the limit.
     PayloadTooLarge,
+    /// 431: request headers over the server's limits (size or count).
+    HeadersTooLarge,
+    /// 400: a request the HTTP parser refused (malformed request line or header).
+    BadRequest,
     /// 422: a body that is not JSON by its content type.
     UnsupportedMediaType,
     /// 408: the request took too long.
@@ -133,6 +137,12 @@ pub enum ApiError {
     /// Body over the limit.
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// Headers over the HTTP parser's limits (answered by the server itself).
+    #[error("Request header fields too large")]
+    HeadersTooLarge,
+    /// A request the HTTP parser refused (answered by the server itself).
+    #[error("Malformed request")]
+    BadRequest,
     /// Content type other than JSON.
     #[error("Unsupported media type: send application/json")]
     UnsupportedMediaType,
@@ -190,6 +200,8 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -227,6 +239,8 @@ impl ApiError {
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            Self::HeadersTooLarge => ErrorCode::HeadersTooLarge,
+            Self::BadRequest => ErrorCode::BadRequest,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Timeout => ErrorCode::RequestTimeout,
@@ -297,6 +311,34 @@ impl ApiError {
             },
         }
     }
+}
+
+/// The whole HTTP/1.1 response, bytes on the wire, for an error the HTTP parser answers on its
+/// own (hyper writes a bare status with no body): `status` as the contract's JSON body, with
+/// [`super::COMMON_HEADERS`], closing the connection. `None` for a status that is not such an
+/// error.
+#[must_use]
+pub fn parser_error_response(status: u16) -> Option<Vec<u8>> {
+    let error = match status {
+        431 => ApiError::HeadersTooLarge,
+        400..=499 => ApiError::BadRequest,
+        _ => return None,
+    };
+    let status = error.status();
+    let body = serde_json::to_vec(&error.body()).ok()?;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    );
+    for (name, value) in &super::COMMON_HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    Some(bytes)
 }
 
 impl IntoResponse for ApiError {

@@ -120,6 +120,7 @@ pub async fn serve(
         let io = TokioIo::new(Watched {
             stream,
             activity: Arc::clone(&activity),
+            replacing: None,
         });
         let conn = builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
@@ -186,6 +187,9 @@ struct Activity {
     close: Notify,
     /// Set with `close` when the connection is to go at once (shed before its first request).
     aborted: AtomicBool,
+    /// Final (non-1xx) HTTP/1 response heads seen leaving; fewer than `served` while one of
+    /// ours is on its way, so a head beyond them is hyper's own (see [`Watched`]).
+    heads_written: AtomicU64,
 }
 
 /// The watchdog's decision.
@@ -206,7 +210,27 @@ impl Activity {
             head_started: AtomicU64::new(0),
             close: Notify::new(),
             aborted: AtomicBool::new(false),
+            heads_written: AtomicU64::new(0),
         }
+    }
+
+    /// Looks at bytes about to be written: when they start an HTTP/1 error response that no
+    /// request of ours produced (hyper's own answer to a head it refused, 431 or 400, bare),
+    /// the contract's JSON response to send instead.
+    fn replacement_for(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let status = bytes
+            .strip_prefix(b"HTTP/1.1 ")
+            .or_else(|| bytes.strip_prefix(b"HTTP/1.0 "))?
+            .get(..3)?;
+        let status: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
+        if status < 200 {
+            return None;
+        }
+        let written = self.heads_written.fetch_add(1, Ordering::Relaxed);
+        if written < self.served.load(Ordering::Relaxed) {
+            return None;
+        }
+        crate::http::errors::parser_error_response(status)
     }
 
     /// Since when this connection waits for its first request head (accepted, nothing served,
@@ -315,10 +339,35 @@ impl Drop for InFlight {
     }
 }
 
-/// A socket that tells the watchdog when bytes arrive.
+/// A socket that tells the watchdog when bytes arrive, and gives hyper's own bare error
+/// responses (431 for a head over its limits, 400 for one it cannot parse) the contract's JSON
+/// body: when such a response starts leaving, the JSON one is written in its place and
+/// hyper's bytes are taken as written.
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// The JSON response being written instead of hyper's, and how much of it has left.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl Watched {
+    /// Writes what is left of the replacement; `Ready(Ok)` once all of it has left.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, sent)) = &mut self.replacing {
+            if *sent == bytes.len() {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *sent += n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Watched {
@@ -342,7 +391,17 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && let Some(json) = this.activity.replacement_for(buf)
+        {
+            this.replacing = Some((json, 0));
+        }
+        if this.replacing.is_some() {
+            // hyper's bytes are dropped: the JSON response goes instead.
+            return this.poll_replacement(cx).map_ok(|()| buf.len());
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -350,7 +409,18 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if this.replacing.is_none()
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(json) = this.activity.replacement_for(first)
+        {
+            this.replacing = Some((json, 0));
+        }
+        if this.replacing.is_some() {
+            let total = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_replacement(cx).map_ok(|()| total);
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -358,10 +428,12 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

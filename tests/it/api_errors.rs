@@ -33,6 +33,7 @@ dual_backend!(
     unknown_routes_and_methods_get_json_404_and_405,
     sql_fragments_are_just_data,
     a_request_slower_than_the_timeout_gets_a_json_408,
+    heads_the_http_parser_refuses_get_the_json_body_on_both_doors,
 );
 
 async fn a_body_that_is_not_json_is_422_invalid_json(backend: Backend) {
@@ -457,4 +458,71 @@ async fn a_request_slower_than_the_timeout_gets_a_json_408(backend: Backend) {
         metrics.contains(r#"http_requests_total{method="POST",route="/auth/login",status="408"}"#),
         "{metrics}"
     );
+}
+
+/// Sends `head` raw and reads the whole answer (the server closes after it).
+async fn raw_exchange(app: &TestApp, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = stream.write_all(head).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("answered");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+async fn heads_the_http_parser_refuses_get_the_json_body_on_both_doors(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let too_large =
+        r#"{"detail":"Request header fields too large","error_code":"HEADERS_TOO_LARGE"}"#;
+    // Both doors of /auth/verify (a service's and a browser's), and a POST route.
+    for (path, extra) in [
+        ("GET /auth/verify", ""),
+        ("GET /auth/verify", "Origin: http://localhost:3000\r\n"),
+        ("POST /auth/login", "Content-Length: 0\r\n"),
+    ] {
+        // More header lines than the parser takes...
+        let mut many = format!("{path} HTTP/1.1\r\nHost: x\r\n{extra}");
+        for i in 0..120 {
+            many.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+        }
+        many.push_str("\r\n");
+        // ...and more header bytes than it buffers.
+        let big = format!(
+            "{path} HTTP/1.1\r\nHost: x\r\n{extra}X-Big: {}\r\n\r\n",
+            "a".repeat(700 * 1024)
+        );
+        for head in [many, big] {
+            let response = raw_exchange(&app, head.as_bytes()).await;
+            let lower = response.to_ascii_lowercase();
+            assert!(
+                response.starts_with("HTTP/1.1 431"),
+                "{path}: {response:.200}"
+            );
+            assert!(
+                lower.contains("content-type: application/json"),
+                "{response:.300}"
+            );
+            assert!(
+                lower.contains("x-content-type-options: nosniff"),
+                "{response:.300}"
+            );
+            assert!(response.ends_with(too_large), "{path}: {response:.300}");
+        }
+    }
+    // A request line the parser cannot read: 400 with the contract's body.
+    let response = raw_exchange(&app, b"GARBAGE\x01 / HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(
+        response.ends_with(r#"{"detail":"Malformed request","error_code":"BAD_REQUEST"}"#),
+        "{response}"
+    );
+    // The server goes on serving.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
 }
