@@ -106,6 +106,9 @@ pub enum SendError {
     /// The server refused it or could not be reached (retried).
     #[error("the SMTP server did not take the message: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
+    /// The whole send took longer than its worker may hold the message (retried).
+    #[error("the SMTP exchange took too long")]
+    TimedOut,
 }
 
 /// Where messages go.

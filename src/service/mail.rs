@@ -36,15 +36,21 @@ use crate::{
     store::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, StoreError, TokenMail},
 };
 
-/// How long a claimed message is reserved for the worker that claimed it: twice the SMTP
-/// timeout, so a live worker always finishes first, and a dead one's message waits no longer.
+/// How long a claimed message is reserved for the worker that claimed it. Each message is
+/// claimed on its own, just before it is sent, and its send is cut at [`SEND_WITHIN`]: the
+/// lease always covers the work it guards, so a live worker always finishes first, and a dead
+/// one's message waits no longer.
 const LEASE: Duration = Duration::seconds(30);
+
+/// The longest one send may take (connection, every SMTP command, the data), well inside
+/// [`LEASE`]; a send cut here is retried.
+const SEND_WITHIN: StdDuration = StdDuration::from_secs(25);
 
 /// How often the worker looks for due messages when nothing woke it.
 const POLL: StdDuration = StdDuration::from_secs(1);
 
-/// Messages claimed at once.
-const BATCH: i64 = 10;
+/// Messages one process sends at once (lettre's pool keeps up to this many SMTP connections).
+const LANES: usize = 4;
 
 /// Settings of account recovery, from `MAIL_*` and `PASSWORD_RESET_*`.
 #[derive(Debug, Clone)]
@@ -387,12 +393,22 @@ pub fn spawn_worker(auth: &AuthService, mailer: Arc<Mailer>) -> tokio::task::Joi
     })
 }
 
-/// Sends every message due now, batch after batch.
+/// Sends every message due now, [`LANES`] at a time: each lane claims one message (password
+/// resets first), sends it, and claims the next, until none is due.
 async fn drain(inner: &Inner, mailer: &Mailer) {
+    futures_util::future::join_all((0..LANES).map(|_| lane(inner, mailer))).await;
+    if let Ok(pending) = inner.store.pending_mail().await {
+        #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
+        metrics::gauge!("mail_outbox_pending").set(pending as f64);
+    }
+}
+
+/// One lane of [`drain`].
+async fn lane(inner: &Inner, mailer: &Mailer) {
     loop {
         let now = inner.clock.now();
-        let batch = match inner.store.claim_mail(now, now + LEASE, BATCH).await {
-            Ok(batch) => batch,
+        let claimed = match inner.store.claim_mail(now, now + LEASE, 1).await {
+            Ok(claimed) => claimed,
             // An outage is logged once when it starts and once when it ends, by the
             // revocation follower; the worker only retries.
             Err(err @ StoreError::Unavailable(_)) => {
@@ -410,17 +426,12 @@ async fn drain(inner: &Inner, mailer: &Mailer) {
                 return;
             }
         };
-        let done = batch.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
-        for mail in batch {
+        if claimed.is_empty() {
+            return;
+        }
+        for mail in claimed {
             attempt(inner, mailer, mail).await;
         }
-        if done {
-            break;
-        }
-    }
-    if let Ok(pending) = inner.store.pending_mail().await {
-        #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
-        metrics::gauge!("mail_outbox_pending").set(pending as f64);
     }
 }
 
@@ -442,9 +453,10 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
             };
             match mail::render(template, ctx) {
                 Ok(rendered) => {
-                    mailer
-                        .send(&mail.recipient, &mail.message_id, &rendered)
+                    let send = mailer.send(&mail.recipient, &mail.message_id, &rendered);
+                    tokio::time::timeout(SEND_WITHIN, send)
                         .await
+                        .unwrap_or(Err(SendError::TimedOut))
                 }
                 Err(err) => Err(SendError::Build(err.to_string())),
             }
@@ -504,6 +516,7 @@ fn cause(err: &SendError) -> String {
             None if smtp.is_timeout() => "SMTP timeout".to_owned(),
             None => "SMTP connection failed".to_owned(),
         },
+        SendError::TimedOut => "the SMTP exchange took too long".to_owned(),
     }
 }
 

@@ -704,8 +704,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<i64>, StoreError>;
 
     /// Claims up to `limit` messages due at `now` (not sent, not failed, not leased by a live
-    /// lease), leasing them until `lease_until` and counting the attempt; oldest first. On
-    /// PostgreSQL rows claimed by another replica are skipped (`FOR UPDATE SKIP LOCKED`).
+    /// lease), leasing them until `lease_until` and counting the attempt; password resets
+    /// first, then oldest first. On PostgreSQL rows claimed by another replica are skipped
+    /// (`FOR UPDATE SKIP LOCKED`).
     async fn claim_mail(
         &self,
         now: DateTime<Utc>,

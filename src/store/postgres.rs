@@ -57,7 +57,8 @@ impl PgStore {
             .await
     }
 
-    /// The ids of up to `limit` messages due at `now`, oldest first, locked for this
+    /// The ids of up to `limit` messages due at `now`, password resets first (a user waits for
+    /// one), then oldest first, locked for this
     /// transaction; rows another replica is claiming are skipped, not waited for.
     async fn due_mail(
         tx: &mut Transaction<'_, Postgres>,
@@ -68,7 +69,8 @@ impl PgStore {
             r"select id from mail_outbox
               where sent_at is null and failed_at is null and next_attempt_at <= $1
                 and (leased_until is null or leased_until <= $1)
-              order by id limit $2
+              order by case template when 'password_reset' then 0 else 1 end, id
+              limit $2
               for update skip locked",
         )
         .bind(now)

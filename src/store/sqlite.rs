@@ -48,7 +48,8 @@ impl SqliteStore {
             .await
     }
 
-    /// The ids of up to `limit` messages due at `now`, oldest first. The transaction holds
+    /// The ids of up to `limit` messages due at `now`, password resets first (a user waits for
+    /// one), then oldest first. The transaction holds
     /// the one write lock: no other worker claims meanwhile.
     async fn due_mail(
         tx: &mut Transaction<'_, Sqlite>,
@@ -59,7 +60,8 @@ impl SqliteStore {
             r"select id from mail_outbox
               where sent_at is null and failed_at is null and next_attempt_at <= $1
                 and (leased_until is null or leased_until <= $1)
-              order by id limit $2",
+              order by case template when 'password_reset' then 0 else 1 end, id
+              limit $2",
         )
         .bind(now)
         .bind(limit)

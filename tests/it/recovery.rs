@@ -28,6 +28,8 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    a_reset_mail_goes_ahead_of_queued_verification_mails,
+    two_replicas_over_a_slow_relay_send_each_mail_once,
     every_mail_has_a_message_id_kept_across_retries_and_says_it_is_automatic,
     mail_goes_to_the_domain_the_user_typed_never_a_case_folded_one,
     resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out,
@@ -1171,4 +1173,92 @@ async fn every_mail_has_a_message_id_kept_across_retries_and_says_it_is_automati
     assert_eq!(changed.status(), StatusCode::OK);
     let notification = sink.wait_for(email, 2, MAIL_WITHIN).await.remove(1);
     assert_ne!(notification.header("Message-ID"), Some(id));
+}
+
+async fn a_reset_mail_goes_ahead_of_queued_verification_mails(backend: Backend) {
+    // Arrange: a slow relay (half a second a message) and twenty registrations' mails queued.
+    let sink = SmtpSink::start_slow(StdDuration::from_millis(500)).await;
+    let vars = sink.vars();
+    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.push(("EMAIL_VERIFICATION", "optional"));
+    let app = TestApp::spawn_with(backend, &overrides).await;
+    for i in 0..20 {
+        app.register(&format!("new{i}@example.com"), PASSWORD).await;
+    }
+    // Act: someone locked out asks for a reset.
+    assert_eq!(
+        forgot(&app, "new0@example.com").await.status(),
+        StatusCode::ACCEPTED
+    );
+    // Assert: the reset is among the next messages out, not behind the twenty.
+    let mails = sink.wait_for("new0@example.com", 2, MAIL_WITHIN * 2).await;
+    let position = sink
+        .received()
+        .iter()
+        .position(|m| m.subject().starts_with("Reset"))
+        .unwrap();
+    assert!(position < 10, "the reset went out {position}th of 21");
+    assert!(mails.iter().any(|m| m.subject().starts_with("Reset")));
+}
+
+async fn two_replicas_over_a_slow_relay_send_each_mail_once(backend: Backend) {
+    // Two processes (real clocks: the lease is real time here) share a relay that takes
+    // four seconds a message. A lease shorter than the work it guards let the second replica
+    // take messages the first had claimed and was still getting to: 14 sent for 12 queued.
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start_slow(StdDuration::from_secs(4)).await;
+    let url = db.url_string();
+    let mail_url = format!("smtp://127.0.0.1:{}?tls=off", sink.port);
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("RATE_LIMIT_PER_SECOND", "0"),
+        ("EMAIL_VERIFICATION", "optional"),
+        ("MAIL_URL", mail_url.as_str()),
+        ("MAIL_FROM", "Shop <no-reply@shop.example.com>"),
+    ];
+    let one = Binary::spawn(&vars);
+    assert!(tokio::task::block_in_place(|| one.wait_ready()));
+    let two = Binary::spawn(&vars);
+    assert!(tokio::task::block_in_place(|| two.wait_ready()));
+    let client = reqwest::Client::new();
+    for i in 0..12 {
+        let replica = if i % 2 == 0 { &one } else { &two };
+        let registered = client
+            .post(replica.url("/auth/register"))
+            .json(&json!({"email": format!("slow{i}@example.com"), "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(registered.status(), StatusCode::CREATED);
+    }
+    // Every mail arrives...
+    let started = std::time::Instant::now();
+    while sink.received().len() < 12 {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(60),
+            "{} of 12 arrived",
+            sink.received().len()
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    // ...once: the outbox is done (nothing pending, nothing leased), and no recipient twice.
+    let store = db.store().await;
+    while store.pending_mail().await.unwrap() > 0 {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(90),
+            "still pending"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    let mut recipients: Vec<String> = sink.received().into_iter().flat_map(|m| m.to).collect();
+    recipients.sort();
+    let before = recipients.len();
+    recipients.dedup();
+    assert_eq!((before, recipients.len()), (12, 12), "each mail once");
+    tokio::task::block_in_place(|| {
+        one.terminate();
+        two.terminate();
+    });
 }

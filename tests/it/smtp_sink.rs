@@ -86,28 +86,36 @@ pub struct SmtpSink {
     /// kept in `deferred`.
     defer_next: Arc<std::sync::atomic::AtomicBool>,
     deferred: Arc<Mutex<Vec<Received>>>,
+    /// How long each message's final `250` is held back (a slow relay).
+    delay: Duration,
 }
 
 impl SmtpSink {
     /// A sink on a free port.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, false)
+        Self::serve(listener, false, Duration::ZERO)
+    }
+
+    /// A slow relay: each message is acknowledged `delay` after its data arrived.
+    pub async fn start_slow(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, false, delay)
     }
 
     /// A sink that refuses every recipient with `550`.
     pub async fn start_rejecting() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, true)
+        Self::serve(listener, true, Duration::ZERO)
     }
 
     /// A sink on `port`, which the app may already be trying (a server that was down).
     pub async fn start_on(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        Self::serve(listener, false)
+        Self::serve(listener, false, Duration::ZERO)
     }
 
-    fn serve(listener: TcpListener, reject: bool) -> Self {
+    fn serve(listener: TcpListener, reject: bool, delay: Duration) -> Self {
         let sink = Self {
             port: listener.local_addr().unwrap().port(),
             received: Arc::default(),
@@ -115,6 +123,7 @@ impl SmtpSink {
             reject,
             defer_next: Arc::default(),
             deferred: Arc::default(),
+            delay,
         };
         let task = sink.clone();
         tokio::spawn(async move {
@@ -197,6 +206,7 @@ impl SmtpSink {
                     self.arrived.notify_waiters();
                     b"451 4.3.0 try again later\r\n"
                 } else {
+                    tokio::time::sleep(self.delay).await;
                     self.received.lock().unwrap().push(message);
                     self.arrived.notify_waiters();
                     b"250 queued\r\n"
