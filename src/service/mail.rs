@@ -276,22 +276,25 @@ impl AuthService {
         .map_err(|err| AuthError::Internal(err.into()))
     }
 
-    /// A fresh one-time token of `template`'s kind, valid for `ttl`, and its mail, whose
-    /// link is `<base>?token=<token>`.
+    /// A one-time token of `template`'s kind, valid for `ttl`, and its mail, to queue. No
+    /// usable token is ever at rest: what is stored now is the hash of a token nobody holds
+    /// (it holds the user's place: a newer one voids it, a password change voids it), and the
+    /// outbox row carries no link; the worker issues the real token when it sends the message
+    /// ([`issue_link`]). `base` is checked here, so a link that cannot be made never queues.
     fn token_mail(
         &self,
         base: &str,
         template: MailTemplate,
         ttl: Duration,
     ) -> Result<TokenMail, url::ParseError> {
-        let (token, token_hash) = new_token();
-        let link = url::Url::parse_with_params(base, [("token", &token)])?;
+        url::Url::parse(base)?;
+        let (_, token_hash) = new_token();
         Ok(TokenMail {
             token_hash,
             expires_at: self.instant() + ttl,
             mail: NewMail {
                 template,
-                link: Some(link.to_string()),
+                link: None,
             },
         })
     }
@@ -435,6 +438,55 @@ async fn lane(inner: &Inner, mailer: &Mailer) {
     }
 }
 
+/// The link of a message, made as it is sent.
+enum Issued {
+    /// The link to put in the message (none for a notification).
+    Link(String),
+    /// The token it was to carry was voided since it was queued: the message must not go.
+    Void,
+}
+
+/// The link of `mail`, with a token issued now: a fresh token's hash replaces the one its
+/// queueing stored (if that is still unused: a newer token, a password change or the user's
+/// deletion voids it), under the user's lock, and the token itself exists only in this
+/// message. A message queued before links were issued at send time carries its link.
+async fn issue_link(
+    inner: &Inner,
+    mail: &OutboxMail,
+    template: MailTemplate,
+) -> Result<Issued, StoreError> {
+    let settings = &inner.mail;
+    let (base, ttl) = match template {
+        MailTemplate::PasswordReset => (
+            &settings.reset_url,
+            Duration::minutes(settings.reset_minutes.into()),
+        ),
+        MailTemplate::VerifyEmail => (
+            &settings.verify_url,
+            Duration::hours(settings.verify_hours.into()),
+        ),
+        MailTemplate::PasswordChanged => return Ok(Issued::Link(String::new())),
+    };
+    if let Some(link) = &mail.link {
+        return Ok(Issued::Link(link.clone()));
+    }
+    let Some(user_id) = mail.user_id else {
+        return Ok(Issued::Void);
+    };
+    let (token, token_hash) = new_token();
+    let now = inner.clock.now();
+    let issued = inner
+        .store
+        .reissue_token(user_id, template, &token_hash, now + ttl, now)
+        .await?;
+    if !issued {
+        return Ok(Issued::Void);
+    }
+    // The base was checked when the message was queued.
+    Ok(url::Url::parse_with_params(base, [("token", &token)])
+        .map_or(Issued::Void, |link| Issued::Link(link.to_string())))
+}
+
 /// One attempt at one claimed message.
 async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
     let settings = &inner.mail;
@@ -445,9 +497,32 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
             mail.template
         ))),
         Some(template) => {
+            let link = match issue_link(inner, &mail, template).await {
+                Ok(Issued::Link(link)) => link,
+                Ok(Issued::Void) => {
+                    // The user reset, changed or had the password set, logged out everywhere,
+                    // was disabled or deleted since: the link must not go out.
+                    tracing::info!(
+                        mail.id = id,
+                        mail.template = %mail.template,
+                        "a queued link was voided before it was sent; dropped"
+                    );
+                    finish(inner, id, MailOutcome::Failed).await;
+                    return;
+                }
+                Err(err) => {
+                    // The database: the lease runs out and the message is tried again.
+                    tracing::warn!(
+                        mail.id = id,
+                        error = %crate::error_chain::error_chain(&err),
+                        "a link could not be issued; retrying"
+                    );
+                    return;
+                }
+            };
             let ctx = mail::Context {
                 product: &settings.product,
-                link: mail.link.as_deref().unwrap_or_default(),
+                link: &link,
                 minutes: settings.reset_minutes,
                 hours: settings.verify_hours,
             };
@@ -463,7 +538,7 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
         }
     };
     let now = inner.clock.now();
-    let finish = match outcome {
+    let ended = match outcome {
         Ok(()) => {
             metrics::counter!("mail_sent_total").increment(1);
             MailOutcome::Sent
@@ -496,7 +571,13 @@ async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
             }
         }
     };
-    if let Err(err) = inner.store.finish_mail(id, finish, now).await {
+    finish(inner, id, ended).await;
+}
+
+/// Records how an attempt ended.
+async fn finish(inner: &Inner, id: i64, outcome: MailOutcome) {
+    let now = inner.clock.now();
+    if let Err(err) = inner.store.finish_mail(id, outcome, now).await {
         // The lease runs out and the message is tried again (a sent one may then go twice:
         // the one case where at-least-once shows).
         tracing::warn!(

@@ -43,7 +43,7 @@ pub struct PurgeReport {
 }
 
 /// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
-/// link, with its token, is already cleared.
+/// links hold no usable token (see `service::mail::issue_link`).
 pub const MAIL_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
 impl AuthService {

@@ -51,11 +51,14 @@ pub struct NewMail {
 pub struct OutboxMail {
     /// The row.
     pub id: i64,
+    /// Whose message it is (none for a row whose user is gone).
+    pub user_id: Option<i64>,
     /// The address.
     pub recipient: String,
     /// A [`MailTemplate`] name.
     pub template: String,
-    /// The link, until the message is sent.
+    /// The link, for a message queued before links were made at send time (none since: the
+    /// worker issues the token as it sends).
     pub link: Option<String>,
     /// When it was queued.
     pub created_at: DateTime<Utc>,

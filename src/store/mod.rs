@@ -680,6 +680,20 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Issues the token a queued message carries, as the message is sent: under the user's
+    /// lock, the user's unused token of `kind` (the one its queueing stored) takes
+    /// `token_hash` and expires at `expires_at`. False, and nothing changed, when there is
+    /// none (used, voided by a newer one or a password change, or the user is gone or
+    /// disabled): the message must not go.
+    async fn reissue_token(
+        &self,
+        user_id: i64,
+        kind: MailTemplate,
+        token_hash: &[u8; 32],
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Whether a one-time token of `kind` with this hash exists, unused and unexpired at
     /// `now`: a read, so a request that cannot succeed is refused before it costs a password
     /// hash (the use itself, [`Store::reset_password`], decides again atomically).

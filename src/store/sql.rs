@@ -1181,6 +1181,35 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn reissue_token(
+                &self,
+                user_id: i64,
+                kind: $crate::store::MailTemplate,
+                token_hash: &[u8; 32],
+                expires_at: chrono::DateTime<chrono::Utc>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if Self::lock_user(&mut tx, user_id).await? != Some(true) {
+                    return Ok(false);
+                }
+                let issued = sqlx::query(
+                    r"update user_tokens set token_hash = $3, expires_at = $4, created_at = $5
+                      where user_id = $1 and kind = $2 and used_at is null",
+                )
+                .bind(user_id)
+                .bind(kind.as_str())
+                .bind(&token_hash[..])
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(issued)
+            }
+
             async fn token_is_usable(
                 &self,
                 token_hash: &[u8; 32],
@@ -1253,7 +1282,7 @@ macro_rules! impl_store {
                     let mail: $crate::store::OutboxMail = sqlx::query_as(
                         r"update mail_outbox set leased_until = $2, attempts = attempts + 1
                           where id = $1
-                          returning id, recipient, template, link, created_at, attempts,
+                          returning id, user_id, recipient, template, link, created_at, attempts,
                             coalesce(message_id, 'outbox-' || id) as message_id",
                     )
                     .bind(id)

@@ -28,6 +28,7 @@ dual_backend!(
     a_process_killed_mid_send_leaves_the_mail_to_the_next_one,
     a_reset_clears_the_lockout,
     a_login_checked_before_a_reset_commits_starts_no_session,
+    no_usable_token_is_ever_at_rest_in_the_database,
     a_reset_mail_goes_ahead_of_queued_verification_mails,
     two_replicas_over_a_slow_relay_send_each_mail_once,
     every_mail_has_a_message_id_kept_across_retries_and_says_it_is_automatic,
@@ -1261,4 +1262,79 @@ async fn two_replicas_over_a_slow_relay_send_each_mail_once(backend: Backend) {
         one.terminate();
         two.terminate();
     });
+}
+
+/// Every `link` of the outbox, as an operator's query would read it.
+async fn outbox_links(db: &TestDb) -> Vec<Option<String>> {
+    match &db.url {
+        auth_service::config::DatabaseUrl::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(secrecy::ExposeSecret::expose_secret(url))
+                .await
+                .unwrap();
+            sqlx::query_scalar("select link from mail_outbox")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+        _ => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url_string())
+                .await
+                .unwrap();
+            sqlx::query_scalar("select link from mail_outbox")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+async fn no_usable_token_is_ever_at_rest_in_the_database(backend: Backend) {
+    // Arrange: the relay is down, so the reset mail waits in the outbox.
+    let port = free_port();
+    let url = format!("smtp://127.0.0.1:{port}?tls=off");
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("MAIL_URL", &url),
+            ("MAIL_FROM", "no-reply@shop.example.com"),
+            ("EMAIL_VERIFICATION", "off"),
+        ],
+    )
+    .await;
+    let email = "atrest@example.com";
+    app.register(email, PASSWORD).await;
+    assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    while app.store.pending_mail().await.unwrap() == 0 {
+        assert!(started.elapsed() < MAIL_WITHIN, "never queued");
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    // Assert (while it waits): the queued message holds no link, so a copy of the database
+    // cannot reset the password.
+    assert_eq!(outbox_links(&app.db).await, [None::<String>]);
+    // Act: the relay comes back; the link is made as the message leaves.
+    let sink = SmtpSink::start_on(port).await;
+    app.clock.advance(Duration::seconds(40));
+    let token = sink
+        .wait_for(email, 1, MAIL_WITHIN)
+        .await
+        .remove(0)
+        .link_token();
+    outbox_drained(&app).await;
+    // Assert: the token is nowhere in the database, not even in the file's free pages and
+    // write-ahead log (SQLite), and it works.
+    if let auth_service::config::DatabaseUrl::SqliteFile(path) = &app.db.url {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(
+                    !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                    "the token is in {file}"
+                );
+            }
+        }
+    }
+    assert!(outbox_links(&app.db).await.iter().all(Option::is_none));
+    let (status, _) = reset(&app, &token, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
 }

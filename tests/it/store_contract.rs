@@ -15,7 +15,7 @@
 //! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
 //! | `update_user_email` | `email_update_is_a_compare_and_set` |
 //! | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
-//! | `queue_password_reset`, `token_is_usable`, `reset_password`, `claim_mail`, `finish_mail`, `pending_mail` | `reset_tokens_and_the_mail_outbox` |
+//! | `queue_password_reset`, `reissue_token`, `token_is_usable`, `reset_password`, `claim_mail`, `finish_mail`, `pending_mail` | `reset_tokens_and_the_mail_outbox` |
 //! | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
 
 use std::sync::Arc;
@@ -759,6 +759,21 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
             .unwrap(),
         "another kind"
     );
+    // As the message is sent, the queued token's place takes the issued one's hash.
+    assert!(
+        store
+            .reissue_token(user.id, reset, &[7; 32], now + Duration::minutes(30), now)
+            .await
+            .unwrap()
+    );
+    assert!(!store.token_is_usable(&[1; 32], reset, now).await.unwrap());
+    assert!(store.token_is_usable(&[7; 32], reset, now).await.unwrap());
+    assert!(
+        store
+            .reissue_token(user.id, reset, &[1; 32], now + Duration::minutes(30), now)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store
             .reset_password(&[9; 32], "new", &notification, now)
@@ -856,8 +871,15 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     );
     let other = store.find_user_by_id(other.id).await.unwrap().unwrap();
     assert!(other.email_verified_at.is_some());
-    // The admin's set voided the user's outstanding reset link; another user's stays.
+    // The admin's set voided the user's outstanding reset link (a queued message can no
+    // longer issue one); another user's stays.
     assert!(!store.token_is_usable(&[4; 32], reset, now).await.unwrap());
+    assert!(
+        !store
+            .reissue_token(user.id, reset, &[6; 32], later, later)
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .queue_password_reset(&reset_request("plain@example.com", [5; 32]), now)
