@@ -1,5 +1,5 @@
-//! The attack suite, part II: silent connections, made-up methods, look-alike accounts,
-//! forged client addresses, hostile pages, oversized request ids, database passwords in logs.
+//! Hostile clients: silent connections, made-up methods, look-alike accounts, forged client
+//! addresses, hostile pages, oversized request ids, database passwords in logs.
 //! Each test tries to open a door the hardening closed.
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! The attack suite, part III: one host holding every connection slot (per-peer cap and
-//! overload shedding), from distinct loopback addresses (Linux routes all of 127/8 to `lo`).
+//! Connection slots under attack: one host or a few holding every slot (per-peer cap, overload
+//! shedding, a full server), from distinct loopback addresses (Linux routes all of 127/8 to `lo`).
 //!
 //! "Served within a second" is the contract's promise here, not a speed figure: without the
 //! protection these requests are not served at all (they wait in the backlog until an idle
