@@ -397,43 +397,52 @@ pub fn spawn_worker(auth: &AuthService, mailer: Arc<Mailer>) -> tokio::task::Joi
 }
 
 /// Sends every message due now, [`LANES`] at a time: each lane claims one message (password
-/// resets first), sends it, and claims the next, until none is due.
+/// resets first), sends it, and claims the next, until none is due. One claim comes first, so
+/// an idle outbox costs one claim per poll, not one per lane.
 async fn drain(inner: &Inner, mailer: &Mailer) {
-    futures_util::future::join_all((0..LANES).map(|_| lane(inner, mailer))).await;
+    if let Some(first) = claim_one(inner).await {
+        let lanes = std::iter::once(Some(first))
+            .chain(std::iter::repeat_with(|| None).take(LANES - 1))
+            .map(|first| lane(inner, mailer, first));
+        futures_util::future::join_all(lanes).await;
+    }
     if let Ok(pending) = inner.store.pending_mail().await {
         #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
         metrics::gauge!("mail_outbox_pending").set(pending as f64);
     }
 }
 
-/// One lane of [`drain`].
-async fn lane(inner: &Inner, mailer: &Mailer) {
-    loop {
-        let now = inner.clock.now();
-        let claimed = match inner.store.claim_mail(now, now + LEASE, 1).await {
-            Ok(claimed) => claimed,
-            // An outage is logged once when it starts and once when it ends, by the
-            // revocation follower; the worker only retries.
-            Err(err @ StoreError::Unavailable(_)) => {
-                tracing::debug!(
-                    error = %crate::error_chain::error_chain(&err),
-                    "the mail outbox cannot be read; retrying"
-                );
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(
-                    error = %crate::error_chain::error_chain(&err),
-                    "the mail outbox cannot be read; retrying"
-                );
-                return;
-            }
-        };
-        if claimed.is_empty() {
-            return;
+/// One lane of [`drain`], starting with `first` if it has one.
+async fn lane(inner: &Inner, mailer: &Mailer, mut first: Option<OutboxMail>) {
+    while let Some(mail) = match first.take() {
+        Some(mail) => Some(mail),
+        None => claim_one(inner).await,
+    } {
+        attempt(inner, mailer, mail).await;
+    }
+}
+
+/// The next due message, claimed with a lease that covers one send; `None` when none is due
+/// or the outbox cannot be read.
+async fn claim_one(inner: &Inner) -> Option<OutboxMail> {
+    let now = inner.clock.now();
+    match inner.store.claim_mail(now, now + LEASE, 1).await {
+        Ok(mut claimed) => claimed.pop(),
+        // An outage is logged once when it starts and once when it ends, by the revocation
+        // follower; the worker only retries.
+        Err(err @ StoreError::Unavailable(_)) => {
+            tracing::debug!(
+                error = %crate::error_chain::error_chain(&err),
+                "the mail outbox cannot be read; retrying"
+            );
+            None
         }
-        for mail in claimed {
-            attempt(inner, mailer, mail).await;
+        Err(err) => {
+            tracing::warn!(
+                error = %crate::error_chain::error_chain(&err),
+                "the mail outbox cannot be read; retrying"
+            );
+            None
         }
     }
 }
