@@ -1,12 +1,12 @@
 //! `/auth/*` handlers and their DTOs. Each handler extracts, calls one [`AuthService`] method
 //! and shapes the success; every failure is an [`ApiError`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use auth_verifier::claims::RevocationPage;
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{FromRef as _, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -356,14 +356,39 @@ pub async fn logout_all(
         (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
         (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
     ))]
-pub async fn verify(State(auth): State<AuthService>, headers: HeaderMap) -> Response {
-    verify_answer(&auth, &headers).await
+pub async fn verify(State(state): State<AppState>, request: Request) -> Response {
+    let auth = AuthService::from_ref(&state);
+    // The body (a GET's, never read) stays behind: the answer holds only the head.
+    let (parts, _) = request.into_parts();
+    verify_answer(&auth, &parts.headers, || {
+        let spans = super::middleware::RequestSpan {
+            trusted_proxies: Arc::from(state.config().limits.trusted_proxies.clone()),
+        };
+        let request_id = parts
+            .extensions
+            .get::<tower_http::request_id::RequestId>()
+            .map(tower_http::request_id::RequestId::header_value);
+        spans.span_of(
+            (&parts).into(),
+            super::hot_path::VERIFY,
+            request_id,
+            super::middleware::SpanLevel::Info,
+        )
+    })
+    .await
 }
 
 /// The answer to `GET /auth/verify`, whichever door the request came through (this route, or
 /// the hot path ahead of the router, [`super::hot_path`]): the bearer token from `headers`,
-/// the service's verdict, and the response, the error's included.
-pub async fn verify_answer(auth: &AuthService, headers: &HeaderMap) -> Response {
+/// the service's verdict, and the response, the error's included. Verify's request span is
+/// DEBUG (it would cost more than the verification at INFO): an error that is logged (a 500)
+/// is answered inside `error_span`, an INFO span with the request's id, route and client,
+/// made only then.
+pub async fn verify_answer(
+    auth: &AuthService,
+    headers: &HeaderMap,
+    error_span: impl FnOnce() -> tracing::Span,
+) -> Response {
     let verdict = match bearer_token(headers) {
         Ok(token) => auth.verify_access(token).await.map_err(ApiError::from),
         Err(err) => Err(err),
@@ -376,6 +401,9 @@ pub async fn verify_answer(auth: &AuthService, headers: &HeaderMap) -> Response 
             email_verified: user.email_verified,
         })
         .into_response(),
+        Err(err @ ApiError::Auth(crate::service::AuthError::Internal(_))) => {
+            error_span().in_scope(|| err.into_response())
+        }
         Err(err) => err.into_response(),
     }
 }

@@ -4,9 +4,9 @@
 //! [`App`] is the service the server runs: a `GET /auth/verify` without an `Origin` header
 //! (a service, not a browser) is answered here; everything else, browsers' verify calls
 //! included, goes to the [`Router`] with its full stack. The answer is the same either way:
-//! the same function ([`super::auth::verify_answer`]: token, service call, response, error)
-//! run inside the same request span (so every log line of the request carries its id, route
-//! and client), the contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
+//! the same function ([`super::auth::verify_answer`]: token, service call, response, error,
+//! an ERROR line in a span with the request's id, route and client), run inside the same
+//! request span, the contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
 //! `Vary: Origin`), the same `http_requests_total` and `http_request_duration_seconds`
 //! series and, at DEBUG, the same request line. What it leaves out is what a verify from a
 //! service does not use: routing, the per-layer boxing and cloning of the router's stack, the
@@ -34,7 +34,7 @@ use tracing::Instrument as _;
 
 use super::{
     COMMON_HEADERS,
-    middleware::{self, HttpMetrics, REQUEST_ID, RouteMetrics},
+    middleware::{self, HttpMetrics, REQUEST_ID, RouteMetrics, SpanLevel},
 };
 use crate::service::AuthService;
 
@@ -115,8 +115,20 @@ impl Hot {
                 .make_request_id(&req)
                 .map(RequestId::into_header_value),
         };
-        let span = self.span.span(&req, VERIFY, request_id.as_ref());
-        let mut response = super::auth::verify_answer(&self.auth, req.headers())
+        let span = self
+            .span
+            .span(&req, VERIFY, request_id.as_ref(), SpanLevel::Route);
+        // The body (a GET's, never read) stays behind: the answer holds only the head.
+        let (parts, _) = req.into_parts();
+        let error_span = || {
+            self.span.span_of(
+                (&parts).into(),
+                VERIFY,
+                request_id.as_ref(),
+                SpanLevel::Info,
+            )
+        };
+        let mut response = super::auth::verify_answer(&self.auth, &parts.headers, error_span)
             .instrument(span.clone())
             .await;
         let headers = response.headers_mut();

@@ -159,10 +159,6 @@ fn json_errors(response: axum::response::Response) -> axum::response::Response {
     axum::response::Response::from_parts(parts, body)
 }
 
-/// The target of the spans and request lines of probes, scrapes and `/auth/verify`, whose
-/// request lines are DEBUG (see [`RequestSpan`]).
-const QUIET: &str = "auth_service::http::quiet";
-
 /// Builds the per-request span: method, route template, status, latency, request id, client.
 #[derive(Clone)]
 pub struct RequestSpan {
@@ -170,29 +166,79 @@ pub struct RequestSpan {
     pub trusted_proxies: Arc<[IpNet]>,
 }
 
+/// What a request span reads of a request (its body aside).
+#[derive(Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The headers.
+    pub headers: &'a axum::http::HeaderMap,
+    /// The extensions (the socket peer).
+    pub extensions: &'a axum::http::Extensions,
+}
+
+impl<'a> From<&'a axum::http::request::Parts> for RequestHead<'a> {
+    fn from(parts: &'a axum::http::request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        }
+    }
+}
+
+/// A request span's level: [`Level::INFO`], or [`Level::DEBUG`] for the quiet routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanLevel {
+    /// The route's own: DEBUG for probes, scrapes and `/auth/verify`, INFO for the rest.
+    Route,
+    /// INFO whatever the route: the span an ERROR line of a quiet route is logged in.
+    Info,
+}
+
 impl RequestSpan {
     /// The span of a request to `route` whose id is `request_id`.
     ///
-    /// Every span is INFO, so the WARN and ERROR lines logged inside a request carry its id,
-    /// route and client whatever the route. Probes, scrapes and `/auth/verify` (which other
-    /// services call on every request they serve, tens of thousands a second) log their
-    /// request lines at DEBUG (their spans have the [`QUIET`] target): at INFO they would cost
-    /// more than the verification itself. Their failures are still logged by the error
-    /// handling, and counted in the metrics.
+    /// Probes, scrapes and `/auth/verify` (which other services call on every request they
+    /// serve, tens of thousands a second) get DEBUG spans and request lines: at INFO they
+    /// would cost more than the verification itself (a span's fields are formatted when it is
+    /// made). Their failures are still logged, in a span made then at INFO ([`SpanLevel::Info`],
+    /// see [`super::auth::verify_answer`]), so an ERROR line carries the request's id, route
+    /// and client on every route; and counted in the metrics.
     pub fn span<B>(
         &self,
         req: &axum::http::Request<B>,
         route: &str,
         request_id: Option<&HeaderValue>,
+        level: SpanLevel,
+    ) -> Span {
+        self.span_of(
+            RequestHead {
+                method: req.method(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            },
+            route,
+            request_id,
+            level,
+        )
+    }
+
+    /// [`Self::span`] from the parts of a request it reads.
+    pub fn span_of(
+        &self,
+        req: RequestHead<'_>,
+        route: &str,
+        request_id: Option<&HeaderValue>,
+        level: SpanLevel,
     ) -> Span {
         macro_rules! request_span {
-            ($target:expr) => {
+            ($level:expr) => {
                 // The field values are only computed when the span is enabled.
                 tracing::span!(
-                    target: $target,
-                    Level::INFO,
+                    $level,
                     "request",
-                    http.method = method_label(req.method()),
+                    http.method = method_label(req.method),
                     http.route = route,
                     http.status = Empty,
                     duration_ms = Empty,
@@ -200,8 +246,8 @@ impl RequestSpan {
                         .and_then(|id| id.to_str().ok())
                         .unwrap_or_default(),
                     client.ip = %super::extract::client_ip(
-                        req.headers(),
-                        req.extensions(),
+                        req.headers,
+                        req.extensions,
                         &self.trusted_proxies,
                     ),
                 )
@@ -209,10 +255,10 @@ impl RequestSpan {
         }
         let quiet =
             route.starts_with("/health") || route == "/metrics" || route == super::hot_path::VERIFY;
-        if quiet {
-            request_span!(QUIET)
+        if quiet && level == SpanLevel::Route {
+            request_span!(Level::DEBUG)
         } else {
-            request_span!(module_path!())
+            request_span!(Level::INFO)
         }
     }
 }
@@ -223,24 +269,23 @@ impl<B> MakeSpan<B> for RequestSpan {
             .extensions()
             .get::<RequestId>()
             .map(RequestId::header_value);
-        self.span(req, route_of(req), request_id)
+        self.span(req, route_of(req), request_id, SpanLevel::Route)
     }
 }
 
 /// Records status and latency on the span and logs one line per request (probes, scrapes and
-/// verify at DEBUG so they do not drown the log).
+/// verify at DEBUG, as their spans, so they do not drown the log).
 pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span: &Span) {
     let status = response.status().as_u16();
     let duration_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
     span.record("http.status", status);
     span.record("duration_ms", duration_ms);
     let quiet = match span.metadata() {
-        Some(meta) => meta.target() == QUIET,
+        Some(meta) => *meta.level() == Level::DEBUG,
         None => return,
     };
     if quiet {
         tracing::event!(
-            target: QUIET,
             Level::DEBUG,
             http.status = status,
             duration_ms,
