@@ -23,12 +23,15 @@ and the JSON answer), then prints:
 - POST /auth/password/forgot for a known and an unknown email: the two medians;
 - logout-all of a user holding 10,000 sessions on PostgreSQL: its time, the events it
   appended, and other users' logouts meanwhile against the same logouts before it;
+- a full server: every slot held by silent sockets from 1, 4 and 16 addresses, then new
+  /auth/verify clients from other addresses: their latency and how many went unanswered;
 - the auth-verifier crate: requests/s of examples/orders_service's protected route (local
   ES256 verification) against the same route unprotected, alternating; target >= 0.8.
 
 Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
 to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
 PostgreSQL half, a server at $BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432).
+BENCH_SERVICE=path/to/auth-service measures that binary instead of building this tree's.
 """
 
 import argparse
@@ -52,7 +55,9 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-SERVICE = os.path.join(TARGET, "release", "auth-service")
+# BENCH_SERVICE measures another build of the service (an earlier commit's, for a before/after
+# line) against the same baseline; the service is then not built here.
+SERVICE = os.environ.get("BENCH_SERVICE", os.path.join(TARGET, "release", "auth-service"))
 BASELINE = os.path.join(TARGET, "bench-baseline", "release", "bench-baseline")
 EXAMPLE = os.path.join(TARGET, "release", "examples", "orders_service")
 FEED_TOKEN = "bench-feed-token-0123456789abcdef"
@@ -64,8 +69,10 @@ CONNECTIONS = 32
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bins", "--examples"],
-                   cwd=ROOT, check=True)
+    if "BENCH_SERVICE" not in os.environ:
+        subprocess.run(
+            ["cargo", "build", "--release", "--locked", "--quiet", "--bins", "--examples"],
+            cwd=ROOT, check=True)
     subprocess.run(
         ["cargo", "build", "--release", "--quiet", "--manifest-path", "bench/baseline/Cargo.toml"],
         cwd=ROOT,
@@ -604,6 +611,64 @@ def startup_and_idle(runs=5):
     print(f"idle RSS                 {statistics.median(rss):.1f} MiB")
 
 
+def full_server_latency(holders=(1, 4, 16), slots=256, clients=30):
+    """A full server: `slots` (MAX_CONNECTIONS) held by sockets that never send a request
+    head, from N loopback addresses (N in `holders`), then `clients` new /auth/verify clients
+    one after another from other addresses, each on a new connection: how long each waited
+    for its answer (p50, p99, max) and how many got none within 5 s."""
+    for n in holders:
+        workdir = tempfile.mkdtemp()
+        service = Service(f"sqlite://{workdir}/slots.db", BCRYPT_ROUNDS=4,
+                          MAX_CONNECTIONS=slots, MAX_CONNECTIONS_PER_IP=slots,
+                          HEADER_READ_TIMEOUT_SECONDS=60)
+        held = []
+        try:
+            email = f"slots{n}@example.com"
+            http("POST", service.base + "/auth/register", {"email": email, "password": PASSWORD})
+            _, body = http("POST", service.base + "/auth/login",
+                           {"email": email, "password": PASSWORD})
+            token = body["access_token"]
+            for i in range(slots):
+                sock = socket.socket()
+                sock.bind((f"127.0.9.{1 + i % n}", 0))
+                sock.connect(("127.0.0.1", service.port))
+                held.append(sock)
+            time.sleep(0.5)
+            took, failed = [], 0
+            request = (f"GET /auth/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}"
+                       "\r\nConnection: close\r\n\r\n").encode()
+            for i in range(clients):
+                started = time.perf_counter()
+                try:
+                    with socket.socket() as sock:
+                        sock.settimeout(5)
+                        sock.bind((f"127.0.10.{1 + i}", 0))
+                        sock.connect(("127.0.0.1", service.port))
+                        sock.sendall(request)
+                        answer = sock.recv(64)
+                    if answer.startswith(b"HTTP/1.1 200"):
+                        took.append(time.perf_counter() - started)
+                    else:
+                        failed += 1
+                except OSError:
+                    failed += 1
+            took.sort()
+            if took:
+                p50 = took[len(took) // 2] * 1000
+                p99 = took[min(len(took) - 1, int(len(took) * 0.99))] * 1000
+                print(f"full server, {n:2} holder address(es): new verify client "
+                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {took[-1] * 1000:.1f} ms, "
+                      f"{failed} of {clients} unanswered within 5 s ({slots} slots held)")
+            else:
+                print(f"full server, {n:2} holder address(es): no new client answered "
+                      f"within 5 s ({slots} slots held)")
+        finally:
+            for sock in held:
+                sock.close()
+            service.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def postgres_database():
     admin = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
     name = f"bench_{uuid.uuid4().hex[:12]}"
@@ -628,6 +693,8 @@ def main():
                         help="only the logout-all over 10,000 sessions line")
     parser.add_argument("--verifier-only", action="store_true",
                         help="only the auth-verifier crate's ratio")
+    parser.add_argument("--slots-only", action="store_true",
+                        help="only the full-server lines (new clients while slots are held)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed (Debian: apt-get install wrk)")
@@ -646,6 +713,9 @@ def main():
         return
     if args.logout_all_only:
         logout_all_timing(10_000)
+        return
+    if args.slots_only:
+        full_server_latency()
         return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
@@ -677,6 +747,7 @@ def main():
     rotation_storage(2000)
     forgot_timing(2000)
     logout_all_timing(10_000)
+    full_server_latency()
     verifier_ratio(seconds, rounds)
 
 

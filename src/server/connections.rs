@@ -15,8 +15,8 @@
 //! Sheddable: no request in flight, and either an idle keep-alive connection (it has served a
 //! request) or one that has not completed its first request head (at 75%: once it has had
 //! [`FIRST_HEAD_GRACE`] to send it, or at once when its peer holds more than this one; at
-//! 100%: at once). Victims are taken from the peer
-//! holding the most live connections first, its silent connections before its idle ones,
+//! 100%: at once). Victims are taken from the peer holding the most live connections first;
+//! within a peer, silent connections past the grace, then idle ones, then newer silent ones,
 //! oldest first: pressure falls on whoever causes it, and a service's single keep-alive
 //! connection outlives an attacker's hundreds. An idle connection is closed gracefully (hyper
 //! closes an idle HTTP/1 connection at once and sends HTTP/2 GOAWAY), a silent one at once.
@@ -60,14 +60,15 @@ pub const FIRST_HEAD_GRACE: Duration = Duration::from_secs(1);
 /// How hard the registry is looking for connections to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pressure {
-    /// Above 75%: idle connections, and silent ones past [`FIRST_HEAD_GRACE`].
+    /// Above 75%: idle connections, and silent ones past [`FIRST_HEAD_GRACE`] or of a peer
+    /// holding more than one.
     Overload,
     /// Every slot live: idle and silent connections alike.
     Full,
 }
 
 impl ConnectionLimits {
-    /// Above this many open connections, idle ones are shed: 75% of `MAX_CONNECTIONS`.
+    /// Above this many live connections, sheddable ones are shed: 75% of `MAX_CONNECTIONS`.
     fn shed_above(&self) -> usize {
         self.max - self.max / 4
     }
