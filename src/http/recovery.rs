@@ -114,7 +114,12 @@ pub struct ResendRequest {
 /// `POST /auth/email/resend`: another verification mail, for the caller (Bearer) or for an
 /// address (body, no Bearer).
 #[utoipa::path(post, path = "/auth/email/resend", tag = "auth", summary = "Send the verification mail again",
-    description = "With `Authorization: Bearer <access>`: for the caller; no body is read. Without it:         `{\"email\": ...}`, answered as forgot is (always 202 for a well-formed email, in the same time;         the mail is queued in the background only for an existing, active, unverified user): the way back         for a user whom EMAIL_VERIFICATION=required keeps from logging in. Either way nothing is queued when         the address is verified, a verification mail went out within the last 60 s, the address had its         10 mails this hour, or EMAIL_VERIFICATION is off.",
+    description = "With `Authorization: Bearer <access>`: for the caller (a body, if sent, must still be \
+        well-formed; it is not used). Without it: `{\"email\": ...}`, answered as forgot is (always 202 for \
+        a well-formed email, in the same time; the mail is queued in the background only for an existing, \
+        active, unverified user): the way back for a user whom EMAIL_VERIFICATION=required keeps from \
+        logging in. Either way nothing is queued when the address is verified, a verification mail went \
+        out within the last 60 s, the address had its 10 mails this hour, or EMAIL_VERIFICATION is off.",
     request_body(content = Option<ResendRequest>, description = "Without a Bearer token: the address"),
     security((), ("bearer" = [])),
     responses(
@@ -132,6 +137,17 @@ pub async fn resend_verification(
     // A token that was sent must be valid: a bad one is never taken for "no token".
     if parts.headers.contains_key(header::AUTHORIZATION) {
         let AuthUser(user) = AuthUser::from_request_parts(&mut parts, &state).await?;
+        // A body sent with a token is not needed, but it must still be a well-formed one:
+        // bad input never passes unnoticed.
+        let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0");
+        if has_body {
+            let request = Request::from_parts(parts, body);
+            AppJson::<ResendRequest>::from_request(request, &state).await?;
+        }
         auth.resend_verification(user.id, &caller).await?;
     } else {
         let request = Request::from_parts(parts, body);

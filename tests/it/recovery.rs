@@ -1007,6 +1007,17 @@ async fn resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_
         (StatusCode::UNPROCESSABLE_ENTITY, &json!("INVALID_EMAIL"))
     );
     assert_eq!(resend(&app, "not-a-token").await, StatusCode::UNAUTHORIZED);
+    // With a valid token a body is not needed, but a malformed one is still refused.
+    let (access, _) = app.tokens(email).await;
+    let malformed = app
+        .client
+        .post(app.url("/auth/email/resend"))
+        .bearer_auth(&access)
+        .json(&json!({"email": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
     outbox_drained(&app).await;
     assert_eq!(sink.for_address(email).len(), 2, "verified: nothing more");
 }
