@@ -14,10 +14,12 @@
 //! - [`store`]: one [`store::Store`] trait, a SQLite and a PostgreSQL implementation; all SQL.
 //! - [`tokens`], [`passwords`]: JWTs and bcrypt.
 //! - [`server`]: the accept loop (header read timeout, connection cap, graceful shutdown).
+//! - [`background`]: the background tasks, started and stopped together.
 //! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`error_chain`], [`database_url`], [`keys`]: leaves every layer may use.
 
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -25,7 +27,7 @@ pub mod database_url;
 pub mod error_chain;
 pub mod http;
 pub mod keys;
-pub mod mail;
+pub mod mail_transport;
 pub mod passwords;
 pub mod server;
 pub mod service;
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::{
+    background::Background,
     clock::{Clock, SystemClock},
     config::Config,
     state::{AppState, StartupError},
@@ -73,27 +76,26 @@ pub async fn run_with_clock(
 }
 
 /// `JWT_ACCEPT_HS256=on` with an asymmetric algorithm is a migration fallback, easy to leave on
-/// by mistake: a WARN at start and once an hour while it is.
-fn spawn_hs256_reminder(tokens: &config::TokenConfig) -> Option<tokio::task::JoinHandle<()>> {
+/// by mistake: a WARN at start and once an hour while it is (a [`Background`] task).
+fn hs256_reminder(tokens: &config::TokenConfig) -> Option<impl Future<Output = ()> + use<>> {
     let on = tokens.accept_hs256
         && !tokens.secret_generated
         && matches!(tokens.algorithm, config::JwtAlgorithm::Asymmetric(_));
-    on.then(|| {
-        tokio::spawn(async {
-            let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                hourly.tick().await;
-                tracing::warn!(
-                    "JWT_ACCEPT_HS256 is on: HS256 tokens signed with JWT_SECRET_KEY still \
-                     verify; turn it off once the HS256 tokens issued before the switch to \
-                     an asymmetric JWT_ALGORITHM have expired"
-                );
-            }
-        })
+    on.then_some(async {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            tracing::warn!(
+                "JWT_ACCEPT_HS256 is on: HS256 tokens signed with JWT_SECRET_KEY still \
+                 verify; turn it off once the HS256 tokens issued before the switch to \
+                 an asymmetric JWT_ALGORITHM have expired"
+            );
+        }
     })
 }
 
-/// Serves a built state on `listener` with graceful shutdown.
+/// Serves a built state on `listener` with graceful shutdown: the background tasks start
+/// here and stop here, after the last connection has finished.
 ///
 /// # Errors
 /// When the listener fails.
@@ -102,47 +104,41 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    state
+    let background = Background::new();
+    let follower = state
         .auth()
         .revocations()
         .follow()
         .await
         .map_err(StartupError::Database)?;
-    service::purge::spawn_background(state.auth());
-    let hs256_reminder = spawn_hs256_reminder(&state.config().tokens);
-    if matches!(**state.mailer(), mail::Mailer::Log) {
-        tracing::warn!(
-            "MAIL_URL is log: mails (reset links included) are logged at INFO on target mail, \
-             not sent; set MAIL_URL and MAIL_FROM before anyone relies on them"
-        );
+    background.spawn("revocations", follower);
+    background.spawn("purge", service::purge::run(state.auth()));
+    if let Some(reminder) = hs256_reminder(&state.config().tokens) {
+        background.spawn("hs256-reminder", reminder);
     }
-    let mail_worker = service::mail::spawn_worker(state.auth(), Arc::clone(state.mailer()));
-    let upkeep = telemetry::spawn_metrics_upkeep(state.metrics().clone());
-    let metrics = match state.config().server.metrics_addr {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                StartupError::Other(anyhow::anyhow!("cannot listen on METRICS_ADDR {addr}: {e}"))
-            })?;
-            tracing::info!(%addr, "serving /metrics on its own listener");
-            let app = http::metrics_router(state.clone());
-            Some(tokio::spawn(async move {
-                if let Err(err) = axum::serve(listener, app).await {
-                    tracing::warn!(error = %err, "the metrics listener stopped");
-                }
-            }))
-        }
-        None => None,
-    };
+    state.outbox().start(state.auth(), &background);
+    background.spawn(
+        "metrics-upkeep",
+        telemetry::metrics_upkeep(state.metrics().clone()),
+    );
+    if let Some(addr) = state.config().server.metrics_addr {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            StartupError::Other(anyhow::anyhow!("cannot listen on METRICS_ADDR {addr}: {e}"))
+        })?;
+        tracing::info!(%addr, "serving /metrics on its own listener");
+        let app = http::metrics_router(state.clone());
+        background.spawn("metrics-listener", async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::warn!(error = %err, "the metrics listener stopped");
+            }
+        });
+    }
     let app = http::app(state.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
     let served = server::serve(state, app, listener, shutdown).await;
-    upkeep.abort();
-    mail_worker.abort();
-    for task in [metrics, hs256_reminder].into_iter().flatten() {
-        task.abort();
-    }
+    background.stop().await;
     served.map_err(|e| StartupError::Other(e.into()))?;
     tracing::info!("shut down cleanly");
     Ok(())

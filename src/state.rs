@@ -14,9 +14,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::{
     clock::Clock,
     config::{Config, DatabaseConfig, DatabaseUrl, TokenConfig},
-    mail::Mailer,
     passwords::Passwords,
-    service::{AuthService, AuthSettings, lockout::LockoutPolicy, mail::MailSettings},
+    service::{
+        AuthService, AuthSettings, lockout::LockoutPolicy, outbox::Outbox, recovery::MailSettings,
+    },
     store::{self, PoolSettings, Store, StoreError},
     telemetry,
     tokens::{TokenKeys, TokenSettings},
@@ -100,8 +101,8 @@ struct AppInner {
     config: Config,
     /// The only thing handlers call.
     auth: AuthService,
-    /// `MAIL_URL`'s transport.
-    mailer: Arc<Mailer>,
+    /// The outbox worker, over `MAIL_URL`'s transport; started by `serve`.
+    outbox: Arc<Outbox>,
     /// Renders `/metrics`.
     metrics: PrometheusHandle,
     /// Set on SIGTERM: `/health/ready` answers 503 from then on.
@@ -192,12 +193,12 @@ impl AppState {
             verify_url: config.mail.email_verify_url.clone(),
             verify_hours: config.mail.email_verify_token_hours,
         };
-        let mailer = Arc::new(Mailer::new(&config.mail)?);
+        let outbox = Arc::new(Outbox::new(&config.mail)?);
         let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers, mail);
         Ok(Self(Arc::new(AppInner {
             config,
             auth,
-            mailer,
+            outbox,
             metrics,
             draining: AtomicBool::new(false),
         })))
@@ -209,10 +210,10 @@ impl AppState {
         &self.0.config
     }
 
-    /// Where the outbox worker sends mail.
+    /// The outbox worker (not running until started).
     #[must_use]
-    pub fn mailer(&self) -> &Arc<Mailer> {
-        &self.0.mailer
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.0.outbox
     }
 
     /// The auth service.

@@ -108,17 +108,17 @@ const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// Folds recorded histogram samples into their buckets every [`METRICS_UPKEEP_EVERY`]. The
 /// recorder keeps every sample until upkeep runs (a scrape runs it too), so without this a
-/// service nobody scrapes grows by about 20 bytes per request, without bound. Abort the task
-/// it returns when serving ends.
-pub fn spawn_metrics_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// service nobody scrapes grows by about 20 bytes per request, without bound. A
+/// [`crate::background::Background`] task.
+pub async fn metrics_upkeep(handle: PrometheusHandle) {
+    {
         let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             handle.run_upkeep();
         }
-    })
+    }
 }
 
 /// A `# HELP` line for every metric the service records.

@@ -172,7 +172,7 @@ impl AuthService {
             notification: &notification,
             live_tokens_since: now - token_life - Duration::minutes(1),
         };
-        if !self.0.store.change_password(&change, now).await? {
+        if !self.0.store.change_password_by_user(&change, now).await? {
             // Changed or deleted meanwhile: the password checked is no longer the current one.
             return Err(AuthError::InvalidCredentials);
         }

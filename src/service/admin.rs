@@ -137,7 +137,7 @@ impl AuthService {
         if !self
             .0
             .store
-            .set_password(user.id, &hash, self.instant())
+            .set_password_by_admin(user.id, &hash, self.instant())
             .await?
         {
             return Err(AdminError::NotFound);

@@ -253,7 +253,7 @@ impl AuthService {
             Ok(hash) => {
                 let store = &self.0.store;
                 let upgraded = store
-                    .update_password_hash(user.id, &user.password_hash, &hash, self.now())
+                    .rehash_password(user.id, &user.password_hash, &hash, self.now())
                     .await;
                 (hash, upgraded)
             }

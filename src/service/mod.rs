@@ -13,9 +13,10 @@ mod errors;
 pub mod feed;
 pub mod lockout;
 mod login;
-pub mod mail;
+pub mod outbox;
 pub mod password_policy;
 pub mod purge;
+pub mod recovery;
 mod refresh;
 pub mod rekey;
 pub mod revocations;
@@ -132,10 +133,10 @@ struct Inner {
     /// fraction of moka's (50,000 tokens in turn: 74k against 55k verifies/s).
     verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>, TokenWeight>,
     /// Account recovery's settings.
-    mail: mail::MailSettings,
+    mail: recovery::MailSettings,
     /// Wakes the outbox worker when this process queued a message.
     mail_wakeup: Arc<tokio::sync::Notify>,
-    /// Forgot requests queued in the background at once (see `mail::FORGOT_IN_FLIGHT`).
+    /// Forgot requests queued in the background at once (see `recovery::FORGOT_IN_FLIGHT`).
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -179,7 +180,7 @@ impl AuthService {
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
         feed_readers: feed::FeedReaders,
-        mail: mail::MailSettings,
+        mail: recovery::MailSettings,
     ) -> Self {
         let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
@@ -194,7 +195,7 @@ impl AuthService {
             verified_access: verified_access_cache(),
             mail,
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
-            forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(mail::FORGOT_IN_FLIGHT)),
+            forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(recovery::FORGOT_IN_FLIGHT)),
         }))
     }
 

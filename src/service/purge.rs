@@ -43,7 +43,7 @@ pub struct PurgeReport {
 }
 
 /// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
-/// links hold no usable token (see `service::mail::issue_link`).
+/// links hold no usable token (see `service::outbox::issue_link`).
 pub const MAIL_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
 impl AuthService {
@@ -99,10 +99,11 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
     Ok(report)
 }
 
-/// Purges every [`PURGE_EVERY`], starting a minute after start-up, until the service is gone.
-pub fn spawn_background(auth: &AuthService) {
+/// Purges every [`PURGE_EVERY`], starting a minute after start-up, until the service is gone
+/// (a [`crate::background::Background`] task).
+pub fn run(auth: &AuthService) -> impl Future<Output = ()> + Send + 'static {
     let service: Weak<Inner> = Arc::downgrade(&auth.0);
-    tokio::spawn(async move {
+    async move {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         let mut every = tokio::time::interval(PURGE_EVERY);
         loop {
@@ -120,5 +121,5 @@ pub fn spawn_background(auth: &AuthService) {
                 ),
             }
         }
-    });
+    }
 }

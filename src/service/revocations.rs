@@ -159,20 +159,21 @@ impl Revocations {
         }
     }
 
-    /// Starts following the events table from its current end, in a background task that
-    /// stops when the view is dropped.
+    /// Starts following the events table from its current end: the follower to run as a
+    /// [`crate::background::Background`] task (it also stops when the view is dropped).
     ///
     /// # Errors
     /// `Unavailable` when the database does not answer.
-    pub async fn follow(self: &Arc<Self>) -> Result<(), StoreError> {
+    pub async fn follow(
+        self: &Arc<Self>,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, StoreError> {
         let start = self.store.last_event_id().await?;
         self.cursor.store(start, Ordering::SeqCst);
         self.mark_synced();
         self.following.store(true, Ordering::SeqCst);
         let signal = self.store.event_signal();
         let view = Arc::downgrade(self);
-        tokio::spawn(follow_loop(view, signal));
-        Ok(())
+        Ok(follow_loop(view, signal))
     }
 
     /// A receiver of the applied cursor, for readers that wait for the next change.

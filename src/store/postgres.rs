@@ -1,6 +1,6 @@
 //! What only PostgreSQL does: connect with per-connection timeouts, lock a user's row, order
 //! and announce events (advisory lock + `NOTIFY`), `LISTEN`, move the identity sequence after
-//! an import; the method bodies are in `sql.rs`, shared with SQLite.
+//! an import; the method bodies are in `sql/`, shared with SQLite.
 //!
 //! Concurrency rests on row locks under READ COMMITTED: every session change first locks the
 //! user's row (see [`Store`]'s locking rule), a second `update ... where rotated_at is null`
@@ -65,14 +65,17 @@ impl PgStore {
         now: chrono::DateTime<chrono::Utc>,
         limit: i64,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(concat!(
             r"select id from mail_outbox
               where sent_at is null and failed_at is null and next_attempt_at <= $1
                 and (leased_until is null or leased_until <= $1)
+                and template in (",
+            known_templates!(),
+            r")
               order by case template when 'password_reset' then 0 else 1 end, id
               limit $2
               for update skip locked",
-        )
+        ))
         .bind(now)
         .bind(limit)
         .fetch_all(&mut **tx)
@@ -168,7 +171,17 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, Postgres);
+/// The pool type the shared SQL (`sql/`) is compiled against here.
+type Db = Postgres;
+/// The store type the shared SQL implements the chapters for here.
+type Dialect = PgStore;
+
+#[expect(
+    clippy::duplicate_mod,
+    reason = "the shared SQL is compiled once per dialect, by design (see sql/mod.rs)"
+)]
+#[path = "sql/mod.rs"]
+mod sql;
 
 /// The `NOTIFY` channel an event's commit signals on.
 const EVENTS_CHANNEL: &str = "auth_revocations";

@@ -1,5 +1,5 @@
 //! What only SQLite does: open the file, start a write transaction, order events; the method
-//! bodies are in `sql.rs`, shared with PostgreSQL.
+//! bodies are in `sql/`, shared with PostgreSQL.
 //!
 //! Writers are serialised by SQLite itself; the pool waits on `busy_timeout` instead of failing,
 //! and every write transaction opens with `BEGIN IMMEDIATE` so it queues for the write lock up
@@ -56,13 +56,16 @@ impl SqliteStore {
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(concat!(
             r"select id from mail_outbox
               where sent_at is null and failed_at is null and next_attempt_at <= $1
                 and (leased_until is null or leased_until <= $1)
+                and template in (",
+            known_templates!(),
+            r")
               order by case template when 'password_reset' then 0 else 1 end, id
               limit $2",
-        )
+        ))
         .bind(now)
         .bind(limit)
         .fetch_all(&mut **tx)
@@ -233,4 +236,14 @@ fn parse_original_time(raw: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-impl_store!(SqliteStore, Sqlite);
+/// The pool type the shared SQL (`sql/`) is compiled against here.
+type Db = Sqlite;
+/// The store type the shared SQL implements the chapters for here.
+type Dialect = SqliteStore;
+
+#[expect(
+    clippy::duplicate_mod,
+    reason = "the shared SQL is compiled once per dialect, by design (see sql/mod.rs)"
+)]
+#[path = "sql/mod.rs"]
+mod sql;

@@ -9,6 +9,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
+use auth_service::clock::Clock as _;
+
 use crate::{dual_backend, helpers::*, smtp_sink::SmtpSink};
 
 /// How long a queued mail may take to reach the sink (the worker is woken at once).
@@ -17,6 +19,7 @@ const MAIL_WITHIN: StdDuration = StdDuration::from_secs(10);
 const NEW_PASSWORD: &str = "NewSecurePass456";
 
 dual_backend!(
+    shutdown_lets_the_mail_being_sent_finish,
     forgot_mail_reset_login_is_the_whole_loop,
     known_unknown_and_disabled_emails_get_the_same_answer,
     reset_mails_are_throttled_per_email_silently,
@@ -1348,4 +1351,33 @@ async fn no_usable_token_is_ever_at_rest_in_the_database(backend: Backend) {
     assert!(outbox_links(&app.db).await.iter().all(Option::is_none));
     let (status, _) = reset(&app, &token, NEW_PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+async fn shutdown_lets_the_mail_being_sent_finish(backend: Backend) {
+    // Arrange: a relay that takes two seconds a message, and a registration whose verification
+    // mail is on its way.
+    let sink = SmtpSink::start_slow(StdDuration::from_secs(2)).await;
+    let vars = sink.vars();
+    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.push(("EMAIL_VERIFICATION", "optional"));
+    let mut app = TestApp::spawn_with(backend, &overrides).await;
+    app.register("leaving@example.com", PASSWORD).await;
+    // The worker has claimed it (its lease is running) when the next due time is in the future.
+    let store = app.db.store().await;
+    let mut claimed = false;
+    for _ in 0..200 {
+        let due = store.next_mail_due().await.unwrap();
+        if due.is_some_and(|due| due > app.clock.now()) {
+            claimed = true;
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(claimed, "the worker never claimed the mail");
+    // Act: the shutdown signal, while the relay holds the message.
+    app.begin_shutdown();
+    app.wait_stopped().await;
+    // Assert: the background tasks were stopped, not cut: the mail went and is recorded sent.
+    assert_eq!(sink.for_address("leaving@example.com").len(), 1);
+    assert_eq!(store.pending_mail().await.unwrap(), 0);
 }

@@ -1,22 +1,29 @@
-//! Every `Store` method, on both backends, including its concurrency guarantee:
+//! Every method of every `Store` chapter, on both backends, including its concurrency
+//! guarantee (`every_store_method_is_called_here` keeps this true: it reads the chapters'
+//! traits and fails on a method no test here calls):
 //!
-//! | method | test |
-//! |---|---|
-//! | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
-//! | `insert_user`, `find_user_by_email`, `find_user_by_id` | `users_insert_find_and_duplicate` |
-//! | `set_user_active`, `delete_user` | `disabling_and_deleting_end_sessions_and_append_events` |
-//! | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
-//! | `update_password_hash` | `password_hash_update_is_a_compare_and_set` |
-//! | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
-//! | `start_session` (the cap), `touch_session`, `live_sessions`, `change_password` | `sessions_record_their_use_and_end_all_but_one`, `sessions_from_before_devices_get_nulls`, `ending_every_session_from_before_devices_writes_one_event` |
-//! | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set` |
-//! | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
-//! | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
-//! | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
-//! | `update_user_email` | `email_update_is_a_compare_and_set` |
-//! | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
-//! | `queue_password_reset`, `reissue_token`, `token_is_usable`, `reset_password`, `claim_mail`, `finish_mail`, `pending_mail` | `reset_tokens_and_the_mail_outbox` |
-//! | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
+//! | chapter | methods | tests |
+//! |---|---|---|
+//! | `UserStore` | `insert_user`, `find_user_by_email`, `find_user_by_id`, `set_user_active` | `users_insert_find_and_duplicate` |
+//! | | `register_user`, `mark_email_verified` | `registration_queues_verification_and_its_token_verifies_once` |
+//! | | `delete_user` | `disabling_and_deleting_end_sessions_and_append_events` |
+//! | | `update_user_email` | `email_update_is_a_compare_and_set` |
+//! | | `rehash_password` (the login's cost upgrade) | `password_hash_update_is_a_compare_and_set` |
+//! | | `change_password_by_user` | `sessions_record_their_use_and_end_all_but_one`, `ending_every_session_from_before_devices_writes_one_event` |
+//! | | `set_password_by_admin` | `reset_tokens_and_the_mail_outbox` |
+//! | `SessionStore` | `start_session`, `find_session`, `find_refresh_token` | `sessions_start_only_for_active_users` |
+//! | | `start_session` (the cap), `touch_session`, `live_sessions` | `sessions_record_their_use_and_end_all_but_one`, `sessions_from_before_devices_get_nulls` |
+//! | | `rotate_refresh_token`, `find_child_token` | `rotation_is_a_compare_and_set`, `rotation_keeps_storage_per_session_constant` |
+//! | | `revoke_session`, `revoke_user_sessions` | `revocations_end_sessions_once_and_append_events` |
+//! | `LockoutStore` | `reserve_login_attempt`, `find_login_attempt`, `clear_login_attempts` | `login_attempts_count_lock_and_reset`, `fifty_parallel_reservations_are_counted_exactly` |
+//! | `EventStore` | `events_since`, `last_event_id`, `event_bounds`, `event_signal` | `events_are_read_in_order_and_signalled` |
+//! | `TokenStore` | `queue_password_reset`, `reissue_token`, `token_is_usable`, `reset_password_by_token` | `reset_tokens_and_the_mail_outbox` |
+//! | | `queue_email_verification`, `verify_email` | `registration_queues_verification_and_its_token_verifies_once` |
+//! | `OutboxStore` | `claim_mail`, `finish_mail`, `next_mail_due`, `pending_mail` | `reset_tokens_and_the_mail_outbox`, `concurrent_claims_never_share_a_message` |
+//! | `HousekeepingStore` | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
+//! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
+//! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
+//! | | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
 
 use std::sync::Arc;
 
@@ -58,6 +65,7 @@ fn token(user_id: i64, family: Uuid, parent: Option<Uuid>) -> NewRefreshToken {
 }
 
 dual_backend!(
+    registration_queues_verification_and_its_token_verifies_once,
     purging_deletes_only_what_nothing_needs,
     housekeeping_methods_answer,
     disabling_and_deleting_end_sessions_and_append_events,
@@ -261,13 +269,13 @@ async fn password_hash_update_is_a_compare_and_set(backend: Backend) {
         .unwrap();
     assert!(
         store
-            .update_password_hash(user.id, "old", "new", now)
+            .rehash_password(user.id, "old", "new", now)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .update_password_hash(user.id, "old", "newer", now)
+            .rehash_password(user.id, "old", "newer", now)
             .await
             .unwrap()
     );
@@ -449,13 +457,13 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
         live_tokens_since: t0 + Duration::minutes(3),
     };
     let now = t0 + Duration::minutes(7);
-    assert!(!store.change_password(&change, now).await.unwrap());
+    assert!(!store.change_password_by_user(&change, now).await.unwrap());
     let before = store.last_event_id().await.unwrap();
     let change = PasswordChange {
         old_hash: "old",
         ..change
     };
-    assert!(store.change_password(&change, now).await.unwrap());
+    assert!(store.change_password_by_user(&change, now).await.unwrap());
     let live: Vec<_> = store
         .live_sessions(user.id, now)
         .await
@@ -664,6 +672,11 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
             .unwrap()
     );
     assert_eq!(store.pending_mail().await.unwrap(), 1);
+    assert_eq!(
+        store.next_mail_due().await.unwrap(),
+        Some(now),
+        "due when queued"
+    );
     // Claimed with a lease; not again while it runs; again once it ran out.
     let claimed = store
         .claim_mail(now, now + Duration::seconds(60), 10)
@@ -680,6 +693,11 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
         ("mail@example.com", "password_reset", 1)
     );
     assert!(mail.link.as_deref().unwrap().contains("token="));
+    assert_eq!(
+        store.next_mail_due().await.unwrap(),
+        Some(now + Duration::seconds(60)),
+        "a leased message is due when its lease runs out"
+    );
     assert!(
         store
             .claim_mail(now + Duration::seconds(30), now + Duration::seconds(90), 10)
@@ -709,6 +727,11 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
         )
         .await
         .unwrap();
+    assert_eq!(
+        store.next_mail_due().await.unwrap(),
+        Some(now + Duration::seconds(200)),
+        "a retry is due at its time"
+    );
     assert!(
         store
             .claim_mail(
@@ -737,6 +760,7 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(store.pending_mail().await.unwrap(), 0);
+    assert_eq!(store.next_mail_due().await.unwrap(), None, "nothing queued");
     assert!(
         store
             .claim_mail(now + Duration::days(1), now + Duration::days(2), 10)
@@ -776,7 +800,7 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     );
     assert_eq!(
         store
-            .reset_password(&[9; 32], "new", &notification, now)
+            .reset_password_by_token(&[9; 32], "new", &notification, now)
             .await
             .unwrap(),
         None,
@@ -784,14 +808,14 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     );
     assert_eq!(
         store
-            .reset_password(&[1; 32], "new-hash", &notification, now)
+            .reset_password_by_token(&[1; 32], "new-hash", &notification, now)
             .await
             .unwrap(),
         Some(user.id)
     );
     assert_eq!(
         store
-            .reset_password(&[1; 32], "again", &notification, now)
+            .reset_password_by_token(&[1; 32], "again", &notification, now)
             .await
             .unwrap(),
         None,
@@ -829,7 +853,7 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     );
     assert_eq!(
         store
-            .reset_password(&[4; 32], "x", &notification, later + Duration::hours(1))
+            .reset_password_by_token(&[4; 32], "x", &notification, later + Duration::hours(1))
             .await
             .unwrap(),
         None
@@ -838,13 +862,13 @@ async fn reset_tokens_and_the_mail_outbox(backend: Backend) {
     session(&store, user.id).await;
     assert!(
         store
-            .set_password(user.id, "admin-hash", later)
+            .set_password_by_admin(user.id, "admin-hash", later)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .set_password(user.id + 1000, "x", later)
+            .set_password_by_admin(user.id + 1000, "x", later)
             .await
             .unwrap()
     );
@@ -1025,7 +1049,7 @@ async fn ending_every_session_from_before_devices_writes_one_event(backend: Back
     assert!(store.live_sessions(users[1], now).await.unwrap().is_empty());
     let keep = store.live_sessions(users[2], now).await.unwrap()[0].id;
     let changed = store
-        .change_password(
+        .change_password_by_user(
             &PasswordChange {
                 user_id: users[2],
                 old_hash: "h",
@@ -1549,4 +1573,164 @@ async fn purge_batches_delete_only_what_nothing_needs(backend: Backend) {
     assert_eq!(store.purge_batch(events, 10).await.unwrap(), 1);
     let newest = store.last_event_id().await.unwrap();
     assert_eq!(store.event_bounds().await.unwrap(), Some((newest, newest)));
+}
+
+fn verification(hash: [u8; 32], now: chrono::DateTime<Utc>) -> TokenMail {
+    TokenMail {
+        token_hash: hash,
+        expires_at: now + Duration::hours(24),
+        mail: NewMail {
+            template: MailTemplate::VerifyEmail,
+            link: None,
+        },
+    }
+}
+
+async fn registration_queues_verification_and_its_token_verifies_once(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap();
+    // The comparison key and the address mail goes to are kept apart; the token and its mail
+    // are written with the user.
+    let user = store
+        .register_user(
+            "anna@fass.de",
+            "Anna@faß.de",
+            "h",
+            now,
+            Some(&verification([1; 32], now)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (user.email.as_str(), user.email_verified_at),
+        ("anna@fass.de", None)
+    );
+    let claimed = store
+        .claim_mail(now, now + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|m| (m.recipient.as_str(), m.template))
+            .collect::<Vec<_>>(),
+        [("Anna@faß.de", MailTemplate::VerifyEmail)]
+    );
+    assert!(matches!(
+        store
+            .register_user("anna@fass.de", "anna@fass.de", "h", now, None)
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    // A resend within the interval queues nothing; after it, a new token voids the old one.
+    let interval = Duration::seconds(60);
+    assert!(
+        !store
+            .queue_email_verification(user.id, &verification([2; 32], now), interval, now)
+            .await
+            .unwrap()
+    );
+    let later = now + Duration::seconds(61);
+    assert!(
+        store
+            .queue_email_verification(user.id, &verification([2; 32], later), interval, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.verify_email(&[1; 32], later).await.unwrap(), None);
+    assert_eq!(
+        store
+            .verify_email(&[2; 32], later + Duration::hours(25))
+            .await
+            .unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store.verify_email(&[2; 32], later).await.unwrap(),
+        Some(user.id)
+    );
+    assert_eq!(
+        store.verify_email(&[2; 32], later).await.unwrap(),
+        None,
+        "once"
+    );
+    let verified = store.find_user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(verified.email_verified_at, Some(later));
+    // A verified address is not mailed again, and marking it again keeps the first time.
+    assert!(
+        !store
+            .queue_email_verification(
+                user.id,
+                &verification([3; 32], later),
+                interval,
+                later + interval * 2
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .mark_email_verified(user.id, later + Duration::hours(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .find_user_by_id(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email_verified_at,
+        Some(later)
+    );
+    assert!(
+        !store
+            .mark_email_verified(user.id + 1000, later)
+            .await
+            .unwrap()
+    );
+}
+
+/// The chapters' traits, as their source says; each method must be called by a test above.
+#[test]
+fn every_store_method_is_called_here() {
+    let chapters = [
+        ("UserStore", include_str!("../../src/store/users.rs")),
+        ("SessionStore", include_str!("../../src/store/sessions.rs")),
+        ("LockoutStore", include_str!("../../src/store/lockout.rs")),
+        ("EventStore", include_str!("../../src/store/events.rs")),
+        ("TokenStore", include_str!("../../src/store/tokens.rs")),
+        ("OutboxStore", include_str!("../../src/store/outbox.rs")),
+        (
+            "HousekeepingStore",
+            include_str!("../../src/store/housekeeping.rs"),
+        ),
+    ];
+    let here = include_str!("store_contract.rs");
+    let mut methods = 0;
+    for (name, source) in chapters {
+        let body = source
+            .split_once(&format!("pub trait {name}"))
+            .unwrap_or_else(|| panic!("{name} not found"))
+            .1;
+        let body = &body[..body.find("\n}\n").expect("the trait's end")];
+        for line in body.lines() {
+            let Some(rest) = line
+                .strip_prefix("    async fn ")
+                .or_else(|| line.strip_prefix("    fn "))
+            else {
+                continue;
+            };
+            let method = &rest[..rest.find('(').expect("a method")];
+            methods += 1;
+            assert!(
+                here.contains(&format!(".{method}(")),
+                "{name}::{method} is called by no store contract test"
+            );
+        }
+    }
+    assert!(methods >= 47, "only {methods} methods found");
 }

@@ -1,7 +1,7 @@
 //! Outgoing mail: the messages, rendered from the templates in `templates/mail/` (one file per
 //! message, askama, checked at compile time), and the transport `MAIL_URL` names (lettre over
-//! tokio and rustls, or the development `log`). The outbox and the worker that drains it are in
-//! `service::mail`.
+//! tokio and rustls, or the development `log`). The worker that drains the outbox is
+//! `service::outbox`.
 
 use std::time::Duration;
 

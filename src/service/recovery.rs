@@ -1,5 +1,5 @@
-//! Account recovery by mail: `POST /auth/password/forgot` and `/auth/password/reset`, and the
-//! worker that drains the outbox.
+//! Account recovery by mail: `POST /auth/password/forgot` and `/auth/password/reset`, email
+//! verification and its resend. What they queue is sent by the outbox (`outbox.rs`).
 //!
 //! - **Forgot** answers at once, the same for every well-formed email: the lookup, the throttle
 //!   and the queueing run after the answer, so neither its body nor its timing says whether the
@@ -7,16 +7,8 @@
 //! - **Reset** consumes its token atomically and, in the same transaction, sets the password,
 //!   ends every session, clears the lockout, marks the address verified and queues the
 //!   "password changed" mail.
-//! - **The worker** (one per process) claims due messages with a lease, sends them, marks them
-//!   sent; a failure is retried with exponential backoff and jitter until
-//!   `MAIL_MAX_RETRY_HOURS`, then the message fails with an ERROR line that names neither the
-//!   address nor the link. Several replicas share the outbox: each message is sent once; one
-//!   killed mid-send leaves its lease to run out, and another sends the message then.
 
-use std::{
-    sync::{Arc, Weak},
-    time::Duration as StdDuration,
-};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use chrono::Duration;
@@ -25,32 +17,15 @@ use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
 use super::{
-    AuthError, AuthService, Inner,
+    AuthError, AuthService,
     audit::{self, Caller, Event, Outcome},
     email::Email,
     password_policy,
 };
 use crate::{
     config::EmailVerification,
-    mail::{self, Mailer, SendError},
-    store::{MailOutcome, MailTemplate, NewMail, OutboxMail, ResetRequest, StoreError, TokenMail},
+    store::{MailTemplate, NewMail, ResetRequest, StoreError, TokenMail},
 };
-
-/// How long a claimed message is reserved for the worker that claimed it. Each message is
-/// claimed on its own, just before it is sent, and its send is cut at [`SEND_WITHIN`]: the
-/// lease always covers the work it guards, so a live worker always finishes first, and a dead
-/// one's message waits no longer.
-const LEASE: Duration = Duration::seconds(30);
-
-/// The longest one send may take (connection, every SMTP command, the data), well inside
-/// [`LEASE`]; a send cut here is retried.
-const SEND_WITHIN: StdDuration = StdDuration::from_secs(25);
-
-/// How often the worker looks for due messages when nothing woke it.
-const POLL: StdDuration = StdDuration::from_secs(1);
-
-/// Messages one process sends at once (lettre's pool keeps up to this many SMTP connections).
-const LANES: usize = 4;
 
 /// Settings of account recovery, from `MAIL_*` and `PASSWORD_RESET_*`.
 #[derive(Debug, Clone)]
@@ -240,7 +215,7 @@ impl AuthService {
         let reset = self
             .0
             .store
-            .reset_password(&hash, &new_hash, &notification, self.instant())
+            .reset_password_by_token(&hash, &new_hash, &notification, self.instant())
             .await?;
         let Some(user_id) = reset else {
             audit::record(Event::PasswordReset, Outcome::Invalid, None, caller);
@@ -358,7 +333,7 @@ impl AuthService {
 }
 
 /// A fresh token (32 random bytes, base64url) and its stored form.
-fn new_token() -> (String, [u8; 32]) {
+pub(super) fn new_token() -> (String, [u8; 32]) {
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let hash = token_hash(&token);
     (token, hash)
@@ -377,249 +352,6 @@ fn decode_token(token: &str) -> Option<[u8; 32]> {
     (bytes.len() == 32).then(|| token_hash(token.trim()))
 }
 
-/// Runs the outbox worker until the service is gone.
-pub fn spawn_worker(auth: &AuthService, mailer: Arc<Mailer>) -> tokio::task::JoinHandle<()> {
-    let service: Weak<Inner> = Arc::downgrade(&auth.0);
-    tokio::spawn(async move {
-        loop {
-            let Some(inner) = service.upgrade() else {
-                return;
-            };
-            drain(&inner, &mailer).await;
-            let wake = Arc::clone(&inner.mail_wakeup);
-            drop(inner);
-            tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
-                () = wake.notified() => {}
-            }
-        }
-    })
-}
-
-/// Sends every message due now, [`LANES`] at a time: each lane claims one message (password
-/// resets first), sends it, and claims the next, until none is due. One claim comes first, so
-/// an idle outbox costs one claim per poll, not one per lane.
-async fn drain(inner: &Inner, mailer: &Mailer) {
-    if let Some(first) = claim_one(inner).await {
-        let lanes = std::iter::once(Some(first))
-            .chain(std::iter::repeat_with(|| None).take(LANES - 1))
-            .map(|first| lane(inner, mailer, first));
-        futures_util::future::join_all(lanes).await;
-    }
-    if let Ok(pending) = inner.store.pending_mail().await {
-        #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
-        metrics::gauge!("mail_outbox_pending").set(pending as f64);
-    }
-}
-
-/// One lane of [`drain`], starting with `first` if it has one.
-async fn lane(inner: &Inner, mailer: &Mailer, mut first: Option<OutboxMail>) {
-    while let Some(mail) = match first.take() {
-        Some(mail) => Some(mail),
-        None => claim_one(inner).await,
-    } {
-        attempt(inner, mailer, mail).await;
-    }
-}
-
-/// The next due message, claimed with a lease that covers one send; `None` when none is due
-/// or the outbox cannot be read.
-async fn claim_one(inner: &Inner) -> Option<OutboxMail> {
-    let now = inner.clock.now();
-    match inner.store.claim_mail(now, now + LEASE, 1).await {
-        Ok(mut claimed) => claimed.pop(),
-        // An outage is logged once when it starts and once when it ends, by the revocation
-        // follower; the worker only retries.
-        Err(err @ StoreError::Unavailable(_)) => {
-            tracing::debug!(
-                error = %crate::error_chain::error_chain(&err),
-                "the mail outbox cannot be read; retrying"
-            );
-            None
-        }
-        Err(err) => {
-            tracing::warn!(
-                error = %crate::error_chain::error_chain(&err),
-                "the mail outbox cannot be read; retrying"
-            );
-            None
-        }
-    }
-}
-
-/// The link of a message, made as it is sent.
-enum Issued {
-    /// The link to put in the message (none for a notification).
-    Link(String),
-    /// The token it was to carry was voided since it was queued: the message must not go.
-    Void,
-}
-
-/// The link of `mail`, with a token issued now: a fresh token's hash replaces the one its
-/// queueing stored (if that is still unused: a newer token, a password change or the user's
-/// deletion voids it), under the user's lock, and the token itself exists only in this
-/// message. A message queued before links were issued at send time carries its link.
-async fn issue_link(
-    inner: &Inner,
-    mail: &OutboxMail,
-    template: MailTemplate,
-) -> Result<Issued, StoreError> {
-    let settings = &inner.mail;
-    let (base, ttl) = match template {
-        MailTemplate::PasswordReset => (
-            &settings.reset_url,
-            Duration::minutes(settings.reset_minutes.into()),
-        ),
-        MailTemplate::VerifyEmail => (
-            &settings.verify_url,
-            Duration::hours(settings.verify_hours.into()),
-        ),
-        MailTemplate::PasswordChanged => return Ok(Issued::Link(String::new())),
-    };
-    if let Some(link) = &mail.link {
-        return Ok(Issued::Link(link.clone()));
-    }
-    let Some(user_id) = mail.user_id else {
-        return Ok(Issued::Void);
-    };
-    let (token, token_hash) = new_token();
-    let now = inner.clock.now();
-    let issued = inner
-        .store
-        .reissue_token(user_id, template, &token_hash, now + ttl, now)
-        .await?;
-    if !issued {
-        return Ok(Issued::Void);
-    }
-    // The base was checked when the message was queued.
-    Ok(url::Url::parse_with_params(base, [("token", &token)])
-        .map_or(Issued::Void, |link| Issued::Link(link.to_string())))
-}
-
-/// One attempt at one claimed message.
-async fn attempt(inner: &Inner, mailer: &Mailer, mail: OutboxMail) {
-    let settings = &inner.mail;
-    let id = mail.id;
-    let outcome = match MailTemplate::parse(&mail.template) {
-        None => Err(SendError::Build(format!(
-            "unknown template {}",
-            mail.template
-        ))),
-        Some(template) => {
-            let link = match issue_link(inner, &mail, template).await {
-                Ok(Issued::Link(link)) => link,
-                Ok(Issued::Void) => {
-                    // The user reset, changed or had the password set, logged out everywhere,
-                    // was disabled or deleted since: the link must not go out.
-                    tracing::info!(
-                        mail.id = id,
-                        mail.template = %mail.template,
-                        "a queued link was voided before it was sent; dropped"
-                    );
-                    finish(inner, id, MailOutcome::Failed).await;
-                    return;
-                }
-                Err(err) => {
-                    // The database: the lease runs out and the message is tried again.
-                    tracing::warn!(
-                        mail.id = id,
-                        error = %crate::error_chain::error_chain(&err),
-                        "a link could not be issued; retrying"
-                    );
-                    return;
-                }
-            };
-            let ctx = mail::Context {
-                product: &settings.product,
-                link: &link,
-                minutes: settings.reset_minutes,
-                hours: settings.verify_hours,
-            };
-            match mail::render(template, ctx) {
-                Ok(rendered) => {
-                    let send = mailer.send(&mail.recipient, &mail.message_id, &rendered);
-                    tokio::time::timeout(SEND_WITHIN, send)
-                        .await
-                        .unwrap_or(Err(SendError::TimedOut))
-                }
-                Err(err) => Err(SendError::Build(err.to_string())),
-            }
-        }
-    };
-    let now = inner.clock.now();
-    let ended = match outcome {
-        Ok(()) => {
-            metrics::counter!("mail_sent_total").increment(1);
-            MailOutcome::Sent
-        }
-        Err(err) => {
-            let next = now + backoff(mail.attempts);
-            let permanent = matches!(&err, SendError::Build(_))
-                || matches!(&err, SendError::Smtp(smtp) if smtp.is_permanent());
-            if permanent || next > mail.created_at + settings.max_retry {
-                metrics::counter!("mail_failed_total").increment(1);
-                // Never the address or the link: the template and the cause's kind only.
-                tracing::error!(
-                    mail.id = id,
-                    mail.template = %mail.template,
-                    attempts = mail.attempts,
-                    cause = cause(&err),
-                    "a mail could not be delivered; giving up"
-                );
-                MailOutcome::Failed
-            } else {
-                tracing::warn!(
-                    mail.id = id,
-                    mail.template = %mail.template,
-                    attempts = mail.attempts,
-                    cause = cause(&err),
-                    retry_at = %next,
-                    "a mail was not delivered; retrying"
-                );
-                MailOutcome::RetryAt(next)
-            }
-        }
-    };
-    finish(inner, id, ended).await;
-}
-
-/// Records how an attempt ended.
-async fn finish(inner: &Inner, id: i64, outcome: MailOutcome) {
-    let now = inner.clock.now();
-    if let Err(err) = inner.store.finish_mail(id, outcome, now).await {
-        // The lease runs out and the message is tried again (a sent one may then go twice:
-        // the one case where at-least-once shows).
-        tracing::warn!(
-            mail.id = id,
-            error = %crate::error_chain::error_chain(&err),
-            "a mail's outcome could not be recorded"
-        );
-    }
-}
-
-/// What went wrong, in words that hold no address: the SMTP status code, or the kind.
-fn cause(err: &SendError) -> String {
-    match err {
-        SendError::Build(_) => "the message could not be built".to_owned(),
-        SendError::Smtp(smtp) => match smtp.status() {
-            Some(code) => format!("SMTP {code}"),
-            None if smtp.is_timeout() => "SMTP timeout".to_owned(),
-            None => "SMTP connection failed".to_owned(),
-        },
-        SendError::TimedOut => "the SMTP exchange took too long".to_owned(),
-    }
-}
-
-/// 30 s after the first failure, doubling up to an hour, with ±20% jitter (so replicas that
-/// failed together do not retry together).
-fn backoff(attempts: i32) -> Duration {
-    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 7)).unwrap_or(0);
-    let base = (30_i64 << exponent).min(3600);
-    let jitter = 0.8 + 0.4 * rand::random::<f64>();
-    #[expect(clippy::cast_possible_truncation, reason = "at most 4320 seconds")]
-    Duration::milliseconds((base as f64 * 1000.0 * jitter) as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,17 +363,6 @@ mod tests {
         assert_ne!(token_hash(&token).to_vec(), token.as_bytes());
         for bad in ["", "abc", "!!!!", &token[..20]] {
             assert_eq!(decode_token(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_to_an_hour_with_jitter() {
-        for (attempts, base) in [(1, 30), (2, 60), (3, 120), (8, 3600), (30, 3600)] {
-            let delay = backoff(attempts).num_milliseconds();
-            assert!(
-                (base * 800..=base * 1200).contains(&delay),
-                "{attempts}: {delay}"
-            );
         }
     }
 }

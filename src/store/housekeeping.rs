@@ -1,0 +1,139 @@
+//! Housekeeping: health, schema, purges and `copy-data`.
+
+use super::{RefreshTokenRow, StoreError, UserRow};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// Connection counts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections.
+    pub size: u32,
+    /// Of which idle.
+    pub idle: u32,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Users inserted.
+    pub users: u64,
+    /// Users skipped (merge only: id or email already there).
+    pub skipped_users: u64,
+    /// Refresh tokens inserted.
+    pub tokens: u64,
+}
+
+/// One batch of rows that nothing needs any more, for [`Store::purge_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Login counters whose window started before `window_start_before` and whose lock (if
+    /// any) ended before `now`.
+    LoginAttempts {
+        /// Counting windows that started before this are over.
+        window_start_before: DateTime<Utc>,
+        /// Locks that ended before this are over.
+        now: DateTime<Utc>,
+    },
+    /// Refresh tokens that expired before this (their children, if any, are unlinked first,
+    /// never deleted with them).
+    RefreshTokens(DateTime<Utc>),
+    /// Sessions whose last refresh token expired before this.
+    Sessions(DateTime<Utc>),
+    /// Revocation events older than this, except the newest (it marks where the feed's
+    /// cursors are still good).
+    Events(DateTime<Utc>),
+    /// Messages sent or failed before this.
+    Mail(DateTime<Utc>),
+    /// One-time tokens that expired before this.
+    UserTokens(DateTime<Utc>),
+    /// The per-address mail counts ([`MAIL_PER_ADDRESS_PER_HOUR`]) older than this.
+    MailSends(DateTime<Utc>),
+}
+
+impl Purge {
+    /// The table it empties, for logs and the `rows_purged_total` metric.
+    #[must_use]
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::LoginAttempts { .. } => "login_attempts",
+            Self::RefreshTokens(_) => "refresh_tokens",
+            Self::Sessions(_) => "sessions",
+            Self::Events(_) => "revocation_events",
+            Self::Mail(_) => "mail_outbox",
+            Self::UserTokens(_) => "user_tokens",
+            Self::MailSends(_) => "mail_sends",
+        }
+    }
+}
+
+/// Whether the applied versions cover every embedded migration; a missing migrations table
+/// means nothing was applied.
+pub(super) fn covers(
+    applied: Result<Vec<i64>, sqlx::Error>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<bool, StoreError> {
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some("42P01") || db.message().contains("no such table") =>
+        {
+            return Ok(false);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    Ok(migrator
+        .iter()
+        .all(|migration| applied.contains(&migration.version)))
+}
+
+/// The versions the migrations table records as applied.
+pub(super) const APPLIED_MIGRATIONS: &str = "select version from _sqlx_migrations where success";
+
+/// The store's housekeeping chapter (see [`Store`](super::Store) for the rules every chapter keeps).
+#[async_trait]
+pub trait HousekeepingStore: Send + Sync {
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Open and idle connections of the pool, for `/metrics`.
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Applies the embedded migrations of this backend.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Whether every embedded migration has been applied (for `MIGRATE_ON_START=false`).
+    async fn schema_is_current(&self) -> Result<bool, StoreError>;
+
+    /// Whether the data migration `name` has been recorded as done.
+    async fn data_migration_done(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Records the data migration `name` as done at `now` (idempotent).
+    async fn record_data_migration(&self, name: &str, now: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
+    /// Deletes at most `limit` rows of one kind that nothing needs any more, in one short
+    /// transaction; returns how many. Callers repeat until fewer than `limit` come back.
+    async fn purge_batch(&self, purge: Purge, limit: i64) -> Result<u64, StoreError>;
+
+    /// Every user, by id (for `copy-data`).
+    async fn export_users(&self) -> Result<Vec<UserRow>, StoreError>;
+
+    /// Every refresh token not expired at `now`, oldest first (for `copy-data`).
+    async fn export_refresh_tokens(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RefreshTokenRow>, StoreError>;
+
+    /// Imports users (ids kept) and refresh tokens in one transaction, with a session for each
+    /// token family (ended when all its tokens are revoked). Refuses (returns `None`) when the
+    /// target already has users, unless `merge`, in which case users whose id or email exists
+    /// are skipped along with their tokens. Leaves the id sequence past the largest id, so the
+    /// next registration does not collide.
+    async fn import(
+        &self,
+        users: &[UserRow],
+        tokens: &[RefreshTokenRow],
+        merge: bool,
+    ) -> Result<Option<ImportReport>, StoreError>;
+}

@@ -1,0 +1,259 @@
+//! The housekeeping chapter's SQL, for both dialects (see `mod.rs`).
+
+use async_trait::async_trait;
+
+use super::Dialect;
+
+#[async_trait]
+impl crate::store::HousekeepingStore for Dialect {
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> crate::store::PoolStats {
+        let size = self.pool.size();
+        // sqlx reads the two counts separately, without a lock: while a connection
+        // changes hands its idle count can come out wrapped below zero (seen as
+        // 2^64 - 1). An idle count is at most the pool's size, never past it.
+        let idle = u32::try_from(self.pool.num_idle()).map_or(0, |idle| idle.min(size));
+        crate::store::PoolStats { size, idle }
+    }
+
+    async fn migrate(&self) -> Result<(), crate::store::StoreError> {
+        Self::MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| crate::store::StoreError::Other(e.into()))
+    }
+
+    async fn schema_is_current(&self) -> Result<bool, crate::store::StoreError> {
+        let applied = sqlx::query_scalar(crate::store::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await;
+        crate::store::covers(applied, &Self::MIGRATOR)
+    }
+
+    async fn data_migration_done(&self, name: &str) -> Result<bool, crate::store::StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("select count(*) from data_migrations where name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    async fn record_data_migration(
+        &self,
+        name: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), crate::store::StoreError> {
+        sqlx::query(
+            r"insert into data_migrations (name, applied_at) values ($1, $2)
+              on conflict do nothing",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn purge_batch(
+        &self,
+        purge: crate::store::Purge,
+        limit: i64,
+    ) -> Result<u64, crate::store::StoreError> {
+        use crate::store::Purge;
+        let mut tx = self.begin_write().await?;
+        let deleted = match purge {
+            Purge::LoginAttempts {
+                window_start_before,
+                now,
+            } => sqlx::query(
+                r"delete from login_attempts where key in (
+                    select key from login_attempts
+                    where window_start < $1 and (locked_until is null or locked_until < $2)
+                    limit $3)",
+            )
+            .bind(window_start_before)
+            .bind(now)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::RefreshTokens(before) => {
+                let expired: Vec<uuid::Uuid> = sqlx::query_scalar(
+                    "select jti from refresh_tokens where expires_at < $1 limit $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut deleted = 0;
+                for jti in expired {
+                    // Unlink a child first: the foreign key would otherwise delete it
+                    // too.
+                    sqlx::query(
+                        "update refresh_tokens set parent_jti = null where parent_jti = $1",
+                    )
+                    .bind(jti)
+                    .execute(&mut *tx)
+                    .await?;
+                    deleted += sqlx::query("delete from refresh_tokens where jti = $1")
+                        .bind(jti)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                deleted
+            }
+            Purge::Sessions(before) => sqlx::query(
+                r"delete from sessions where id in (
+                    select id from sessions where expires_at < $1 limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::Mail(before) => sqlx::query(
+                r"delete from mail_outbox where id in (
+                    select id from mail_outbox where sent_at < $1 or failed_at < $1
+                    limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::UserTokens(before) => sqlx::query(
+                r"delete from user_tokens where token_hash in (
+                    select token_hash from user_tokens where expires_at < $1 limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::MailSends(before) => sqlx::query(
+                r"delete from mail_sends where (address, created_at) in (
+                    select address, created_at from mail_sends where created_at < $1
+                    limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::Events(before) => sqlx::query(
+                r"delete from revocation_events where id in (
+                    select id from revocation_events where created_at < $1
+                      and id < (select max(id) from revocation_events)
+                    limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn export_users(&self) -> Result<Vec<crate::store::UserRow>, crate::store::StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            user_columns!(),
+            " from users order by id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn export_refresh_tokens(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::store::RefreshTokenRow>, crate::store::StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            token_columns!(),
+            " from refresh_tokens where expires_at > $1 order by issued_at"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn import(
+        &self,
+        users: &[crate::store::UserRow],
+        tokens: &[crate::store::RefreshTokenRow],
+        merge: bool,
+    ) -> Result<Option<crate::store::ImportReport>, crate::store::StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existing: i64 = sqlx::query_scalar("select count(*) from users")
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 && !merge {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut inserted = std::collections::HashSet::new();
+        for user in users {
+            let id: Option<i64> = sqlx::query_scalar(
+                r"insert into users
+                    (id, email, password_hash, is_active, created_at, updated_at,
+                     tokens_not_before, email_verified_at)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8)
+                  on conflict do nothing
+                  returning id",
+            )
+            .bind(user.id)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.is_active)
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .bind(user.tokens_not_before)
+            .bind(user.email_verified_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            inserted.extend(id);
+        }
+        let mut copied_tokens = 0;
+        for token in tokens.iter().filter(|t| inserted.contains(&t.user_id)) {
+            copied_tokens += sqlx::query(
+                r"insert into refresh_tokens
+                    (jti, user_id, family_id, parent_jti, issued_at, expires_at,
+                     rotated_at, revoked_at)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8)
+                  on conflict do nothing",
+            )
+            .bind(token.jti)
+            .bind(token.user_id)
+            .bind(token.family_id)
+            .bind(token.parent_jti)
+            .bind(token.issued_at)
+            .bind(token.expires_at)
+            .bind(token.rotated_at)
+            .bind(token.revoked_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        sqlx::query(super::SESSIONS_FROM_TOKENS)
+            .execute(&mut *tx)
+            .await?;
+        Self::after_import(&mut tx).await?;
+        tx.commit().await?;
+        let users_inserted = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
+        Ok(Some(crate::store::ImportReport {
+            users: users_inserted,
+            skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
+            tokens: copied_tokens,
+        }))
+    }
+}

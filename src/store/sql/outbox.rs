@@ -1,0 +1,161 @@
+//! The outbox chapter's SQL, for both dialects (see `mod.rs`).
+
+use async_trait::async_trait;
+
+use super::{Db, Dialect};
+
+impl Dialect {
+    /// How many `template` messages were queued for a user after `since`, and when the
+    /// last of them was (the throttles of the reset and verification mails).
+    pub(super) async fn recent_mail(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        user_id: i64,
+        template: crate::store::MailTemplate,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), sqlx::Error> {
+        sqlx::query_as(
+            r"select count(*), max(created_at) from mail_outbox
+              where user_id = $1 and template = $2 and created_at > $3",
+        )
+        .bind(user_id)
+        .bind(template.as_str())
+        .bind(since)
+        .fetch_one(&mut **tx)
+        .await
+    }
+    /// Counts a verification or reset mail to `address` against
+    /// [`MAIL_PER_ADDRESS_PER_HOUR`](crate::store::MAIL_PER_ADDRESS_PER_HOUR), inside a
+    /// transaction that holds the lock of the user who owns the address (so two
+    /// requests for one address are counted one after the other, on any replica).
+    /// False, and nothing counted, when the address had its share this past hour.
+    pub(super) async fn count_mail_to(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        address: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let sent: i64 = sqlx::query_scalar(
+            "select count(*) from mail_sends where address = $1 and created_at > $2",
+        )
+        .bind(address)
+        .bind(now - chrono::Duration::hours(1))
+        .fetch_one(&mut **tx)
+        .await?;
+        if sent >= crate::store::MAIL_PER_ADDRESS_PER_HOUR {
+            return Ok(false);
+        }
+        sqlx::query("insert into mail_sends (address, created_at) values ($1, $2)")
+            .bind(address)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(true)
+    }
+    /// Queues a message for a user, inside the transaction of the change that causes it.
+    pub(super) async fn queue_mail(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        user_id: i64,
+        recipient: &str,
+        mail: &crate::store::NewMail,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            r"insert into mail_outbox
+                (user_id, recipient, template, link, created_at, next_attempt_at,
+                 message_id)
+              values ($1, $2, $3, $4, $5, $5, $6)",
+        )
+        .bind(user_id)
+        .bind(recipient)
+        .bind(mail.template.as_str())
+        .bind(mail.link.as_deref())
+        .bind(now)
+        .bind(uuid::Uuid::new_v4().simple().to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::store::OutboxStore for Dialect {
+    async fn claim_mail(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        lease_until: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<crate::store::OutboxMail>, crate::store::StoreError> {
+        let mut tx = self.begin_write().await?;
+        let ids = Self::due_mail(&mut tx, now, limit).await?;
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mail: crate::store::OutboxMail = sqlx::query_as(
+                r"update mail_outbox set leased_until = $2, attempts = attempts + 1
+                  where id = $1
+                  returning id, user_id, recipient, template, link, created_at, attempts,
+                    coalesce(message_id, 'outbox-' || id) as message_id",
+            )
+            .bind(id)
+            .bind(lease_until)
+            .fetch_one(&mut *tx)
+            .await?;
+            claimed.push(mail);
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn finish_mail(
+        &self,
+        id: i64,
+        outcome: crate::store::MailOutcome,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), crate::store::StoreError> {
+        use crate::store::MailOutcome;
+        let query = match outcome {
+            // The link carries a token: once sent, the outbox forgets it.
+            MailOutcome::Sent => sqlx::query(
+                r"update mail_outbox set sent_at = $2, link = null, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(now),
+            MailOutcome::RetryAt(at) => sqlx::query(
+                r"update mail_outbox set next_attempt_at = $2, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(at),
+            MailOutcome::Failed => sqlx::query(
+                r"update mail_outbox set failed_at = $2, link = null, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(now),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn next_mail_due(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::store::StoreError> {
+        Ok(sqlx::query_scalar(concat!(
+            r"select min(case when leased_until > next_attempt_at then leased_until
+                              else next_attempt_at end)
+              from mail_outbox
+              where sent_at is null and failed_at is null and template in (",
+            known_templates!(),
+            ")"
+        ))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_mail(&self) -> Result<i64, crate::store::StoreError> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from mail_outbox where sent_at is null and failed_at is null",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
