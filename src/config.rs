@@ -14,6 +14,8 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use secrecy::SecretString;
 
+use crate::telemetry::LogFormat;
+
 pub use crate::{
     database_url::DatabaseUrl,
     keys::{AsymmetricAlgorithm, JwtAlgorithm, KeySet},
@@ -45,15 +47,6 @@ pub enum RotationMode {
     Off,
     /// `on`: each refresh token works once, with reuse detection and a grace window.
     On,
-}
-
-/// Log output for machines or for people.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (default).
-    Json,
-    /// Human-readable, multi-line.
-    Pretty,
 }
 
 /// Which browser origins may call the API.

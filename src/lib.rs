@@ -21,6 +21,7 @@
 
 pub mod background;
 pub mod cli;
+pub mod client_address;
 pub mod clock;
 pub mod config;
 pub mod database_url;
@@ -77,11 +78,8 @@ pub async fn run_with_clock(
 
 /// `JWT_ACCEPT_HS256=on` with an asymmetric algorithm is a migration fallback, easy to leave on
 /// by mistake: a WARN at start and once an hour while it is (a [`Background`] task).
-fn hs256_reminder(tokens: &config::TokenConfig) -> Option<impl Future<Output = ()> + use<>> {
-    let on = tokens.accept_hs256
-        && !tokens.secret_generated
-        && matches!(tokens.algorithm, config::JwtAlgorithm::Asymmetric(_));
-    on.then_some(async {
+async fn hs256_reminder() {
+    {
         let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
             hourly.tick().await;
@@ -91,7 +89,7 @@ fn hs256_reminder(tokens: &config::TokenConfig) -> Option<impl Future<Output = (
                  an asymmetric JWT_ALGORITHM have expired"
             );
         }
-    })
+    }
 }
 
 /// Serves a built state on `listener` with graceful shutdown: the background tasks start
@@ -113,15 +111,15 @@ pub async fn serve(
         .map_err(StartupError::Database)?;
     background.spawn("revocations", follower);
     background.spawn("purge", service::purge::run(state.auth()));
-    if let Some(reminder) = hs256_reminder(&state.config().tokens) {
-        background.spawn("hs256-reminder", reminder);
+    if state.process().hs256_reminder {
+        background.spawn("hs256-reminder", hs256_reminder());
     }
     state.outbox().start(state.auth(), &background);
     background.spawn(
         "metrics-upkeep",
         telemetry::metrics_upkeep(state.metrics().clone()),
     );
-    if let Some(addr) = state.config().server.metrics_addr {
+    if let Some(addr) = state.process().metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             StartupError::Other(anyhow::anyhow!("cannot listen on METRICS_ADDR {addr}: {e}"))
         })?;
@@ -137,7 +135,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    let served = server::serve(state, app, listener, shutdown).await;
+    let served = server::serve(state.clone(), app, listener, shutdown).await;
+    // Work accepted before the listener closed (a forgot's queueing) ends before the outbox
+    // and the other background tasks stop.
+    state.auth().background_settled().await;
     background.stop().await;
     served.map_err(|e| StartupError::Other(e.into()))?;
     tracing::info!("shut down cleanly");

@@ -1,4 +1,6 @@
-//! Application state: everything a request may need, built once from [`Config`].
+//! Application state: everything a request may need, built once from [`Config`], and the
+//! typed settings of each part (HTTP, the accept loop, the process): this module is where the
+//! configuration is read; the parts read their settings from the state.
 
 use std::{
     sync::{
@@ -12,8 +14,9 @@ use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
+    client_address::ClientAddresses,
     clock::Clock,
-    config::{Config, DatabaseConfig, DatabaseUrl, TokenConfig},
+    config::{Config, CorsOrigins, DatabaseConfig, DatabaseUrl, JwtAlgorithm, TokenConfig},
     passwords::Passwords,
     service::{
         AuthService, AuthSettings, lockout::LockoutPolicy, outbox::Outbox, recovery::MailSettings,
@@ -97,8 +100,12 @@ pub enum StartupError {
 pub struct AppState(Arc<AppInner>);
 
 struct AppInner {
-    /// The validated configuration (secrets inside stay wrapped).
-    config: Config,
+    /// The HTTP layer's settings.
+    http: HttpSettings,
+    /// The accept loop's settings.
+    server: ServerSettings,
+    /// What `serve` starts besides the server.
+    process: ProcessSettings,
     /// The only thing handlers call.
     auth: AuthService,
     /// The outbox worker, over `MAIL_URL`'s transport; started by `serve`.
@@ -107,6 +114,58 @@ struct AppInner {
     metrics: PrometheusHandle,
     /// Set on SIGTERM: `/health/ready` answers 503 from then on.
     draining: AtomicBool,
+}
+
+/// What the HTTP layer is configured with.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `CORS_ORIGINS`.
+    pub cors: CorsOrigins,
+    /// `REQUEST_TIMEOUT_SECONDS`: the whole-request timeout of body-reading routes.
+    pub request_timeout: std::time::Duration,
+    /// `/metrics` is served here (no `METRICS_ADDR`).
+    pub metrics_here: bool,
+    /// `REVOCATION_FEED_TOKENS` names readers: the feed route exists.
+    pub feed_on: bool,
+    /// The per-IP limiter.
+    pub rate_limit: RateLimit,
+    /// Who the client is.
+    pub clients: ClientAddresses,
+}
+
+/// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// The bucket's size.
+    pub burst: u32,
+}
+
+/// What the accept loop is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `HEADER_READ_TIMEOUT_SECONDS`.
+    pub header_read_timeout: Duration,
+    /// `IDLE_TIMEOUT_SECONDS`.
+    pub idle_timeout: Duration,
+    /// `MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_IP`.
+    pub max_connections_per_ip: usize,
+    /// Who the peer is (trusted proxies are exempt from the per-peer cap).
+    pub clients: ClientAddresses,
+}
+
+/// What `serve` starts besides the server, and how it stops.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// `METRICS_ADDR`: `/metrics` on a listener of its own.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The hourly WARN while `JWT_ACCEPT_HS256` keeps the migration fallback on.
+    pub hs256_reminder: bool,
+    /// `SHUTDOWN_DRAIN_SECONDS`.
+    pub shutdown_drain: Duration,
 }
 
 /// What the state is built for: it decides whether a missing SQLite file may be created and
@@ -195,8 +254,39 @@ impl AppState {
         };
         let outbox = Arc::new(Outbox::new(&config.mail)?);
         let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers, mail);
+        let clients = ClientAddresses::new(
+            config.limits.trusted_proxies.clone(),
+            config.limits.ipv6_prefix_length,
+        );
+        let http = HttpSettings {
+            cors: config.server.cors_origins.clone(),
+            request_timeout: config.server.request_timeout,
+            metrics_here: config.server.metrics_addr.is_none(),
+            feed_on: !config.tokens.feed_tokens.is_empty(),
+            rate_limit: RateLimit {
+                per_second: config.limits.rate_limit_per_second,
+                burst: config.limits.rate_limit_burst,
+            },
+            clients: clients.clone(),
+        };
+        let server = ServerSettings {
+            header_read_timeout: config.server.header_read_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
+            max_connections_per_ip: config.server.max_connections_per_ip,
+            clients,
+        };
+        let process = ProcessSettings {
+            metrics_addr: config.server.metrics_addr,
+            hs256_reminder: config.tokens.accept_hs256
+                && !config.tokens.secret_generated
+                && matches!(config.tokens.algorithm, JwtAlgorithm::Asymmetric(_)),
+            shutdown_drain: config.server.shutdown_drain,
+        };
         Ok(Self(Arc::new(AppInner {
-            config,
+            http,
+            server,
+            process,
             auth,
             outbox,
             metrics,
@@ -204,10 +294,22 @@ impl AppState {
         })))
     }
 
-    /// The configuration.
+    /// The HTTP layer's settings.
     #[must_use]
-    pub fn config(&self) -> &Config {
-        &self.0.config
+    pub fn http(&self) -> &HttpSettings {
+        &self.0.http
+    }
+
+    /// The accept loop's settings.
+    #[must_use]
+    pub fn server(&self) -> &ServerSettings {
+        &self.0.server
+    }
+
+    /// What `serve` starts besides the server.
+    #[must_use]
+    pub fn process(&self) -> &ProcessSettings {
+        &self.0.process
     }
 
     /// The outbox worker (not running until started).
@@ -240,10 +342,10 @@ impl AppState {
         shutdown.await;
         self.0.draining.store(true, Ordering::SeqCst);
         tracing::info!(
-            drain_seconds = self.0.config.server.shutdown_drain.as_secs(),
+            drain_seconds = self.0.process.shutdown_drain.as_secs(),
             "shutting down: draining"
         );
-        tokio::time::sleep(self.0.config.server.shutdown_drain).await;
+        tokio::time::sleep(self.0.process.shutdown_drain).await;
     }
 }
 
@@ -276,6 +378,75 @@ async fn connect_with_retry(config: &Config, create: bool) -> Result<Arc<dyn Sto
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(err) => return Err(StartupError::Unreachable(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The modules that may read [`Config`](crate::config::Config) as a whole: where it is
+    /// parsed, where it is turned into each part's settings, and the commands that start them.
+    const READERS: [&str; 5] = ["config.rs", "state.rs", "cli.rs", "lib.rs", "main.rs"];
+
+    /// Every `use` statement of `source`, on one line each.
+    fn use_statements(source: &str) -> Vec<String> {
+        let mut statements = Vec::new();
+        let mut current: Option<String> = None;
+        for line in source.lines().map(str::trim) {
+            if current.is_none() && (line.starts_with("use ") || line.starts_with("pub use ")) {
+                current = Some(String::new());
+            }
+            if let Some(statement) = current.as_mut() {
+                statement.push_str(line);
+                statement.push(' ');
+                if line.ends_with(';') {
+                    statements.extend(current.take());
+                }
+            }
+        }
+        statements
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every other part gets typed settings from the state, never the whole configuration:
+    /// no `use` line outside [`READERS`] names `Config`.
+    #[test]
+    fn only_the_state_and_the_commands_read_the_configuration() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        assert!(files.len() > 40, "{} files", files.len());
+        for file in files {
+            let relative = file
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if READERS.contains(&relative.as_str()) {
+                continue;
+            }
+            let source = std::fs::read_to_string(&file).unwrap();
+            for statement in use_statements(&source) {
+                let names_config = statement
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .any(|word| word == "Config");
+                assert!(
+                    !(names_config && statement.contains("config")),
+                    "{relative} reads the whole configuration: {statement}"
+                );
+            }
         }
     }
 }

@@ -9,13 +9,20 @@ use std::{io::IsTerminal as _, sync::OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-use crate::config::LogFormat;
-
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
 ///
 /// sqlx logs a warning for every pooled connection a database restart drops; the outage is
 /// logged once at WARN (and its end once at INFO) by the revocation follower instead.
 const QUIET: &[&str] = &["sqlx=error", "sqlx::postgres::notice=error"];
+
+/// Log output for machines or for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    Json,
+    /// Human-readable, multi-line.
+    Pretty,
+}
 
 /// Installs the global subscriber for the server (stdout, `LOG_LEVEL` as `level`, unless
 /// `RUST_LOG` is set). Call once, from `main`.

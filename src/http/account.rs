@@ -10,14 +10,27 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
-    auth::{BodyErrors, MessageResponse, attempt_headers},
     errors::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestCaller},
+    responses::{BodyErrors, MessageResponse, attempt_headers},
 };
-use crate::service::{ActiveSession, AuthService, Credentialed};
+use crate::{
+    service::{ActiveSession, AuthService, Credentialed},
+    state::AppState,
+};
+
+/// The signed-in user's own routes (Bearer): password change, sessions, account deletion.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(change_password))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(delete_me))
+}
 
 /// `POST /auth/password/change` body.
 #[derive(Deserialize, ToSchema)]

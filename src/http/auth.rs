@@ -1,73 +1,36 @@
-//! `/auth/*` handlers and their DTOs. Each handler extracts, calls one [`AuthService`] method
+//! Registration, login, refresh and logout: the routes and their DTOs. Each handler extracts, calls one [`AuthService`] method
 //! and shapes the success; every failure is an [`ApiError`].
 
-use std::{sync::Arc, time::Duration};
-
-use auth_verifier::claims::RevocationPage;
 use axum::{
-    Json, Router,
-    extract::{FromRef as _, Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use tower_http::timeout::TimeoutLayer;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     errors::{ApiError, ErrorBody},
-    extract::{AppJson, AppQuery, AuthUser, RequestCaller, bearer_token},
+    extract::{AppJson, AuthUser, RequestCaller},
+    responses::{BodyErrors, MessageResponse, attempt_headers},
 };
 use crate::{
-    config::Config,
-    service::{AuthService, TokenPair, feed, lockout::AttemptStatus},
+    service::{AuthService, TokenPair},
     state::AppState,
 };
 
-/// The `/auth` routes. The per-IP limiter covers every route but `/auth/verify` (what other
-/// services call on every request they serve) and the revocation feed.
-pub fn router(config: &Config) -> Router<AppState> {
-    let limited = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/password/forgot", post(super::recovery::forgot))
-        .route("/auth/password/reset", post(super::recovery::reset))
-        .route("/auth/email/verify", post(super::recovery::verify_email))
-        .route(
-            "/auth/email/resend",
-            post(super::recovery::resend_verification),
-        )
-        .route(
-            "/auth/password/change",
-            post(super::account::change_password),
-        )
-        .route("/auth/sessions", get(super::account::list_sessions))
-        .route("/auth/sessions/{sid}", delete(super::account::end_session))
-        .route("/auth/me", delete(super::account::delete_me));
-    let limited = match super::rate_limit::layer(config) {
-        Some(layer) => limited.route_layer(layer),
-        None => limited,
-    };
-    // The whole-request timeout (408) guards the routes that read a body and hash passwords;
-    // `/auth/verify` reads no body and answers from memory, so a timer per call buys nothing.
-    let router = limited
-        .route_layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.server.request_timeout,
-        ))
-        .route(super::hot_path::VERIFY, get(verify));
-    // The feed exists only for the readers `REVOCATION_FEED_TOKENS` names; a long poll is
-    // held up to a minute, so it is outside the request timeout too.
-    if config.tokens.feed_tokens.is_empty() {
-        router
-    } else {
-        router.route("/auth/revocations", get(revocations))
-    }
+/// The account's own routes: registration, login, refresh and logout. Rate limited and cut by
+/// the request timeout, as every body-reading route (see `http::api`).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
 }
 
 /// `POST /auth/register` body.
@@ -159,68 +122,6 @@ impl From<TokenPair> for TokenResponse {
     }
 }
 
-/// A plain confirmation.
-#[derive(Serialize, ToSchema)]
-pub struct MessageResponse {
-    /// What happened.
-    pub message: String,
-}
-
-impl MessageResponse {
-    /// The JSON body `{"message": message}`.
-    pub fn json(message: &str) -> Json<Self> {
-        Json(Self {
-            message: message.to_owned(),
-        })
-    }
-}
-
-/// `GET /auth/verify` success.
-#[derive(Serialize, ToSchema)]
-pub struct VerifyResponse {
-    /// Always true.
-    pub valid: bool,
-    /// The token owner's id.
-    #[schema(example = 123)]
-    pub user_id: i64,
-    /// The token owner's email.
-    #[schema(example = "test@example.com")]
-    #[schema(value_type = String)]
-    pub email: std::sync::Arc<str>,
-    /// Whether the address was verified when the token was issued (additive: the original's
-    /// clients see the same fields plus this one).
-    pub email_verified: bool,
-}
-
-/// The errors every JSON-body endpoint can answer, documented once.
-#[derive(utoipa::IntoResponses)]
-pub enum BodyErrors {
-    /// The request took too long.
-    #[response(status = 408, description = "REQUEST_TIMEOUT")]
-    Timeout(ErrorBody),
-    /// Body over 64 KiB.
-    #[response(status = 413, description = "PAYLOAD_TOO_LARGE: body over 64 KiB")]
-    TooLarge(ErrorBody),
-    /// Body and field problems.
-    #[response(
-        status = 422,
-        description = "INVALID_JSON (not JSON), UNSUPPORTED_MEDIA_TYPE (another content type), VALIDATION_ERROR (missing or mistyped field), INVALID_EMAIL, WEAK_PASSWORD"
-    )]
-    Validation(ErrorBody),
-    /// Rate limits.
-    #[response(
-        status = 429,
-        description = "RATE_LIMITED (per-IP token bucket) or, on login, TOO_MANY_ATTEMPTS (lockout); with Retry-After"
-    )]
-    TooMany(ErrorBody),
-    /// The database does not answer.
-    #[response(
-        status = 503,
-        description = "SERVICE_UNAVAILABLE: the database does not answer; with Retry-After"
-    )]
-    Unavailable(ErrorBody),
-}
-
 /// A token response: never cached (RFC 6749 section 5.1).
 fn tokens(pair: TokenPair) -> Response {
     (
@@ -231,21 +132,6 @@ fn tokens(pair: TokenPair) -> Response {
         Json(TokenResponse::from(pair)),
     )
         .into_response()
-}
-
-/// `X-RateLimit-*` headers of a login response.
-pub(super) fn attempt_headers(status: Option<AttemptStatus>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(s) = status {
-        for (name, value) in [
-            ("x-ratelimit-limit", u64::from(s.limit)),
-            ("x-ratelimit-remaining", u64::from(s.remaining)),
-            ("x-ratelimit-reset", s.reset_after_secs),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-        }
-    }
-    headers
 }
 
 /// `POST /auth/register`: create a user.
@@ -347,133 +233,4 @@ pub async fn logout_all(
     Ok(MessageResponse::json(
         "Successfully logged out from all devices",
     ))
-}
-
-/// `GET /auth/verify`: who an access token belongs to.
-#[utoipa::path(get, path = "/auth/verify", tag = "auth", summary = "Who an access token belongs to", security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Valid token", body = VerifyResponse),
-        (status = 401, description = "MISSING_TOKEN or INVALID_TOKEN", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
-    ))]
-pub async fn verify(State(state): State<AppState>, request: Request) -> Response {
-    let auth = AuthService::from_ref(&state);
-    // The body (a GET's, never read) stays behind: the answer holds only the head.
-    let (parts, _) = request.into_parts();
-    verify_answer(&auth, &parts.headers, || {
-        let spans = super::middleware::RequestSpan {
-            trusted_proxies: Arc::from(state.config().limits.trusted_proxies.clone()),
-        };
-        let request_id = parts
-            .extensions
-            .get::<tower_http::request_id::RequestId>()
-            .map(tower_http::request_id::RequestId::header_value);
-        spans.span_of(
-            (&parts).into(),
-            super::hot_path::VERIFY,
-            request_id,
-            super::middleware::SpanLevel::Info,
-        )
-    })
-    .await
-}
-
-/// The answer to `GET /auth/verify`, whichever door the request came through (this route, or
-/// the hot path ahead of the router, [`super::hot_path`]): the bearer token from `headers`,
-/// the service's verdict, and the response, the error's included. Verify's request span is
-/// DEBUG (it would cost more than the verification at INFO): an error that is logged (a 500)
-/// is answered inside `error_span`, an INFO span with the request's id, route and client,
-/// made only then.
-pub async fn verify_answer(
-    auth: &AuthService,
-    headers: &HeaderMap,
-    error_span: impl FnOnce() -> tracing::Span,
-) -> Response {
-    let verdict = match bearer_token(headers) {
-        Ok(token) => auth.verify_access(token).await.map_err(ApiError::from),
-        Err(err) => Err(err),
-    };
-    match verdict {
-        Ok(user) => Json(VerifyResponse {
-            valid: true,
-            user_id: user.id,
-            email: user.email,
-            email_verified: user.email_verified,
-        })
-        .into_response(),
-        Err(err @ ApiError::Auth(crate::service::AuthError::Internal(_))) => {
-            error_span().in_scope(|| err.into_response())
-        }
-        Err(err) => err.into_response(),
-    }
-}
-
-/// `GET /auth/revocations` query: both optional.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct FeedQuery {
-    /// The `cursor` of the previous answer; without it (or when it is too old) the answer is
-    /// the whole current set with `reset: true`.
-    #[param(value_type = Option<i64>, minimum = 0)]
-    pub since: Option<FeedCursor>,
-    /// Seconds to hold the request when nothing is newer than `since` (0 to 60, default 0).
-    #[param(value_type = Option<u64>, maximum = 60)]
-    pub wait: Option<FeedWait>,
-}
-
-/// A `since` cursor: a non-negative integer from a previous answer.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(try_from = "String")]
-pub struct FeedCursor(i64);
-
-impl TryFrom<String> for FeedCursor {
-    type Error = &'static str;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        raw.parse::<i64>()
-            .ok()
-            .filter(|cursor| *cursor >= 0)
-            .map(Self)
-            .ok_or("must be a cursor from a previous answer")
-    }
-}
-
-/// A `wait`: whole seconds, at most [`feed::MAX_WAIT`].
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(try_from = "String")]
-pub struct FeedWait(Duration);
-
-impl TryFrom<String> for FeedWait {
-    type Error = &'static str;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        raw.parse::<u64>()
-            .ok()
-            .filter(|seconds| *seconds <= feed::MAX_WAIT.as_secs())
-            .map(|seconds| Self(Duration::from_secs(seconds)))
-            .ok_or("must be a whole number of seconds, 0 to 60")
-    }
-}
-
-/// `GET /auth/revocations`: what local verifiers must refuse besides expiry.
-///
-/// Served, and listed in this document, only when `REVOCATION_FEED_TOKENS` is set.
-#[utoipa::path(get, path = "/auth/revocations", tag = "auth", summary = "Revocation feed for local verifiers",
-    security(("bearer" = [])), params(FeedQuery),
-    responses(
-        (status = 200, description = "Revocations after `since`, or the whole current set (`reset: true`)", body = RevocationPage),
-        (status = 401, description = "No feed token, or not one of REVOCATION_FEED_TOKENS (MISSING_TOKEN or INVALID_TOKEN)", body = ErrorBody),
-        (status = 422, description = "A bad `since` or `wait` (VALIDATION_ERROR)", body = ErrorBody),
-        (status = 503, description = "Database unavailable (SERVICE_UNAVAILABLE)", body = ErrorBody),
-    ))]
-pub async fn revocations(
-    State(auth): State<AuthService>,
-    headers: HeaderMap,
-    AppQuery(query): AppQuery<FeedQuery>,
-) -> Result<Response, ApiError> {
-    let reader = bearer_token(&headers)?;
-    let since = query.since.map(|FeedCursor(cursor)| cursor);
-    let wait = query.wait.map_or(Duration::ZERO, |FeedWait(wait)| wait);
-    let page = auth.revocation_feed(reader, since, wait).await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(page)).into_response())
 }

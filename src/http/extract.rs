@@ -312,7 +312,7 @@ impl FromRequestParts<AppState> for RequestCaller {
         let ip = client_ip(
             &parts.headers,
             &parts.extensions,
-            &state.config().limits.trusted_proxies,
+            state.http().clients.trusted(),
         );
         let user_agent = parts
             .headers

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::errors::ErrorCode;
 use crate::state::AppState;
@@ -13,12 +14,12 @@ use crate::state::AppState;
 /// A database that has not answered within this is "disconnected".
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The health routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/health/ready", get(ready))
-        .route("/health/live", get(live))
+/// The probes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(live))
 }
 
 /// Health and readiness report. The 503 forms also carry `detail` and `error_code`, so they

@@ -4,7 +4,7 @@
 //! [`App`] is the service the server runs: a `GET /auth/verify` without an `Origin` header
 //! (a service, not a browser) is answered here; everything else, browsers' verify calls
 //! included, goes to the [`Router`] with its full stack. The answer is the same either way:
-//! the same function ([`super::auth::verify_answer`]: token, service call, response, error,
+//! the same function ([`super::services::verify_answer`]: token, service call, response, error,
 //! an ERROR line in a span with the request's id, route and client), run inside the same
 //! request span, the contract's headers ([`super::COMMON_HEADERS`], `X-Request-Id` echoed or generated,
 //! `Vary: Origin`), the same `http_requests_total` and `http_request_duration_seconds`
@@ -128,7 +128,7 @@ impl Hot {
                 SpanLevel::Info,
             )
         };
-        let mut response = super::auth::verify_answer(&self.auth, &parts.headers, error_span)
+        let mut response = super::services::verify_answer(&self.auth, &parts.headers, error_span)
             .instrument(span.clone())
             .await;
         let headers = response.headers_mut();

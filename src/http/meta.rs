@@ -14,22 +14,16 @@ use utoipa::{
     Modify, OpenApi, ToSchema,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{account, auth, errors, errors::ApiError, health, recovery};
+use super::{errors, errors::ApiError};
 use crate::{service::AuthService, state::AppState};
 
-/// The OpenAPI document.
+/// What the OpenAPI document says besides its paths (each area's router brings its own, see
+/// `http::document`).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "auth-service", description = "JWT authentication service (Rust port of the Project Zero App auth service)."),
-    paths(
-        service_info, metrics, jwks,
-        health::health, health::ready, health::live,
-        auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all, auth::verify,
-        auth::revocations, recovery::forgot, recovery::reset, recovery::verify_email,
-        recovery::resend_verification, account::change_password, account::list_sessions,
-        account::end_session, account::delete_me,
-    ),
     components(schemas(errors::ErrorBody, errors::ErrorCode, errors::FieldError)),
     modifiers(&BearerAuth),
     tags(
@@ -63,33 +57,23 @@ pub fn metrics_router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-/// The OpenAPI document of what this process serves: `/metrics` only when it is on the main
-/// port, `/auth/revocations` only when `REVOCATION_FEED_TOKENS` turns the route on.
-#[must_use]
-pub fn document(metrics_here: bool, feed_on: bool) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    if !metrics_here {
-        doc.paths.paths.remove("/metrics");
+/// The documented meta routes; `/metrics` too unless it has a listener of its own.
+pub fn routes(metrics_here: bool) -> OpenApiRouter<AppState> {
+    let router = OpenApiRouter::new()
+        .routes(routes!(service_info))
+        .routes(routes!(jwks));
+    if metrics_here {
+        router.routes(routes!(metrics))
+    } else {
+        router
     }
-    if !feed_on {
-        doc.paths.paths.remove("/auth/revocations");
-    }
-    doc
 }
 
-/// The meta routes, Swagger UI included; `/metrics` too unless it has a listener of its own.
-pub fn router(metrics_here: bool, feed_on: bool) -> Router<AppState> {
-    let doc = Arc::new(document(metrics_here, feed_on));
+/// The document itself and Swagger UI, which show `doc`.
+pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router<AppState> {
+    let doc = Arc::new(doc);
     let swagger = Arc::new(utoipa_swagger_ui::Config::new(["/openapi.json"]));
     Router::new()
-        .route("/", get(service_info))
-        .merge(if metrics_here {
-            metrics_router()
-        } else {
-            Router::new()
-        })
-        .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(move || async move { Json(doc) }))
         .route("/docs", get(docs_index))
         .route("/docs/", get(docs_index))
@@ -234,7 +218,7 @@ mod tests {
     #[test]
     fn optional_routes_are_documented_only_when_on() {
         let paths = |metrics_here, feed_on| -> Vec<String> {
-            document(metrics_here, feed_on)
+            super::super::document(metrics_here, feed_on)
                 .paths
                 .paths
                 .keys()
@@ -252,8 +236,10 @@ mod tests {
     /// The summaries Swagger UI shows beside each path do not repeat the path.
     #[test]
     fn operation_summaries_do_not_repeat_their_path() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
-        for (path, item) in doc["paths"].as_object().unwrap() {
+        let doc = serde_json::to_value(super::super::document(true, true)).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 21, "{} paths", paths.len());
+        for (path, item) in paths {
             for (method, operation) in item.as_object().unwrap() {
                 let summary = operation["summary"].as_str().unwrap_or_default();
                 assert!(!summary.is_empty(), "{method} {path} has a summary");

@@ -7,13 +7,13 @@ use std::{
     time::Instant,
 };
 
+use crate::client_address::ClientAddresses;
 use axum::{
     extract::{MatchedPath, Request, State},
     http::{HeaderValue, Method, Response, StatusCode, header},
     middleware::Next,
     response::IntoResponse,
 };
-use ipnet::IpNet;
 use tower_http::{request_id::RequestId, trace::MakeSpan};
 use tracing::{Level, Span, field::Empty};
 
@@ -163,7 +163,7 @@ fn json_errors(response: axum::response::Response) -> axum::response::Response {
 #[derive(Clone)]
 pub struct RequestSpan {
     /// Needed to name the real client behind a trusted proxy.
-    pub trusted_proxies: Arc<[IpNet]>,
+    pub clients: ClientAddresses,
 }
 
 /// What a request span reads of a request (its body aside).
@@ -203,7 +203,7 @@ impl RequestSpan {
     /// serve, tens of thousands a second) get DEBUG spans and request lines: at INFO they
     /// would cost more than the verification itself (a span's fields are formatted when it is
     /// made). Their failures are still logged, in a span made then at INFO ([`SpanLevel::Info`],
-    /// see [`super::auth::verify_answer`]), so an ERROR line carries the request's id, route
+    /// see [`super::services::verify_answer`]), so an ERROR line carries the request's id, route
     /// and client on every route; and counted in the metrics.
     pub fn span<B>(
         &self,
@@ -248,7 +248,7 @@ impl RequestSpan {
                     client.ip = %super::extract::client_ip(
                         req.headers,
                         req.extensions,
-                        &self.trusted_proxies,
+                        self.clients.trusted(),
                     ),
                 )
             };

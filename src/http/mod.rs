@@ -12,9 +12,12 @@ pub mod meta;
 pub mod middleware;
 pub mod rate_limit;
 pub mod recovery;
+pub mod responses;
+pub mod services;
 
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
@@ -25,11 +28,17 @@ use tower_http::{
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use self::errors::ApiError;
-use crate::{config::CorsOrigins, state::AppState};
+use crate::{
+    config::CorsOrigins,
+    state::{AppState, HttpSettings},
+};
 
 /// Request bodies over this get 413 (the largest legitimate body is well under 1 KiB).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -53,13 +62,13 @@ pub fn app(state: AppState) -> hot_path::App {
 
 fn request_span(state: &AppState) -> middleware::RequestSpan {
     middleware::RequestSpan {
-        trusted_proxies: Arc::from(state.config().limits.trusted_proxies.clone()),
+        clients: state.http().clients.clone(),
     }
 }
 
 /// The whole application router with its layers; `metrics` is shared with the hot path.
 fn router(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
-    let config = state.config();
+    let settings = state.http();
     let request_id = HeaderName::from_static("x-request-id");
     let span = request_span(&state);
 
@@ -87,24 +96,68 @@ fn router(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
             HeaderValue::from_static("origin"),
         ))
         .layer(browser::BrowserLayer::new(
-            cors(&config.server.cors_origins),
-            config.server.cors_origins.clone(),
+            cors(&settings.cors),
+            settings.cors.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             middleware::observe,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+    let (api, doc) = areas(settings.metrics_here, settings.feed_on, |body_routes| {
+        limited(body_routes, settings)
+    })
+    .split_for_parts();
     Router::new()
-        .merge(meta::router(
-            config.server.metrics_addr.is_none(),
-            !config.tokens.feed_tokens.is_empty(),
-        ))
-        .merge(health::router())
-        .merge(auth::router(config))
+        .merge(api)
+        .merge(meta::docs_router(versioned(doc)))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .layer(layers)
+}
+
+/// Every documented route, by the area that owns it, with its OpenAPI path: `/metrics` only
+/// when it is on the main port, `/auth/revocations` only when `REVOCATION_FEED_TOKENS` turns
+/// the feed on. `limits` wraps the routes that read a body and hash passwords.
+fn areas(
+    metrics_here: bool,
+    feed_on: bool,
+    limits: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> OpenApiRouter<AppState> {
+    let body_routes = OpenApiRouter::new()
+        .merge(auth::routes())
+        .merge(recovery::routes())
+        .merge(account::routes());
+    OpenApiRouter::with_openapi(meta::ApiDoc::openapi())
+        .merge(meta::routes(metrics_here))
+        .merge(health::routes())
+        .merge(limits(body_routes))
+        .merge(services::routes(feed_on))
+}
+
+/// The per-IP limiter and the whole-request timeout (408) over the routes that read a body
+/// and hash passwords. `/auth/verify` (what other services call on every request they serve,
+/// answered from memory) and the feed's long poll are outside both.
+fn limited(routes: OpenApiRouter<AppState>, settings: &HttpSettings) -> OpenApiRouter<AppState> {
+    let routes = match rate_limit::layer(settings.rate_limit, &settings.clients) {
+        Some(layer) => routes.route_layer(layer),
+        None => routes,
+    };
+    routes.route_layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        settings.request_timeout,
+    ))
+}
+
+/// The OpenAPI document of what this process serves (see [`areas`]).
+#[must_use]
+pub fn document(metrics_here: bool, feed_on: bool) -> utoipa::openapi::OpenApi {
+    versioned(areas(metrics_here, feed_on, |routes| routes).into_openapi())
+}
+
+fn versioned(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
 }
 
 /// The layer that sets `COMMON_HEADERS[index]`.

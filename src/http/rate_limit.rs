@@ -15,22 +15,21 @@ use tower_governor::{
 };
 
 use super::errors::ApiError;
-use crate::{config::Config, service::lockout::client_network};
+use crate::{client_address::ClientAddresses, service::lockout::client_network, state::RateLimit};
 
 /// Keys the bucket by the client's network: [`super::extract::client_ip`], an IPv6 address
 /// widened to its `IPV6_PREFIX_LENGTH` network, as every per-IP limit counts.
 #[derive(Debug, Clone)]
 pub struct ClientIpKey {
-    trusted: Arc<[IpNet]>,
-    v6_prefix: u8,
+    clients: ClientAddresses,
 }
 
 impl KeyExtractor for ClientIpKey {
     type Key = IpNet;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
-        let ip = super::extract::client_ip(req.headers(), req.extensions(), &self.trusted);
-        Ok(client_network(ip, self.v6_prefix))
+        let ip = super::extract::client_ip(req.headers(), req.extensions(), self.clients.trusted());
+        Ok(client_network(ip, self.clients.v6_prefix()))
     }
 }
 
@@ -42,18 +41,14 @@ const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 pub type RateLimitLayer = GovernorLayer<ClientIpKey, governor::middleware::NoOpMiddleware, Body>;
 
 /// The limiter layer, or `None` when either setting is 0.
-pub fn layer(config: &Config) -> Option<RateLimitLayer> {
-    let (per_second, burst) = (
-        config.limits.rate_limit_per_second,
-        config.limits.rate_limit_burst,
-    );
+pub fn layer(limit: RateLimit, clients: &ClientAddresses) -> Option<RateLimitLayer> {
+    let RateLimit { per_second, burst } = limit;
     if per_second == 0 || burst == 0 {
         return None;
     }
     let governor = GovernorConfigBuilder::default()
         .key_extractor(ClientIpKey {
-            trusted: Arc::from(config.limits.trusted_proxies.clone()),
-            v6_prefix: config.limits.ipv6_prefix_length,
+            clients: clients.clone(),
         })
         .period(Duration::from_secs(1) / per_second)
         .burst_size(burst)

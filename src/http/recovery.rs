@@ -9,13 +9,23 @@ use axum::{
 use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    auth::{BodyErrors, MessageResponse},
     errors::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestCaller},
+    responses::{BodyErrors, MessageResponse},
 };
 use crate::{service::AuthService, state::AppState};
+
+/// The recovery routes: forgot, reset, verify and resend.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(forgot))
+        .routes(routes!(reset))
+        .routes(routes!(verify_email))
+        .routes(routes!(resend_verification))
+}
 
 /// `POST /auth/password/forgot` body.
 #[derive(Deserialize, ToSchema)]

@@ -36,6 +36,8 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::client_address::ClientAddresses;
+
 use super::Activity;
 use crate::service::lockout::client_network;
 
@@ -47,10 +49,8 @@ pub struct ConnectionLimits {
     pub max: usize,
     /// `MAX_CONNECTIONS_PER_IP`; 0 = no cap.
     pub per_peer: usize,
-    /// Peers exempt from the per-peer cap.
-    pub trusted: Vec<IpNet>,
-    /// IPv6 peers are counted per network of this length.
-    pub v6_prefix: u8,
+    /// Trusted proxies are exempt from the per-peer cap; IPv6 peers are counted per network.
+    pub clients: ClientAddresses,
 }
 
 /// How long a new connection may take to send its first request head before it counts as
@@ -147,8 +147,8 @@ impl Connections {
         // `::ffff:a.b.c.d` on a dual-stack listener is the IPv4 peer a.b.c.d, for the trusted
         // list as for the per-peer count.
         let ip = ip.to_canonical();
-        let peer = client_network(ip, self.limits.v6_prefix);
-        let exempt = self.limits.trusted.iter().any(|net| net.contains(&ip));
+        let peer = client_network(ip, self.limits.clients.v6_prefix());
+        let exempt = self.limits.clients.is_trusted(&ip);
         let mut inner = self.lock();
         let inner = &mut *inner;
         if !exempt && self.limits.per_peer > 0 {

@@ -65,16 +65,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = state.config();
+    let settings = state.server();
     let limits = Limits {
-        header_read: config.server.header_read_timeout,
-        idle: config.server.idle_timeout,
+        header_read: settings.header_read_timeout,
+        idle: settings.idle_timeout,
     };
     let connections = Connections::new(ConnectionLimits {
-        max: config.server.max_connections,
-        per_peer: config.server.max_connections_per_ip,
-        trusted: config.limits.trusted_proxies.clone(),
-        v6_prefix: config.limits.ipv6_prefix_length,
+        max: settings.max_connections,
+        per_peer: settings.max_connections_per_ip,
+        clients: settings.clients.clone(),
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     // Every connection's task, so shutdown can wait for each to finish its request.

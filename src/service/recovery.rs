@@ -137,6 +137,16 @@ impl AuthService {
         );
     }
 
+    /// Waits until no work of [`Self::in_background`] is running: what was accepted has been
+    /// queued (or refused). Shutdown waits for it before it stops the outbox, so a forgot
+    /// answered 202 just before SIGTERM is still queued; tests wait for it before they assert
+    /// that nothing was queued.
+    pub async fn background_settled(&self) {
+        let all = u32::try_from(FORGOT_IN_FLIGHT).unwrap_or(u32::MAX);
+        // Holding every permit means no work holds one; they are released at once.
+        let _all = self.0.forgot_in_flight.acquire_many(all).await;
+    }
+
     async fn queue_password_reset(&self, email: &Email, caller: &Caller) {
         let now = self.instant();
         let settings = &self.0.mail;

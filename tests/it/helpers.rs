@@ -60,7 +60,7 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            auth_service::telemetry::init("info", auth_service::config::LogFormat::Pretty);
+            auth_service::telemetry::init("info", auth_service::telemetry::LogFormat::Pretty);
         }
     });
 }
@@ -307,6 +307,8 @@ pub struct TestApp {
     pub clock: TestClock,
     pub db: Arc<TestDb>,
     pub store: Arc<dyn Store>,
+    /// The app's service, to wait for its background work ([`TestApp::settled`]).
+    auth: auth_service::service::AuthService,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -356,8 +358,13 @@ impl TestApp {
     ) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let app_clock = Arc::new(clock.clone());
+        // What `run_with_clock` does, keeping the service's handle for `settled`.
+        let state = auth_service::state::AppState::build(config, app_clock)
+            .await
+            .expect("app starts");
+        let auth = state.auth().clone();
         let handle = tokio::spawn(async move {
-            auth_service::run_with_clock(config, app_clock, listener, async {
+            auth_service::serve(state, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -383,9 +390,22 @@ impl TestApp {
             clock,
             db,
             store,
+            auth,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// Waits (at most 10 s) until the app has nothing left to do: the work a forgot or a
+    /// resend left in the background has queued what it queues, and the outbox has sent
+    /// everything (every message marked sent or failed). What a test then sees is final, with
+    /// no sleep: a mail that did not arrive by now never will.
+    pub async fn settled(&self) {
+        self.auth.background_settled().await;
+        poll_until("the outbox to empty", Duration::from_secs(10), || async {
+            self.store.pending_mail().await.unwrap() == 0
+        })
+        .await;
     }
 
     /// Asks the app to shut down and waits until it has.
@@ -624,16 +644,27 @@ pub struct Binary {
     pub child: std::process::Child,
     pub port: String,
     pub dir: tempfile::TempDir,
-    /// stdout and stderr, read as they come so a chatty server never blocks on a full pipe.
-    output: [std::thread::JoinHandle<String>; 2],
+    /// stdout and stderr so far, read as they come so a chatty server never blocks on a full
+    /// pipe, and so a test can wait for a line instead of sleeping.
+    output: [Arc<std::sync::Mutex<String>>; 2],
+    readers: [std::thread::JoinHandle<()>; 2],
 }
 
-/// Reads a pipe to its end on a thread of its own.
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+/// Reads a pipe line by line to its end on a thread of its own, into `into`.
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    into: Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        use std::io::BufRead as _;
+        let mut pipe = std::io::BufReader::new(pipe);
+        let mut line = Vec::new();
+        while pipe.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
     })
 }
 
@@ -653,16 +684,28 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let output = [
-            drain(child.stdout.take().unwrap()),
-            drain(child.stderr.take().unwrap()),
+        let output: [Arc<std::sync::Mutex<String>>; 2] = Default::default();
+        let readers = [
+            drain(child.stdout.take().unwrap(), Arc::clone(&output[0])),
+            drain(child.stderr.take().unwrap(), Arc::clone(&output[1])),
         ];
         Self {
             child,
             port,
             dir,
             output,
+            readers,
         }
+    }
+
+    /// Waits (at most `within`) until stdout or stderr holds `needle`.
+    pub async fn wait_for_output(&self, needle: &str, within: Duration) {
+        poll_until(&format!("{needle:?} in the output"), within, || async {
+            self.output
+                .iter()
+                .any(|out| out.lock().unwrap().contains(needle))
+        })
+        .await;
     }
 
     /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
@@ -694,12 +737,13 @@ impl Binary {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let status = self.child.wait().unwrap();
-        let [stdout, stderr] = self.output;
-        (
-            status.code(),
-            stdout.join().unwrap(),
-            stderr.join().unwrap(),
-        )
+        for reader in self.readers {
+            reader.join().unwrap();
+        }
+        let [stdout, stderr] = self
+            .output
+            .map(|out| std::mem::take(&mut *out.lock().unwrap()));
+        (status.code(), stdout, stderr)
     }
 }
 
@@ -728,4 +772,20 @@ pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
 /// [`cli`] from an async test.
 pub async fn cli_async(db: &TestDb, args: &[&str], stdin: &str) -> Output {
     tokio::task::block_in_place(|| cli(db, args, stdin))
+}
+
+/// Polls `condition` every 10 ms until it holds; panics, naming `what`, after `within`.
+pub async fn poll_until<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

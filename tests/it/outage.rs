@@ -197,7 +197,9 @@ async fn a_database_restart_is_logged_once_when_it_starts_and_once_when_it_ends(
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    binary
+        .wait_for_output("readable again", std::time::Duration::from_secs(10))
+        .await;
     let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     drop(restored);
     // Assert

@@ -174,7 +174,7 @@ async fn known_unknown_and_disabled_emails_get_the_same_answer(backend: Backend)
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     // Only the known, active user gets a mail.
     sink.wait_for("known@example.com", 1, MAIL_WITHIN).await;
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    app.settled().await;
     let to: Vec<Vec<String>> = sink.received().into_iter().map(|m| m.to).collect();
     assert_eq!(to, [vec!["known@example.com".to_owned()]]);
     // A malformed email is 422 INVALID_EMAIL, as at registration.
@@ -200,7 +200,7 @@ async fn reset_mails_are_throttled_per_email_silently(backend: Backend) {
     }
     app.clock.advance(Duration::seconds(61));
     assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
-    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    app.settled().await;
     assert_eq!(
         sink.for_address(email).len(),
         5,
@@ -301,15 +301,22 @@ async fn a_mail_queued_while_smtp_is_down_arrives_once_it_is_back(backend: Backe
     app.register(email, PASSWORD).await;
     assert_eq!(forgot(&app, email).await.status(), StatusCode::ACCEPTED);
     // The first attempt fails (connection refused) and is retried after its backoff (30 s
-    // +-20% on the app's clock).
-    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    // +-20% on the app's clock): the message is due again later than now.
+    let now = app.clock.now();
+    poll_until("the retry to be scheduled", MAIL_WITHIN, || async {
+        app.store
+            .next_mail_due()
+            .await
+            .unwrap()
+            .is_some_and(|due| due > now + Duration::seconds(20))
+    })
+    .await;
     assert_eq!(app.store.pending_mail().await.unwrap(), 1, "still queued");
     let sink = SmtpSink::start_on(port).await;
     app.clock.advance(Duration::seconds(40));
     sink.wait_for(email, 1, MAIL_WITHIN).await;
-    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    app.settled().await;
     assert_eq!(sink.for_address(email).len(), 1, "once");
-    assert_eq!(app.store.pending_mail().await.unwrap(), 0);
 }
 
 /// The SMTP password in `MAIL_URL` never reaches a log line: not at start-up (the
@@ -341,7 +348,9 @@ async fn the_mail_password_never_reaches_the_logs() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     // The worker tries (connection refused) and logs the retry.
-    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    binary
+        .wait_for_output("a mail was not delivered; retrying", MAIL_WITHIN)
+        .await;
     let (_, stdout, stderr) = binary.terminate();
     let logs = format!("{stdout}{stderr}");
     assert!(
@@ -373,8 +382,10 @@ async fn two_replicas_send_each_mail_once() {
     for email in &emails {
         sink.wait_for(email, 1, MAIL_WITHIN).await;
     }
-    // Both workers keep polling; nothing goes twice.
-    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    // Both workers keep polling; nothing goes twice: once every message is recorded sent,
+    // no worker claims one again.
+    first.settled().await;
+    second.settled().await;
     for email in &emails {
         assert_eq!(sink.for_address(email).len(), 1, "{email}");
     }
@@ -472,7 +483,7 @@ async fn with_verification_off_nothing_is_mailed(backend: Backend) {
     let (app, sink) = app_with_sink(backend, &[("EMAIL_VERIFICATION", "off")]).await;
     let (_, access, _) = app.user_with_tokens("quiet@example.com").await;
     assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
-    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    app.settled().await;
     assert!(sink.received().is_empty());
     assert_eq!(app.store.pending_mail().await.unwrap(), 0);
 }
@@ -484,7 +495,7 @@ async fn resend_is_quiet_throttled_and_voids_the_older_link(backend: Backend) {
     let first = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link_token();
     // Within 60 s of the last one: 202, nothing queued.
     assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    app.settled().await;
     assert_eq!(sink.for_address(email).len(), 1);
     app.clock.advance(Duration::seconds(61));
     assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
@@ -498,7 +509,7 @@ async fn resend_is_quiet_throttled_and_voids_the_older_link(backend: Backend) {
     // Verified: nothing more, still 202.
     app.clock.advance(Duration::seconds(61));
     assert_eq!(resend(&app, &access).await, StatusCode::ACCEPTED);
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    app.settled().await;
     assert_eq!(sink.for_address(email).len(), 2);
     // Without a token the address is the body (see
     // `resend_by_email_is_the_way_back_for_a_user_required_verification_keeps_out`): none is
@@ -558,11 +569,16 @@ async fn a_process_killed_mid_send_leaves_the_mail_to_the_next_one(backend: Back
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    // The worker has claimed the message and waits for the server's greeting: kill it.
-    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    // The worker has claimed the message (its lease runs) and waits for the server's
+    // greeting: kill it.
+    let store = db.store().await;
+    poll_until("the worker to claim the mail", MAIL_WITHIN, || async {
+        let due = store.next_mail_due().await.unwrap();
+        due.is_some_and(|due| due > chrono::Utc::now())
+    })
+    .await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let store = db.store().await;
     assert_eq!(store.pending_mail().await.unwrap(), 1, "nothing lost");
     // The next process, with a working server, sends it after the lease.
     let sink = SmtpSink::start().await;
@@ -573,7 +589,10 @@ async fn a_process_killed_mid_send_leaves_the_mail_to_the_next_one(backend: Back
     let second = Binary::spawn(&second_refs);
     assert!(tokio::task::block_in_place(|| second.wait_ready()));
     sink.wait_for(email, 1, StdDuration::from_secs(45)).await;
-    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    poll_until("the mail to be recorded sent", MAIL_WITHIN, || async {
+        store.pending_mail().await.unwrap() == 0
+    })
+    .await;
     assert_eq!(sink.for_address(email).len(), 1, "once");
     tokio::task::block_in_place(|| second.terminate());
     held.abort();
@@ -596,7 +615,9 @@ async fn the_log_transport_logs_each_message_with_its_link() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    tokio::time::sleep(StdDuration::from_secs(2)).await;
+    binary
+        .wait_for_output("\"target\":\"mail\"", MAIL_WITHIN)
+        .await;
     let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     let lines: Vec<Value> = stdout
         .lines()
@@ -1364,16 +1385,11 @@ async fn shutdown_lets_the_mail_being_sent_finish(backend: Backend) {
     app.register("leaving@example.com", PASSWORD).await;
     // The worker has claimed it (its lease is running) when the next due time is in the future.
     let store = app.db.store().await;
-    let mut claimed = false;
-    for _ in 0..200 {
+    poll_until("the worker to claim the mail", MAIL_WITHIN, || async {
         let due = store.next_mail_due().await.unwrap();
-        if due.is_some_and(|due| due > app.clock.now()) {
-            claimed = true;
-            break;
-        }
-        tokio::time::sleep(StdDuration::from_millis(10)).await;
-    }
-    assert!(claimed, "the worker never claimed the mail");
+        due.is_some_and(|due| due > app.clock.now())
+    })
+    .await;
     // Act: the shutdown signal, while the relay holds the message.
     app.begin_shutdown();
     app.wait_stopped().await;

@@ -146,8 +146,13 @@ async fn unavailable_until_the_first_sync_then_the_grace_then_unavailable_again(
     fake.feed_down.store(true, Ordering::SeqCst);
     let token = access_token(&key, uuid::Uuid::new_v4());
     let verifier = Verifier::start(config(&base));
-    // Assert: never a silent accept before the first feed page.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Assert: never a silent accept before the first feed page, also once it has the keys.
+    poll_until(
+        "the keys to be fetched",
+        Duration::from_secs(10),
+        || async { fake.jwks_fetches.load(Ordering::SeqCst) > 0 },
+    )
+    .await;
     assert_eq!(verifier.verify(&token).await, Err(VerifyError::Unavailable));
     assert!(!verifier.is_ready());
     // The feed comes up: the token verifies.
@@ -196,7 +201,12 @@ async fn keys_unreachable_at_start_means_unavailable() {
     let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
     let token = access_token(&key, uuid::Uuid::new_v4());
     let verifier = Verifier::start(config(&base));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    poll_until(
+        "the keys to be asked for",
+        Duration::from_secs(10),
+        || async { fake.jwks_fetches.load(Ordering::SeqCst) > 0 },
+    )
+    .await;
     assert_eq!(verifier.verify(&token).await, Err(VerifyError::Unavailable));
     // The key appears: verified once the loop fetches it.
     fake.jwks.lock().unwrap().push(jwk_of(&key));
