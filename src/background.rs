@@ -2,7 +2,8 @@
 //! the revocation follower, the purge, the outbox worker, the metrics upkeep, the metrics
 //! listener and the `JWT_ACCEPT_HS256` reminder. Shutdown cancels them all and waits for each
 //! to end, so none is cut in the middle of a step that must finish (the outbox finishes the
-//! message it is sending, then stops).
+//! message it is sending, then stops). The per-IP limiter's sweep of idle buckets is the
+//! limiter's own: it ends when the limiter (the router) is dropped.
 
 use std::future::Future;
 

@@ -7,16 +7,21 @@
 //!
 //! - [`cli`]: the command line (the server and the operator's commands).
 //! - [`config`]: every environment variable, parsed and validated before anything binds.
-//! - [`state`]: [`state::AppState`], built once from the configuration.
-//! - [`http`]: routes, extractors and middleware; handlers call the service only.
-//! - [`errors`]: [`errors::ApiError`], the one error that becomes a response (the contract).
+//! - [`state`]: [`state::AppState`], built once from the configuration, and the typed settings
+//!   it hands each part (the one reader of [`config::Config`] besides the commands).
+//! - [`http`]: the areas' routes with their OpenAPI paths, extractors and middleware, and
+//!   [`http::errors::ApiError`], the one error that becomes a response; handlers call the
+//!   service only.
 //! - [`service`]: the auth rules (registration, login lockout, rotation); no HTTP.
-//! - [`store`]: one [`store::Store`] trait, a SQLite and a PostgreSQL implementation; all SQL.
+//! - [`store`]: [`store::Store`], seven chapter traits written once for SQLite and PostgreSQL;
+//!   all SQL.
 //! - [`tokens`], [`passwords`]: JWTs and bcrypt.
 //! - [`server`]: the accept loop (header read timeout, connection cap, graceful shutdown).
 //! - [`background`]: the background tasks, started and stopped together.
 //! - [`clock`]: injected time, so tests cross expiry and lockout without sleeping.
 //! - [`telemetry`]: logs and the Prometheus recorder.
+//! - [`mail_transport`]: the messages and the SMTP or log transport.
+//! - [`client_address`]: who the client is (trusted proxies, IPv6 prefix).
 //! - [`error_chain`], [`database_url`], [`keys`]: leaves every layer may use.
 
 pub mod background;

@@ -149,7 +149,7 @@ fn limited(routes: OpenApiRouter<AppState>, settings: &HttpSettings) -> OpenApiR
     ))
 }
 
-/// The OpenAPI document of what this process serves (see [`areas`]).
+/// The OpenAPI document of what this process serves (see `areas`).
 #[must_use]
 pub fn document(metrics_here: bool, feed_on: bool) -> utoipa::openapi::OpenApi {
     versioned(areas(metrics_here, feed_on, |routes| routes).into_openapi())
