@@ -44,7 +44,9 @@ need_packages=()
 for tool in podman:podman buildah:buildah runc:runc debootstrap:debootstrap \
     /usr/lib/podman/netavark:netavark /usr/lib/podman/aardvark-dns:aardvark-dns \
     iptables:iptables newuidmap:uidmap curl:curl jq:jq; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || need_packages+=("${tool##*:}")
+    # `type -P`, not `command -v`: the podman() wrapper above is a function, and a function
+    # would pass for an installed podman.
+    type -P "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || need_packages+=("${tool##*:}")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
     say "installing ${need_packages[*]}"
