@@ -125,7 +125,8 @@ pub struct MailConfig {
     pub from: Option<String>,
     /// `MAIL_PRODUCT_NAME` (default `auth-service`): the name in subjects and bodies.
     pub product_name: String,
-    /// `PASSWORD_RESET_URL` (default `http://localhost:3000/reset-password`): the mail's link
+    /// `PASSWORD_RESET_URL` (default `PUBLIC_URL` + `/account/reset-password`, the hosted page):
+    /// the mail's link
     /// is `<url>?token=<token>`.
     pub password_reset_url: String,
     /// `PASSWORD_RESET_TOKEN_MINUTES` (default 30).
@@ -134,7 +135,8 @@ pub struct MailConfig {
     pub max_retry_hours: u32,
     /// `EMAIL_VERIFICATION` (default `optional`).
     pub email_verification: EmailVerification,
-    /// `EMAIL_VERIFY_URL` (default `http://localhost:3000/verify-email`): the verification
+    /// `EMAIL_VERIFY_URL` (default `PUBLIC_URL` + `/account/verify-email`, the hosted page): the
+    /// verification
     /// mail's link is `<url>?token=<token>`.
     pub email_verify_url: String,
     /// `EMAIL_VERIFY_TOKEN_HOURS` (default 24).
@@ -181,6 +183,9 @@ pub struct ServerConfig {
     /// `SHUTDOWN_DRAIN_SECONDS` (default 0): after SIGTERM, how long `/health/ready` answers
     /// 503 while the listener still accepts, so a load balancer can take the pod out first.
     pub shutdown_drain: Duration,
+    /// `PUBLIC_URL` (default `http://localhost:<PORT>`): the service's external address, without
+    /// a trailing slash; the hosted pages' links default to it.
+    pub public_url: String,
 }
 
 /// The database: `DATABASE_*` and `MIGRATE_ON_START`.
@@ -400,7 +405,7 @@ impl Config {
             passwords: PasswordConfig::read(&vars)?,
             limits: LimitConfig::read(&vars)?,
             log: LogConfig::read(&vars)?,
-            mail: MailConfig::read(&vars)?,
+            mail: MailConfig::read(&vars, &server.public_url)?,
             server,
         })
     }
@@ -424,9 +429,13 @@ impl ServerConfig {
                 )
             })?),
         };
+        let port = vars.number("PORT", 8001, 0, u16::MAX)?;
         Ok(Self {
             host,
-            port: vars.number("PORT", 8001, 0, u16::MAX)?,
+            port,
+            public_url: parse_public_url(
+                &vars.text("PUBLIC_URL", &format!("http://localhost:{port}")),
+            )?,
             cors_origins: parse_cors(&vars.text(
                 "CORS_ORIGINS",
                 "http://localhost:3000,http://127.0.0.1:3000",
@@ -695,7 +704,10 @@ impl LimitConfig {
 }
 
 impl MailConfig {
-    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+    fn read(
+        vars: &Vars<impl Fn(&str) -> Option<String>>,
+        public_url: &str,
+    ) -> Result<Self, ConfigError> {
         let transport = parse_mail_url(vars.get("MAIL_URL").as_deref())?;
         let from = vars.get("MAIL_FROM");
         match (&transport, &from) {
@@ -722,7 +734,10 @@ impl MailConfig {
             product_name: vars.text("MAIL_PRODUCT_NAME", "auth-service"),
             password_reset_url: parse_link_base(
                 "PASSWORD_RESET_URL",
-                &vars.text("PASSWORD_RESET_URL", "http://localhost:3000/reset-password"),
+                &vars.text(
+                    "PASSWORD_RESET_URL",
+                    &format!("{public_url}/account/reset-password"),
+                ),
             )?,
             password_reset_token_minutes: vars.number(
                 "PASSWORD_RESET_TOKEN_MINUTES",
@@ -748,7 +763,10 @@ impl MailConfig {
             },
             email_verify_url: parse_link_base(
                 "EMAIL_VERIFY_URL",
-                &vars.text("EMAIL_VERIFY_URL", "http://localhost:3000/verify-email"),
+                &vars.text(
+                    "EMAIL_VERIFY_URL",
+                    &format!("{public_url}/account/verify-email"),
+                ),
             )?,
             email_verify_token_hours: vars.number("EMAIL_VERIFY_TOKEN_HOURS", 24, 1, 24 * 30)?,
         })
@@ -815,6 +833,27 @@ fn parse_mail_url(raw: Option<&str>) -> Result<MailTransport, ConfigError> {
 }
 
 /// A frontend page the mail links to: an absolute http(s) URL without a fragment.
+/// `PUBLIC_URL`: an http(s) URL with no query or fragment; a path (a service behind a prefix)
+/// is kept, its trailing slash dropped.
+fn parse_public_url(raw: &str) -> Result<String, ConfigError> {
+    match url::Url::parse(raw) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.has_host() =>
+        {
+            Ok(url.as_str().trim_end_matches('/').to_owned())
+        }
+        _ => Err(ConfigError::new(
+            "PUBLIC_URL",
+            format!(
+                "expected the service's http(s) address like https://auth.shop.example.com, got {raw:?}"
+            ),
+        )),
+    }
+}
+
 fn parse_link_base(var: &'static str, raw: &str) -> Result<String, ConfigError> {
     match url::Url::parse(raw) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.fragment().is_none() => {
@@ -975,6 +1014,51 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_mails_lead_to_the_hosted_pages_at_public_url_unless_told_otherwise() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.server.public_url, "http://localhost:8001");
+        assert_eq!(
+            c.mail.password_reset_url,
+            "http://localhost:8001/account/reset-password"
+        );
+        assert_eq!(
+            c.mail.email_verify_url,
+            "http://localhost:8001/account/verify-email"
+        );
+        let c = config(&[("PORT", "9000")]).unwrap();
+        assert_eq!(
+            c.mail.email_verify_url,
+            "http://localhost:9000/account/verify-email"
+        );
+        let c = config(&[("PUBLIC_URL", "https://auth.shop.example.com/sso/")]).unwrap();
+        assert_eq!(c.server.public_url, "https://auth.shop.example.com/sso");
+        assert_eq!(
+            c.mail.password_reset_url,
+            "https://auth.shop.example.com/sso/account/reset-password"
+        );
+        let c = config(&[
+            ("PUBLIC_URL", "https://auth.shop.example.com"),
+            ("PASSWORD_RESET_URL", "https://shop.example.com/reset"),
+        ])
+        .unwrap();
+        assert_eq!(c.mail.password_reset_url, "https://shop.example.com/reset");
+        assert_eq!(
+            c.mail.email_verify_url,
+            "https://auth.shop.example.com/account/verify-email"
+        );
+        for bad in [
+            "auth.shop.example.com",
+            "ftp://auth.shop.example.com",
+            "https://auth.shop.example.com/?next=1",
+            "https://auth.shop.example.com/#top",
+            "https://",
+        ] {
+            let err = config(&[("PUBLIC_URL", bad)]).unwrap_err();
+            assert_eq!(err.var, "PUBLIC_URL", "{bad}");
+        }
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub struct HttpSettings {
     pub rate_limit: RateLimit,
     /// Who the client is.
     pub clients: ClientAddresses,
+    /// `MAIL_PRODUCT_NAME`: the name the hosted pages carry.
+    pub product: String,
 }
 
 /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`.
@@ -268,6 +270,7 @@ impl AppState {
                 burst: config.limits.rate_limit_burst,
             },
             clients: clients.clone(),
+            product: config.mail.product_name.clone(),
         };
         let server = ServerSettings {
             header_read_timeout: config.server.header_read_timeout,

@@ -10,6 +10,7 @@ pub mod health;
 pub mod hot_path;
 pub mod meta;
 pub mod middleware;
+pub mod pages;
 pub mod rate_limit;
 pub mod recovery;
 pub mod responses;
@@ -111,6 +112,7 @@ fn router(state: AppState, metrics: Arc<middleware::HttpMetrics>) -> Router {
     Router::new()
         .merge(api)
         .merge(meta::docs_router(versioned(doc)))
+        .merge(pages::router())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state.clone())
         .layer(layers)

@@ -213,7 +213,7 @@ fn kubernetes_manifests_are_safe_as_shipped() {
     });
     assert_eq!(refused.unwrap_err().var, "TRUSTED_PROXIES");
     // So are the mail placeholders: no mail goes out from a made-up sender or links nowhere.
-    for var in ["MAIL_FROM", "PASSWORD_RESET_URL", "EMAIL_VERIFY_URL"] {
+    for var in ["MAIL_FROM", "PUBLIC_URL"] {
         let value = env_value(container, var).unwrap();
         assert!(value.contains("_PLACEHOLDER"), "{var}: {value}");
         let refused =
@@ -282,7 +282,7 @@ fn cloud_run_trusts_its_front_end_and_mounts_cloud_sql() {
         _ => plain.get(name).map(|value| {
             value
                 .replace("MAIL_FROM_PLACEHOLDER", "Shop <no-reply@shop.example.com>")
-                .replace("FRONTEND_URL_PLACEHOLDER", "https://shop.example.com")
+                .replace("PUBLIC_URL_PLACEHOLDER", "https://auth.shop.example.com")
         }),
     })
     .expect("Cloud Run's settings are valid");

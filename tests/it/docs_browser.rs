@@ -48,26 +48,37 @@ async fn start_chromedriver() -> (Child, String) {
     panic!("chromedriver did not listen on {url} within 10 s");
 }
 
-#[tokio::test]
-async fn try_it_out_on_docs_runs_a_login_at_the_default_origins() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let (_driver, driver_url) = start_chromedriver().await;
+/// Headless Chromium at `width` x `height` CSS pixels, driven through a chromedriver of its
+/// own (keep the `Child`: dropping it ends the driver).
+pub async fn chromium(width: u32, height: u32) -> (Child, fantoccini::Client) {
+    let (driver, driver_url) = start_chromedriver().await;
     let mut capabilities = Capabilities::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--no-first-run", "--window-size=1280,2400",
-            ],
-        }),
-    );
+    let mut options = json!({
+        "binary": CHROMIUM,
+        "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--no-first-run",
+            format!("--window-size={width},{height}"),
+        ],
+    });
+    // A window is at least 500 px wide: a phone's width is an emulated viewport.
+    if width < 500 {
+        options["mobileEmulation"] =
+            json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}});
+    }
+    capabilities.insert("goog:chromeOptions".to_owned(), options);
     let browser = ClientBuilder::new(HttpConnector::new())
         .capabilities(capabilities)
         .connect(&driver_url)
         .await
         .expect("a Chromium session");
+    (driver, browser)
+}
+
+#[tokio::test]
+async fn try_it_out_on_docs_runs_a_login_at_the_default_origins() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (_driver, browser) = chromium(1280, 2400).await;
 
     browser.goto(&app.url("/docs")).await.unwrap();
     let login = "#operations-auth-login";

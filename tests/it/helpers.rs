@@ -189,6 +189,36 @@ impl TestDb {
         self.pg_name.clone().expect("a PostgreSQL test database")
     }
 
+    /// This PostgreSQL database stops accepting connections (what `ALLOW_CONNECTIONS false`,
+    /// "too many clients" and a shutdown look like to a client) and every open one is closed.
+    pub async fn refuse_connections(&self) {
+        let name = self.postgres_name();
+        let mut admin = postgres_admin_connection().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "alter database {name} allow_connections false"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+            .bind(&name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// This PostgreSQL database accepts connections again.
+    pub async fn allow_connections(&self) {
+        let name = self.postgres_name();
+        let mut admin = postgres_admin_connection().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "alter database {name} allow_connections true"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
     /// The PostgreSQL URL of this database through another port (an outage proxy).
     pub fn postgres_url_via(&self, port: u16) -> DatabaseUrl {
         let name = self.pg_name.as_deref().expect("a PostgreSQL test database");

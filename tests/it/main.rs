@@ -21,6 +21,7 @@ mod connection_slots;
 mod deploy_files;
 mod docs_browser;
 mod hashing;
+mod hosted_pages;
 mod hostile_clients;
 mod lifecycle;
 mod local_verification;

@@ -67,19 +67,7 @@ async fn a_database_refusing_connections_is_503_not_500() {
     // every open connection is closed.
     let app = TestApp::spawn(Backend::Postgres).await;
     let (_, access, refresh) = app.user_with_tokens("refused@example.com").await;
-    let name = app.db.postgres_name();
-    let mut admin = postgres_admin_connection().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "alter database {name} allow_connections false"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
-        .bind(&name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    app.db.refuse_connections().await;
     // Act
     let (login, refreshed, logout, logout_all) = tokio::join!(
         app.login("refused@example.com", PASSWORD),
@@ -102,12 +90,7 @@ async fn a_database_refusing_connections_is_503_not_500() {
         );
     }
     // The database comes back: so does the service, without a restart.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "alter database {name} allow_connections true"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    app.db.allow_connections().await;
     assert_eq!(
         app.login("refused@example.com", PASSWORD).await.status(),
         StatusCode::OK

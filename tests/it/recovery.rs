@@ -96,12 +96,13 @@ async fn forgot_mail_reset_login_is_the_whole_loop(backend: Backend) {
         "the product named once: {text}"
     );
     assert!(
-        text.contains("http://localhost:3000/reset-password?token="),
+        // The hosted page at PUBLIC_URL's default, the service's own address.
+        text.contains("http://localhost:8001/account/reset-password?token="),
         "{text}"
     );
     assert!(
         mail.html()
-            .contains("href=\"http://localhost:3000/reset-password?token=")
+            .contains("href=\"http://localhost:8001/account/reset-password?token=")
     );
     assert!(!text.contains(PASSWORD), "no password in a mail");
     let token = mail.link_token();
@@ -429,7 +430,7 @@ async fn registration_mails_a_link_that_verifies_the_address(backend: Backend) {
     assert_eq!(mail.subject(), "Confirm your email address for Shop");
     assert!(
         mail.text()
-            .contains("http://localhost:3000/verify-email?token=")
+            .contains("http://localhost:8001/account/verify-email?token=")
     );
     // Unverified: tokens and /auth/verify say so (optional: the login works).
     assert_eq!(
@@ -618,6 +619,7 @@ async fn the_log_transport_logs_each_message_with_its_link() {
     binary
         .wait_for_output("\"target\":\"mail\"", MAIL_WITHIN)
         .await;
+    let port = binary.port.clone();
     let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     let lines: Vec<Value> = stdout
         .lines()
@@ -638,10 +640,9 @@ async fn the_log_transport_logs_each_message_with_its_link() {
     assert_eq!(mail["level"], "INFO");
     assert_eq!(mail["to"], "dev@example.com");
     assert!(
-        mail["body"]
-            .as_str()
-            .unwrap()
-            .contains("http://localhost:3000/verify-email?token="),
+        mail["body"].as_str().unwrap().contains(&format!(
+            "http://localhost:{port}/account/verify-email?token="
+        )),
         "{mail}"
     );
 }

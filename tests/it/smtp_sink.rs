@@ -59,14 +59,19 @@ impl Received {
             .unwrap_or_default()
     }
 
-    /// The `token` parameter of the link in the text body, as a user would copy it.
-    pub fn link_token(&self) -> String {
+    /// The link in the text body, as a user would click it.
+    pub fn link(&self) -> url::Url {
         let text = self.text();
         let link = text
             .split_whitespace()
             .find(|word| word.contains("token="))
             .unwrap_or_else(|| panic!("no link in {text}"));
-        let url = url::Url::parse(link).unwrap();
+        url::Url::parse(link).unwrap()
+    }
+
+    /// The `token` parameter of the link in the text body, as a user would copy it.
+    pub fn link_token(&self) -> String {
+        let url = self.link();
         url.query_pairs()
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())

@@ -216,7 +216,7 @@ async fn both_doors_of_verify_answer_count_and_log_alike(backend: Backend) {
     let unavailable = if backend == Backend::Postgres {
         db.execute("alter table sessions_gone rename to sessions")
             .await;
-        refuse_connections(&db).await;
+        db.refuse_connections().await;
         let third = doors
             .both(
                 &format!("Bearer {broken}"),
@@ -226,7 +226,7 @@ async fn both_doors_of_verify_answer_count_and_log_alike(backend: Backend) {
             .await;
         assert_same("503", &third, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(third.0.body["error_code"], "SERVICE_UNAVAILABLE");
-        allow_connections(&db).await;
+        db.allow_connections().await;
         Some(third)
     } else {
         None
@@ -255,31 +255,4 @@ async fn both_doors_of_verify_answer_count_and_log_alike(backend: Backend) {
             answer.request_id
         );
     }
-}
-
-async fn refuse_connections(db: &TestDb) {
-    let name = db.postgres_name();
-    let mut admin = postgres_admin_connection().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "alter database {name} allow_connections false"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
-        .bind(&name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
-}
-
-async fn allow_connections(db: &TestDb) {
-    let name = db.postgres_name();
-    let mut admin = postgres_admin_connection().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "alter database {name} allow_connections true"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
 }

@@ -1,0 +1,96 @@
+//! The hosted pages (API.md, "Hosted pages"): where the links in the mails lead when the shop
+//! has no page of its own. `GET /account/reset-password` and `GET /account/verify-email` are
+//! plain HTML from the binary (askama, `templates/pages/`), with one stylesheet and one script
+//! beside them under `/account/assets/`; no third-party asset, no inline script or style.
+//!
+//! Opening a page spends nothing: the page never reads the token on the server; its script takes
+//! it from the link and POSTs it to the JSON API (`/auth/password/reset`, `/auth/email/verify`)
+//! when the person presses the button, as a same-origin request. The pages need the script (the
+//! API takes JSON); without it they say so.
+
+use askama::Template;
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use super::errors::ApiError;
+use crate::{service::AuthError, state::AppState};
+
+/// Every page's policy: its own origin only, never framed, no plugins, forms only to itself.
+pub const PAGE_CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'self'; object-src 'none'";
+
+/// The pages and their two assets (not API routes: not in the OpenAPI document).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/account/reset-password", get(reset_password))
+        .route("/account/verify-email", get(verify_email))
+        .route("/account/assets/{file}", get(asset))
+}
+
+#[derive(Template)]
+#[template(path = "pages/reset_password.html")]
+struct ResetPassword<'a> {
+    product: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "pages/verify_email.html")]
+struct VerifyEmail<'a> {
+    product: &'a str,
+}
+
+/// `GET /account/reset-password?token=...`: the new-password form.
+async fn reset_password(State(state): State<AppState>) -> Response {
+    page(&ResetPassword {
+        product: &state.http().product,
+    })
+}
+
+/// `GET /account/verify-email?token=...`: one button that confirms.
+async fn verify_email(State(state): State<AppState>) -> Response {
+    page(&VerifyEmail {
+        product: &state.http().product,
+    })
+}
+
+/// A rendered page with the pages' headers (`Referrer-Policy: no-referrer` and `nosniff` are
+/// on every response already).
+fn page(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => with_page_headers(
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        ),
+        Err(err) => ApiError::from(AuthError::Internal(err.into())).into_response(),
+    }
+}
+
+/// `GET /account/assets/{file}`: the stylesheet and the script, from the binary.
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, content_type) = match file.as_str() {
+        "pages.css" => (
+            include_str!("../../templates/pages/pages.css"),
+            "text/css; charset=utf-8",
+        ),
+        "pages.js" => (
+            include_str!("../../templates/pages/pages.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return ApiError::NotFound.into_response(),
+    };
+    with_page_headers(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn with_page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

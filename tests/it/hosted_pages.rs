@@ -1,0 +1,276 @@
+//! The hosted pages: where the links in the mails lead. Plain HTTP on both databases (headers,
+//! the links' address, opening spends nothing), and once in headless Chromium as a person uses
+//! them: a real reset link from the SMTP sink, a weak password (the reasons appear), a good one,
+//! then a login with it; a verification link and its one button.
+
+use std::time::Duration as StdDuration;
+
+use auth_service::http::pages::PAGE_CSP;
+use fantoccini::{Client, Locator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{docs_browser::chromium, dual_backend, helpers::*, smtp_sink::SmtpSink};
+
+const MAIL_WITHIN: StdDuration = StdDuration::from_secs(10);
+
+dual_backend!(
+    the_pages_carry_strict_headers_and_the_products_name,
+    the_links_lead_to_the_pages_and_opening_one_spends_nothing,
+);
+
+async fn app_with_sink(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let vars = sink.vars();
+    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    overrides.push(("MAIL_PRODUCT_NAME", "Corner Shop"));
+    overrides.extend_from_slice(extra);
+    (TestApp::spawn_with(backend, &overrides).await, sink)
+}
+
+async fn the_pages_carry_strict_headers_and_the_products_name(backend: Backend) {
+    let (app, _sink) = app_with_sink(backend, &[]).await;
+    for path in [
+        "/account/reset-password?token=not-reflected-abc",
+        "/account/verify-email?token=not-reflected-abc",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        for (name, value) in [
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-security-policy", PAGE_CSP),
+            ("cache-control", "no-store"),
+            ("referrer-policy", "no-referrer"),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+        ] {
+            assert_eq!(
+                header(&response, name).as_deref(),
+                Some(value),
+                "{path}: {name}"
+            );
+        }
+        let html = response.text().await.unwrap();
+        assert!(html.contains("Corner Shop"), "{html}");
+        assert!(
+            !html.contains("not-reflected"),
+            "the token is never echoed: {html}"
+        );
+        assert!(
+            !html.contains("<script>") && !html.contains("<style") && !html.contains("style="),
+            "no inline script or style (the CSP would refuse it): {html}"
+        );
+    }
+    for (file, content_type) in [
+        ("pages.css", "text/css; charset=utf-8"),
+        ("pages.js", "text/javascript; charset=utf-8"),
+    ] {
+        let response = app.get(&format!("/account/assets/{file}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "content-type").as_deref(),
+            Some(content_type)
+        );
+        assert_eq!(
+            header(&response, "content-security-policy").as_deref(),
+            Some(PAGE_CSP)
+        );
+    }
+    let (status, body) = status_and_json(app.get("/account/assets/secrets.txt").await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error_code"], "NOT_FOUND");
+}
+
+async fn the_links_lead_to_the_pages_and_opening_one_spends_nothing(backend: Backend) {
+    // Arrange: the service behind a prefix on its public address.
+    let (app, sink) = app_with_sink(
+        backend,
+        &[("PUBLIC_URL", "https://auth.shop.example.com/sso/")],
+    )
+    .await;
+    let email = "opener@example.com";
+    app.register(email, PASSWORD).await;
+    let verification = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link();
+    app.post_json("/auth/password/forgot", &json!({ "email": email }))
+        .await;
+    let reset = sink.wait_for(email, 2, MAIL_WITHIN).await[1].link();
+    // Assert: by default the mails lead to the hosted pages at PUBLIC_URL.
+    for (link, path) in [
+        (&verification, "/sso/account/verify-email"),
+        (&reset, "/sso/account/reset-password"),
+    ] {
+        assert_eq!(
+            (link.scheme(), link.host_str(), link.path()),
+            ("https", Some("auth.shop.example.com"), path)
+        );
+    }
+    // Act: a mail scanner (or the person, twice) opens both links.
+    for link in [&verification, &reset] {
+        let page = link.path().trim_start_matches("/sso");
+        for _ in 0..2 {
+            let opened = app.get(&format!("{page}?{}", link.query().unwrap())).await;
+            assert_eq!(opened.status(), StatusCode::OK);
+        }
+    }
+    // Assert: both tokens still work.
+    let token = |link: &url::Url| {
+        link.query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let verified = app
+        .post_json(
+            "/auth/email/verify",
+            &json!({ "token": token(&verification) }),
+        )
+        .await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    let reset_done = app
+        .post_json(
+            "/auth/password/reset",
+            &json!({ "token": token(&reset), "new_password": "AnotherPass456" }),
+        )
+        .await;
+    assert_eq!(reset_done.status(), StatusCode::OK);
+}
+
+/// The page's state once `selector` is shown (its `hidden` attribute removed).
+async fn shown(browser: &Client, selector: &str) -> String {
+    browser
+        .wait()
+        .at_most(StdDuration::from_secs(20))
+        .for_element(Locator::Css(&format!("{selector}:not([hidden])")))
+        .await
+        .unwrap_or_else(|_| panic!("{selector} is shown"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// For a person to look at: the page as it is now.
+async fn screenshot(browser: &Client, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    let path = std::env::temp_dir().join(format!("auth-service-page-{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn fill(browser: &Client, id: &str, text: &str) {
+    let field = browser.find(Locator::Id(id)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_resets_a_password_and_confirms_an_address_in_chromium() {
+    // Arrange: a user with a verification mail and a reset mail in the sink.
+    let (app, sink) = app_with_sink(Backend::Sqlite, &[]).await;
+    let email = "browser@example.com";
+    app.register(email, PASSWORD).await;
+    let verification = sink.wait_for(email, 1, MAIL_WITHIN).await[0].link();
+    app.post_json("/auth/password/forgot", &json!({ "email": email }))
+        .await;
+    let reset = sink.wait_for(email, 2, MAIL_WITHIN).await[1].link();
+    let here = |link: &url::Url| app.url(&format!("{}?{}", link.path(), link.query().unwrap()));
+
+    for (width, height, form_factor) in [(1280, 900, "desktop"), (375, 740, "phone")] {
+        let (_driver, browser) = chromium(width, height).await;
+        browser.goto(&here(&reset)).await.unwrap();
+        shown(&browser, "#reset-form").await;
+        screenshot(&browser, &format!("reset-{form_factor}")).await;
+        browser.goto(&here(&verification)).await.unwrap();
+        shown(&browser, "#verify-form").await;
+        screenshot(&browser, &format!("verify-{form_factor}")).await;
+        browser.close().await.unwrap();
+    }
+
+    let (_driver, browser) = chromium(375, 740).await;
+    // Act: the reset page, with two passwords that differ, then a weak one, then a good one.
+    browser.goto(&here(&reset)).await.unwrap();
+    shown(&browser, "#reset-form").await;
+    fill(&browser, "new-password", "AnotherPass456").await;
+    fill(&browser, "repeat-password", "AnotherPass457").await;
+    browser
+        .find(Locator::Css("#reset-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let differ = shown(&browser, "#reasons li").await;
+    assert_eq!(differ, "the two passwords differ");
+    fill(&browser, "new-password", "short").await;
+    fill(&browser, "repeat-password", "short").await;
+    browser
+        .find(Locator::Css("#reset-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(StdDuration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//ul[@id='reasons']/li[contains(., 'at least 8 characters')]",
+        ))
+        .await
+        .expect("the policy's reason is shown beside the field");
+    screenshot(&browser, "reset-weak-phone").await;
+    fill(&browser, "new-password", "AnotherPass456").await;
+    fill(&browser, "repeat-password", "AnotherPass456").await;
+    browser
+        .find(Locator::Css("#reset-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = shown(&browser, "#done").await;
+    assert!(done.contains("Your password has been changed"), "{done}");
+    screenshot(&browser, "reset-done-phone").await;
+    // Assert: the new password signs in; the old one does not.
+    assert_eq!(
+        app.login(email, "AnotherPass456").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The link, used once, says so when tried again.
+    browser.goto(&here(&reset)).await.unwrap();
+    fill(&browser, "new-password", "ThirdPass789x").await;
+    fill(&browser, "repeat-password", "ThirdPass789x").await;
+    browser
+        .find(Locator::Css("#reset-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let expired = shown(&browser, "#expired").await;
+    assert!(expired.contains("expired or has been used"), "{expired}");
+    screenshot(&browser, "reset-expired-phone").await;
+
+    // Act: the verification page's one button.
+    browser.goto(&here(&verification)).await.unwrap();
+    browser
+        .find(Locator::Css("#verify-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let confirmed = shown(&browser, "#done").await;
+    assert!(confirmed.contains("confirmed"), "{confirmed}");
+    screenshot(&browser, "verify-done-phone").await;
+    browser.close().await.unwrap();
+    // Assert: a new token says the address is verified.
+    let (status, body) = status_and_json(app.login(email, "AnotherPass456").await).await;
+    assert_eq!(status, StatusCode::OK);
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let (_, verified): (StatusCode, Value) = status_and_json(app.verify(&access).await).await;
+    assert_eq!(verified["email_verified"], true);
+}
