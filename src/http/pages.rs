@@ -1,12 +1,13 @@
 //! The hosted pages (API.md, "Hosted pages"): where the links in the mails lead when the shop
-//! has no page of its own. `GET /account/reset-password` and `GET /account/verify-email` are
-//! plain HTML from the binary (askama, `templates/pages/`), with one stylesheet and one script
+//! has no page of its own, and the account page. `GET /account/reset-password`,
+//! `GET /account/verify-email` and `GET /account` are plain HTML from the binary (askama, `templates/pages/`), with one stylesheet and one script
 //! beside them under `/account/assets/`; no third-party asset, no inline script or style.
 //!
 //! Opening a page spends nothing: the page never reads the token on the server; its script takes
 //! it from the link and POSTs it to the JSON API (`/auth/password/reset`, `/auth/email/verify`)
-//! when the person presses the button, as a same-origin request. The pages need the script (the
-//! API takes JSON); without it they say so.
+//! when the person presses the button, as a same-origin request. The account page signs in with
+//! the JSON API and keeps the tokens in the page's memory (a reload signs out), never in
+//! storage or a cookie. The pages need the script (the API takes JSON); without it they say so.
 
 use askama::Template;
 use axum::{
@@ -27,27 +28,52 @@ pub const PAGE_CSP: &str = "default-src 'self'; frame-ancestors 'none'; base-uri
 /// The pages and their two assets (not API routes: not in the OpenAPI document).
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/account", get(account))
         .route("/account/reset-password", get(reset_password))
         .route("/account/verify-email", get(verify_email))
         .route("/account/assets/{file}", get(asset))
+}
+
+/// Where a page's stylesheet and script are, relative to the page: beside `/account`'s
+/// children, under `/account` itself (relative, so a path prefix in `PUBLIC_URL` works).
+const BESIDE: &str = "assets";
+const BELOW: &str = "account/assets";
+
+#[derive(Template)]
+#[template(path = "pages/account.html")]
+struct Account<'a> {
+    product: &'a str,
+    assets: &'a str,
 }
 
 #[derive(Template)]
 #[template(path = "pages/reset_password.html")]
 struct ResetPassword<'a> {
     product: &'a str,
+    assets: &'a str,
 }
 
 #[derive(Template)]
 #[template(path = "pages/verify_email.html")]
 struct VerifyEmail<'a> {
     product: &'a str,
+    assets: &'a str,
+}
+
+/// `GET /account`: sign in, then the account's security (password, devices, deletion). The
+/// tokens live in the page's memory only.
+async fn account(State(state): State<AppState>) -> Response {
+    page(&Account {
+        product: &state.http().product,
+        assets: BELOW,
+    })
 }
 
 /// `GET /account/reset-password?token=...`: the new-password form.
 async fn reset_password(State(state): State<AppState>) -> Response {
     page(&ResetPassword {
         product: &state.http().product,
+        assets: BESIDE,
     })
 }
 
@@ -55,6 +81,7 @@ async fn reset_password(State(state): State<AppState>) -> Response {
 async fn verify_email(State(state): State<AppState>) -> Response {
     page(&VerifyEmail {
         product: &state.http().product,
+        assets: BESIDE,
     })
 }
 

@@ -1,7 +1,8 @@
-//! The hosted pages: where the links in the mails lead. Plain HTTP on both databases (headers,
-//! the links' address, opening spends nothing), and once in headless Chromium as a person uses
-//! them: a real reset link from the SMTP sink, a weak password (the reasons appear), a good one,
-//! then a login with it; a verification link and its one button.
+//! The hosted pages: where the links in the mails lead, and the account page. Plain HTTP on
+//! both databases (headers, the links' address, opening spends nothing), and in headless
+//! Chromium as a person uses them: a real reset link from the SMTP sink, a weak password (the
+//! reasons appear), a good one, then a login with it; a verification link and its one button;
+//! the account page's sign-in, devices, password change, sign-out everywhere and deletion.
 
 use std::time::Duration as StdDuration;
 
@@ -33,6 +34,7 @@ async fn the_pages_carry_strict_headers_and_the_products_name(backend: Backend) 
     for path in [
         "/account/reset-password?token=not-reflected-abc",
         "/account/verify-email?token=not-reflected-abc",
+        "/account?token=not-reflected-abc",
     ] {
         let response = app.get(path).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -273,4 +275,144 @@ async fn a_person_resets_a_password_and_confirms_an_address_in_chromium() {
     let access = body["access_token"].as_str().unwrap().to_owned();
     let (_, verified): (StatusCode, Value) = status_and_json(app.verify(&access).await).await;
     assert_eq!(verified["email_verified"], true);
+}
+
+async fn count(browser: &Client, selector: &str) -> usize {
+    browser
+        .find_all(Locator::Css(selector))
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn click(browser: &Client, selector: &str) {
+    browser
+        .find(Locator::Css(selector))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn sign_in(browser: &Client, email: &str, password: &str) {
+    shown(browser, "#signin-form").await;
+    fill(browser, "signin-email", email).await;
+    fill(browser, "signin-password", password).await;
+    click(browser, "#signin-form button").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_manages_devices_password_and_account_on_the_account_page() {
+    // Arrange: a user also signed in on another device, over the API.
+    let (app, _sink) = app_with_sink(Backend::Sqlite, &[("EMAIL_VERIFICATION", "off")]).await;
+    let email = "owner@example.com";
+    app.register(email, PASSWORD).await;
+    // At a desktop's width first, for the screenshot; signing out there ends that session.
+    {
+        let (_driver, desktop) = chromium(1280, 1100).await;
+        desktop.goto(&app.url("/account")).await.unwrap();
+        sign_in(&desktop, email, PASSWORD).await;
+        shown(&desktop, "#account").await;
+        poll_until("the device listed", MAIL_WITHIN, || async {
+            count(&desktop, "#sessions li").await == 1
+        })
+        .await;
+        screenshot(&desktop, "account-desktop").await;
+        click(&desktop, "#signout").await;
+        let out = shown(&desktop, "#signed-out").await;
+        assert!(out.starts_with("You are signed out."), "{out}");
+        desktop.close().await.unwrap();
+    }
+    let (_, other) = status_and_json(app.login(email, PASSWORD).await).await;
+    let other_refresh = other["refresh_token"].as_str().unwrap().to_owned();
+    let (_driver, browser) = chromium(375, 1400).await;
+    browser.goto(&app.url("/account")).await.unwrap();
+    shown(&browser, "#signin-form").await;
+    screenshot(&browser, "account-signin-phone").await;
+
+    // Act: a wrong password, then the right one.
+    sign_in(&browser, email, "WrongPass999").await;
+    let refused = shown(&browser, "#signin-error").await;
+    assert_eq!(refused, "Wrong email or password.");
+    sign_in(&browser, email, PASSWORD).await;
+    shown(&browser, "#account").await;
+    poll_until("both devices listed", MAIL_WITHIN, || async {
+        count(&browser, "#sessions li").await == 2
+    })
+    .await;
+    screenshot(&browser, "account-phone").await;
+    // Sign the other device out.
+    click(&browser, "#sessions li button").await;
+    poll_until("one device left", MAIL_WITHIN, || async {
+        count(&browser, "#sessions li").await == 1
+    })
+    .await;
+    assert_eq!(
+        app.refresh(&other_refresh).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the other device's session ended"
+    );
+    // Change the password: a weak one first.
+    fill(&browser, "current-password", PASSWORD).await;
+    fill(&browser, "changed-password", "short").await;
+    fill(&browser, "changed-again", "short").await;
+    click(&browser, "#password-form button").await;
+    browser
+        .wait()
+        .at_most(StdDuration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//ul[@id='password-reasons']/li[contains(., 'at least 8 characters')]",
+        ))
+        .await
+        .expect("the policy's reason is shown");
+    fill(&browser, "current-password", PASSWORD).await;
+    fill(&browser, "changed-password", "ChangedPass789").await;
+    fill(&browser, "changed-again", "ChangedPass789").await;
+    click(&browser, "#password-form button").await;
+    shown(&browser, "#password-done").await;
+    screenshot(&browser, "account-password-changed-phone").await;
+    assert_eq!(
+        app.login(email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, elsewhere) = status_and_json(app.login(email, "ChangedPass789").await).await;
+    assert_eq!(status, StatusCode::OK);
+    // Nothing of the sign-in is kept outside the page's memory.
+    let kept = browser
+        .execute(
+            "return [localStorage.length, sessionStorage.length, document.cookie];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, json!([0, 0, ""]));
+    // Sign out everywhere: the session started over the API ends too.
+    click(&browser, "#signout-everywhere").await;
+    let everywhere = shown(&browser, "#signed-out").await;
+    assert!(everywhere.contains("signed out everywhere"), "{everywhere}");
+    let elsewhere_refresh = elsewhere["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        app.refresh(elsewhere_refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Delete the account: a wrong password first.
+    click(&browser, "#signin-again").await;
+    sign_in(&browser, email, "ChangedPass789").await;
+    shown(&browser, "#account").await;
+    fill(&browser, "delete-password", "NotMyPass123").await;
+    click(&browser, "#delete-form button").await;
+    let wrong = shown(&browser, "#delete-error").await;
+    assert_eq!(wrong, "The password is wrong.");
+    fill(&browser, "delete-password", "ChangedPass789").await;
+    click(&browser, "#delete-form button").await;
+    let deleted = shown(&browser, "#signed-out").await;
+    assert!(deleted.contains("deleted"), "{deleted}");
+    screenshot(&browser, "account-deleted-phone").await;
+    browser.close().await.unwrap();
+    // Assert: the account is gone.
+    assert_eq!(
+        app.login(email, "ChangedPass789").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
