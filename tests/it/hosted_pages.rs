@@ -158,6 +158,13 @@ async fn screenshot(browser: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// Types the new password and its repetition on the reset page, and submits.
+async fn choose(browser: &Client, password: &str, again: &str) {
+    fill(browser, "new-password", password).await;
+    fill(browser, "repeat-password", again).await;
+    click(browser, "#reset-form button").await;
+}
+
 async fn fill(browser: &Client, id: &str, text: &str) {
     let field = browser.find(Locator::Id(id)).await.unwrap();
     field.clear().await.unwrap();
@@ -191,26 +198,10 @@ async fn a_person_resets_a_password_and_confirms_an_address_in_chromium() {
     // Act: the reset page, with two passwords that differ, then a weak one, then a good one.
     browser.goto(&here(&reset)).await.unwrap();
     shown(&browser, "#reset-form").await;
-    fill(&browser, "new-password", "AnotherPass456").await;
-    fill(&browser, "repeat-password", "AnotherPass457").await;
-    browser
-        .find(Locator::Css("#reset-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&browser, "AnotherPass456", "AnotherPass457").await;
     let differ = shown(&browser, "#reasons li").await;
     assert_eq!(differ, "the two passwords differ");
-    fill(&browser, "new-password", "short").await;
-    fill(&browser, "repeat-password", "short").await;
-    browser
-        .find(Locator::Css("#reset-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&browser, "short", "short").await;
     browser
         .wait()
         .at_most(StdDuration::from_secs(20))
@@ -220,15 +211,7 @@ async fn a_person_resets_a_password_and_confirms_an_address_in_chromium() {
         .await
         .expect("the policy's reason is shown beside the field");
     screenshot(&browser, "reset-weak-phone").await;
-    fill(&browser, "new-password", "AnotherPass456").await;
-    fill(&browser, "repeat-password", "AnotherPass456").await;
-    browser
-        .find(Locator::Css("#reset-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&browser, "AnotherPass456", "AnotherPass456").await;
     let done = shown(&browser, "#done").await;
     assert!(done.contains("Your password has been changed"), "{done}");
     screenshot(&browser, "reset-done-phone").await;
@@ -243,28 +226,14 @@ async fn a_person_resets_a_password_and_confirms_an_address_in_chromium() {
     );
     // The link, used once, says so when tried again.
     browser.goto(&here(&reset)).await.unwrap();
-    fill(&browser, "new-password", "ThirdPass789x").await;
-    fill(&browser, "repeat-password", "ThirdPass789x").await;
-    browser
-        .find(Locator::Css("#reset-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&browser, "ThirdPass789x", "ThirdPass789x").await;
     let expired = shown(&browser, "#expired").await;
     assert!(expired.contains("expired or has been used"), "{expired}");
     screenshot(&browser, "reset-expired-phone").await;
 
     // Act: the verification page's one button.
     browser.goto(&here(&verification)).await.unwrap();
-    browser
-        .find(Locator::Css("#verify-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#verify-form button").await;
     let confirmed = shown(&browser, "#done").await;
     assert!(confirmed.contains("confirmed"), "{confirmed}");
     screenshot(&browser, "verify-done-phone").await;
@@ -293,6 +262,14 @@ async fn click(browser: &Client, selector: &str) {
         .click()
         .await
         .unwrap();
+}
+
+/// Fills the account page's password change and submits.
+async fn change_password(browser: &Client, current: &str, new: &str, again: &str) {
+    fill(browser, "current-password", current).await;
+    fill(browser, "changed-password", new).await;
+    fill(browser, "changed-again", again).await;
+    click(browser, "#password-form button").await;
 }
 
 async fn sign_in(browser: &Client, email: &str, password: &str) {
@@ -354,10 +331,7 @@ async fn a_person_manages_devices_password_and_account_on_the_account_page() {
         "the other device's session ended"
     );
     // Change the password: a weak one first.
-    fill(&browser, "current-password", PASSWORD).await;
-    fill(&browser, "changed-password", "short").await;
-    fill(&browser, "changed-again", "short").await;
-    click(&browser, "#password-form button").await;
+    change_password(&browser, PASSWORD, "short", "short").await;
     browser
         .wait()
         .at_most(StdDuration::from_secs(20))
@@ -366,10 +340,7 @@ async fn a_person_manages_devices_password_and_account_on_the_account_page() {
         ))
         .await
         .expect("the policy's reason is shown");
-    fill(&browser, "current-password", PASSWORD).await;
-    fill(&browser, "changed-password", "ChangedPass789").await;
-    fill(&browser, "changed-again", "ChangedPass789").await;
-    click(&browser, "#password-form button").await;
+    change_password(&browser, PASSWORD, "ChangedPass789", "ChangedPass789").await;
     shown(&browser, "#password-done").await;
     screenshot(&browser, "account-password-changed-phone").await;
     assert_eq!(
