@@ -9,8 +9,8 @@
 //! killed mid-send leaves its lease to run out, and another sends the message then.
 //!
 //! Between drains the worker sleeps until the next message is due (a read of the outbox), this
-//! process queues one, or [`RECHECK`] passes: an idle outbox costs a read, never a write
-//! transaction. Mail is the one kind of message today; another kind (webhooks) gets its own
+//! process queues one, or [`RECHECK`] passes; it claims (a write transaction) only when that
+//! read says a message is due: an idle outbox costs reads, never a write transaction. Mail is the one kind of message today; another kind (webhooks) gets its own
 //! claim and attempt beside [`drain_mail`] and its due time in [`Outbox::next_due`], in this
 //! same loop.
 
@@ -87,10 +87,14 @@ impl Outbox {
             let Some(inner) = service.upgrade() else {
                 return;
             };
-            drain_mail(&inner, &self.mailer, &stop).await;
-            let nap = Self::next_due(&inner)
-                .await
-                .map_or(RECHECK, |due| until(inner.clock.now(), due));
+            // Claims (a write transaction) only when a message is due: idle, a look is a read.
+            let mut due = Self::next_due(&inner).await;
+            if due.is_some_and(|due| due <= inner.clock.now()) {
+                drain_mail(&inner, &self.mailer, &stop).await;
+                due = Self::next_due(&inner).await;
+            }
+            record_pending(&inner).await;
+            let nap = due.map_or(RECHECK, |due| until(inner.clock.now(), due));
             let wake = Arc::clone(&inner.mail_wakeup);
             drop(inner);
             tokio::select! {
@@ -104,7 +108,19 @@ impl Outbox {
     /// When the next message of any kind falls due, if one is queued (`None` also when the
     /// outbox cannot be read: the worker looks again after [`RECHECK`]).
     async fn next_due(inner: &Inner) -> Option<DateTime<Utc>> {
-        inner.store.next_mail_due().await.ok().flatten()
+        match inner.store.next_mail_due().await {
+            Ok(due) => due,
+            // An outage is logged once when it starts and once when it ends, by the revocation
+            // follower; the worker only looks again.
+            Err(StoreError::Unavailable(_)) => None,
+            Err(err) => {
+                tracing::warn!(
+                    error = %crate::error_chain::error_chain(&err),
+                    "the mail outbox cannot be read; retrying"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -115,7 +131,8 @@ fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> StdDuration {
 
 /// Sends every message due now, [`LANES`] at a time: each lane claims one message (password
 /// resets first), sends it, and claims the next, until none is due or `stop`. One claim comes
-/// first, so a wake-up with nothing due costs one claim, not one per lane.
+/// first, so a wake-up that finds nothing claimable (taken by another replica meanwhile) costs
+/// one claim, not one per lane.
 async fn drain_mail(inner: &Inner, mailer: &Mailer, stop: &CancellationToken) {
     if let Some(first) = claim_one(inner).await {
         let lanes = std::iter::once(Some(first))
@@ -123,6 +140,11 @@ async fn drain_mail(inner: &Inner, mailer: &Mailer, stop: &CancellationToken) {
             .map(|first| lane(inner, mailer, first, stop));
         futures_util::future::join_all(lanes).await;
     }
+}
+
+/// The `mail_outbox_pending` gauge, as the outbox stands (every replica reports the shared
+/// count).
+async fn record_pending(inner: &Inner) {
     if let Ok(pending) = inner.store.pending_mail().await {
         #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
         metrics::gauge!("mail_outbox_pending").set(pending as f64);
