@@ -65,9 +65,7 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Response
     // The body (a GET's, never read) stays behind: the answer holds only the head.
     let (parts, _) = request.into_parts();
     verify_answer(&auth, &parts.headers, || {
-        let spans = super::middleware::RequestSpan {
-            clients: state.http().clients.clone(),
-        };
+        let spans = super::request_span(&state);
         let request_id = parts
             .extensions
             .get::<tower_http::request_id::RequestId>()

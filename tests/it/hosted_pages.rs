@@ -21,12 +21,9 @@ dual_backend!(
 );
 
 async fn app_with_sink(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let vars = sink.vars();
-    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    overrides.push(("MAIL_PRODUCT_NAME", "Corner Shop"));
+    let mut overrides = vec![("MAIL_PRODUCT_NAME", "Corner Shop")];
     overrides.extend_from_slice(extra);
-    (TestApp::spawn_with(backend, &overrides).await, sink)
+    SmtpSink::with_app(backend, &overrides).await
 }
 
 async fn the_pages_carry_strict_headers_and_the_products_name(backend: Backend) {

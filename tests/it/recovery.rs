@@ -47,15 +47,11 @@ dual_backend!(
 );
 
 async fn app_with_sink(backend: Backend, extra: &[(&str, &str)]) -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let vars = sink.vars();
-    let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // No verification mail at registration unless a test asks for it: the reset tests count
     // reset mails.
-    overrides.push(("EMAIL_VERIFICATION", "off"));
-    overrides.push(("MAIL_PRODUCT_NAME", "Shop"));
+    let mut overrides = vec![("EMAIL_VERIFICATION", "off"), ("MAIL_PRODUCT_NAME", "Shop")];
     overrides.extend_from_slice(extra);
-    (TestApp::spawn_with(backend, &overrides).await, sink)
+    SmtpSink::with_app(backend, &overrides).await
 }
 
 async fn forgot(app: &TestApp, email: &str) -> reqwest::Response {

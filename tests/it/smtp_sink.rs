@@ -140,6 +140,22 @@ impl SmtpSink {
         sink
     }
 
+    /// A fresh database and an app on it that mails this sink (a new one), with `extra`
+    /// variables.
+    pub async fn with_app(
+        backend: crate::helpers::Backend,
+        extra: &[(&str, &str)],
+    ) -> (crate::helpers::TestApp, Self) {
+        let sink = Self::start().await;
+        let vars = sink.vars();
+        let mut overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        overrides.extend_from_slice(extra);
+        (
+            crate::helpers::TestApp::spawn_with(backend, &overrides).await,
+            sink,
+        )
+    }
+
     /// The variables that point the app at this sink.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
