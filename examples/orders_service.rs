@@ -56,6 +56,8 @@ async fn orders_unprotected() -> Json<VerifiedUser> {
         user_id: 0,
         email: "anonymous@example.com".to_owned(),
         email_verified: false,
+        aal: auth_verifier::Aal::Aal1,
+        amr: Vec::new(),
     })
 }
 

@@ -86,7 +86,7 @@ enum Command {
         #[command(subcommand)]
         action: IpAction,
     },
-    /// Signing keys for RS256, ES256 and EdDSA.
+    /// Signing keys for RS256, ES256 and EdDSA; re-sealing secrets after a data key change.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -106,6 +106,10 @@ enum KeysAction {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Seal every stored TOTP secret under the current DATA_ENCRYPTION_KEY, opening each with
+    /// the key that sealed it (DATA_ENCRYPTION_KEYS_PREVIOUS); without a key set, store them in
+    /// the clear. Run after a key change, then drop the old key from the previous list.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +135,9 @@ enum UserAction {
     },
     /// Mark a user's email address verified.
     VerifyEmail { email: String },
+    /// Remove a user's second factors and recovery codes and end every session (for the user
+    /// who lost both the phone and the codes): the next login asks for the password only.
+    MfaReset { email: String },
     /// Delete a user, their sessions and refresh tokens.
     Delete { email: String },
     /// Show id, active flag, creation time and lockout (never the hash).
@@ -192,8 +199,13 @@ pub fn main() -> ExitCode {
             } => copy_data(&config, &from, &to, merge, allow_empty).await,
             Command::ImportOriginal { from, merge } => import_original(config, &from, merge).await,
             Command::Purge => purge(config).await,
+            Command::Keys {
+                action: KeysAction::Reencrypt,
+            } => reencrypt(config).await,
             // Handled above, before the configuration is read.
-            Command::Keys { .. } => ExitCode::from(2),
+            Command::Keys {
+                action: KeysAction::Generate { .. },
+            } => ExitCode::from(2),
         }
     })
 }
@@ -302,6 +314,12 @@ async fn serve(config: Config) -> ExitCode {
              not survive a restart. Generate one with: openssl rand -base64 48"
         );
     }
+    if config.data_keys.current.is_none() {
+        tracing::warn!(
+            "DATA_ENCRYPTION_KEY is not set: second-factor (TOTP) secrets are stored in the clear. \
+             Generate one with: openssl rand -base64 32"
+        );
+    }
     tracing::info!(config = ?config, "starting auth-service");
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -349,6 +367,25 @@ fn finish<E: std::error::Error + 'static>(result: Result<String, E>, database: &
             ExitCode::from(1)
         }
     }
+}
+
+async fn reencrypt(config: Config) -> ExitCode {
+    let database = config.database.url.describe();
+    let sealing = config.data_keys.current.is_some();
+    let state = match admin_state(config, Purpose::Admin).await {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let result = state.auth().admin_reencrypt().await.map(|moved| {
+        if sealing {
+            format!("sealed {moved} TOTP secrets under the current DATA_ENCRYPTION_KEY in {database}")
+        } else {
+            format!(
+                "DATA_ENCRYPTION_KEY is not set: stored {moved} TOTP secrets in the clear in {database}"
+            )
+        }
+    });
+    finish(result, &database)
 }
 
 async fn migrate(config: Config) -> ExitCode {
@@ -417,6 +454,17 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
             .admin_verify_email(&email)
             .await
             .map(|id| format!("verified the email of user {id} in {database}")),
+        UserAction::MfaReset { email } => {
+            auth.admin_mfa_reset(&email).await.map(|(id, had)| {
+                if had {
+                    format!(
+                        "removed the second factor of user {id} in {database}; every session ended"
+                    )
+                } else {
+                    format!("user {id} had no second factor in {database}; every session ended")
+                }
+            })
+        }
         UserAction::Unlock { email } => auth
             .admin_unlock(&email)
             .await

@@ -12,6 +12,7 @@ use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use base64::Engine as _;
 use ipnet::IpNet;
+use secrecy::ExposeSecret as _;
 use secrecy::SecretString;
 
 use crate::telemetry::LogFormat;
@@ -79,6 +80,53 @@ pub struct Config {
     pub log: LogConfig,
     /// Outgoing mail and the links in it.
     pub mail: MailConfig,
+    /// The keys that seal secrets at rest.
+    pub data_keys: DataKeyConfig,
+}
+
+/// Secrets at rest (the TOTP keys): `DATA_ENCRYPTION_KEY`, `DATA_ENCRYPTION_KEYS_PREVIOUS`.
+/// `Debug` shows no key.
+#[derive(Clone, Debug, Default)]
+pub struct DataKeyConfig {
+    /// `DATA_ENCRYPTION_KEY` (default unset: secrets are stored in the clear, with a start-up
+    /// warning): base64 of 32 bytes.
+    pub current: Option<SecretString>,
+    /// `DATA_ENCRYPTION_KEYS_PREVIOUS` (comma list): keys that still open what they sealed.
+    pub previous: Vec<SecretString>,
+}
+
+impl DataKeyConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let check = |var: &'static str, key: String| {
+            if crate::data_keys::decode_key(&key).is_none() {
+                return Err(ConfigError::new(
+                    var,
+                    "expected base64 of exactly 32 bytes (generate one with: openssl rand \
+                     -base64 32)",
+                ));
+            }
+            Ok(SecretString::from(key))
+        };
+        Ok(Self {
+            current: vars
+                .get("DATA_ENCRYPTION_KEY")
+                .map(|key| check("DATA_ENCRYPTION_KEY", key))
+                .transpose()?,
+            previous: vars
+                .list("DATA_ENCRYPTION_KEYS_PREVIOUS")
+                .into_iter()
+                .map(|key| check("DATA_ENCRYPTION_KEYS_PREVIOUS", key))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The keys, ready to seal and open.
+    #[must_use]
+    pub fn keys(&self) -> crate::data_keys::DataKeys {
+        let decode = |key: &SecretString| crate::data_keys::decode_key(key.expose_secret());
+        let previous: Vec<[u8; 32]> = self.previous.iter().filter_map(decode).collect();
+        crate::data_keys::DataKeys::new(self.current.as_ref().and_then(decode), &previous)
+    }
 }
 
 /// How mail leaves (`MAIL_URL`).
@@ -406,6 +454,7 @@ impl Config {
             limits: LimitConfig::read(&vars)?,
             log: LogConfig::read(&vars)?,
             mail: MailConfig::read(&vars, &server.public_url)?,
+            data_keys: DataKeyConfig::read(&vars)?,
             server,
         })
     }

@@ -22,13 +22,16 @@
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`mail_transport`]: the messages and the SMTP or log transport.
 //! - [`client_address`]: who the client is (trusted proxies, IPv6 prefix).
-//! - [`error_chain`], [`database_url`], [`keys`]: leaves every layer may use.
+//! - [`error_chain`], [`database_url`], [`keys`], [`assurance`], [`data_keys`]: leaves every
+//!   layer may use.
 
+pub mod assurance;
 pub mod background;
 pub mod cli;
 pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod data_keys;
 pub mod database_url;
 pub mod error_chain;
 pub mod http;

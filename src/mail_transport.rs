@@ -83,6 +83,10 @@ macro_rules! message {
 message!(password_reset, "mail/password_reset.mail", { product: &'a str, link: &'a str, minutes: u32 });
 message!(password_changed, "mail/password_changed.mail", { product: &'a str });
 message!(verify_email, "mail/verify_email.mail", { product: &'a str, link: &'a str, hours: u32 });
+message!(mfa_enrolled, "mail/mfa_enrolled.mail", { product: &'a str });
+message!(mfa_removed, "mail/mfa_removed.mail", { product: &'a str });
+message!(recovery_code_used, "mail/recovery_code_used.mail", { product: &'a str });
+message!(recovery_codes_regenerated, "mail/recovery_codes_regenerated.mail", { product: &'a str });
 
 /// Renders `template`.
 ///
@@ -94,6 +98,10 @@ pub fn render(template: MailTemplate, ctx: Context<'_>) -> Result<Rendered, aska
         MailTemplate::PasswordReset => password_reset::render(ctx),
         MailTemplate::PasswordChanged => password_changed::render(ctx),
         MailTemplate::VerifyEmail => verify_email::render(ctx),
+        MailTemplate::MfaEnrolled => mfa_enrolled::render(ctx),
+        MailTemplate::MfaRemoved => mfa_removed::render(ctx),
+        MailTemplate::RecoveryCodeUsed => recovery_code_used::render(ctx),
+        MailTemplate::RecoveryCodesRegenerated => recovery_codes_regenerated::render(ctx),
     }
 }
 
@@ -218,11 +226,7 @@ mod tests {
             minutes: 30,
             hours: 24,
         };
-        for template in [
-            MailTemplate::PasswordReset,
-            MailTemplate::PasswordChanged,
-            MailTemplate::VerifyEmail,
-        ] {
+        for template in MailTemplate::ALL {
             let message = render(template, ctx).unwrap();
             assert_eq!(
                 message.subject.matches(ctx.product).count(),
@@ -240,7 +244,7 @@ mod tests {
                 message.html
             );
             assert!(!message.subject.contains('\n'), "{template:?}");
-            if template != MailTemplate::PasswordChanged {
+            if template.has_link() {
                 assert!(message.text.contains(ctx.link), "{template:?}");
                 assert!(message.html.contains("token=abc&#38;x=1"), "{template:?}");
             }

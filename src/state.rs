@@ -255,7 +255,16 @@ impl AppState {
             verify_hours: config.mail.email_verify_token_hours,
         };
         let outbox = Arc::new(Outbox::new(&config.mail)?);
-        let auth = AuthService::new(store, keys, passwords, clock, settings, feed_readers, mail);
+        let auth = AuthService::new(
+            store,
+            keys,
+            passwords,
+            clock,
+            settings,
+            feed_readers,
+            mail,
+            config.data_keys.keys(),
+        );
         let clients = ClientAddresses::new(
             config.limits.trusted_proxies.clone(),
             config.limits.ipv6_prefix_length,

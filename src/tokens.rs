@@ -16,7 +16,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
-use crate::keys::{AsymmetricAlgorithm, JwtAlgorithm, KeySet};
+use crate::{
+    assurance::Assurance,
+    keys::{AsymmetricAlgorithm, JwtAlgorithm, KeySet},
+};
 
 /// Whom a token is for, and in which session.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +32,8 @@ pub struct Subject<'a> {
     pub session: Uuid,
     /// Whether the address is verified (access tokens carry it).
     pub email_verified: bool,
+    /// How the session was signed in (access tokens carry `acr`, `amr` and `auth_time`).
+    pub assurance: Assurance,
 }
 
 /// Why a token was refused; all of them are the same 401 to the client.
@@ -176,7 +181,8 @@ impl TokenKeys {
         &self.jwks
     }
 
-    /// Builds the claims of a token: an access token carries the email, a refresh token not.
+    /// Builds the claims of a token: an access token carries the email and the sign-in's
+    /// assurance, a refresh token neither (its session row keeps the assurance).
     #[must_use]
     pub fn claims(
         &self,
@@ -186,6 +192,7 @@ impl TokenKeys {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Claims {
+        let access = kind == TokenKind::Access;
         Claims {
             sub: subject.user_id.to_string(),
             user_id: subject.user_id,
@@ -199,6 +206,9 @@ impl TokenKeys {
             nbf: None,
             iss: Some(self.issuer.clone()),
             aud: self.audience.clone(),
+            acr: access.then(|| subject.assurance.methods.aal().as_str().to_owned()),
+            amr: access.then(|| subject.assurance.methods.list()),
+            auth_time: access.then(|| subject.assurance.auth_time.timestamp()),
         }
     }
 
@@ -360,6 +370,10 @@ mod tests {
             email: "someone@example.com",
             session: Uuid::nil(),
             email_verified: true,
+            assurance: crate::assurance::Assurance {
+                methods: crate::assurance::Methods::PASSWORD,
+                auth_time: DateTime::UNIX_EPOCH,
+            },
         }
     }
 

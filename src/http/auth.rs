@@ -4,8 +4,8 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
+    response::Response,
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -15,10 +15,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     errors::{ApiError, ErrorBody},
     extract::{AppJson, AuthUser, RequestCaller},
-    responses::{BodyErrors, MessageResponse, attempt_headers},
+    mfa::{MfaRequiredBody, mfa_required},
+    responses::{BodyErrors, MessageResponse, TokenResponse, attempt_headers, tokens},
 };
 use crate::{
-    service::{AuthService, TokenPair},
+    service::{AuthService, mfa::SignIn},
     state::AppState,
 };
 
@@ -95,45 +96,6 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-/// Tokens handed out by login and refresh.
-#[derive(Serialize, ToSchema)]
-pub struct TokenResponse {
-    /// Access JWT for `Authorization: Bearer`.
-    pub access_token: String,
-    /// Refresh JWT: with `REFRESH_TOKEN_ROTATION=off` (the default) the one that was sent;
-    /// with `on`, a new one (the old one stops working).
-    pub refresh_token: String,
-    /// Always `bearer`.
-    #[schema(example = "bearer")]
-    pub token_type: String,
-    /// Access-token lifetime in seconds.
-    #[schema(example = 900)]
-    pub expires_in: i64,
-}
-
-impl From<TokenPair> for TokenResponse {
-    fn from(pair: TokenPair) -> Self {
-        Self {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: "bearer".to_owned(),
-            expires_in: pair.expires_in,
-        }
-    }
-}
-
-/// A token response: never cached (RFC 6749 section 5.1).
-fn tokens(pair: TokenPair) -> Response {
-    (
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::PRAGMA, "no-cache"),
-        ],
-        Json(TokenResponse::from(pair)),
-    )
-        .into_response()
-}
-
 /// `POST /auth/register`: create a user.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", summary = "Create a user", request_body = RegisterRequest,
     responses(
@@ -167,7 +129,8 @@ pub async fn register(
             ("X-RateLimit-Remaining" = u32, description = "Failed attempts left before the lockout"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until the window or lockout ends"),
         )),
-        (status = 401, description = "INVALID_CREDENTIALS or ACCOUNT_DISABLED", body = ErrorBody),
+        (status = 401, description = "INVALID_CREDENTIALS or ACCOUNT_DISABLED; MFA_REQUIRED (the password was right and the user has a second factor: no tokens, an `mfa_token` for `POST /auth/mfa/verify`)", body = MfaRequiredBody),
+        (status = 403, description = "EMAIL_NOT_VERIFIED (with EMAIL_VERIFICATION=required, after the password checked out)", body = ErrorBody),
         BodyErrors,
     ))]
 pub async fn login(
@@ -178,9 +141,13 @@ pub async fn login(
     let outcome = auth
         .login(&req.email, SecretString::from(req.password.0), &caller)
         .await;
+    let answer = outcome.result.map(|signed_in| match signed_in {
+        SignIn::Tokens(pair) => tokens(pair),
+        SignIn::SecondFactor(challenge) => mfa_required(challenge),
+    });
     (
         attempt_headers(outcome.status),
-        outcome.result.map(tokens).map_err(ApiError::from),
+        answer.map_err(ApiError::from),
     )
 }
 

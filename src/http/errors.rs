@@ -54,6 +54,20 @@ pub enum ErrorCode {
     OriginNotAllowed,
     /// 404: not a live session of the caller (unknown, ended, or another user's).
     SessionNotFound,
+    /// 401 on login: the password was right; the second factor is next (`mfa_token`).
+    MfaRequired,
+    /// 401: a wrong or used second-factor code.
+    InvalidMfaCode,
+    /// 401: an unknown, expired or used `mfa_token`.
+    InvalidMfaToken,
+    /// 404: not a factor of the caller.
+    FactorNotFound,
+    /// 409: a sixth TOTP factor.
+    FactorLimit,
+    /// 409: recovery codes without a second factor.
+    MfaNotEnrolled,
+    /// 403: a sensitive action needs an aal2 session.
+    MfaStepUpRequired,
     /// 404: no such route.
     NotFound,
     /// 405: route exists, method does not.
@@ -174,8 +188,9 @@ impl ApiError {
                 AuthError::InvalidResetToken | AuthError::InvalidVerificationToken => {
                     StatusCode::BAD_REQUEST
                 }
-                AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
-                AuthError::SessionNotFound => StatusCode::NOT_FOUND,
+                AuthError::EmailNotVerified | AuthError::StepUpRequired => StatusCode::FORBIDDEN,
+                AuthError::SessionNotFound | AuthError::FactorNotFound => StatusCode::NOT_FOUND,
+                AuthError::FactorLimit | AuthError::MfaNotEnrolled => StatusCode::CONFLICT,
                 AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
@@ -183,7 +198,9 @@ impl ApiError {
                 | AuthError::AccountDisabled
                 | AuthError::MissingToken
                 | AuthError::InvalidToken
-                | AuthError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
+                | AuthError::InvalidRefreshToken
+                | AuthError::InvalidMfaCode
+                | AuthError::InvalidMfaToken => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } | AuthError::IpBlocked { .. } => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
@@ -228,6 +245,12 @@ impl ApiError {
                 AuthError::MissingToken => ErrorCode::MissingToken,
                 AuthError::InvalidToken => ErrorCode::InvalidToken,
                 AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
+                AuthError::InvalidMfaCode => ErrorCode::InvalidMfaCode,
+                AuthError::InvalidMfaToken => ErrorCode::InvalidMfaToken,
+                AuthError::FactorNotFound => ErrorCode::FactorNotFound,
+                AuthError::FactorLimit => ErrorCode::FactorLimit,
+                AuthError::MfaNotEnrolled => ErrorCode::MfaNotEnrolled,
+                AuthError::StepUpRequired => ErrorCode::MfaStepUpRequired,
                 AuthError::Unavailable(_)
                 | AuthError::RevocationsStale
                 | AuthError::HashQueueFull => ErrorCode::ServiceUnavailable,
@@ -257,7 +280,9 @@ impl ApiError {
                 AuthError::InvalidCredentials
                 | AuthError::AccountDisabled
                 | AuthError::MissingToken
-                | AuthError::InvalidRefreshToken,
+                | AuthError::InvalidRefreshToken
+                | AuthError::InvalidMfaCode
+                | AuthError::InvalidMfaToken,
             )
             | Self::NotBearer => Some("Bearer"),
             _ => None,
@@ -489,6 +514,54 @@ mod tests {
                 404,
                 "SESSION_NOT_FOUND",
                 "Session not found",
+                None,
+                None,
+            ),
+            (
+                AuthError::InvalidMfaCode.into(),
+                401,
+                "INVALID_MFA_CODE",
+                "Invalid code",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::InvalidMfaToken.into(),
+                401,
+                "INVALID_MFA_TOKEN",
+                "Invalid or expired MFA token",
+                bearer,
+                None,
+            ),
+            (
+                AuthError::StepUpRequired.into(),
+                403,
+                "MFA_STEP_UP_REQUIRED",
+                "A second factor is required for this action",
+                None,
+                None,
+            ),
+            (
+                AuthError::FactorNotFound.into(),
+                404,
+                "FACTOR_NOT_FOUND",
+                "Factor not found",
+                None,
+                None,
+            ),
+            (
+                AuthError::FactorLimit.into(),
+                409,
+                "FACTOR_LIMIT",
+                "Too many factors",
+                None,
+                None,
+            ),
+            (
+                AuthError::MfaNotEnrolled.into(),
+                409,
+                "MFA_NOT_ENROLLED",
+                "No second factor enrolled",
                 None,
                 None,
             ),

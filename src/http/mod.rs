@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod hot_path;
 pub mod meta;
+pub mod mfa;
 pub mod middleware;
 pub mod pages;
 pub mod rate_limit;
@@ -129,7 +130,8 @@ fn areas(
     let body_routes = OpenApiRouter::new()
         .merge(auth::routes())
         .merge(recovery::routes())
-        .merge(account::routes());
+        .merge(account::routes())
+        .merge(mfa::routes());
     OpenApiRouter::with_openapi(meta::ApiDoc::openapi())
         .merge(meta::routes(metrics_here))
         .merge(health::routes())

@@ -1,15 +1,16 @@
-//! Response shapes that more than one area answers with: the plain confirmation, the errors
+//! Response shapes that more than one area answers with: the plain confirmation, tokens, the errors
 //! every JSON-body route documents, the lockout's `X-RateLimit-*` headers.
 
 use axum::{
     Json,
-    http::{HeaderMap, HeaderName, HeaderValue},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response},
 };
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::errors::ErrorBody;
-use crate::service::lockout::AttemptStatus;
+use crate::service::{TokenPair, lockout::AttemptStatus};
 
 /// A plain confirmation.
 #[derive(Serialize, ToSchema)]
@@ -25,6 +26,45 @@ impl MessageResponse {
             message: message.to_owned(),
         })
     }
+}
+
+/// Tokens handed out by login and refresh.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// Access JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Refresh JWT: with `REFRESH_TOKEN_ROTATION=off` (the default) the one that was sent;
+    /// with `on`, a new one (the old one stops working).
+    pub refresh_token: String,
+    /// Always `bearer`.
+    #[schema(example = "bearer")]
+    pub token_type: String,
+    /// Access-token lifetime in seconds.
+    #[schema(example = 900)]
+    pub expires_in: i64,
+}
+
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "bearer".to_owned(),
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+/// A token response: never cached (RFC 6749 section 5.1).
+pub fn tokens(pair: TokenPair) -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(TokenResponse::from(pair)),
+    )
+        .into_response()
 }
 
 /// The errors every JSON-body endpoint can answer, documented once.

@@ -51,6 +51,12 @@ pub struct VerifyResponse {
     /// Whether the address was verified when the token was issued (additive: the original's
     /// clients see the same fields plus this one).
     pub email_verified: bool,
+    /// The level of the token's sign-in (`acr`): `aal2` after a second factor or a passkey
+    /// (additive).
+    pub aal: auth_verifier::claims::Aal,
+    /// The methods of the token's sign-in (`amr`, a set: `pwd`, `otp`, `rec`, `hwk`) (additive).
+    #[schema(example = json!(["pwd", "otp"]))]
+    pub amr: Vec<auth_verifier::claims::AuthMethod>,
 }
 
 /// `GET /auth/verify`: who an access token belongs to.
@@ -101,6 +107,8 @@ pub async fn verify_answer(
             user_id: user.id,
             email: user.email,
             email_verified: user.email_verified,
+            aal: user.aal,
+            amr: user.amr,
         })
         .into_response(),
         Err(err @ ApiError::Auth(crate::service::AuthError::Internal(_))) => {

@@ -4,7 +4,7 @@
 //!
 //! This module does not know about HTTP.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
@@ -108,6 +108,9 @@ impl AuthService {
                 _ => AuthError::WeakPassword(vec![SAME_PASSWORD]),
             });
         }
+        if let Err(err) = self.require_step_up(user).await {
+            return LoginOutcome::error(err, None);
+        }
         if let Some(weak) = weak {
             audit::record(
                 Event::PasswordChanged,
@@ -161,16 +164,13 @@ impl AuthService {
             template: MailTemplate::PasswordChanged,
             link: None,
         };
-        // A session last used before this holds no access token that still verifies (with a
-        // minute to spare for clock skew between replicas).
-        let token_life = self.0.settings.access_ttl + self.0.settings.leeway;
         let change = PasswordChange {
             user_id: user.id,
             keep: user.session,
             old_hash: &row.password_hash,
             new_hash: &new_hash,
             notification: &notification,
-            live_tokens_since: now - token_life - Duration::minutes(1),
+            live_tokens_since: self.live_tokens_since(now),
         };
         if !self.0.store.change_password_by_user(&change, now).await? {
             // Changed or deleted meanwhile: the password checked is no longer the current one.
@@ -192,6 +192,9 @@ impl AuthService {
         password: SecretString,
         caller: &Caller,
     ) -> Credentialed {
+        if let Err(err) = self.require_step_up(user).await {
+            return LoginOutcome::error(err, None);
+        }
         let attempt = self
             .password_again(user, &password, Event::AccountDeleted, caller)
             .await;

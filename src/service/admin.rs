@@ -169,11 +169,65 @@ impl AuthService {
     /// `NotFound`, or `Refused` for a database failure.
     pub async fn admin_unlock(&self, email: &str) -> Result<i64, AdminError> {
         let (email, user) = self.user_by_email(email).await?;
+        for key in [LockoutKey::Email(&email), LockoutKey::SecondFactor(user.id)] {
+            self.0.store.clear_login_attempts(&key.stored()).await?;
+        }
+        Ok(audited("admin_user_unlock", user.id))
+    }
+
+    /// `user mfa-reset EMAIL`: removes the user's second factors and recovery codes and ends
+    /// every session (the user who lost both the phone and the codes). The user's id, and
+    /// whether there was a factor to remove.
+    ///
+    /// # Errors
+    /// `NotFound`, or `Database` for a database failure.
+    pub async fn admin_mfa_reset(&self, email: &str) -> Result<(i64, bool), AdminError> {
+        let (_, user) = self.user_by_email(email).await?;
+        let had = self.reset_second_factor(user.id).await?;
         self.0
             .store
-            .clear_login_attempts(&LockoutKey::Email(&email).stored())
+            .clear_login_attempts(&LockoutKey::SecondFactor(user.id).stored())
             .await?;
-        Ok(audited("admin_user_unlock", user.id))
+        Ok((audited("admin_user_mfa_reset", user.id), had))
+    }
+
+    /// `keys reencrypt`: seals every TOTP secret under the current `DATA_ENCRYPTION_KEY`
+    /// (or, with none set, stores it in the clear), opening each with the key that sealed it.
+    /// How many secrets moved.
+    ///
+    /// # Errors
+    /// `Internal` when a secret was sealed under a key that is not configured (nothing after it
+    /// moves; the ones before it did), or `Database`.
+    pub async fn admin_reencrypt(&self) -> Result<u64, AdminError> {
+        let keys = &self.0.data_keys;
+        let mut moved = 0;
+        loop {
+            let batch = self
+                .0
+                .store
+                .factors_to_reseal(keys.current_id(), 100)
+                .await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            for factor in batch {
+                let row = factor.id.as_bytes();
+                let plain = keys
+                    .open(&factor.secret, factor.secret_key.as_deref(), row)
+                    .map_err(|err| {
+                        AdminError::Internal(anyhow::anyhow!("factor {}: {err}", factor.id))
+                    })?;
+                let (sealed, key) = keys.seal(&plain, row).map_err(AdminError::Internal)?;
+                if self
+                    .0
+                    .store
+                    .reseal_factor(factor.id, &factor.secret, &sealed, key.as_deref())
+                    .await?
+                {
+                    moved += 1;
+                }
+            }
+        }
     }
 
     /// `user delete EMAIL`: removes the user, their refresh tokens and their counter.

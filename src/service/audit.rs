@@ -65,6 +65,19 @@ pub enum Event {
     SessionEvicted,
     /// `account_deleted`: the user deleted their own account (`DELETE /auth/me`).
     AccountDeleted,
+    /// `mfa_enrolled`: a TOTP factor confirmed.
+    MfaEnrolled,
+    /// `mfa_removed`: a factor removed (by the user, or all of them by `user mfa-reset`).
+    MfaRemoved,
+    /// `mfa_challenge_failed`: a wrong or replayed second-factor code, or one refused while
+    /// the second factor is locked.
+    MfaChallengeFailed,
+    /// `mfa_step_up`: a live session raised to aal2.
+    MfaStepUp,
+    /// `recovery_code_used`
+    RecoveryCodeUsed,
+    /// `recovery_codes_regenerated`
+    RecoveryCodesRegenerated,
     /// `admin_user_create`, `admin_user_disable`, ... (admin commands).
     Admin(&'static str),
 }
@@ -89,6 +102,12 @@ impl Event {
             Self::SessionEnded => "session_ended",
             Self::SessionEvicted => "session_evicted",
             Self::AccountDeleted => "account_deleted",
+            Self::MfaEnrolled => "mfa_enrolled",
+            Self::MfaRemoved => "mfa_removed",
+            Self::MfaChallengeFailed => "mfa_challenge_failed",
+            Self::MfaStepUp => "mfa_step_up",
+            Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Self::Admin(name) => name,
         }
     }
@@ -136,6 +155,8 @@ pub enum Outcome {
     ReuseDetected,
     /// `ignored`: a logout with a string that is not a valid refresh token.
     Ignored,
+    /// `mfa_required`: the right password of a user with a second factor; no tokens yet.
+    MfaRequired,
 }
 
 impl Outcome {
@@ -157,6 +178,7 @@ impl Outcome {
             Self::GraceReuse => "grace_reuse",
             Self::ReuseDetected => "reuse_detected",
             Self::Ignored => "ignored",
+            Self::MfaRequired => "mfa_required",
         }
     }
 }

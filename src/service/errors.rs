@@ -58,6 +58,25 @@ pub enum AuthError {
     /// user's: one answer for all three).
     #[error("Session not found")]
     SessionNotFound,
+    /// A second-factor code (TOTP or recovery) that is wrong, or was used already.
+    #[error("Invalid code")]
+    InvalidMfaCode,
+    /// An `mfa_token` that is unknown, expired or used.
+    #[error("Invalid or expired MFA token")]
+    InvalidMfaToken,
+    /// A factor id that is not the caller's (unknown, expired unconfirmed, removed, or
+    /// another user's: one answer for all).
+    #[error("Factor not found")]
+    FactorNotFound,
+    /// A sixth confirmed TOTP factor.
+    #[error("Too many factors")]
+    FactorLimit,
+    /// Recovery codes (or a step-up) without a confirmed factor.
+    #[error("No second factor enrolled")]
+    MfaNotEnrolled,
+    /// A sensitive action from an aal1 session of a user with a confirmed factor.
+    #[error("A second factor is required for this action")]
+    StepUpRequired,
     /// A refresh token that does not verify, was revoked, or was reused.
     #[error("Invalid or expired refresh token")]
     InvalidRefreshToken,

@@ -126,17 +126,21 @@ pub enum LockoutKey<'a> {
     /// The per-IP limit: an IPv4 address or an IPv6 network (see [`client_network`]); also
     /// what `auth-service ip` reads.
     Client(IpNet),
+    /// The second factor's wrong codes, per user.
+    SecondFactor(i64),
 }
 
 impl LockoutKey<'_> {
     /// The `login_attempts.key` this counter is stored under: the email itself (as the rows
-    /// have always been keyed), or `ip:` and the address or network, which no email can be.
+    /// have always been keyed), `ip:` and the address or network, or `mfa:` and the user id,
+    /// which no email can be (an email has an `@`).
     #[must_use]
     pub fn stored(&self) -> Cow<'_, str> {
         match self {
             Self::Email(email) => Cow::Borrowed(email.as_str()),
             Self::Client(IpNet::V4(net)) => Cow::Owned(format!("ip:{}", net.addr())),
             Self::Client(IpNet::V6(net)) => Cow::Owned(format!("ip:{net}")),
+            Self::SecondFactor(user_id) => Cow::Owned(format!("mfa:{user_id}")),
         }
     }
 }

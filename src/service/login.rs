@@ -10,6 +10,7 @@ use super::{
     audit::{self, Caller, Event, Outcome},
     email::Email,
     lockout::{self, AttemptDecision, AttemptStatus, LockoutKey, LockoutPolicy},
+    mfa::SignIn,
 };
 use crate::{
     config::EmailVerification,
@@ -61,14 +62,15 @@ impl<T> LoginOutcome<T> {
 }
 
 impl AuthService {
-    /// `POST /auth/login`: exchanges email and password for tokens.
+    /// `POST /auth/login`: exchanges email and password for tokens, or, for a user with a
+    /// second factor, for the challenge of the second step.
     #[tracing::instrument(skip_all, fields(user.id = tracing::field::Empty))]
     pub async fn login(
         &self,
         email: &str,
         password: SecretString,
         caller: &Caller,
-    ) -> LoginOutcome {
+    ) -> LoginOutcome<SignIn> {
         let Some(email) = Email::parse(email) else {
             audit::record(Event::Login, Outcome::InvalidRequest, None, caller);
             return LoginOutcome::error(AuthError::InvalidEmail, None);
@@ -91,9 +93,14 @@ impl AuthService {
             Err(AuthError::EmailNotVerified)
         } else {
             let checked_hash = self.upgrade_hash(&user, password).await;
-            let issued = self.start_session(&user, &checked_hash, caller).await;
+            let issued = self.sign_in(&user, &checked_hash, caller).await;
             match &issued {
-                Ok(_) => audit::record(Event::Login, Outcome::Success, Some(user.id), caller),
+                Ok(SignIn::Tokens(_)) => {
+                    audit::record(Event::Login, Outcome::Success, Some(user.id), caller);
+                }
+                Ok(SignIn::SecondFactor(_)) => {
+                    audit::record(Event::Login, Outcome::MfaRequired, Some(user.id), caller);
+                }
                 Err(AuthError::InvalidCredentials) => audit::record(
                     Event::Login,
                     Outcome::InvalidCredentials,

@@ -13,6 +13,7 @@ mod errors;
 pub mod feed;
 pub mod lockout;
 mod login;
+pub mod mfa;
 pub mod outbox;
 pub mod password_policy;
 pub mod purge;
@@ -41,11 +42,13 @@ use self::{
     revocations::Revocations,
 };
 use crate::{
+    assurance::{Aal, Assurance, AuthMethod, Methods},
     clock::Clock,
     config::RotationMode,
     passwords::Passwords,
     store::{
-        NewRefreshToken, NewSession, RefreshTokenRow, SessionRefused, Store, StoreError, UserRow,
+        NewRefreshToken, NewSession, RefreshTokenRow, SessionRefused, SignInProof, Store,
+        StoreError, UserRow,
     },
     tokens::{Claims, Subject, TokenKeys, TokenKind},
 };
@@ -71,6 +74,10 @@ pub struct VerifiedUser {
     pub email_verified: bool,
     /// The token's session (`sid`).
     pub session: Uuid,
+    /// The level the token was issued at (`acr`; `aal1` for tokens without it).
+    pub aal: Aal,
+    /// The methods of its sign-in (`amr`; `["pwd"]` for tokens without it).
+    pub amr: Vec<AuthMethod>,
 }
 
 /// What a login or refresh hands out.
@@ -138,6 +145,8 @@ struct Inner {
     mail_wakeup: Arc<tokio::sync::Notify>,
     /// Forgot requests queued in the background at once (see `recovery::FORGOT_IN_FLIGHT`).
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Seal the TOTP secrets at rest.
+    data_keys: crate::data_keys::DataKeys,
 }
 
 /// What [`Inner::verified_access`] may hold, in bytes as [`TokenWeight`] weighs them: 10,000
@@ -150,8 +159,9 @@ fn verified_access_cache() -> quick_cache::sync::Cache<Arc<str>, Arc<Claims>, To
 }
 
 /// What a remembered token costs besides its text and its claims' strings: the cache's slot
-/// and index (measured by a test below) and the two shared allocations' headers.
-const TOKEN_ENTRY_BYTES: u64 = 112 + 2 * 16;
+/// and index (measured by a test below), the two shared allocations' headers and those of
+/// `acr` and `amr`.
+const TOKEN_ENTRY_BYTES: u64 = 112 + 4 * 16;
 
 /// Weighs a remembered token by what it holds on the heap: its text, its claims and their
 /// strings, and the cache's own share ([`TOKEN_ENTRY_BYTES`]).
@@ -165,6 +175,12 @@ impl quick_cache::Weighter<Arc<str>, Arc<Claims>> for TokenWeight {
             .flatten()
             .map(String::len)
             .sum::<usize>();
+        let strings = strings
+            + claims.acr.as_ref().map_or(0, String::len)
+            + claims
+                .amr
+                .as_ref()
+                .map_or(0, |amr| amr.len() * size_of::<AuthMethod>());
         let bytes = token.len() + size_of::<Claims>() + claims.sub.len() + strings;
         TOKEN_ENTRY_BYTES + u64::try_from(bytes).unwrap_or(u64::MAX)
     }
@@ -173,6 +189,10 @@ impl quick_cache::Weighter<Arc<str>, Arc<Claims>> for TokenWeight {
 impl AuthService {
     /// Assembles the service.
     #[must_use]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each part is built by `state.rs` from its own configuration section"
+    )]
     pub fn new(
         store: Arc<dyn Store>,
         keys: TokenKeys,
@@ -181,6 +201,7 @@ impl AuthService {
         settings: AuthSettings,
         feed_readers: feed::FeedReaders,
         mail: recovery::MailSettings,
+        data_keys: crate::data_keys::DataKeys,
     ) -> Self {
         let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
@@ -196,6 +217,7 @@ impl AuthService {
             mail,
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(recovery::FORGOT_IN_FLIGHT)),
+            data_keys,
         }))
     }
 
@@ -300,16 +322,17 @@ impl AuthService {
         }
     }
 
-    /// Starts a session for `user` from `caller`'s device: stores it with its first refresh
-    /// token (under the user's lock, refused if the user was disabled or deleted meanwhile;
-    /// the least recently used sessions beyond `MAX_SESSIONS_PER_USER` end) and signs the pair.
-    /// A new session for `user`, whose password was checked against `checked_hash`: refused
-    /// (as a wrong password) when that is no longer the user's hash or the user is gone, and
-    /// as disabled when the user was disabled meanwhile.
+    /// Starts a session for `user` from `caller`'s device, signed in with `methods`: stores it
+    /// with its first refresh token (under the user's lock; the least recently used sessions
+    /// beyond `MAX_SESSIONS_PER_USER` end) and signs the pair. `proof` is checked again under
+    /// the lock: a password hash that is no longer the user's, or a user gone, is refused as a
+    /// wrong password; a challenge used or voided meanwhile as `InvalidMfaToken`; a user
+    /// disabled meanwhile as disabled.
     async fn start_session(
         &self,
         user: &UserRow,
-        checked_hash: &str,
+        proof: SignInProof<'_>,
+        methods: Methods,
         caller: &Caller,
     ) -> Result<TokenPair, AuthError> {
         let now = self.now();
@@ -323,6 +346,7 @@ impl AuthService {
                 .as_deref()
                 .map(|agent| agent.chars().take(crate::store::USER_AGENT_CHARS).collect()),
             ip: caller.ip.map(|ip| ip.to_string()),
+            methods,
         };
         let refresh = NewRefreshToken {
             jti: Uuid::new_v4(),
@@ -336,11 +360,12 @@ impl AuthService {
         let evicted = match self
             .0
             .store
-            .start_session(&session, &refresh, checked_hash, max_live)
+            .start_session(&session, &refresh, proof, max_live)
             .await?
         {
             Ok(evicted) => evicted,
             Err(SessionRefused::Disabled) => return Err(AuthError::AccountDisabled),
+            Err(SessionRefused::ChallengeUsed) => return Err(AuthError::InvalidMfaToken),
             Err(refused @ (SessionRefused::UserGone | SessionRefused::PasswordChanged)) => {
                 tracing::info!(
                     reason = ?refused,
@@ -358,17 +383,23 @@ impl AuthService {
                 caller,
             );
         }
-        self.pair_for(&refresh.into(), user, now)
+        let assurance = Assurance {
+            methods,
+            auth_time: now,
+        };
+        self.pair_for(&refresh.into(), user, now, assurance)
     }
 
     /// A new access token issued at `now` plus the (re-)signed refresh token of `row`, whose
-    /// user is `user`. `now` is the `last_used_at` the session recorded for this use (see
-    /// [`Store::revoke_user_sessions`]), never a later reading of the clock.
+    /// user is `user` and whose session's sign-in is `assurance`. `now` is the `last_used_at`
+    /// the session recorded for this use (see [`Store::revoke_user_sessions`]), never a later
+    /// reading of the clock.
     fn pair_for(
         &self,
         row: &RefreshTokenRow,
         user: &UserRow,
         now: DateTime<Utc>,
+        assurance: Assurance,
     ) -> Result<TokenPair, AuthError> {
         let keys = &self.0.keys;
         let subject = Subject {
@@ -376,6 +407,7 @@ impl AuthService {
             email: &user.email,
             session: row.family_id,
             email_verified: user.email_verified_at.is_some(),
+            assurance,
         };
         let access = keys.claims(
             TokenKind::Access,
@@ -447,6 +479,8 @@ impl AuthService {
             email: Arc::clone(&user.email),
             email_verified: claims.email_verified.unwrap_or(true),
             session,
+            aal: claims.aal(),
+            amr: claims.methods(),
         })
     }
 
@@ -501,6 +535,9 @@ mod tests {
                 nbf: None,
                 iss: Some("auth-service".to_owned()),
                 aud: None,
+                acr: Some("aal2".to_owned()),
+                amr: Some(vec![AuthMethod::Pwd, AuthMethod::Otp]),
+                auth_time: Some(0),
             };
             (Arc::<str>::from(format!("{n:0>800}")), Arc::new(claims))
         };
@@ -511,7 +548,17 @@ mod tests {
         assert!(cache.weight() <= VERIFIED_ACCESS_BYTES);
         // What an entry holds: the cache's structures, the token's text and the claims (each
         // allocation with its 16-byte header), the claims' strings.
-        let heap = 16 + 800 + 16 + size_of::<Claims>() + 6 + email.len() + "auth-service".len();
+        let heap = 16
+            + 800
+            + 16
+            + size_of::<Claims>()
+            + 6
+            + email.len()
+            + "auth-service".len()
+            + 16
+            + "aal2".len()
+            + 16
+            + 2 * size_of::<AuthMethod>();
         let bytes = revocations::structure_bytes_per_entry(&cache) + heap;
         let (token, claims) = entry(100_000);
         let weighed = usize::try_from(TokenWeight.weight(&token, &claims)).unwrap();

@@ -220,7 +220,11 @@ async fn issue_link(
             &settings.verify_url,
             Duration::hours(settings.verify_hours.into()),
         ),
-        MailTemplate::PasswordChanged => return Ok(Issued::Link(String::new())),
+        MailTemplate::PasswordChanged
+        | MailTemplate::MfaEnrolled
+        | MailTemplate::MfaRemoved
+        | MailTemplate::RecoveryCodeUsed
+        | MailTemplate::RecoveryCodesRegenerated => return Ok(Issued::Link(String::new())),
     };
     if let Some(link) = &mail.link {
         return Ok(Issued::Link(link.clone()));

@@ -8,7 +8,8 @@
 //! - sessions whose last refresh token expired longer ago than an access token lives;
 //! - revocation events older than an access token lives (the feed keeps that long);
 //! - mail sent or failed more than [`MAIL_RETENTION`] ago, expired one-time tokens, and the
-//!   per-address mail counts of more than an hour ago.
+//!   per-address mail counts of more than an hour ago;
+//! - expired second-factor challenges (`mfa_token`s) and factors never confirmed in time.
 
 use std::sync::{Arc, Weak};
 
@@ -40,6 +41,10 @@ pub struct PurgeReport {
     pub user_tokens: u64,
     /// Per-address mail counts older than an hour.
     pub mail_sends: u64,
+    /// Expired second-factor challenges.
+    pub mfa_challenges: u64,
+    /// Factors not confirmed in time.
+    pub unconfirmed_factors: u64,
 }
 
 /// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
@@ -85,6 +90,11 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
         (
             Purge::MailSends(now - chrono::Duration::hours(1)),
             &mut report.mail_sends,
+        ),
+        (Purge::MfaChallenges(now), &mut report.mfa_challenges),
+        (
+            Purge::UnconfirmedFactors(now - super::mfa::UNCONFIRMED_LIFETIME),
+            &mut report.unconfirmed_factors,
         ),
     ] {
         loop {

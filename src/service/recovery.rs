@@ -350,7 +350,7 @@ pub(super) fn new_token() -> (String, [u8; 32]) {
 }
 
 /// The stored form of a token: its SHA-256.
-fn token_hash(token: &str) -> [u8; 32] {
+pub(super) fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 

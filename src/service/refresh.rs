@@ -118,10 +118,10 @@ impl AuthService {
         }
         // Records the use while checking the session is live, before the token is signed
         // with that same time as its `iat` (see `Store::revoke_user_sessions`).
-        if !self.0.store.touch_session(row.family_id, now).await? {
+        let Some(assurance) = self.0.store.touch_session(row.family_id, now).await? else {
             return Ok(Refreshed::Invalid);
-        }
-        let mut pair = self.pair_for(&row, &user, now)?;
+        };
+        let mut pair = self.pair_for(&row, &user, now, assurance)?;
         pair.refresh_token = token.to_owned();
         Ok(Refreshed::Issued(pair))
     }
@@ -156,11 +156,12 @@ impl AuthService {
             .rotate_refresh_token(row.jti, &child, now, prune_rotated_before)
             .await?
         {
-            RotateOutcome::Rotated => {
+            RotateOutcome::Rotated(assurance) => {
                 return Ok(Refreshed::Issued(self.pair_for(
                     &child.into(),
                     &user,
                     issued_at,
+                    assurance,
                 )?));
             }
             RotateOutcome::Refused => return Ok(Refreshed::Invalid),
@@ -170,13 +171,13 @@ impl AuthService {
         let current = store.find_refresh_token(row.jti).await?.unwrap_or(row);
         match rotation::on_reuse(&current, now, self.0.settings.reuse_grace) {
             Reuse::ReturnChild => match store.find_child_token(current.jti).await? {
-                Some(child)
-                    if child.revoked_at.is_none()
-                        && store.touch_session(child.family_id, issued_at).await? =>
-                {
-                    Ok(Refreshed::GraceReuse(
-                        self.pair_for(&child, &user, issued_at)?,
-                    ))
+                Some(child) if child.revoked_at.is_none() => {
+                    match store.touch_session(child.family_id, issued_at).await? {
+                        Some(assurance) => Ok(Refreshed::GraceReuse(
+                            self.pair_for(&child, &user, issued_at, assurance)?,
+                        )),
+                        None => Ok(Refreshed::Invalid),
+                    }
                 }
                 _ => Ok(Refreshed::Invalid),
             },

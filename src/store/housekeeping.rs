@@ -49,6 +49,10 @@ pub enum Purge {
     UserTokens(DateTime<Utc>),
     /// The per-address mail counts ([`MAIL_PER_ADDRESS_PER_HOUR`]) older than this.
     MailSends(DateTime<Utc>),
+    /// Second-factor challenges that expired before this.
+    MfaChallenges(DateTime<Utc>),
+    /// Factors created before this and never confirmed.
+    UnconfirmedFactors(DateTime<Utc>),
 }
 
 impl Purge {
@@ -63,6 +67,8 @@ impl Purge {
             Self::Mail(_) => "mail_outbox",
             Self::UserTokens(_) => "user_tokens",
             Self::MailSends(_) => "mail_sends",
+            Self::MfaChallenges(_) => "mfa_challenges",
+            Self::UnconfirmedFactors(_) => "mfa_factors",
         }
     }
 }

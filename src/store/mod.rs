@@ -1,4 +1,4 @@
-//! Persistence: the [`Store`] the service holds, in seven chapters, each a trait of its own
+//! Persistence: the [`Store`] the service holds, in eight chapters, each a trait of its own
 //! with its rows beside it; its SQL is written once (`sql/`, a file per chapter) and compiled
 //! for SQLite and PostgreSQL, whose files hold only what differs.
 //!
@@ -9,6 +9,7 @@
 //! | `lockout.rs` | [`LockoutStore`] | the login attempt counters |
 //! | `events.rs` | [`EventStore`] | the revocation events a verifier follows |
 //! | `tokens.rs` | [`TokenStore`] | one-time tokens: reset and verification links, the reset itself |
+//! | `mfa.rs` | [`SecondFactorStore`] | TOTP factors, recovery codes, sign-in challenges |
 //! | `outbox.rs` | [`OutboxStore`] | the mail outbox |
 //! | `housekeeping.rs` | [`HousekeepingStore`] | health, schema, purges, `copy-data` |
 //!
@@ -22,13 +23,15 @@
 /// claims only messages this build can render (a unit test keeps the two lists equal).
 macro_rules! known_templates {
     () => {
-        "'password_reset', 'password_changed', 'verify_email'"
+        "'password_reset', 'password_changed', 'verify_email', 'mfa_enrolled', 'mfa_removed', \
+         'recovery_code_used', 'recovery_codes_regenerated'"
     };
 }
 
 mod events;
 mod housekeeping;
 mod lockout;
+mod mfa;
 mod outbox;
 mod postgres;
 mod sessions;
@@ -46,13 +49,14 @@ use housekeeping::{APPLIED_MIGRATIONS, covers};
 pub use events::{EventKind, EventRow, EventStore, not_before};
 pub use housekeeping::{HousekeepingStore, ImportReport, PoolStats, Purge};
 pub use lockout::{AttemptLimits, AttemptRow, LockoutStore};
+pub use mfa::{Confirmation, FactorConfirmation, FactorRow, NewFactor, SecondFactorStore};
 pub use outbox::{
     MAIL_PER_ADDRESS_PER_HOUR, MailOutcome, MailTemplate, NewMail, OutboxMail, OutboxStore,
 };
 pub use postgres::PgStore;
 pub use sessions::{
     NewRefreshToken, NewSession, ROTATED_TOKENS_KEPT, RefreshTokenRow, RotateOutcome,
-    SessionRefused, SessionRow, SessionStore, USER_AGENT_CHARS,
+    SessionRefused, SessionRow, SessionStore, SignInProof, USER_AGENT_CHARS,
 };
 pub use sqlite::{SqliteStore, read_original_users};
 pub use tokens::{ResetRequest, TokenMail, TokenStore};
@@ -179,6 +183,7 @@ pub trait Store:
     + LockoutStore
     + EventStore
     + TokenStore
+    + SecondFactorStore
     + OutboxStore
     + HousekeepingStore
     + 'static
@@ -191,6 +196,7 @@ impl<T> Store for T where
         + LockoutStore
         + EventStore
         + TokenStore
+        + SecondFactorStore
         + OutboxStore
         + HousekeepingStore
         + 'static

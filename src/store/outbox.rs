@@ -18,6 +18,14 @@ pub enum MailTemplate {
     PasswordChanged,
     /// The email verification link.
     VerifyEmail,
+    /// "A second factor was added to your account".
+    MfaEnrolled,
+    /// "A second factor was removed from your account".
+    MfaRemoved,
+    /// "A recovery code was used to sign in".
+    RecoveryCodeUsed,
+    /// "New recovery codes were made; the old ones no longer work".
+    RecoveryCodesRegenerated,
 }
 
 impl MailTemplate {
@@ -28,16 +36,30 @@ impl MailTemplate {
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
             Self::VerifyEmail => "verify_email",
+            Self::MfaEnrolled => "mfa_enrolled",
+            Self::MfaRemoved => "mfa_removed",
+            Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
         }
     }
 
     /// Every kind; the outbox claims only these (`known_templates!` in `store/mod.rs`
     /// lists the same names for the SQL).
-    pub const ALL: [Self; 3] = [
+    pub const ALL: [Self; 7] = [
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::VerifyEmail,
+        Self::MfaEnrolled,
+        Self::MfaRemoved,
+        Self::RecoveryCodeUsed,
+        Self::RecoveryCodesRegenerated,
     ];
+
+    /// Whether the message carries a one-time link (the others are notifications).
+    #[must_use]
+    pub fn has_link(self) -> bool {
+        matches!(self, Self::PasswordReset | Self::VerifyEmail)
+    }
 
     /// The kind a stored `template` names.
     #[must_use]

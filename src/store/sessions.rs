@@ -1,6 +1,7 @@
 //! Sessions and their refresh tokens.
 
 use super::StoreError;
+use crate::assurance::{Assurance, Methods};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -85,6 +86,20 @@ pub struct SessionRow {
     pub user_agent: Option<String>,
     /// The client IP of the login, as the per-IP rules see it.
     pub ip: Option<String>,
+    /// The methods its sign-in used (a step-up adds one).
+    #[sqlx(try_from = "String")]
+    pub amr: Methods,
+}
+
+impl SessionRow {
+    /// What its tokens say about its sign-in.
+    #[must_use]
+    pub fn assurance(&self) -> Assurance {
+        Assurance {
+            methods: self.amr,
+            auth_time: self.created_at,
+        }
+    }
 }
 
 /// A session about to be stored, with its first refresh token.
@@ -102,11 +117,27 @@ pub struct NewSession {
     pub user_agent: Option<String>,
     /// The client IP of the login, as the per-IP rules see it.
     pub ip: Option<String>,
+    /// The methods its sign-in used.
+    pub methods: Methods,
+}
+
+/// What a new session's sign-in proved, checked again under the user's lock by
+/// [`SessionStore::start_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInProof<'a> {
+    /// The password, verified against this hash: it must still be the user's.
+    Password(&'a str),
+    /// A password sign-in's challenge (the `mfa_token`'s SHA-256) followed by a second
+    /// factor: the challenge is used up by the session, so it must still be unused and
+    /// unexpired (a password writer deletes the user's challenges).
+    Challenge(&'a [u8; 32]),
 }
 
 /// Why [`Store::start_session`] stored nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionRefused {
+    /// The challenge is used, expired, voided by a password change, or another user's.
+    ChallengeUsed,
     /// The user no longer exists (deleted while the login checked the password).
     UserGone,
     /// The user is disabled.
@@ -119,8 +150,8 @@ pub enum SessionRefused {
 /// How a rotation attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotateOutcome {
-    /// The parent was marked rotated and the child stored.
-    Rotated,
+    /// The parent was marked rotated and the child stored; the session's sign-in.
+    Rotated(Assurance),
     /// The parent was already rotated, revoked or expired: somebody else won.
     NotRotatable,
     /// The user is gone or disabled, or the session has ended: no child may exist.
@@ -132,23 +163,27 @@ pub enum RotateOutcome {
 pub trait SessionStore: Send + Sync {
     /// Starts a session with its first refresh token, under the user's lock, and keeps the
     /// user's live sessions at `max_live`: beyond it the least recently used end as at logout
-    /// (an event each). `checked_hash` is the password hash the login verified the password
-    /// against: the session starts only if it is still the user's under the lock, so a login
-    /// whose check raced a reset, a change or an admin's set (which committed first) starts
-    /// nothing. The ids of the sessions it ended, or why nothing was stored.
+    /// (an event each). `proof` is checked again under the lock: the password hash the login
+    /// verified must still be the user's, so a login whose check raced a reset, a change or
+    /// an admin's set (which committed first) starts nothing; a challenge is used up here, once.
+    /// The ids of the sessions it ended, or why nothing was stored.
     /// `Duplicate` when the session id or `jti` exists.
     async fn start_session(
         &self,
         session: &NewSession,
         first: &NewRefreshToken,
-        checked_hash: &str,
+        proof: SignInProof<'_>,
         max_live: i64,
     ) -> Result<Result<Vec<Uuid>, SessionRefused>, StoreError>;
 
     /// Records a use (a refresh) of a live session at `at`, the `iat` of the access token about
-    /// to be signed for it (see [`Store::revoke_user_sessions`] for why it comes first);
-    /// whether the session is live.
-    async fn touch_session(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// to be signed for it (see [`Store::revoke_user_sessions`] for why it comes first); the
+    /// session's sign-in when it is live.
+    async fn touch_session(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Assurance>, StoreError>;
 
     /// The user's live sessions (not ended, not expired at `now`), newest first.
     async fn live_sessions(

@@ -44,7 +44,7 @@ async fn a_valid_access_token_names_its_user(backend: Backend) {
     assert_eq!(
         body,
         // Registered with EMAIL_VERIFICATION=optional (the default) and not yet verified.
-        json!({"valid": true, "user_id": id, "email": "test@example.com", "email_verified": false})
+        json!({"valid": true, "user_id": id, "email": "test@example.com", "email_verified": false, "aal": "aal1", "amr": ["pwd"]})
     );
     // The scheme is case-insensitive.
     let response = app

@@ -128,7 +128,15 @@ fn the_kubernetes_deployment_is_hardened() {
         .filter(|e| !e["valueFrom"]["secretKeyRef"].is_null())
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(secrets, ["JWT_SECRET_KEY", "DATABASE_URL", "MAIL_URL"]);
+    assert_eq!(
+        secrets,
+        [
+            "JWT_SECRET_KEY",
+            "DATABASE_URL",
+            "MAIL_URL",
+            "DATA_ENCRYPTION_KEY"
+        ]
+    );
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         assert!(!container[probe].is_null(), "{probe}");
     }

@@ -779,11 +779,17 @@ impl Binary {
 
 /// Runs `auth-service ARGS` on the test database, feeding `stdin`.
 pub fn cli(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    cli_with(db, &[], args, stdin)
+}
+
+/// [`cli`] with more environment variables.
+pub fn cli_with(db: &TestDb, vars: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
         .env_clear()
         .env("DATABASE_URL", db.url_string())
         .env("JWT_SECRET_KEY", SECRET)
         .env("BCRYPT_ROUNDS", "4")
+        .envs(vars.iter().copied())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

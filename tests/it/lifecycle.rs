@@ -36,7 +36,7 @@ async fn the_readme_walkthrough_works_end_to_end(backend: Backend) {
         (status, body),
         (
             StatusCode::OK,
-            json!({"valid": true, "user_id": id, "email": "test@example.com", "email_verified": false})
+            json!({"valid": true, "user_id": id, "email": "test@example.com", "email_verified": false, "aal": "aal1", "amr": ["pwd"]})
         )
     );
     // 5. refresh: a new pair, and the rotated refresh token replaces the old one

@@ -168,7 +168,7 @@ async fn every_algorithm_signs_verifies_and_refreshes_with_its_kid(backend: Back
         assert_eq!(status, StatusCode::OK, "{algorithm:?}: {body}");
         assert_eq!(
             body,
-            json!({"valid": true, "user_id": user_id, "email": email, "email_verified": false})
+            json!({"valid": true, "user_id": user_id, "email": email, "email_verified": false, "aal": "aal1", "amr": ["pwd"]})
         );
         let (status, body) = status_and_json(app.refresh(&refresh).await).await;
         assert_eq!(status, StatusCode::OK, "{algorithm:?}: {body}");
@@ -822,6 +822,9 @@ async fn the_verifier_crate_refuses_ended_sessions_within_a_second(backend: Back
             email: "local@example.com".into(),
             // Registered with EMAIL_VERIFICATION=optional (the default), not yet verified.
             email_verified: false,
+            // A password sign-in.
+            aal: auth_verifier::Aal::Aal1,
+            amr: vec![auth_verifier::AuthMethod::Pwd],
         })
     );
     assert_eq!(verifier.verify(&all_access).await.unwrap().user_id, all_id);

@@ -29,6 +29,7 @@ mod operations;
 mod outage;
 mod races;
 mod recovery;
+mod second_factor;
 mod self_service;
 mod sessions;
 mod smtp_sink;

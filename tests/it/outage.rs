@@ -153,6 +153,11 @@ async fn a_database_restart_is_logged_once_when_it_starts_and_once_when_it_ends(
         // the outage's.
         ("MAIL_URL", "smtp://127.0.0.1:1?tls=off"),
         ("MAIL_FROM", "no-reply@shop.example.com"),
+        // A data key: its absence's start-up warning is not the outage's either.
+        (
+            "DATA_ENCRYPTION_KEY",
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        ),
     ]);
     assert!(tokio::task::block_in_place(|| binary.wait_ready()));
     let client = reqwest::Client::new();

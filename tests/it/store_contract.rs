@@ -20,6 +20,8 @@
 //! | `TokenStore` | `queue_password_reset`, `reissue_token`, `token_is_usable`, `reset_password_by_token` | `reset_tokens_and_the_mail_outbox` |
 //! | | `queue_email_verification`, `verify_email` | `registration_queues_verification_and_its_token_verifies_once` |
 //! | `OutboxStore` | `claim_mail`, `finish_mail`, `next_mail_due`, `pending_mail` | `reset_tokens_and_the_mail_outbox`, `concurrent_claims_never_share_a_message` |
+//! | `SecondFactorStore` | `add_totp_factor`, `find_factor`, `confirm_factor`, `confirmed_factors`, `use_time_step`, `step_up_session`, `remove_factor`, `factors_to_reseal`, `reseal_factor` | `second_factors_confirm_once_and_accept_each_step_once` |
+//! | | `replace_recovery_codes`, `use_recovery_code`, `recovery_codes_left`, `add_challenge`, `challenge_user`, `reset_second_factor`, `start_session` (a challenge) | `recovery_codes_and_challenges_are_used_once` |
 //! | `HousekeepingStore` | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
 //! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
 //! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
@@ -27,10 +29,11 @@
 
 use std::sync::Arc;
 
+use auth_service::assurance::{AuthMethod, Methods};
 use auth_service::store::{
-    AttemptLimits, EventKind, MailOutcome, MailTemplate, NewMail, NewRefreshToken, NewSession,
-    PasswordChange, Purge, ResetRequest, RotateOutcome, SessionRefused, Store, StoreError,
-    TokenMail,
+    AttemptLimits, Confirmation, EventKind, FactorConfirmation, MailOutcome, MailTemplate,
+    NewFactor, NewMail, NewRefreshToken, NewSession, PasswordChange, Purge, ResetRequest,
+    RotateOutcome, SessionRefused, SignInProof, Store, StoreError, TokenMail,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -87,6 +90,8 @@ dual_backend!(
     concurrent_claims_never_share_a_message,
     email_update_is_a_compare_and_set,
     data_migrations_are_recorded_once,
+    second_factors_confirm_once_and_accept_each_step_once,
+    recovery_codes_and_challenges_are_used_once,
     purge_batches_delete_only_what_nothing_needs,
 );
 
@@ -224,6 +229,7 @@ async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
         expires_at: first.expires_at,
         user_agent: Some("agent/1".to_owned()),
         ip: Some("192.0.2.1".to_owned()),
+        methods: Methods::PASSWORD,
     };
     let hash = store
         .find_user_by_id(user_id)
@@ -233,7 +239,7 @@ async fn session(store: &Arc<dyn Store>, user_id: i64) -> NewRefreshToken {
         .password_hash;
     assert_eq!(
         store
-            .start_session(&session, &first, &hash, 100)
+            .start_session(&session, &first, SignInProof::Password(&hash), 100)
             .await
             .unwrap(),
         Ok(vec![])
@@ -307,10 +313,16 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         expires_at: now,
         user_agent: None,
         ip: None,
+        methods: Methods::PASSWORD,
     };
     assert!(matches!(
         store
-            .start_session(&again, &token(user.id, first.family_id, None), "h", 100)
+            .start_session(
+                &again,
+                &token(user.id, first.family_id, None),
+                SignInProof::Password("h"),
+                100,
+            )
             .await,
         Err(StoreError::Duplicate)
     ));
@@ -325,9 +337,13 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         expires_at: now,
         user_agent: None,
         ip: None,
+        methods: Methods::PASSWORD,
     };
     assert_eq!(
-        store.start_session(&new, &refused, "h", 100).await.unwrap(),
+        store
+            .start_session(&new, &refused, SignInProof::Password("h"), 100)
+            .await
+            .unwrap(),
         Err(SessionRefused::Disabled)
     );
     assert!(
@@ -345,9 +361,13 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         expires_at: now,
         user_agent: None,
         ip: None,
+        methods: Methods::PASSWORD,
     };
     assert_eq!(
-        store.start_session(&new, &ghost, "h", 100).await.unwrap(),
+        store
+            .start_session(&new, &ghost, SignInProof::Password("h"), 100)
+            .await
+            .unwrap(),
         Err(SessionRefused::UserGone)
     );
     store.set_user_active(user.id, true, now).await.unwrap();
@@ -359,10 +379,16 @@ async fn sessions_start_only_for_active_users(backend: Backend) {
         expires_at: now,
         user_agent: None,
         ip: None,
+        methods: Methods::PASSWORD,
     };
     assert_eq!(
         store
-            .start_session(&new, &stale, "checked-before-a-reset", 100)
+            .start_session(
+                &new,
+                &stale,
+                SignInProof::Password("checked-before-a-reset"),
+                100
+            )
             .await
             .unwrap(),
         Err(SessionRefused::PasswordChanged)
@@ -390,6 +416,7 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
                 expires_at: first.expires_at,
                 user_agent: Some(agent),
                 ip: Some("2001:db8::1".to_owned()),
+                methods: Methods::PASSWORD,
             };
             let hash = store
                 .find_user_by_id(user.id)
@@ -398,7 +425,7 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
                 .unwrap()
                 .password_hash;
             let evicted = store
-                .start_session(&session, &first, &hash, cap)
+                .start_session(&session, &first, SignInProof::Password(&hash), cap)
                 .await
                 .unwrap();
             (first.family_id, evicted.unwrap())
@@ -414,8 +441,9 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
             .touch_session(old, t0 + Duration::minutes(3))
             .await
             .unwrap()
+            .is_some()
     );
-    assert!(store.touch_session(old, t0).await.unwrap());
+    assert!(store.touch_session(old, t0).await.unwrap().is_some());
     let live = store
         .live_sessions(user.id, t0 + Duration::minutes(4))
         .await
@@ -438,10 +466,11 @@ async fn sessions_record_their_use_and_end_all_but_one(backend: Backend) {
     let (fourth, evicted) = start(t0 + Duration::minutes(5), "fourth", 3).await;
     assert_eq!(evicted, [middle]);
     assert!(
-        !store
+        store
             .touch_session(middle, t0 + Duration::minutes(6))
             .await
             .unwrap()
+            .is_none()
     );
     // A password change keeps one session and ends the others; a stale hash changes nothing.
     let mail = NewMail {
@@ -515,15 +544,14 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     let winners: Vec<&NewRefreshToken> = outcomes
         .iter()
         .zip(&children)
-        .filter(|(o, _)| *o.as_ref().unwrap() == RotateOutcome::Rotated)
+        .filter(|(o, _)| matches!(o.as_ref().unwrap(), RotateOutcome::Rotated(_)))
         .map(|(_, c)| c)
         .collect();
     assert_eq!(winners.len(), 1, "exactly one child");
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, Ok(RotateOutcome::Rotated | RotateOutcome::NotRotatable)))
-    );
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        Ok(RotateOutcome::Rotated(_) | RotateOutcome::NotRotatable)
+    )));
     let stored_child = store.find_child_token(parent.jti).await.unwrap().unwrap();
     assert_eq!(stored_child.jti, winners[0].jti);
     assert_eq!(stored_child.issued_at, winners[0].issued_at);
@@ -594,7 +622,10 @@ async fn rotation_keeps_storage_per_session_constant(backend: Backend) {
             .rotate_refresh_token(current, &child, now, now - chrono::Duration::seconds(10))
             .await
             .unwrap();
-        assert_eq!(outcome, RotateOutcome::Rotated, "rotation {i}");
+        assert!(
+            matches!(outcome, RotateOutcome::Rotated(_)),
+            "rotation {i}: {outcome:?}"
+        );
         current = child.jti;
         jtis.push(current);
     }
@@ -996,7 +1027,7 @@ async fn sessions_from_before_devices_get_nulls(backend: Backend) {
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
     let live = store.live_sessions(1, now).await.unwrap();
     assert_eq!(live.len(), 1);
-    assert!(store.touch_session(session, now).await.unwrap());
+    assert!(store.touch_session(session, now).await.unwrap().is_some());
     let row = store.find_session(session).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(now));
 }
@@ -1517,13 +1548,13 @@ async fn purge_batches_delete_only_what_nothing_needs(backend: Backend) {
         expires_at: now + Duration::days(60),
         ..token(user.id, parent.family_id, Some(parent.jti))
     };
-    assert_eq!(
+    assert!(matches!(
         store
             .rotate_refresh_token(parent.jti, &child, now, now)
             .await
             .unwrap(),
-        RotateOutcome::Rotated
-    );
+        RotateOutcome::Rotated(_)
+    ));
     let other = session(&store, user.id).await;
     store.revoke_session(other.family_id, old).await.unwrap();
     store.revoke_session(parent.family_id, now).await.unwrap();
@@ -1704,6 +1735,7 @@ fn every_store_method_is_called_here() {
         ("EventStore", include_str!("../../src/store/events.rs")),
         ("TokenStore", include_str!("../../src/store/tokens.rs")),
         ("OutboxStore", include_str!("../../src/store/outbox.rs")),
+        ("SecondFactorStore", include_str!("../../src/store/mfa.rs")),
         (
             "HousekeepingStore",
             include_str!("../../src/store/housekeeping.rs"),
@@ -1732,5 +1764,328 @@ fn every_store_method_is_called_here() {
             );
         }
     }
-    assert!(methods >= 47, "only {methods} methods found");
+    assert!(methods >= 62, "only {methods} methods found");
+}
+
+/// A confirmation of `factor` for `user` from `session` with a code of `step`.
+fn confirmation<'a>(
+    factor: Uuid,
+    user: i64,
+    session: Uuid,
+    step: i64,
+    codes: &'a [[u8; 32]],
+    mail: &'a NewMail,
+) -> FactorConfirmation<'a> {
+    let now = Utc::now();
+    FactorConfirmation {
+        factor_id: factor,
+        user_id: user,
+        step,
+        created_after: now - Duration::minutes(10),
+        session,
+        methods: Methods::PASSWORD.with(AuthMethod::Otp),
+        recovery_codes: codes,
+        notification: mail,
+        live_tokens_since: now - Duration::minutes(20),
+    }
+}
+
+async fn second_factors_confirm_once_and_accept_each_step_once(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let user = store.insert_user("f@example.com", "h", now).await.unwrap();
+    let other = store.insert_user("o@example.com", "h", now).await.unwrap();
+    let mine = session(&store, user.id).await;
+    let elsewhere = session(&store, user.id).await;
+    let mail = NewMail {
+        template: MailTemplate::MfaEnrolled,
+        link: None,
+    };
+    let new_factor = |created_at| NewFactor {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        secret: b"sealed",
+        secret_key: Some("k1"),
+        created_at,
+    };
+    // An unconfirmed factor replaces the older unconfirmed one.
+    let first = new_factor(now);
+    assert!(store.add_totp_factor(&first, 5).await.unwrap());
+    let factor = new_factor(now);
+    assert!(store.add_totp_factor(&factor, 5).await.unwrap());
+    assert!(store.find_factor(first.id).await.unwrap().is_none());
+    let row = store.find_factor(factor.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.user_id,
+            row.secret.as_slice(),
+            row.secret_key.as_deref(),
+            row.confirmed_at
+        ),
+        (user.id, &b"sealed"[..], Some("k1"), None)
+    );
+    assert!(store.confirmed_factors(user.id).await.unwrap().is_empty());
+    // Another user's, or an expired one, is gone.
+    let codes = [[7u8; 32], [8u8; 32]];
+    let foreign = confirmation(factor.id, other.id, mine.family_id, 100, &codes, &mail);
+    assert_eq!(
+        store.confirm_factor(&foreign, now).await.unwrap(),
+        Confirmation::FactorGone
+    );
+    let late = FactorConfirmation {
+        created_after: now + Duration::seconds(1),
+        ..confirmation(factor.id, user.id, mine.family_id, 100, &codes, &mail)
+    };
+    assert_eq!(
+        store.confirm_factor(&late, now).await.unwrap(),
+        Confirmation::FactorGone
+    );
+    // Confirmed: the session raised, the others ended, the codes stored.
+    let right = confirmation(factor.id, user.id, mine.family_id, 100, &codes, &mail);
+    let Confirmation::Confirmed {
+        token,
+        assurance,
+        codes_stored,
+    } = store.confirm_factor(&right, now).await.unwrap()
+    else {
+        panic!("not confirmed");
+    };
+    assert!(codes_stored);
+    assert_eq!((token.jti, token.family_id), (mine.jti, mine.family_id));
+    assert_eq!(assurance.methods, Methods::PASSWORD.with(AuthMethod::Otp));
+    let raised = store.find_session(mine.family_id).await.unwrap().unwrap();
+    assert_eq!(raised.amr, assurance.methods);
+    let ended = store
+        .find_session(elsewhere.family_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.revoked_at.is_some());
+    assert_eq!(store.recovery_codes_left(user.id).await.unwrap(), 2);
+    assert_eq!(
+        store.confirm_factor(&right, now).await.unwrap(),
+        Confirmation::FactorGone,
+        "confirmed once"
+    );
+    // The confirming step was used; each later step once, even in parallel.
+    assert!(!store.use_time_step(factor.id, 100, now).await.unwrap());
+    assert!(!store.use_time_step(factor.id, 99, now).await.unwrap());
+    let tries = join_all((0..10).map(|_| store.use_time_step(factor.id, 101, now))).await;
+    assert_eq!(
+        tries.into_iter().filter(|r| *r.as_ref().unwrap()).count(),
+        1
+    );
+    let listed = store.confirmed_factors(user.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_step, Some(101));
+    // A step-up raises a live session of the user only.
+    let (stepped, level) = store
+        .step_up_session(
+            mine.family_id,
+            user.id,
+            Methods::PASSWORD.with(AuthMethod::Rec),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stepped.jti, mine.jti);
+    assert_eq!(level.methods.list().len(), 3, "pwd, otp and rec");
+    assert!(
+        store
+            .step_up_session(elsewhere.family_id, user.id, Methods::PASSWORD, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .step_up_session(mine.family_id, other.id, Methods::PASSWORD, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // At most `max_confirmed` confirmed factors.
+    assert!(!store.add_totp_factor(&new_factor(now), 1).await.unwrap());
+    // Re-sealing: what is not under the current key, compare-and-set.
+    let stale = store.factors_to_reseal(Some("k2"), 10).await.unwrap();
+    assert_eq!(stale.len(), 1);
+    assert!(
+        store
+            .factors_to_reseal(Some("k1"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .reseal_factor(factor.id, b"other", b"new", Some("k2"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reseal_factor(factor.id, b"sealed", b"new", Some("k2"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .factors_to_reseal(Some("k2"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.factors_to_reseal(None, 10).await.unwrap().len(), 1);
+    // Removing the last factor takes the recovery codes.
+    let removed = NewMail {
+        template: MailTemplate::MfaRemoved,
+        link: None,
+    };
+    assert!(
+        !store
+            .remove_factor(factor.id, other.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remove_factor(factor.id, user.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remove_factor(factor.id, user.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(user.id).await.unwrap(), 0);
+}
+
+async fn recovery_codes_and_challenges_are_used_once(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let user = store
+        .insert_user("r@example.com", "hash-1", now)
+        .await
+        .unwrap();
+    let mine = session(&store, user.id).await;
+    let mail = NewMail {
+        template: MailTemplate::RecoveryCodesRegenerated,
+        link: None,
+    };
+    // No factor, no codes.
+    assert!(
+        !store
+            .replace_recovery_codes(user.id, &[[1u8; 32]], &mail, now)
+            .await
+            .unwrap()
+    );
+    let factor = NewFactor {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        secret: b"clear",
+        secret_key: None,
+        created_at: now,
+    };
+    assert!(store.add_totp_factor(&factor, 5).await.unwrap());
+    let confirm = confirmation(factor.id, user.id, mine.family_id, 1, &[], &mail);
+    assert!(matches!(
+        store.confirm_factor(&confirm, now).await.unwrap(),
+        Confirmation::Confirmed { .. }
+    ));
+    assert!(
+        store
+            .replace_recovery_codes(user.id, &[[1u8; 32], [2u8; 32]], &mail, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(user.id).await.unwrap(), 2);
+    // One code, ten parallel uses: one wins.
+    let used = NewMail {
+        template: MailTemplate::RecoveryCodeUsed,
+        link: None,
+    };
+    let tries =
+        join_all((0..10).map(|_| store.use_recovery_code(user.id, &[1u8; 32], &used, now))).await;
+    assert_eq!(
+        tries.into_iter().filter(|r| *r.as_ref().unwrap()).count(),
+        1
+    );
+    assert!(
+        !store
+            .use_recovery_code(user.id, &[9u8; 32], &used, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(user.id).await.unwrap(), 1);
+    // A challenge is stored only while the checked hash is the user's.
+    let later = now + Duration::minutes(5);
+    assert!(
+        !store
+            .add_challenge(&[5u8; 32], user.id, "stale-hash", later, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_challenge(&[6u8; 32], user.id, "hash-1", later, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.challenge_user(&[6u8; 32], now).await.unwrap(),
+        Some(user.id)
+    );
+    assert_eq!(
+        store.challenge_user(&[6u8; 32], later).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(store.challenge_user(&[5u8; 32], now).await.unwrap(), None);
+    // The session it starts uses it up, once.
+    let start = |first: NewRefreshToken| {
+        let store = Arc::clone(&store);
+        async move {
+            let new = NewSession {
+                id: first.family_id,
+                user_id: user.id,
+                created_at: first.issued_at,
+                expires_at: first.expires_at,
+                user_agent: None,
+                ip: None,
+                methods: Methods::PASSWORD.with(AuthMethod::Otp),
+            };
+            store
+                .start_session(&new, &first, SignInProof::Challenge(&[6u8; 32]), 100)
+                .await
+                .unwrap()
+        }
+    };
+    let results = join_all((0..5).map(|_| start(token(user.id, Uuid::new_v4(), None)))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(SessionRefused::ChallengeUsed))
+    );
+    assert_eq!(store.challenge_user(&[6u8; 32], now).await.unwrap(), None);
+    // mfa-reset: factors, codes and challenges gone, every session ended.
+    assert!(
+        store
+            .add_challenge(&[7u8; 32], user.id, "hash-1", later, now)
+            .await
+            .unwrap()
+    );
+    assert!(store.reset_second_factor(user.id, now).await.unwrap());
+    assert!(store.confirmed_factors(user.id).await.unwrap().is_empty());
+    assert_eq!(store.recovery_codes_left(user.id).await.unwrap(), 0);
+    assert_eq!(store.challenge_user(&[7u8; 32], now).await.unwrap(), None);
+    assert!(store.live_sessions(user.id, now).await.unwrap().is_empty());
+    assert!(!store.reset_second_factor(user.id, now).await.unwrap());
 }

@@ -353,7 +353,7 @@ async fn the_example_service_refuses_a_logged_out_token_within_a_second() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"user_id": user_id, "email": "shopper@example.com", "email_verified": false})
+        json!({"user_id": user_id, "email": "shopper@example.com", "email_verified": false, "aal": "aal1", "amr": ["pwd"]})
     );
     // Without a token, the example answers as auth-service would.
     let (status, body) = status_and_json(client.get(orders("/orders")).send().await.unwrap()).await;

@@ -54,6 +54,94 @@ pub struct Claims {
     /// `JWT_AUDIENCE`, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The assurance level of the sign-in (`aal1` or `aal2`), in access tokens; tokens issued
+    /// before second factors existed lack it and read as `aal1` (see [`Claims::aal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// The methods the sign-in used (RFC 8176 where one fits), in access tokens; a set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<AuthMethod>>,
+    /// When the sign-in that started the session happened (seconds since the epoch), in
+    /// access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+}
+
+impl Claims {
+    /// The token's assurance level: `aal2` only when its `acr` says so.
+    #[must_use]
+    pub fn aal(&self) -> Aal {
+        match self.acr.as_deref() {
+            Some("aal2") => Aal::Aal2,
+            _ => Aal::Aal1,
+        }
+    }
+
+    /// The token's `amr`; a token from before second factors existed was a password sign-in.
+    #[must_use]
+    pub fn methods(&self) -> Vec<AuthMethod> {
+        self.amr.clone().unwrap_or_else(|| vec![AuthMethod::Pwd])
+    }
+}
+
+/// An authenticator assurance level (NIST SP 800-63B), the `acr` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Aal {
+    /// One factor: a password.
+    Aal1,
+    /// Two factors (a password and a code), or a passkey with user verification.
+    Aal2,
+}
+
+impl Aal {
+    /// The claim's text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aal1 => "aal1",
+            Self::Aal2 => "aal2",
+        }
+    }
+}
+
+/// A sign-in method, an `amr` value (RFC 8176 where one fits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// `pwd`: a password.
+    Pwd,
+    /// `otp`: a one-time code (TOTP).
+    Otp,
+    /// `rec`: a recovery code.
+    Rec,
+    /// `hwk`: a passkey (a proof of possession of a hardware-secured key).
+    Hwk,
+    /// A method this version does not know (a newer auth-service's): kept, never trusted.
+    #[serde(other)]
+    Other,
+}
+
+impl AuthMethod {
+    /// Whether this is a second factor (or a passkey), which makes a sign-in `aal2`.
+    #[must_use]
+    pub fn is_strong(self) -> bool {
+        matches!(self, Self::Otp | Self::Rec | Self::Hwk)
+    }
+
+    /// The claim's text.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pwd => "pwd",
+            Self::Otp => "otp",
+            Self::Rec => "rec",
+            Self::Hwk => "hwk",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Who a verified access token belongs to: what `/auth/verify` answers.
@@ -65,6 +153,10 @@ pub struct VerifiedUser {
     pub email: String,
     /// Whether the user proved the address is theirs (the `email_verified` claim).
     pub email_verified: bool,
+    /// The sign-in's assurance level (`acr`; `aal1` for tokens without it).
+    pub aal: Aal,
+    /// The sign-in's methods (`amr`; `["pwd"]` for tokens without it).
+    pub amr: Vec<AuthMethod>,
 }
 
 /// One session revoked, as the revocation feed lists it.

@@ -38,7 +38,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use uuid::Uuid;
 
 pub use self::{
-    claims::{Claims, RevocationPage, TokenKind, VerifiedUser},
+    claims::{Aal, AuthMethod, Claims, RevocationPage, TokenKind, VerifiedUser},
     layer::{Authenticated, RequireAuth, RequireAuthLayer},
 };
 
@@ -247,6 +247,8 @@ impl Verifier {
             user_id: claims.user_id,
             email: claims.email.clone().ok_or(VerifyError::Invalid)?,
             email_verified: claims.email_verified.unwrap_or(true),
+            aal: claims.aal(),
+            amr: claims.methods(),
         })
     }
 
@@ -480,6 +482,9 @@ mod tests {
             nbf: None,
             iss: Some("auth-service".to_owned()),
             aud: None,
+            acr: None,
+            amr: None,
+            auth_time: None,
         }
     }
 
@@ -499,8 +504,33 @@ mod tests {
                 user_id: 7,
                 email: "u@example.com".to_owned(),
                 email_verified: false,
+                aal: Aal::Aal1,
+                amr: vec![AuthMethod::Pwd],
             })
         );
+        // A second factor's sign-in says so; a method this version does not know is kept as
+        // `Other` and refuses nothing.
+        let stepped_up = Claims {
+            acr: Some("aal2".to_owned()),
+            amr: Some(vec![AuthMethod::Pwd, AuthMethod::Otp]),
+            auth_time: Some(good.iat),
+            ..good.clone()
+        };
+        let user = verifier
+            .verify(&sign(&stepped_up, Algorithm::HS256, KID))
+            .await
+            .unwrap();
+        assert_eq!(
+            (user.aal, user.amr),
+            (Aal::Aal2, vec![AuthMethod::Pwd, AuthMethod::Otp])
+        );
+        let newer: Claims = serde_json::from_value(serde_json::json!({
+            "sub": "7", "user_id": 7, "type": "access", "iat": 1, "exp": 2,
+            "jti": Uuid::nil(), "amr": ["pwd", "swk"], "acr": "aal3"
+        }))
+        .unwrap();
+        assert_eq!(newer.methods(), vec![AuthMethod::Pwd, AuthMethod::Other]);
+        assert_eq!(newer.aal(), Aal::Aal1);
         // Tokens from before email verification existed carry no claim: verified.
         let older = Claims {
             email_verified: None,

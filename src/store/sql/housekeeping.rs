@@ -137,6 +137,25 @@ impl crate::store::HousekeepingStore for Dialect {
             .execute(&mut *tx)
             .await?
             .rows_affected(),
+            Purge::MfaChallenges(before) => sqlx::query(
+                r"delete from mfa_challenges where token_hash in (
+                    select token_hash from mfa_challenges where expires_at < $1 limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            Purge::UnconfirmedFactors(before) => sqlx::query(
+                r"delete from mfa_factors where id in (
+                    select id from mfa_factors
+                    where confirmed_at is null and created_at < $1 limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
             Purge::MailSends(before) => sqlx::query(
                 r"delete from mail_sends where (address, created_at) in (
                     select address, created_at from mail_sends where created_at < $1

@@ -36,7 +36,7 @@ macro_rules! user_columns {
 /// The `sessions` columns every `SessionRow` query selects.
 macro_rules! session_columns {
     () => {
-        "id, user_id, created_at, expires_at, revoked_at, last_used_at, user_agent, ip"
+        "id, user_id, created_at, expires_at, revoked_at, last_used_at, user_agent, ip, amr"
     };
 }
 
@@ -57,6 +57,7 @@ macro_rules! token_columns {
 mod events;
 mod housekeeping;
 mod lockout;
+mod mfa;
 mod outbox;
 mod sessions;
 mod tokens;

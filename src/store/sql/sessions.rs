@@ -5,6 +5,17 @@ use async_trait::async_trait;
 use super::{Db, Dialect};
 
 impl Dialect {
+    /// A session's sign-in from its `amr` and `created_at` columns.
+    pub(super) fn assurance(
+        (amr, created_at): (String, chrono::DateTime<chrono::Utc>),
+    ) -> Result<crate::assurance::Assurance, crate::store::StoreError> {
+        let methods = crate::assurance::Methods::try_from(amr)
+            .map_err(|err| crate::store::StoreError::Other(sqlx::Error::Decode(err.into())))?;
+        Ok(crate::assurance::Assurance {
+            methods,
+            auth_time: created_at,
+        })
+    }
     /// The one refresh-token insert, inside a session's or a rotation's transaction.
     pub(super) async fn insert_token(
         tx: &mut sqlx::Transaction<'_, Db>,
@@ -163,31 +174,41 @@ impl crate::store::SessionStore for Dialect {
         &self,
         session: &crate::store::NewSession,
         first: &crate::store::NewRefreshToken,
-        checked_hash: &str,
+        proof: crate::store::SignInProof<'_>,
         max_live: i64,
     ) -> Result<Result<Vec<uuid::Uuid>, crate::store::SessionRefused>, crate::store::StoreError>
     {
-        use crate::store::SessionRefused;
+        use crate::store::{SessionRefused, SignInProof};
         let mut tx = self.begin_write().await?;
         match Self::lock_user(&mut tx, session.user_id).await? {
             None => return Ok(Err(SessionRefused::UserGone)),
             Some(false) => return Ok(Err(SessionRefused::Disabled)),
             Some(true) => {}
         }
-        // Under the user's lock, so no password writer can commit between this read
-        // and the commit below.
-        let current: String = sqlx::query_scalar("select password_hash from users where id = $1")
-            .bind(session.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if current != checked_hash {
-            return Ok(Err(SessionRefused::PasswordChanged));
-        }
         let now = session.created_at;
+        // Under the user's lock, so no password writer can commit between this check
+        // and the commit below.
+        match proof {
+            SignInProof::Password(checked_hash) => {
+                let current: String =
+                    sqlx::query_scalar("select password_hash from users where id = $1")
+                        .bind(session.user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if current != checked_hash {
+                    return Ok(Err(SessionRefused::PasswordChanged));
+                }
+            }
+            SignInProof::Challenge(token_hash) => {
+                if !Self::use_challenge(&mut tx, token_hash, session.user_id, now).await? {
+                    return Ok(Err(SessionRefused::ChallengeUsed));
+                }
+            }
+        }
         sqlx::query(
             r"insert into sessions
-                (id, user_id, created_at, expires_at, last_used_at, user_agent, ip)
-              values ($1, $2, $3, $4, $3, $5, $6)",
+                (id, user_id, created_at, expires_at, last_used_at, user_agent, ip, amr)
+              values ($1, $2, $3, $4, $3, $5, $6, $7)",
         )
         .bind(session.id)
         .bind(session.user_id)
@@ -195,6 +216,7 @@ impl crate::store::SessionStore for Dialect {
         .bind(session.expires_at)
         .bind(session.user_agent.as_deref())
         .bind(session.ip.as_deref())
+        .bind(session.methods.stored())
         .execute(&mut *tx)
         .await?;
         Self::insert_token(&mut tx, first).await?;
@@ -236,19 +258,19 @@ impl crate::store::SessionStore for Dialect {
         &self,
         id: uuid::Uuid,
         at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, crate::store::StoreError> {
+    ) -> Result<Option<crate::assurance::Assurance>, crate::store::StoreError> {
         // Never moves backwards (two refreshes finishing out of order).
-        Ok(sqlx::query(
+        let row: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             r"update sessions set last_used_at = case when last_used_at > $2
                 then last_used_at else $2 end
-              where id = $1 and revoked_at is null",
+              where id = $1 and revoked_at is null
+              returning amr, created_at",
         )
         .bind(id)
         .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Self::assurance).transpose()
     }
 
     async fn live_sessions(
@@ -323,14 +345,16 @@ impl crate::store::SessionStore for Dialect {
         if Self::lock_user(&mut tx, child.user_id).await? != Some(true) {
             return Ok(RotateOutcome::Refused);
         }
-        let session_live: Option<bool> =
-            sqlx::query_scalar("select revoked_at is null from sessions where id = $1")
-                .bind(child.family_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if session_live != Some(true) {
+        let session: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "select amr, created_at from sessions where id = $1 and revoked_at is null",
+        )
+        .bind(child.family_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(session) = session else {
             return Ok(RotateOutcome::Refused);
-        }
+        };
+        let assurance = Self::assurance(session)?;
         let claimed = sqlx::query(
             r"update refresh_tokens set rotated_at = $2
               where jti = $1 and rotated_at is null and revoked_at is null
@@ -393,7 +417,7 @@ impl crate::store::SessionStore for Dialect {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(RotateOutcome::Rotated)
+        Ok(RotateOutcome::Rotated(assurance))
     }
 
     async fn revoke_session(

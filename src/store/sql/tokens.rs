@@ -17,6 +17,12 @@ impl Dialect {
             .bind(crate::store::MailTemplate::PasswordReset.as_str())
             .execute(&mut **tx)
             .await?;
+        // A password sign-in's pending second-factor challenge was proved with the password
+        // that is changing (or whose sessions all end): it goes too.
+        sqlx::query("delete from mfa_challenges where user_id = $1")
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
     /// Stores a one-time token (its kind is its mail's template), deleting the user's
