@@ -13,7 +13,7 @@
 //!   [`http::errors::ApiError`], the one error that becomes a response; handlers call the
 //!   service only.
 //! - [`service`]: the auth rules (registration, login lockout, rotation); no HTTP.
-//! - [`store`]: [`store::Store`], seven chapter traits written once for SQLite and PostgreSQL;
+//! - [`store`]: [`store::Store`], eight chapter traits written once for SQLite and PostgreSQL;
 //!   all SQL.
 //! - [`tokens`], [`passwords`]: JWTs and bcrypt.
 //! - [`server`]: the accept loop (header read timeout, connection cap, graceful shutdown).
