@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{
     errors::{ApiError, ErrorBody, ErrorCode, FieldError},
     extract::{AppJson, AuthUser, RequestCaller, bearer_token},
-    responses::{BodyErrors, MessageResponse, TokenResponse, tokens},
+    responses::{BodyErrors, MessageResponse, NO_STORE, TokenResponse, tokens},
 };
 use crate::{
     service::{
@@ -121,22 +121,16 @@ pub struct ConfirmRequest {
     pub code: String,
 }
 
-/// `POST /auth/mfa/totp/{factor_id}/confirm` success.
+/// `POST /auth/mfa/totp/{factor_id}/confirm` success: the message, new tokens for the calling
+/// session at aal2 (the login answer's fields), and the recovery codes with the first factor.
 #[derive(Serialize, ToSchema)]
 pub struct ConfirmResponse {
     /// `Second factor enabled`.
     #[schema(example = "Second factor enabled")]
     pub message: String,
-    /// A new access token for the calling session, at aal2.
-    pub access_token: String,
-    /// The session's refresh token.
-    pub refresh_token: String,
-    /// Always `bearer`.
-    #[schema(example = "bearer")]
-    pub token_type: String,
-    /// Access-token lifetime in seconds.
-    #[schema(example = 900)]
-    pub expires_in: i64,
+    /// A new access token for the calling session, at aal2, and the session's refresh token.
+    #[serde(flatten)]
+    pub tokens: TokenResponse,
     /// Ten single-use recovery codes, shown this once: only with the user's first factor.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = json!(["7hq2k-x9m4d", "0w3nf-r8c5t"]))]
@@ -289,18 +283,11 @@ pub async fn confirm_totp(
     let confirmed = auth
         .confirm_totp(&user, &factor_id, &req.code, &caller)
         .await?;
-    let pair = confirmed.tokens;
     Ok((
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::PRAGMA, "no-cache"),
-        ],
+        NO_STORE,
         Json(ConfirmResponse {
             message: "Second factor enabled".to_owned(),
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: "bearer".to_owned(),
-            expires_in: pair.expires_in,
+            tokens: confirmed.tokens.into(),
             recovery_codes: confirmed.recovery_codes,
         }),
     )

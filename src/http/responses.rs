@@ -55,16 +55,15 @@ impl From<TokenPair> for TokenResponse {
     }
 }
 
-/// A token response: never cached (RFC 6749 section 5.1).
+/// The headers of every answer that carries tokens: never cached (RFC 6749 section 5.1).
+pub const NO_STORE: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::PRAGMA, "no-cache"),
+];
+
+/// A token response, with [`NO_STORE`].
 pub fn tokens(pair: TokenPair) -> Response {
-    (
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::PRAGMA, "no-cache"),
-        ],
-        Json(TokenResponse::from(pair)),
-    )
-        .into_response()
+    (NO_STORE, Json(TokenResponse::from(pair))).into_response()
 }
 
 /// The errors every JSON-body endpoint can answer, documented once.

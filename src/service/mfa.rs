@@ -464,7 +464,8 @@ impl AuthService {
             .await?
             .ok_or(AuthError::InvalidMfaToken)?;
         tracing::Span::current().record("user.id", user_id);
-        let method = self.check_factor(user_id, proof, caller).await?;
+        let factors = self.0.store.confirmed_factors(user_id).await?;
+        let method = self.check_factor(user_id, &factors, proof, caller).await?;
         let user = self
             .0
             .store
@@ -501,10 +502,11 @@ impl AuthService {
         proof: &FactorProof,
         caller: &Caller,
     ) -> Result<TokenPair, AuthError> {
-        if self.0.store.confirmed_factors(user.id).await?.is_empty() {
+        let factors = self.0.store.confirmed_factors(user.id).await?;
+        if factors.is_empty() {
             return Err(AuthError::MfaNotEnrolled);
         }
-        let method = self.check_factor(user.id, proof, caller).await?;
+        let method = self.check_factor(user.id, &factors, proof, caller).await?;
         let issued_at = self.now();
         let (token, assurance) = self
             .0
@@ -537,11 +539,13 @@ impl AuthService {
         Ok(had)
     }
 
-    /// Checks a second factor of `user_id` under the guessing limit: the method it proved
-    /// (`otp` or `rec`), or `InvalidMfaCode` (counted), or `TooManyAttempts` (nothing checked).
+    /// Checks a second factor of `user_id`, whose confirmed factors are `factors`, under the
+    /// guessing limit: the method it proved (`otp` or `rec`), or `InvalidMfaCode` (counted), or
+    /// `TooManyAttempts` (nothing checked).
     async fn check_factor(
         &self,
         user_id: i64,
+        factors: &[FactorRow],
         proof: &FactorProof,
         caller: &Caller,
     ) -> Result<AuthMethod, AuthError> {
@@ -550,8 +554,8 @@ impl AuthService {
         let proved = match proof {
             FactorProof::Code(code) => {
                 let mut proved = None;
-                for factor in self.0.store.confirmed_factors(user_id).await? {
-                    if let Some(step) = self.code_step(&factor, code)?
+                for factor in factors {
+                    if let Some(step) = self.code_step(factor, code)?
                         && self.0.store.use_time_step(factor.id, step, now).await?
                     {
                         proved = Some(AuthMethod::Otp);

@@ -56,6 +56,19 @@ impl Dialect {
         Self::queue_mail(tx, user_id, &address, mail, now).await
     }
 
+    /// How many confirmed factors the user has, inside the caller's transaction.
+    async fn confirmed_count(
+        tx: &mut sqlx::Transaction<'_, Db>,
+        user_id: i64,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "select count(*) from mfa_factors where user_id = $1 and confirmed_at is not null",
+        )
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await
+    }
+
     /// Replaces the user's recovery codes with `code_hashes`.
     async fn store_recovery_codes(
         tx: &mut sqlx::Transaction<'_, Db>,
@@ -142,13 +155,7 @@ impl crate::store::SecondFactorStore for Dialect {
         if Self::lock_user(&mut tx, factor.user_id).await?.is_none() {
             return Ok(false);
         }
-        let confirmed: i64 = sqlx::query_scalar(
-            r"select count(*) from mfa_factors
-              where user_id = $1 and confirmed_at is not null",
-        )
-        .bind(factor.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let confirmed = Self::confirmed_count(&mut tx, factor.user_id).await?;
         if confirmed >= max_confirmed {
             return Ok(false);
         }
@@ -238,13 +245,7 @@ impl crate::store::SecondFactorStore for Dialect {
             Some(Some(last)) if last >= c.step => return Ok(Confirmation::StepUsed),
             Some(_) => {}
         }
-        let others: i64 = sqlx::query_scalar(
-            r"select count(*) from mfa_factors
-              where user_id = $1 and confirmed_at is not null",
-        )
-        .bind(c.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let others = Self::confirmed_count(&mut tx, c.user_id).await?;
         let Some((token, assurance)) =
             Self::raise_session(&mut tx, c.session, c.user_id, c.methods, now).await?
         else {
@@ -324,13 +325,7 @@ impl crate::store::SecondFactorStore for Dialect {
         if !removed {
             return Ok(false);
         }
-        let left: i64 = sqlx::query_scalar(
-            r"select count(*) from mfa_factors
-              where user_id = $1 and confirmed_at is not null",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let left = Self::confirmed_count(&mut tx, user_id).await?;
         if left == 0 {
             Self::store_recovery_codes(&mut tx, user_id, &[], now).await?;
         }
@@ -350,13 +345,7 @@ impl crate::store::SecondFactorStore for Dialect {
         if Self::lock_user(&mut tx, user_id).await?.is_none() {
             return Ok(false);
         }
-        let factors: i64 = sqlx::query_scalar(
-            r"select count(*) from mfa_factors
-              where user_id = $1 and confirmed_at is not null",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let factors = Self::confirmed_count(&mut tx, user_id).await?;
         if factors == 0 {
             return Ok(false);
         }
