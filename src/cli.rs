@@ -46,8 +46,8 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Copy users and live refresh tokens from one database to another (SQLite or PostgreSQL,
-    /// either way), in one transaction on the target.
+    /// Copy users, live refresh tokens and second factors from one database to another
+    /// (SQLite or PostgreSQL, either way), in one transaction on the target.
     CopyData {
         /// Source DATABASE_URL (must exist and have users).
         #[arg(long)]
@@ -576,10 +576,11 @@ async fn copy_data(
     match copy::copy_data(source, target, merge, allow_empty, now).await {
         Ok(report) => {
             println!(
-                "copied {} users ({} skipped) and {} refresh tokens from {} to {}",
+                "copied {} users ({} skipped), {} refresh tokens and {} second factors from {} to {}",
                 report.users,
                 report.skipped_users,
                 report.tokens,
+                report.factors,
                 from_url.describe(),
                 to_url.describe()
             );

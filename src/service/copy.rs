@@ -1,5 +1,6 @@
-//! `copy-data`: moves users and live refresh tokens from one database to another, of either
-//! kind (the original's "SQLite to PostgreSQL" guide, done in one transaction on the target).
+//! `copy-data`: moves users, live refresh tokens and second factors from one database to
+//! another, of either kind (the original's "SQLite to PostgreSQL" guide, done in one
+//! transaction on the target).
 
 use std::collections::HashSet;
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::email::Email;
-use crate::store::{ImportReport, RefreshTokenRow, Store, StoreError, UserRow};
+use crate::store::{ImportReport, RefreshTokenRow, Store, StoreError, Transfer, UserRow};
 
 /// Why a copy did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,10 @@ pub enum CopyError {
     Store(#[from] StoreError),
 }
 
-/// Copies every user (ids, hashes, flags, timestamps) and every refresh token not expired at
-/// `now` from `from` into `to`.
+/// Copies every user (ids, hashes, flags, timestamps), every refresh token not expired at
+/// `now`, every confirmed second factor and every unused recovery code from `from` into `to`.
+/// A user's second factor must come along: without it the copy would sign them in with the
+/// password alone. Copied sessions are password sign-ins (aal1): a step-up raises them again.
 ///
 /// # Errors
 /// `EmptySource` when the source has no users, unless `allow_empty`; `TargetNotEmpty` without
@@ -43,7 +46,14 @@ pub async fn copy_data(
         return Err(CopyError::EmptySource);
     }
     let tokens = parents_first(from.export_refresh_tokens(now).await?);
-    to.import(&users, &tokens, merge)
+    let (factors, recovery_codes) = from.export_second_factors().await?;
+    let transfer = Transfer {
+        users,
+        tokens,
+        factors,
+        recovery_codes,
+    };
+    to.import(&transfer, merge)
         .await?
         .ok_or(CopyError::TargetNotEmpty)
 }
@@ -73,8 +83,12 @@ pub async fn import_original(
         })
         .collect();
     let unusable = u64::try_from(total - users.len()).unwrap_or(u64::MAX);
+    let transfer = Transfer {
+        users,
+        ..Transfer::default()
+    };
     let mut report = to
-        .import(&users, &[], merge)
+        .import(&transfer, merge)
         .await?
         .ok_or(CopyError::TargetNotEmpty)?;
     report.skipped_users += unusable;

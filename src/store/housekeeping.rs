@@ -1,6 +1,6 @@
 //! Housekeeping: health, schema, purges and `copy-data`.
 
-use super::{RefreshTokenRow, StoreError, UserRow};
+use super::{FactorRow, RecoveryCodeRow, RefreshTokenRow, StoreError, UserRow};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -13,6 +13,20 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
+/// What an import writes: users with their ids, and what belongs to them.
+#[derive(Debug, Clone, Default)]
+pub struct Transfer {
+    /// The users.
+    pub users: Vec<UserRow>,
+    /// Their refresh tokens, each parent before its children.
+    pub tokens: Vec<RefreshTokenRow>,
+    /// Their confirmed second factors (secrets sealed as they are: the target needs the same
+    /// data keys).
+    pub factors: Vec<FactorRow>,
+    /// Their unused recovery codes (hashes).
+    pub recovery_codes: Vec<RecoveryCodeRow>,
+}
+
 /// What an import wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportReport {
@@ -22,6 +36,8 @@ pub struct ImportReport {
     pub skipped_users: u64,
     /// Refresh tokens inserted.
     pub tokens: u64,
+    /// Second factors inserted.
+    pub factors: u64,
 }
 
 /// One batch of rows that nothing needs any more, for [`Store::purge_batch`].
@@ -131,15 +147,20 @@ pub trait HousekeepingStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<RefreshTokenRow>, StoreError>;
 
-    /// Imports users (ids kept) and refresh tokens in one transaction, with a session for each
-    /// token family (ended when all its tokens are revoked). Refuses (returns `None`) when the
+    /// Every confirmed second factor, and every unused recovery code (for `copy-data`).
+    async fn export_second_factors(
+        &self,
+    ) -> Result<(Vec<FactorRow>, Vec<RecoveryCodeRow>), StoreError>;
+
+    /// Imports users (ids kept), their refresh tokens, second factors and recovery codes in one
+    /// transaction, with a session for each token family (ended when all its tokens are
+    /// revoked; a password sign-in, aal1, whatever it was). Refuses (returns `None`) when the
     /// target already has users, unless `merge`, in which case users whose id or email exists
-    /// are skipped along with their tokens. Leaves the id sequence past the largest id, so the
-    /// next registration does not collide.
+    /// are skipped along with everything of theirs. Leaves the id sequence past the largest
+    /// id, so the next registration does not collide.
     async fn import(
         &self,
-        users: &[UserRow],
-        tokens: &[RefreshTokenRow],
+        transfer: &Transfer,
         merge: bool,
     ) -> Result<Option<ImportReport>, StoreError>;
 }

@@ -28,6 +28,19 @@ pub struct FactorRow {
     pub last_step: Option<i64>,
 }
 
+/// A recovery code as stored (for `copy-data`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecoveryCodeRow {
+    /// Whose code it is.
+    pub user_id: i64,
+    /// Its hash (the code itself is never stored).
+    pub code_hash: Vec<u8>,
+    /// When its set was made.
+    pub created_at: DateTime<Utc>,
+    /// Its use, if used.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
 /// A factor about to be stored, unconfirmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFactor<'a> {

@@ -47,9 +47,11 @@ use events::RawEventRow;
 use housekeeping::{APPLIED_MIGRATIONS, covers};
 
 pub use events::{EventKind, EventRow, EventStore, not_before};
-pub use housekeeping::{HousekeepingStore, ImportReport, PoolStats, Purge};
+pub use housekeeping::{HousekeepingStore, ImportReport, PoolStats, Purge, Transfer};
 pub use lockout::{AttemptLimits, AttemptRow, LockoutStore};
-pub use mfa::{Confirmation, FactorConfirmation, FactorRow, NewFactor, SecondFactorStore};
+pub use mfa::{
+    Confirmation, FactorConfirmation, FactorRow, NewFactor, RecoveryCodeRow, SecondFactorStore,
+};
 pub use outbox::{
     MAIL_PER_ADDRESS_PER_HOUR, MailOutcome, MailTemplate, NewMail, OutboxMail, OutboxStore,
 };

@@ -589,7 +589,7 @@ async fn the_feed_lists_logout_reuse_logout_all_and_disable(backend: Backend) {
 
 /// Whether a local verifier holding `page` refuses `token`: its session is listed, or its
 /// user's cut-off is after its `iat`.
-fn refuses(page: &Value, token: &str) -> bool {
+pub fn refuses(page: &Value, token: &str) -> bool {
     let claims = claims_of(token);
     let iat = claims["iat"].as_i64().unwrap();
     sids(page).contains(&sid_of(token))

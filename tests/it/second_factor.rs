@@ -12,7 +12,12 @@ use futures::future::join_all;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{dual_backend, helpers::*, smtp_sink::SmtpSink};
+use crate::{
+    dual_backend,
+    helpers::*,
+    local_verification::{FEED_TOKEN, feed, refuses},
+    smtp_sink::SmtpSink,
+};
 
 /// How long a queued mail may take to reach the sink.
 const MAIL_WITHIN: StdDuration = StdDuration::from_secs(10);
@@ -165,12 +170,17 @@ async fn enrolment_is_confirmed_by_a_right_code_and_ends_the_other_sessions(back
         &[
             ("MAIL_PRODUCT_NAME", "Shop & Co"),
             ("EMAIL_VERIFICATION", "off"),
+            ("REVOCATION_FEED_TOKENS", FEED_TOKEN),
         ],
     )
     .await;
+    let replica = TestApp::spawn_on(app.db.clone(), app.clock.clone(), &[]).await;
     let email = "two-step@example.com";
     let (_, access, refresh) = app.user_with_tokens(email).await;
     let (other_access, other_refresh) = app.tokens(email).await;
+    for token in [&access, &other_access] {
+        assert_eq!(replica.verify(token).await.status(), StatusCode::OK);
+    }
     // Act: enrol.
     let (factor, secret, body) = enrol(&app, &access).await;
     // Assert: the secret (160 bits of base32) and the URI for the QR code.
@@ -240,6 +250,16 @@ async fn enrolment_is_confirmed_by_a_right_code_and_ends_the_other_sessions(back
     assert_eq!(
         app.refresh(&other_refresh).await.status(),
         StatusCode::UNAUTHORIZED
+    );
+    // Within a second on another replica, and in the feed, as at logout: that session alone.
+    verify_becomes(&replica, &other_access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(replica.verify(&access).await.status(), StatusCode::OK);
+    let (status, page) = feed(&app, "").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(refuses(&page, &other_access), "{page}");
+    assert!(
+        !refuses(&page, &access) && !refuses(&page, new_access),
+        "{page}"
     );
     let refreshed = json_of(app.refresh(&refresh).await).await;
     assert_eq!(
@@ -934,4 +954,83 @@ async fn secrets_are_sealed_under_the_data_key_and_reencrypt_moves_them(backend:
         "Internal server error",
         "INTERNAL_ERROR",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_takes_the_second_factor_along() {
+    // Arrange: on SQLite, a user with a factor (one recovery code used) and one without.
+    let key = [("DATA_ENCRYPTION_KEY", KEY_ONE)];
+    let source = TestApp::spawn_with(Backend::Sqlite, &key).await;
+    let user = enrolled(&source, "copied@example.com").await;
+    let token = mfa_token(&source, &user.email).await;
+    let (status, _) = mfa_verify(
+        &source,
+        &json!({"mfa_token": token, "recovery_code": user.recovery_codes[0]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    source.user_with_tokens("plain@example.com").await;
+    let postgres = TestDb::new(Backend::Postgres).await;
+    // Act
+    let (from, to) = (source.db.url_string(), postgres.url_string());
+    let out = tokio::task::block_in_place(|| {
+        cli_with(
+            &source.db,
+            &key,
+            &["copy-data", "--from", &from, "--to", &to],
+            "",
+        )
+    });
+    // Assert: the factor came along, sealed as it was; the password alone is not enough.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("copied 2 users (0 skipped), ")
+            && stdout.contains(" refresh tokens and 1 second factors from "),
+        "{stdout}"
+    );
+    let target = TestApp::spawn_on(postgres, source.clock.clone(), &key).await;
+    next_step(&target);
+    assert_eq!(
+        target.login("plain@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let token = mfa_token(&target, &user.email).await;
+    // The used recovery code stays used; an unused one and a code both work.
+    let (status, body) = mfa_verify(
+        &target,
+        &json!({"mfa_token": token, "recovery_code": user.recovery_codes[0]}),
+    )
+    .await;
+    assert_invalid_code(status, &body);
+    let (status, body) = mfa_verify(
+        &target,
+        &json!({"mfa_token": token, "recovery_code": user.recovery_codes[1]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = mfa_token(&target, &user.email).await;
+    let (status, body) = mfa_verify(
+        &target,
+        &json!({"mfa_token": token, "code": code_now(&target, &user.secret)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["acr"],
+        "aal2"
+    );
+    let (status, list) = status_and_json(
+        target
+            .get_bearer("/auth/mfa/factors", body["access_token"].as_str().unwrap())
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["factors"][0]["factor_id"], user.factor.as_str());
+    assert_eq!(list["recovery_codes_remaining"], 8);
 }

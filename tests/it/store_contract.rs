@@ -25,7 +25,7 @@
 //! | `HousekeepingStore` | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
 //! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
 //! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
-//! | | `export_users`, `export_refresh_tokens`, `import` | `export_and_import_round_trip` |
+//! | | `export_users`, `export_refresh_tokens`, `export_second_factors`, `import` | `export_and_import_round_trip` |
 
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ use auth_service::assurance::{AuthMethod, Methods};
 use auth_service::store::{
     AttemptLimits, Confirmation, EventKind, FactorConfirmation, MailOutcome, MailTemplate,
     NewFactor, NewMail, NewRefreshToken, NewSession, PasswordChange, Purge, ResetRequest,
-    RotateOutcome, SessionRefused, SignInProof, Store, StoreError, TokenMail,
+    RotateOutcome, SessionRefused, SignInProof, Store, StoreError, TokenMail, Transfer,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -1372,9 +1372,49 @@ async fn export_and_import_round_trip(backend: Backend) {
     let live = session(&store, user.id).await;
     let ended = session(&store, user.id).await;
     store.revoke_session(ended.family_id, now).await.unwrap();
+    // A confirmed factor with two recovery codes, one used, and an unconfirmed factor.
+    let mail = NewMail {
+        template: MailTemplate::MfaEnrolled,
+        link: None,
+    };
+    let factor = |id| NewFactor {
+        id,
+        user_id: user.id,
+        secret: b"sealed",
+        secret_key: Some("k1"),
+        created_at: now,
+    };
+    let confirmed = Uuid::new_v4();
+    assert!(store.add_totp_factor(&factor(confirmed), 5).await.unwrap());
+    let codes = [[7u8; 32], [8u8; 32]];
+    let confirming = confirmation(confirmed, user.id, live.family_id, 100, &codes, &mail);
+    assert!(matches!(
+        store.confirm_factor(&confirming, now).await.unwrap(),
+        Confirmation::Confirmed { .. }
+    ));
+    assert!(
+        store
+            .use_recovery_code(user.id, &codes[0], &mail, now)
+            .await
+            .unwrap()
+    );
+    let unconfirmed = Uuid::new_v4();
+    assert!(
+        store
+            .add_totp_factor(&factor(unconfirmed), 5)
+            .await
+            .unwrap()
+    );
     let users = store.export_users().await.unwrap();
     let tokens = store.export_refresh_tokens(now).await.unwrap();
     assert_eq!((users.len(), tokens.len()), (1, 2));
+    let (factors, recovery_codes) = store.export_second_factors().await.unwrap();
+    assert_eq!(
+        factors.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [confirmed],
+        "confirmed factors only"
+    );
+    assert_eq!(recovery_codes.len(), 1, "unused codes only");
     assert!(
         store
             // The later of the two (they may be made a second apart).
@@ -1383,27 +1423,54 @@ async fn export_and_import_round_trip(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+    let transfer = Transfer {
+        users,
+        tokens,
+        factors,
+        recovery_codes,
+    };
     let other_db = TestDb::new(backend).await;
     let target = other_db.store().await;
-    let report = target
-        .import(&users, &tokens, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let report = target.import(&transfer, false).await.unwrap().unwrap();
     assert_eq!(
-        (report.users, report.skipped_users, report.tokens),
-        (1, 0, 2)
+        (
+            report.users,
+            report.skipped_users,
+            report.tokens,
+            report.factors
+        ),
+        (1, 0, 2, 1)
+    );
+    assert!(
+        target.import(&transfer, false).await.unwrap().is_none(),
+        "not empty"
+    );
+    let merged = target.import(&transfer, true).await.unwrap().unwrap();
+    assert_eq!(
+        (merged.users, merged.skipped_users, merged.factors),
+        (0, 1, 0)
+    );
+    // The factor as it was (sealed, its step), and the unused code alone still works.
+    let copied = target.confirmed_factors(user.id).await.unwrap();
+    assert_eq!(
+        copied,
+        store.confirmed_factors(user.id).await.unwrap(),
+        "{copied:?}"
+    );
+    assert!(!target.use_time_step(confirmed, 100, now).await.unwrap());
+    assert_eq!(target.recovery_codes_left(user.id).await.unwrap(), 1);
+    assert!(
+        !target
+            .use_recovery_code(user.id, &codes[0], &mail, now)
+            .await
+            .unwrap()
     );
     assert!(
         target
-            .import(&users, &tokens, false)
+            .use_recovery_code(user.id, &codes[1], &mail, now)
             .await
             .unwrap()
-            .is_none(),
-        "not empty"
     );
-    let merged = target.import(&users, &tokens, true).await.unwrap().unwrap();
-    assert_eq!((merged.users, merged.skipped_users), (0, 1));
     // Sessions come along, ended where their tokens were all revoked.
     let live_row = target.find_session(live.family_id).await.unwrap().unwrap();
     assert_eq!(live_row.revoked_at, None);

@@ -206,12 +206,42 @@ impl crate::store::HousekeepingStore for Dialect {
         .await?)
     }
 
+    async fn export_second_factors(
+        &self,
+    ) -> Result<
+        (
+            Vec<crate::store::FactorRow>,
+            Vec<crate::store::RecoveryCodeRow>,
+        ),
+        crate::store::StoreError,
+    > {
+        let factors = sqlx::query_as(concat!(
+            "select ",
+            factor_columns!(),
+            " from mfa_factors where confirmed_at is not null order by created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let codes = sqlx::query_as(
+            r"select user_id, code_hash, created_at, used_at from mfa_recovery_codes
+              where used_at is null order by user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((factors, codes))
+    }
+
     async fn import(
         &self,
-        users: &[crate::store::UserRow],
-        tokens: &[crate::store::RefreshTokenRow],
+        transfer: &crate::store::Transfer,
         merge: bool,
     ) -> Result<Option<crate::store::ImportReport>, crate::store::StoreError> {
+        let crate::store::Transfer {
+            users,
+            tokens,
+            factors,
+            recovery_codes,
+        } = transfer;
         let mut tx = self.begin_write().await?;
         let existing: i64 = sqlx::query_scalar("select count(*) from users")
             .fetch_one(&mut *tx)
@@ -263,6 +293,40 @@ impl crate::store::HousekeepingStore for Dialect {
             .await?
             .rows_affected();
         }
+        let mut copied_factors = 0;
+        for factor in factors.iter().filter(|f| inserted.contains(&f.user_id)) {
+            copied_factors += sqlx::query(concat!(
+                "insert into mfa_factors (",
+                factor_columns!(),
+                ", kind) values ($1, $2, $3, $4, $5, $6, $7, $8, 'totp') on conflict do nothing"
+            ))
+            .bind(factor.id)
+            .bind(factor.user_id)
+            .bind(&factor.secret)
+            .bind(&factor.secret_key)
+            .bind(factor.created_at)
+            .bind(factor.confirmed_at)
+            .bind(factor.last_used_at)
+            .bind(factor.last_step)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        for code in recovery_codes
+            .iter()
+            .filter(|c| inserted.contains(&c.user_id))
+        {
+            sqlx::query(
+                r"insert into mfa_recovery_codes (user_id, code_hash, created_at, used_at)
+                  values ($1, $2, $3, $4) on conflict do nothing",
+            )
+            .bind(code.user_id)
+            .bind(&code.code_hash)
+            .bind(code.created_at)
+            .bind(code.used_at)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(super::SESSIONS_FROM_TOKENS)
             .execute(&mut *tx)
             .await?;
@@ -273,6 +337,7 @@ impl crate::store::HousekeepingStore for Dialect {
             users: users_inserted,
             skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
             tokens: copied_tokens,
+            factors: copied_factors,
         }))
     }
 }

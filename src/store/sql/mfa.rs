@@ -5,13 +5,6 @@ use async_trait::async_trait;
 use super::{Db, Dialect};
 use crate::store::{Confirmation, FactorRow, RefreshTokenRow, StoreError};
 
-/// The `mfa_factors` columns every `FactorRow` query selects.
-macro_rules! factor_columns {
-    () => {
-        "id, user_id, secret, secret_key, created_at, confirmed_at, last_used_at, last_step"
-    };
-}
-
 impl Dialect {
     /// Uses a sign-in challenge of `user_id`, once, inside the transaction of the session it
     /// starts; whether it was unused and unexpired at `now`.

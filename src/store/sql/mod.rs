@@ -54,6 +54,13 @@ macro_rules! token_columns {
     };
 }
 
+/// The `mfa_factors` columns every `FactorRow` query selects.
+macro_rules! factor_columns {
+    () => {
+        "id, user_id, secret, secret_key, created_at, confirmed_at, last_used_at, last_step"
+    };
+}
+
 mod events;
 mod housekeeping;
 mod lockout;
