@@ -165,7 +165,7 @@ async fn auth_counters_count_exactly_what_happened(backend: Backend) {
     // nothing else (the in-process apps of other tests share one global recorder).
     let db = TestDb::new(backend).await;
     let url = db.url_string();
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET_KEY", SECRET),
         ("BCRYPT_ROUNDS", "4"),

@@ -83,7 +83,7 @@ async fn a_registration_of_a_taken_email_spends_no_hash(backend: Backend) {
     // The real binary: its metrics count this test's hashes only.
     let db = TestDb::new(backend).await;
     let url = db.url_string();
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET_KEY", SECRET),
         ("BCRYPT_ROUNDS", "4"),

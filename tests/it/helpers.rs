@@ -678,6 +678,8 @@ pub struct Binary {
     /// pipe, and so a test can wait for a line instead of sleeping.
     output: [Arc<std::sync::Mutex<String>>; 2],
     readers: [std::thread::JoinHandle<()>; 2],
+    /// The variables it was started with, to start it again.
+    vars: Vec<(String, String)>,
 }
 
 /// Reads a pipe line by line to its end on a thread of its own, into `into`.
@@ -701,14 +703,41 @@ fn drain(
 impl Binary {
     pub fn spawn(vars: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, port, output, readers) = Self::start(dir.path(), &vars);
+        Self {
+            child,
+            port,
+            dir,
+            output,
+            readers,
+            vars,
+        }
+    }
+
+    /// Starts the binary on a port free a moment ago (another process may take it before the
+    /// binary binds it: [`Self::wait_ready`] then starts it again on another).
+    #[expect(clippy::type_complexity, reason = "the parts of a Binary, once")]
+    fn start(
+        dir: &std::path::Path,
+        vars: &[(String, String)],
+    ) -> (
+        std::process::Child,
+        String,
+        [Arc<std::sync::Mutex<String>>; 2],
+        [std::thread::JoinHandle<()>; 2],
+    ) {
         let port = free_port().to_string();
         // The log transport unless a test names another: required with PostgreSQL.
         let mut child = Command::new(BIN)
             .env_clear()
             .env("PORT", &port)
             .env("MAIL_URL", "log")
-            .envs(vars.iter().copied())
-            .current_dir(dir.path())
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -719,13 +748,7 @@ impl Binary {
             drain(child.stdout.take().unwrap(), Arc::clone(&output[0])),
             drain(child.stderr.take().unwrap(), Arc::clone(&output[1])),
         ];
-        Self {
-            child,
-            port,
-            dir,
-            output,
-            readers,
-        }
+        (child, port, output, readers)
     }
 
     /// Waits (at most `within`) until stdout or stderr holds `needle`.
@@ -738,10 +761,24 @@ impl Binary {
         .await;
     }
 
-    /// Polls with the `healthcheck` subcommand until ready (at most 60 s).
-    pub fn wait_ready(&self) -> bool {
+    /// Polls with the `healthcheck` subcommand until ready (at most 60 s). When the binary
+    /// exited because another process took its port meanwhile, starts it again on another;
+    /// when it exited for any other reason, false at once.
+    pub fn wait_ready(&mut self) -> bool {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let taken = self.output[1].lock().unwrap().contains("already in use");
+                if !taken {
+                    return false;
+                }
+                let (child, port, output, readers) = Self::start(self.dir.path(), &self.vars);
+                self.child = child;
+                self.port = port;
+                self.output = output;
+                self.readers = readers;
+                continue;
+            }
             let status = Command::new(BIN)
                 .env_clear()
                 .env("PORT", &self.port)

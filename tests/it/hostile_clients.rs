@@ -139,7 +139,7 @@ async fn idle_keep_alive_connections_close_after_the_idle_timeout_in_http1_and_h
 async fn made_up_methods_neither_grow_the_metrics_nor_reach_the_logs() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = db.url_string();
-    let binary = Binary::spawn(&[("DATABASE_URL", url.as_str()), ("JWT_SECRET_KEY", SECRET)]);
+    let mut binary = Binary::spawn(&[("DATABASE_URL", url.as_str()), ("JWT_SECRET_KEY", SECRET)]);
     assert!(tokio::task::block_in_place(|| binary.wait_ready()));
     let addr = format!("127.0.0.1:{}", binary.port);
     for i in 0..200 {

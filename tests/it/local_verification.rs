@@ -336,7 +336,7 @@ fn jwt_accept_hs256_warns_at_start_and_needs_the_secret() {
         .copied()
         .chain([("JWT_SECRET_KEY", SECRET)])
         .collect();
-    let binary = Binary::spawn(&with_secret);
+    let mut binary = Binary::spawn(&with_secret);
     assert!(binary.wait_ready(), "serves");
     let (_, stdout, stderr) = binary.terminate();
     let logs = format!("{stdout}{stderr}");
@@ -351,7 +351,7 @@ fn jwt_accept_hs256_warns_at_start_and_needs_the_secret() {
         .copied()
         .filter(|(name, _)| *name != "JWT_ACCEPT_HS256")
         .collect();
-    let binary = Binary::spawn(&off);
+    let mut binary = Binary::spawn(&off);
     assert!(binary.wait_ready(), "serves");
     let (_, stdout, stderr) = binary.terminate();
     assert!(!format!("{stdout}{stderr}").contains("JWT_ACCEPT_HS256"));

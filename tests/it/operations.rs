@@ -81,7 +81,7 @@ async fn with_migrate_on_start_false_a_stale_schema_exits_2_and_says_what_to_do(
     // After `migrate`, the same configuration serves.
     let migrated = run_in(dir.path(), &vars, &["migrate"]);
     assert!(migrated.status.success(), "{}", stderr(&migrated));
-    let serving = Binary::spawn(&[
+    let mut serving = Binary::spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET_KEY", SECRET),
         ("MIGRATE_ON_START", "false"),

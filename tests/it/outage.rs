@@ -145,7 +145,7 @@ async fn a_database_restart_is_logged_once_when_it_starts_and_once_when_it_ends(
         _ => unreachable!(),
     })
     .to_owned();
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET_KEY", SECRET),
         ("BCRYPT_ROUNDS", "4"),

@@ -320,7 +320,7 @@ async fn a_mail_queued_while_smtp_is_down_arrives_once_it_is_back(backend: Backe
 /// configuration is logged), not when sending fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mail_password_never_reaches_the_logs() {
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("MAIL_URL", "smtp://mailer:hunter2-mail@127.0.0.1:1?tls=off"),
         ("MAIL_FROM", "no-reply@shop.example.com"),
         ("JWT_SECRET_KEY", SECRET),
@@ -583,7 +583,7 @@ async fn a_process_killed_mid_send_leaves_the_mail_to_the_next_one(backend: Back
     let second_vars = vars(&sink_url);
     let second_refs: Vec<(&str, &str)> =
         second_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let second = Binary::spawn(&second_refs);
+    let mut second = Binary::spawn(&second_refs);
     assert!(tokio::task::block_in_place(|| second.wait_ready()));
     sink.wait_for(email, 1, StdDuration::from_secs(45)).await;
     poll_until("the mail to be recorded sent", MAIL_WITHIN, || async {
@@ -599,7 +599,7 @@ async fn a_process_killed_mid_send_leaves_the_mail_to_the_next_one(backend: Back
 /// link included, after a start-up warning: what a developer reads instead of a mailbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_transport_logs_each_message_with_its_link() {
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("JWT_SECRET_KEY", SECRET),
         ("BCRYPT_ROUNDS", "4"),
         ("EMAIL_VERIFICATION", "optional"),
@@ -671,7 +671,7 @@ async fn a_reset_clears_the_lockout(backend: Backend) {
 async fn a_permanent_refusal_fails_the_message_with_an_error_line_and_no_address() {
     let sink = SmtpSink::start_rejecting().await;
     let url = format!("smtp://127.0.0.1:{}?tls=off", sink.port);
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("MAIL_URL", &url),
         ("MAIL_FROM", "no-reply@shop.example.com"),
         ("JWT_SECRET_KEY", SECRET),
@@ -934,7 +934,7 @@ async fn junk_reset_tokens_cost_no_password_hash(backend: Backend) {
     // Arrange: the binary (its own metrics), with a strong new password ready to be hashed.
     let db = TestDb::new(backend).await;
     let url = db.url_string();
-    let server = Binary::spawn(&[
+    let mut server = Binary::spawn(&[
         ("DATABASE_URL", url.as_str()),
         ("JWT_SECRET_KEY", SECRET),
         ("RATE_LIMIT_PER_SECOND", "0"),
@@ -1251,9 +1251,9 @@ async fn two_replicas_over_a_slow_relay_send_each_mail_once(backend: Backend) {
         ("MAIL_URL", mail_url.as_str()),
         ("MAIL_FROM", "Shop <no-reply@shop.example.com>"),
     ];
-    let one = Binary::spawn(&vars);
+    let mut one = Binary::spawn(&vars);
     assert!(tokio::task::block_in_place(|| one.wait_ready()));
-    let two = Binary::spawn(&vars);
+    let mut two = Binary::spawn(&vars);
     assert!(tokio::task::block_in_place(|| two.wait_ready()));
     let client = reqwest::Client::new();
     for i in 0..12 {

@@ -177,7 +177,7 @@ fn a_wrong_postgres_database_name_is_one_line_with_the_cause_once() {
 #[test]
 fn with_no_configuration_it_serves_sqlite_and_exits_0_on_sigterm() {
     // Arrange: only PORT, so parallel test runs do not fight over 8001.
-    let binary = Binary::spawn(&[]);
+    let mut binary = Binary::spawn(&[]);
     // Act
     let healthy = binary.wait_ready();
     let db_created = binary.dir.path().join("auth_service.db").exists();
@@ -196,7 +196,7 @@ fn with_no_configuration_it_serves_sqlite_and_exits_0_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
     // Arrange
-    let binary = Binary::spawn(&[
+    let mut binary = Binary::spawn(&[
         ("JWT_SECRET_KEY", crate::helpers::SECRET),
         ("BCRYPT_ROUNDS", "4"),
         // MAIL_URL=log (the default) logs each mail, address and link included, by design

@@ -295,7 +295,7 @@ fn example_binary() -> std::path::PathBuf {
 async fn the_example_service_refuses_a_logged_out_token_within_a_second() {
     // Arrange: the real auth-service (ES256, SQLite, a feed token) and the example beside it.
     let key = KeyFiles::new(AsymmetricAlgorithm::Es256);
-    let auth = Binary::spawn(&[
+    let mut auth = Binary::spawn(&[
         ("JWT_ALGORITHM", "ES256"),
         ("JWT_PRIVATE_KEY_FILE", key.private.to_str().unwrap()),
         ("REVOCATION_FEED_TOKENS", FEED_TOKEN),

@@ -39,7 +39,7 @@ struct Doors {
 impl Doors {
     fn start(db: &TestDb) -> Self {
         let url = db.url_string();
-        let server = Binary::spawn(&[
+        let mut server = Binary::spawn(&[
             ("DATABASE_URL", url.as_str()),
             ("JWT_SECRET_KEY", SECRET),
             ("BCRYPT_ROUNDS", "4"),
