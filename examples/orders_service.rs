@@ -57,7 +57,7 @@ async fn orders_unprotected() -> Json<VerifiedUser> {
         email: "anonymous@example.com".to_owned(),
         email_verified: false,
         aal: auth_verifier::Aal::Aal1,
-        amr: Vec::new(),
+        amr: auth_verifier::AuthMethods::default(),
     })
 }
 

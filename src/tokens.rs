@@ -206,8 +206,8 @@ impl TokenKeys {
             nbf: None,
             iss: Some(self.issuer.clone()),
             aud: self.audience.clone(),
-            acr: access.then(|| subject.assurance.methods.aal().as_str().to_owned()),
-            amr: access.then(|| subject.assurance.methods.list()),
+            acr: access.then(|| subject.assurance.methods.aal()),
+            amr: access.then_some(subject.assurance.methods),
             auth_time: access.then(|| subject.assurance.auth_time.timestamp()),
         }
     }

@@ -56,7 +56,8 @@ pub struct VerifyResponse {
     pub aal: auth_verifier::claims::Aal,
     /// The methods of the token's sign-in (`amr`, a set: `pwd`, `otp`, `rec`, `hwk`) (additive).
     #[schema(example = json!(["pwd", "otp"]))]
-    pub amr: Vec<auth_verifier::claims::AuthMethod>,
+    #[schema(value_type = Vec<auth_verifier::claims::AuthMethod>)]
+    pub amr: auth_verifier::claims::AuthMethods,
 }
 
 /// `GET /auth/verify`: who an access token belongs to.

@@ -824,7 +824,7 @@ async fn the_verifier_crate_refuses_ended_sessions_within_a_second(backend: Back
             email_verified: false,
             // A password sign-in.
             aal: auth_verifier::Aal::Aal1,
-            amr: vec![auth_verifier::AuthMethod::Pwd],
+            amr: auth_verifier::AuthMethods::PASSWORD,
         })
     );
     assert_eq!(verifier.verify(&all_access).await.unwrap().user_id, all_id);

@@ -38,7 +38,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use uuid::Uuid;
 
 pub use self::{
-    claims::{Aal, AuthMethod, Claims, RevocationPage, TokenKind, VerifiedUser},
+    claims::{Aal, AuthMethod, AuthMethods, Claims, RevocationPage, TokenKind, VerifiedUser},
     layer::{Authenticated, RequireAuth, RequireAuthLayer},
 };
 
@@ -505,14 +505,14 @@ mod tests {
                 email: "u@example.com".to_owned(),
                 email_verified: false,
                 aal: Aal::Aal1,
-                amr: vec![AuthMethod::Pwd],
+                amr: AuthMethods::PASSWORD,
             })
         );
         // A second factor's sign-in says so; a method this version does not know is kept as
         // `Other` and refuses nothing.
         let stepped_up = Claims {
-            acr: Some("aal2".to_owned()),
-            amr: Some(vec![AuthMethod::Pwd, AuthMethod::Otp]),
+            acr: Some(Aal::Aal2),
+            amr: Some(AuthMethods::PASSWORD.with(AuthMethod::Otp)),
             auth_time: Some(good.iat),
             ..good.clone()
         };
@@ -522,14 +522,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             (user.aal, user.amr),
-            (Aal::Aal2, vec![AuthMethod::Pwd, AuthMethod::Otp])
+            (
+                Aal::Aal2,
+                AuthMethods::of(&[AuthMethod::Otp, AuthMethod::Pwd])
+            )
         );
         let newer: Claims = serde_json::from_value(serde_json::json!({
             "sub": "7", "user_id": 7, "type": "access", "iat": 1, "exp": 2,
             "jti": Uuid::nil(), "amr": ["pwd", "swk"], "acr": "aal3"
         }))
         .unwrap();
-        assert_eq!(newer.methods(), vec![AuthMethod::Pwd, AuthMethod::Other]);
+        assert_eq!(
+            newer.methods().iter().collect::<Vec<_>>(),
+            [AuthMethod::Pwd, AuthMethod::Other]
+        );
         assert_eq!(newer.aal(), Aal::Aal1);
         // Tokens from before email verification existed carry no claim: verified.
         let older = Claims {

@@ -117,7 +117,7 @@ impl Dialect {
               where id = $1",
         )
         .bind(session)
-        .bind(assurance.methods.stored())
+        .bind(assurance.methods.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;

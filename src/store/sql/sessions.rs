@@ -216,7 +216,7 @@ impl crate::store::SessionStore for Dialect {
         .bind(session.expires_at)
         .bind(session.user_agent.as_deref())
         .bind(session.ip.as_deref())
-        .bind(session.methods.stored())
+        .bind(session.methods.to_string())
         .execute(&mut *tx)
         .await?;
         Self::insert_token(&mut tx, first).await?;
