@@ -102,7 +102,7 @@ fn path_str(path: &Path) -> &str {
 }
 
 /// The variables that make an app sign with `key`, publish `public`, with no HMAC secret.
-fn signing_with<'a>(key: &'a KeyFiles, public: &'a str) -> Vec<(&'a str, &'a str)> {
+pub fn signing_with<'a>(key: &'a KeyFiles, public: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("JWT_ALGORITHM", key.algorithm.name()),
         ("JWT_PRIVATE_KEY_FILE", path_str(&key.private)),

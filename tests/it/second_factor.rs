@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     dual_backend,
     helpers::*,
-    local_verification::{FEED_TOKEN, feed, refuses},
+    local_verification::{FEED_TOKEN, KeyFiles, feed, ready, refuses, signing_with},
     smtp_sink::SmtpSink,
 };
 
@@ -666,7 +666,11 @@ async fn sensitive_actions_need_a_step_up_once_a_factor_is_confirmed(backend: Ba
 }
 
 async fn a_refresh_keeps_the_level_of_its_session(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &[("REFRESH_TOKEN_ROTATION", "on")]).await;
+    // EdDSA, so the verifier crate can follow the service too.
+    let key = KeyFiles::new(auth_service::keys::AsymmetricAlgorithm::EdDsa);
+    let mut vars = signing_with(&key, "");
+    vars.push(("REFRESH_TOKEN_ROTATION", "on"));
+    let app = TestApp::spawn_with(backend, &vars).await;
     let user = enrolled(&app, "refresh-level@example.com").await;
     let token = mfa_token(&app, &user.email).await;
     let (status, body) = mfa_verify(
@@ -677,6 +681,25 @@ async fn a_refresh_keeps_the_level_of_its_session(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let first = claims_of(body["access_token"].as_str().unwrap());
     let mut refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let verifier =
+        auth_verifier::Verifier::start(auth_verifier::VerifierConfig::new(app.url(""), FEED_TOKEN));
+    ready(&verifier).await;
+    // What `/auth/verify` and a service verifying locally read from it (the verifier crate
+    // checks the time claims on the real clock, so before the test clock moves).
+    let access = body["access_token"].as_str().unwrap();
+    let (_, verified) = status_and_json(app.verify(access).await).await;
+    assert_eq!(
+        (verified["aal"].clone(), verified["amr"].clone()),
+        (json!("aal2"), json!(["pwd", "otp"]))
+    );
+    let local = verifier.verify(access).await.unwrap();
+    assert_eq!(
+        (local.aal, local.amr),
+        (
+            auth_verifier::Aal::Aal2,
+            auth_verifier::AuthMethods::PASSWORD.with(auth_verifier::AuthMethod::Otp)
+        )
+    );
     for _ in 0..2 {
         app.clock.advance(Duration::minutes(20));
         let (status, body) = status_and_json(app.refresh(&refresh).await).await;
