@@ -8,6 +8,9 @@
 //! when the person presses the button, as a same-origin request. The account page signs in with
 //! the JSON API and keeps the tokens in the page's memory (a reload signs out), never in
 //! storage or a cookie. The pages need the script (the API takes JSON); without it they say so.
+//!
+//! `POST /account/qr` draws the enrolment's `otpauth://` URI as an SVG QR code for the account
+//! page (the service draws it: no script library, and the secret never travels in a URL).
 
 use askama::Template;
 use axum::{
@@ -15,10 +18,14 @@ use axum::{
     extract::{Path, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
+use serde::Deserialize;
 
-use super::errors::ApiError;
+use super::{
+    errors::{ApiError, FieldError},
+    extract::AppJson,
+};
 use crate::{service::AuthError, state::AppState};
 
 /// Every page's policy: its own origin only, never framed, no plugins, forms only to itself.
@@ -32,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/account/reset-password", get(reset_password))
         .route("/account/verify-email", get(verify_email))
         .route("/account/assets/{file}", get(asset))
+        .route("/account/qr", post(qr))
 }
 
 /// Where a page's stylesheet and script are, relative to the page: beside `/account`'s
@@ -110,6 +118,39 @@ async fn asset(Path(file): Path<String>) -> Response {
         _ => return ApiError::NotFound.into_response(),
     };
     with_page_headers(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// `POST /account/qr` body: the URI `POST /auth/mfa/totp` answered.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct QrRequest {
+    otpauth_uri: String,
+}
+
+/// The longest text drawn: an enrolment's URI, with a 254-character email and a long product
+/// name percent-encoded, stays under it.
+const MAX_QR_TEXT: usize = 1024;
+
+/// `POST /account/qr`: the enrolment's `otpauth://totp/` URI as an SVG QR code, for the account
+/// page to show (an authenticator app scans it). Anything else is refused: this draws
+/// enrolments, not whatever a caller sends. `no-store`, as the secret is in the picture.
+async fn qr(AppJson(request): AppJson<QrRequest>) -> Response {
+    let text = request.otpauth_uri;
+    let code = (text.starts_with("otpauth://totp/") && text.len() <= MAX_QR_TEXT)
+        .then(|| qrcode::QrCode::new(text.as_bytes()).ok())
+        .flatten();
+    let Some(code) = code else {
+        return ApiError::Validation(vec![FieldError::new(
+            "otpauth_uri",
+            "must be the otpauth://totp/ URI of an enrolment",
+        )])
+        .into_response();
+    };
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
+    with_page_headers(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 fn with_page_headers(mut response: Response) -> Response {

@@ -1,7 +1,9 @@
 // The hosted pages' one script. Reset and verification: it reads the token from the link and
 // POSTs it to the service's JSON API only when the person presses the button (opening the link
-// spends nothing). The account page: it signs in with the JSON API and keeps the tokens in this
-// page's memory only (a reload signs out): never in storage or a cookie.
+// spends nothing). The account page: it signs in with the JSON API (the second step when the
+// account asks for one) and keeps the tokens in this page's memory only (a reload signs out):
+// never in storage or a cookie. Two-step sign-in: the QR code is drawn by the service
+// (POST account/qr), the recovery codes are shown once and offered as a text file.
 (function () {
   "use strict";
 
@@ -127,13 +129,17 @@
   var tokens = null;
 
   function view(name) {
-    ["signin-form", "account", "signed-out"].forEach(function (id) {
+    ["signin-form", "mfa-form", "account", "signed-out"].forEach(function (id) {
       $(id).hidden = id !== name;
     });
   }
 
   function signedOut(message) {
     tokens = null;
+    closeEnrolment();
+    list($("recovery-codes"), []);
+    $("recovery").hidden = true;
+    $("mfa-section-error").hidden = true;
     $("signed-out-text").textContent = message;
     view("signed-out");
   }
@@ -205,6 +211,38 @@
     view("signin-form");
   });
 
+  function tooMany(answer) {
+    return "Too many attempts. Try again in " +
+      Math.ceil(Number(answer.headers.get("retry-after") || 60) / 60) + " minutes.";
+  }
+
+  // Signed in: the account's sections, filled from the API.
+  function enter(answer, email) {
+    tokens = answer.body;
+    $("who").textContent = email;
+    view("account");
+    return Promise.all([loadSessions(), loadFactors()]);
+  }
+
+  var mfaToken = null;
+  var signingIn = "";
+  var useRecovery = false;
+
+  function askSecondStep(recovery) {
+    useRecovery = recovery;
+    $("mfa-code").value = "";
+    $("mfa-error").hidden = true;
+    $("mfa-code-label").textContent = recovery ? "Recovery code" : "Code from the app";
+    $("mfa-prompt").textContent = recovery
+      ? "Enter one of the recovery codes you saved when you turned on two-step sign-in."
+      : "Your account asks for a second step. Enter the code your authenticator app shows.";
+    $("mfa-use-recovery").textContent = recovery
+      ? "Use the code from the app instead" : "Use a recovery code instead";
+    $("mfa-code").setAttribute("inputmode", recovery ? "text" : "numeric");
+    view("mfa-form");
+    $("mfa-code").focus();
+  }
+
   onSubmit($("signin-form"), function () {
     var error = $("signin-error");
     error.hidden = true;
@@ -212,16 +250,19 @@
     return request("POST", "auth/login", { email: email, password: $("signin-password").value })
       .then(function (answer) {
         if (answer.status === 200) {
-          tokens = answer.body;
           $("signin-password").value = "";
-          $("who").textContent = email;
-          view("account");
-          return loadSessions();
+          return enter(answer, email);
         }
         var code = answer.body.error_code;
+        if (code === "MFA_REQUIRED") {
+          $("signin-password").value = "";
+          mfaToken = answer.body.mfa_token;
+          signingIn = email;
+          askSecondStep(false);
+          return null;
+        }
         error.textContent = code === "INVALID_CREDENTIALS" ? "Wrong email or password."
-          : code === "TOO_MANY_ATTEMPTS" ? "Too many attempts. Try again in " +
-            Math.ceil(Number(answer.headers.get("retry-after") || 60) / 60) + " minutes."
+          : code === "TOO_MANY_ATTEMPTS" ? tooMany(answer)
           : code === "EMAIL_NOT_VERIFIED" ? "Confirm your email address first: open the link we sent you."
           : answer.body.detail || "Something went wrong; try again.";
         error.hidden = false;
@@ -230,6 +271,217 @@
   }, function () {
     $("signin-error").textContent = "The service could not be reached. Try again in a moment.";
     $("signin-error").hidden = false;
+  });
+
+  $("mfa-use-recovery").addEventListener("click", function () {
+    askSecondStep(!useRecovery);
+  });
+
+  onSubmit($("mfa-form"), function () {
+    var error = $("mfa-error");
+    error.hidden = true;
+    var body = { mfa_token: mfaToken };
+    body[useRecovery ? "recovery_code" : "code"] = $("mfa-code").value.trim();
+    return request("POST", "auth/mfa/verify", body).then(function (answer) {
+      if (answer.status === 200) {
+        mfaToken = null;
+        $("mfa-code").value = "";
+        return enter(answer, signingIn);
+      }
+      var code = answer.body.error_code;
+      if (code === "INVALID_MFA_TOKEN") {
+        $("signin-error").textContent = "The sign-in took too long. Sign in again.";
+        $("signin-error").hidden = false;
+        view("signin-form");
+        return null;
+      }
+      error.textContent = code === "INVALID_MFA_CODE"
+        ? (useRecovery ? "That recovery code is not right, or was used already."
+          : "That code is not right. Enter the newest code the app shows.")
+        : code === "TOO_MANY_ATTEMPTS" ? tooMany(answer)
+        : reasonsOf(answer).join("; ");
+      error.hidden = false;
+      $("mfa-code").focus();
+      return null;
+    });
+  }, function () {
+    $("mfa-error").textContent = "The service could not be reached. Try again in a moment.";
+    $("mfa-error").hidden = false;
+  });
+
+  // --- two-step sign-in on the account page -------------------------------------------------
+  var enrolling = null;
+
+  function sectionError(answer) {
+    var error = $("mfa-section-error");
+    error.textContent = answer.body.error_code === "MFA_STEP_UP_REQUIRED"
+      ? "For this, sign out and sign in again with your second step."
+      : reasonsOf(answer).join("; ");
+    error.hidden = false;
+  }
+
+  function loadFactors() {
+    return call("GET", "auth/mfa/factors").then(function (answer) {
+      if (answer.status !== 200) {
+        return;
+      }
+      var factors = $("factors");
+      factors.textContent = "";
+      answer.body.factors.forEach(function (factor, index) {
+        var item = document.createElement("li");
+        var name = document.createElement("span");
+        name.className = "device";
+        name.textContent = "Authenticator app " + (index + 1);
+        var used = document.createElement("span");
+        used.className = "when";
+        used.textContent = "Added " + when(factor.created_at) + "; last used " + when(factor.last_used_at);
+        var remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "secondary";
+        remove.textContent = "Remove";
+        remove.addEventListener("click", function () {
+          remove.disabled = true;
+          $("mfa-section-error").hidden = true;
+          call("DELETE", "auth/mfa/factors/" + encodeURIComponent(factor.factor_id))
+            .then(function (removed) {
+              if (removed.status !== 200) {
+                sectionError(removed);
+                remove.disabled = false;
+                return null;
+              }
+              return loadFactors();
+            });
+        });
+        item.appendChild(name);
+        item.appendChild(used);
+        item.appendChild(remove);
+        factors.appendChild(item);
+      });
+      var on = answer.body.factors.length > 0;
+      $("mfa-state").textContent = on
+        ? "On: signing in asks for a code from your app. " +
+          answer.body.recovery_codes_remaining + " recovery codes left."
+        : "Off: your password alone signs you in. Add an authenticator app to ask for a code too.";
+      $("mfa-new-codes").hidden = !on;
+      if (!on) {
+        $("recovery").hidden = true;
+      }
+    });
+  }
+
+  function showCodes(codes) {
+    list($("recovery-codes"), codes);
+    var link = $("recovery-download");
+    if (link.href.indexOf("blob:") === 0) {
+      URL.revokeObjectURL(link.href);
+    }
+    var text = "Recovery codes for " + $("who").textContent + "\n" +
+      "Each works once, in place of a code from your app.\n\n" + codes.join("\n") + "\n";
+    link.href = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+    $("recovery").hidden = false;
+  }
+
+  function drawQr(uri) {
+    return fetch(base + "/account/qr", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Accept": "image/svg+xml" },
+      body: JSON.stringify({ otpauth_uri: uri }),
+      credentials: "omit",
+      cache: "no-store",
+      referrerPolicy: "no-referrer"
+    }).then(function (response) {
+      return response.ok ? response.text() : "";
+    }).then(function (svg) {
+      var box = $("mfa-qr");
+      box.textContent = "";
+      var picture = new DOMParser().parseFromString(svg, "image/svg+xml").documentElement;
+      if (picture && picture.nodeName === "svg") {
+        box.appendChild(document.importNode(picture, true));
+      }
+    });
+  }
+
+  $("mfa-add").addEventListener("click", function () {
+    var add = $("mfa-add");
+    add.disabled = true;
+    $("mfa-section-error").hidden = true;
+    call("POST", "auth/mfa/totp", {}).then(function (answer) {
+      if (answer.status !== 201) {
+        sectionError(answer);
+        return null;
+      }
+      enrolling = answer.body.factor_id;
+      $("mfa-secret").textContent = answer.body.secret;
+      $("mfa-enrol-code").value = "";
+      $("mfa-enrol-error").hidden = true;
+      $("mfa-enrol-form").hidden = false;
+      add.hidden = true;
+      return drawQr(answer.body.otpauth_uri).then(function () {
+        $("mfa-enrol-code").focus();
+      });
+    }).catch(function () {
+      $("mfa-section-error").textContent = "The service could not be reached. Try again in a moment.";
+      $("mfa-section-error").hidden = false;
+    }).then(function () {
+      add.disabled = false;
+    });
+  });
+
+  function closeEnrolment() {
+    enrolling = null;
+    $("mfa-enrol-form").hidden = true;
+    $("mfa-qr").textContent = "";
+    $("mfa-secret").textContent = "";
+    $("mfa-add").hidden = false;
+  }
+
+  $("mfa-enrol-cancel").addEventListener("click", closeEnrolment);
+
+  onSubmit($("mfa-enrol-form"), function () {
+    var error = $("mfa-enrol-error");
+    error.hidden = true;
+    return call("POST", "auth/mfa/totp/" + encodeURIComponent(enrolling) + "/confirm", {
+      code: $("mfa-enrol-code").value.trim()
+    }).then(function (answer) {
+      if (answer.status === 200) {
+        tokens = answer.body;
+        closeEnrolment();
+        if (answer.body.recovery_codes) {
+          showCodes(answer.body.recovery_codes);
+        }
+        return Promise.all([loadFactors(), loadSessions()]);
+      }
+      if (answer.body.error_code === "FACTOR_NOT_FOUND") {
+        closeEnrolment();
+        $("mfa-section-error").textContent = "That took too long. Add the app again.";
+        $("mfa-section-error").hidden = false;
+        return null;
+      }
+      error.textContent = answer.body.error_code === "INVALID_MFA_CODE"
+        ? "That code is not right. Enter the newest code the app shows."
+        : reasonsOf(answer).join("; ");
+      error.hidden = false;
+      return null;
+    });
+  }, function () {
+    $("mfa-enrol-error").textContent = "The service could not be reached. Try again in a moment.";
+    $("mfa-enrol-error").hidden = false;
+  });
+
+  $("mfa-new-codes").addEventListener("click", function () {
+    var again = $("mfa-new-codes");
+    again.disabled = true;
+    $("mfa-section-error").hidden = true;
+    call("POST", "auth/mfa/recovery-codes", {}).then(function (answer) {
+      if (answer.status === 200) {
+        showCodes(answer.body.recovery_codes);
+        return loadFactors();
+      }
+      sectionError(answer);
+      return null;
+    }).then(function () {
+      again.disabled = false;
+    });
   });
 
   $("signout").addEventListener("click", function () {

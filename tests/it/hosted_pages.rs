@@ -2,7 +2,9 @@
 //! both databases (headers, the links' address, opening spends nothing), and in headless
 //! Chromium as a person uses them: a real reset link from the SMTP sink, a weak password (the
 //! reasons appear), a good one, then a login with it; a verification link and its one button;
-//! the account page's sign-in, devices, password change, sign-out everywhere and deletion.
+//! the account page's sign-in, devices, password change, sign-out everywhere and deletion; two-step
+//! sign-in turned on from the page (the QR code, a code typed, the recovery codes) and used to
+//! sign in, with a code and with a recovery code.
 
 use std::time::Duration as StdDuration;
 
@@ -11,12 +13,15 @@ use fantoccini::{Client, Locator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{docs_browser::chromium, dual_backend, helpers::*, smtp_sink::SmtpSink};
+use crate::{
+    docs_browser::chromium, dual_backend, helpers::*, second_factor::code_at, smtp_sink::SmtpSink,
+};
 
 const MAIL_WITHIN: StdDuration = StdDuration::from_secs(10);
 
 dual_backend!(
     the_pages_carry_strict_headers_and_the_products_name,
+    the_qr_code_is_drawn_for_an_enrolment_uri_only,
     the_links_lead_to_the_pages_and_opening_one_spends_nothing,
 );
 
@@ -132,6 +137,70 @@ async fn the_links_lead_to_the_pages_and_opening_one_spends_nothing(backend: Bac
         )
         .await;
     assert_eq!(reset_done.status(), StatusCode::OK);
+}
+
+async fn the_qr_code_is_drawn_for_an_enrolment_uri_only(backend: Backend) {
+    let (app, _sink) = app_with_sink(backend, &[]).await;
+    let uri = |secret: &str| {
+        format!(
+            "otpauth://totp/Corner%20Shop:qr%40example%2Ecom?secret={secret}&issuer=Corner%20Shop\
+             &algorithm=SHA1&digits=6&period=30"
+        )
+    };
+    let draw = |text: String| {
+        let app = &app;
+        async move {
+            app.post_json("/account/qr", &json!({ "otpauth_uri": text }))
+                .await
+        }
+    };
+    // An enrolment's URI: an SVG picture, not stored, under the pages' policy.
+    let response = draw(uri("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    for (name, value) in [
+        ("content-type", "image/svg+xml"),
+        ("cache-control", "no-store"),
+        ("content-security-policy", PAGE_CSP),
+    ] {
+        assert_eq!(header(&response, name).as_deref(), Some(value), "{name}");
+    }
+    let first = response.text().await.unwrap();
+    assert!(first.contains("<svg") && first.contains("<path"), "{first}");
+    assert!(
+        !first.contains("<script") && !first.contains("style="),
+        "{first}"
+    );
+    assert!(
+        !first.contains("JBSWY3DP"),
+        "the secret is drawn, not written"
+    );
+    // The same text, the same picture; another secret, another picture.
+    let again = draw(uri("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let other = draw(uri("KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    // Anything but an enrolment's URI, or one too long: the contract's 422.
+    for text in [
+        "https://example.com/".to_owned(),
+        "otpauth://hotp/x?secret=A".to_owned(),
+        String::new(),
+        format!("otpauth://totp/{}", "a".repeat(1100)),
+    ] {
+        let (status, body) = status_and_json(draw(text.clone()).await).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}: {body}");
+        assert_eq!(body["error_code"], "VALIDATION_ERROR", "{body}");
+        assert_eq!(body["errors"][0]["field"], "otpauth_uri", "{body}");
+    }
+    let (status, body) = status_and_json(app.post_json("/account/qr", &json!({})).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
 /// The page's state once `selector` is shown (its `hidden` attribute removed).
@@ -383,4 +452,141 @@ async fn a_person_manages_devices_password_and_account_on_the_account_page() {
         app.login(email, "ChangedPass789").await.status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// The texts of the elements `selector` finds.
+async fn texts(browser: &Client, selector: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    for element in browser.find_all(Locator::Css(selector)).await.unwrap() {
+        texts.push(element.text().await.unwrap());
+    }
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_with_it() {
+    use auth_service::clock::Clock as _;
+    // Arrange: a user, also signed in on another device over the API.
+    let (app, sink) = app_with_sink(Backend::Sqlite, &[("EMAIL_VERIFICATION", "off")]).await;
+    let email = "two-step@example.com";
+    app.register(email, PASSWORD).await;
+    let (_, other) = status_and_json(app.login(email, PASSWORD).await).await;
+    let (_driver, browser) = chromium(375, 1800).await;
+    browser.goto(&app.url("/account")).await.unwrap();
+    sign_in(&browser, email, PASSWORD).await;
+    shown(&browser, "#account").await;
+    let off = shown(&browser, "#mfa-state").await;
+    assert!(off.starts_with("Off"), "{off}");
+
+    // Act: add an app; the service draws the QR code, the key is there to type.
+    click(&browser, "#mfa-add").await;
+    shown(&browser, "#mfa-enrol-form").await;
+    poll_until("the QR code drawn", MAIL_WITHIN, || async {
+        count(&browser, "#mfa-qr svg").await == 1
+    })
+    .await;
+    let secret = shown(&browser, "#mfa-secret").await;
+    assert_eq!(secret.len(), 32, "{secret}");
+    screenshot(&browser, "account-mfa-enrol-phone").await;
+    // A wrong code, then the app's code.
+    let right = code_at(&secret, app.clock.now());
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    fill(&browser, "mfa-enrol-code", wrong).await;
+    click(&browser, "#mfa-enrol-form button[type=submit]").await;
+    let refused = shown(&browser, "#mfa-enrol-error").await;
+    assert!(refused.contains("not right"), "{refused}");
+    fill(&browser, "mfa-enrol-code", &right).await;
+    click(&browser, "#mfa-enrol-form button[type=submit]").await;
+
+    // Assert: ten recovery codes shown once, offered as a file; the factor listed; the other
+    // device signed out; the mail sent.
+    shown(&browser, "#recovery").await;
+    let codes = texts(&browser, "#recovery-codes li").await;
+    assert_eq!(codes.len(), 10, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| c.len() == 11 && c.as_bytes()[5] == b'-')
+    );
+    let download = browser
+        .execute(
+            "var a = document.getElementById('recovery-download'); return [a.href, a.download];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        download[0].as_str().unwrap().starts_with("blob:"),
+        "{download}"
+    );
+    assert_eq!(download[1], "recovery-codes.txt");
+    poll_until("the factor listed", MAIL_WITHIN, || async {
+        count(&browser, "#factors li").await == 1
+    })
+    .await;
+    let on = shown(&browser, "#mfa-state").await;
+    assert!(on.contains("10 recovery codes left"), "{on}");
+    screenshot(&browser, "account-mfa-codes-phone").await;
+    assert_eq!(
+        app.refresh(other["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let added = sink.wait_for(email, 1, MAIL_WITHIN).await;
+    assert!(
+        added[0].subject().contains("second factor was added"),
+        "{added:?}"
+    );
+
+    // Sign in again: the password, then a code from the app (the next one).
+    click(&browser, "#signout").await;
+    shown(&browser, "#signed-out").await;
+    assert_eq!(
+        count(&browser, "#recovery-codes li").await,
+        0,
+        "gone with the sign-out"
+    );
+    click(&browser, "#signin-again").await;
+    app.clock.advance(chrono::Duration::seconds(30));
+    sign_in(&browser, email, PASSWORD).await;
+    shown(&browser, "#mfa-form").await;
+    screenshot(&browser, "account-mfa-signin-phone").await;
+    fill(&browser, "mfa-code", &code_at(&secret, app.clock.now())).await;
+    click(&browser, "#mfa-form button[type=submit]").await;
+    shown(&browser, "#account").await;
+
+    // And with a recovery code instead.
+    click(&browser, "#signout").await;
+    click(&browser, "#signin-again").await;
+    sign_in(&browser, email, PASSWORD).await;
+    shown(&browser, "#mfa-form").await;
+    click(&browser, "#mfa-use-recovery").await;
+    let label = shown(&browser, "#mfa-code-label").await;
+    assert_eq!(label, "Recovery code");
+    fill(&browser, "mfa-code", &codes[0].to_uppercase()).await;
+    click(&browser, "#mfa-form button[type=submit]").await;
+    shown(&browser, "#account").await;
+    poll_until("one code spent", MAIL_WITHIN, || async {
+        texts(&browser, "#mfa-state:not([hidden])")
+            .await
+            .first()
+            .is_some_and(|state| state.contains("9 recovery codes left"))
+    })
+    .await;
+
+    // Remove the app: the password alone signs in again.
+    click(&browser, "#factors li button").await;
+    poll_until("the factor removed", MAIL_WITHIN, || async {
+        count(&browser, "#factors li").await == 0
+    })
+    .await;
+    let off = shown(&browser, "#mfa-state").await;
+    assert!(off.starts_with("Off"), "{off}");
+    browser.close().await.unwrap();
+    assert_eq!(app.login(email, PASSWORD).await.status(), StatusCode::OK);
 }

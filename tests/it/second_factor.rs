@@ -40,7 +40,7 @@ dual_backend!(
 );
 
 /// The TOTP code of `secret` (base32) at `at`.
-fn code_at(secret: &str, at: DateTime<Utc>) -> String {
+pub fn code_at(secret: &str, at: DateTime<Utc>) -> String {
     let secret = totp_rs::Secret::try_from_base32(secret).unwrap();
     totp_rs::Builder::new()
         .with_secret(secret)
