@@ -1,4 +1,5 @@
-//! bcrypt hashing and verification, on a pool of their own below the async workers.
+//! bcrypt hashing and verification (and the verification of hashes imported from another
+//! system, see [`crate::password_formats`]), on a pool of their own below the async workers.
 //!
 //! Every hash and verification runs on a dedicated pool of one thread per core whose threads
 //! run at the lowest scheduling priority (nice 19, set through `thread-priority`): while logins
@@ -123,9 +124,10 @@ impl Passwords {
             .run(move || {
                 // Over-long passwords and malformed hashes are simply not a match; the length
                 // check is the same for known and unknown emails, so it reveals no account.
+                // A hash imported from another system is verified in its own format.
                 let password = password.expose_secret();
                 Ok(password.len() <= MAX_PASSWORD_BYTES
-                    && bcrypt::verify(password, &hash).unwrap_or(false))
+                    && crate::password_formats::verify(password, &hash))
             })
             .await?;
         match stored_cost {
@@ -143,7 +145,8 @@ impl Passwords {
         self.0.queued.load(Ordering::SeqCst) >= self.0.max_queue
     }
 
-    /// Whether `hash` was made with another cost than the configured one.
+    /// Whether `hash` was made with another cost than the configured one, or is not bcrypt at
+    /// all (imported from another system).
     #[must_use]
     pub fn needs_rehash(&self, hash: &str) -> bool {
         cost_of(hash) != Some(self.0.cost)
@@ -211,6 +214,9 @@ impl Passwords {
 
 /// The cost in a `$2b$NN$...` hash.
 fn cost_of(hash: &str) -> Option<u32> {
+    if !crate::password_formats::is_bcrypt(hash) {
+        return None;
+    }
     hash.split('$').nth(2).and_then(|c| c.parse().ok())
 }
 

@@ -23,6 +23,7 @@ mod docs_browser;
 mod hashing;
 mod hosted_pages;
 mod hostile_clients;
+mod imported_hashes;
 mod lifecycle;
 mod local_verification;
 mod operations;
