@@ -2,7 +2,8 @@
 //!
 //! Every command reads the same configuration as the server (environment, then `./.env`).
 //! Output rules: the result on stdout, one line per error on stderr naming its root cause,
-//! exit codes 0 (done), 1 (the operation failed), 2 (bad usage or configuration). Commands
+//! exit codes 0 (done), 1 (the operation failed), 2 (bad usage or configuration), and for
+//! `user import` 3 (some lines were refused for a fault of their own). Commands
 //! that act on `DATABASE_URL` say which database they used (never a password), and only the
 //! server and `migrate` may create a missing SQLite file.
 
@@ -140,6 +141,18 @@ enum UserAction {
     MfaReset { email: String },
     /// Delete a user, their sessions and refresh tokens.
     Delete { email: String },
+    /// Import users from another system: JSON Lines, one {"email", "password_hash",
+    /// "email_verified", "created_at", "disabled"} per line, hashes in bcrypt, argon2, scrypt,
+    /// PBKDF2 (PHC), Django or phpass form (rehashed to bcrypt at each user's first login).
+    /// Skipped lines are reported with their number and reason. Exit 0 when every line was
+    /// imported or its email existed, 3 when a line was refused, 2 for an unreadable file.
+    Import {
+        /// The file, or `-` for standard input.
+        file: String,
+        /// Check the file against the database and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show id, active flag, creation time and lockout (never the hash).
     Show { email: String },
     /// List accounts whose stored emails are one address under the email rules (left apart
@@ -434,6 +447,9 @@ async fn user(config: Config, action: UserAction) -> ExitCode {
     };
     let auth = state.auth();
     let result = match action {
+        UserAction::Import { file, dry_run } => {
+            return import_users(&state, &file, dry_run, &database).await;
+        }
         UserAction::Create { email } => auth
             .admin_create_user(&email, password.unwrap_or_default().into())
             .await
@@ -615,6 +631,73 @@ async fn open_copy_store(
                 error_chain(&err)
             );
             None
+        }
+    }
+}
+
+/// `user import FILE|-`: progress on stderr at a terminal, each skipped line on stderr, the
+/// summary on stdout.
+async fn import_users(state: &AppState, file: &str, dry_run: bool, database: &str) -> ExitCode {
+    let (reader, size): (Box<dyn std::io::BufRead>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        match std::fs::File::open(file) {
+            Ok(opened) => {
+                let size = opened.metadata().ok().map(|m| m.len());
+                (Box::new(std::io::BufReader::new(opened)), size)
+            }
+            Err(err) => {
+                eprintln!("auth-service: cannot read {file}: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
+    let progress = size.map_or_else(
+        indicatif::ProgressBar::new_spinner,
+        indicatif::ProgressBar::new,
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} read, {msg} [{elapsed}]",
+    ) {
+        progress.set_style(style);
+    }
+    let result = state
+        .auth()
+        .import_users(
+            reader,
+            dry_run,
+            |line, why| progress.suspend(|| eprintln!("line {line}: skipped: {why}")),
+            |read| progress.set_position(read),
+        )
+        .await;
+    progress.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            let verb = if dry_run { "would import" } else { "imported" };
+            let skipped: Vec<String> = summary
+                .skipped
+                .iter()
+                .map(|(why, count)| format!("{count} {why}"))
+                .collect();
+            let skipped = if skipped.is_empty() {
+                "none".to_owned()
+            } else {
+                skipped.join(", ")
+            };
+            println!(
+                "{verb} {} of {} users into {database}; skipped: {skipped}",
+                summary.imported, summary.lines
+            );
+            if summary.faults > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(err) => {
+            eprintln!("auth-service: {} (in {database})", error_chain(&err));
+            ExitCode::from(1)
         }
     }
 }

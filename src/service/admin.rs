@@ -255,6 +255,28 @@ impl AuthService {
         super::copy::import_original(users, &*self.0.store, merge).await
     }
 
+    /// `user import`: see [`super::user_import::import_users`] (at the service's clock).
+    ///
+    /// # Errors
+    /// As [`super::user_import::import_users`].
+    pub async fn import_users(
+        &self,
+        reader: impl std::io::BufRead,
+        dry_run: bool,
+        on_skip: impl FnMut(u64, &super::user_import::Skip),
+        on_read: impl FnMut(u64),
+    ) -> Result<super::user_import::ImportSummary, super::user_import::ImportError> {
+        super::user_import::import_users(
+            &*self.0.store,
+            reader,
+            dry_run,
+            self.now(),
+            on_skip,
+            on_read,
+        )
+        .await
+    }
+
     /// `user collisions`: stored emails that are one address under the email rules (left
     /// as they are by the re-keying), and those the rules refuse.
     ///

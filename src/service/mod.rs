@@ -22,6 +22,7 @@ mod refresh;
 pub mod rekey;
 pub mod revocations;
 pub mod rotation;
+pub mod user_import;
 
 pub use self::{
     account::{ActiveSession, Credentialed},

@@ -27,6 +27,21 @@ pub struct Transfer {
     pub recovery_codes: Vec<RecoveryCodeRow>,
 }
 
+/// A user read from another system's export, about to be inserted (`user import`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedUser {
+    /// The normalised email.
+    pub email: String,
+    /// The other system's hash, checked (its format known, its parameters within budget).
+    pub password_hash: String,
+    /// False for a disabled account.
+    pub is_active: bool,
+    /// When the account was made (the file's, or now).
+    pub created_at: DateTime<Utc>,
+    /// Set when the file says the address is verified.
+    pub email_verified_at: Option<DateTime<Utc>>,
+}
+
 /// What an import wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportReport {
@@ -146,6 +161,16 @@ pub trait HousekeepingStore: Send + Sync {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<RefreshTokenRow>, StoreError>;
+
+    /// Inserts one batch of `user import` in one transaction, skipping users whose email
+    /// exists (ids are new); the emails inserted. With `dry_run` the transaction is rolled
+    /// back: the answer is the same, nothing is written.
+    async fn insert_imported_users(
+        &self,
+        users: &[ImportedUser],
+        updated_at: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Every confirmed second factor, and every unused recovery code (for `copy-data`).
     async fn export_second_factors(

@@ -4,13 +4,18 @@
 //! becomes ours (bcrypt at `BCRYPT_ROUNDS`), a wrong one is refused and counts toward the
 //! lockout, and a hash with costly parameters is never run. The hashes were made by someone
 //! else's code (argon2-cffi, passlib, Python's hashlib), not by the crates that verify them.
+//! `auth-service user import` brings them in from JSON Lines: every bad line reported with its
+//! number and reason (never its hash), a second run imports nothing, `--dry-run` writes nothing.
 
 use chrono::Utc;
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::{dual_backend, helpers::*};
 
 dual_backend!(
+    user_import_brings_every_format_and_reports_each_bad_line,
+    a_second_import_imports_nothing_and_a_dry_run_writes_nothing,
     each_format_signs_in_once_then_the_hash_is_ours,
     wrong_passwords_against_an_imported_hash_count_toward_the_lockout,
     a_hash_with_costly_parameters_never_signs_in_and_is_kept,
@@ -155,4 +160,198 @@ async fn a_hash_with_costly_parameters_never_signs_in_and_is_kept(backend: Backe
     // The service still answers at once: no hashing thread is stuck.
     let (_, access, _) = app.user_with_tokens("after@example.com").await;
     assert_eq!(app.verify(&access).await.status(), StatusCode::OK);
+}
+
+/// `auth-service user import -` with `lines` on standard input: (exit code, stdout, stderr).
+async fn import(app: &TestApp, args: &[&str], lines: &[String]) -> (Option<i32>, String, String) {
+    let mut all = vec!["user", "import"];
+    all.extend_from_slice(args);
+    let input = lines.join("\n") + "\n";
+    let out = tokio::task::block_in_place(|| cli(&app.db, &all, &input));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn line(email: &str, hash: &str) -> String {
+    json!({ "email": email, "password_hash": hash }).to_string()
+}
+
+async fn user_import_brings_every_format_and_reports_each_bad_line(backend: Backend) {
+    // Arrange: a line per format (one verified, one disabled, one with its creation time),
+    // then one bad line of each kind.
+    let app = TestApp::spawn_with(backend, &[("EMAIL_VERIFICATION", "off")]).await;
+    let mut lines: Vec<String> = VECTORS
+        .iter()
+        .map(|(name, hash)| line(&format!("{name}@shop.example"), hash))
+        .collect();
+    lines[0] = json!({"email": "ARGON2ID@Shop.Example", "password_hash": VECTORS[0].1,
+        "email_verified": true, "created_at": "2019-05-06T07:08:09+02:00"})
+    .to_string();
+    lines[1] = json!({"email": "argon2i@shop.example", "password_hash": VECTORS[1].1,
+        "disabled": true})
+    .to_string();
+    let good = lines.len();
+    let costly = "$pbkdf2-sha256$i=1000000000,l=32$c2FsdHNhbHRzYWx0MTIzNA$ZLTLxgUNxsWUD2lfzXEY6ajpTD1slUvvIGb7InpwBnQ";
+    let bad = [
+        (
+            line("not-an-email", VECTORS[2].1),
+            "invalid email".to_owned(),
+        ),
+        (
+            line("md5@shop.example", "5f4dcc3b5aa765d61d8327deb882cf99"),
+            "unrecognised hash format".to_owned(),
+        ),
+        (
+            line("short@shop.example", "$P$6maPPE8Tk"),
+            "malformed phpass hash".to_owned(),
+        ),
+        (
+            line("costly@shop.example", costly),
+            "pbkdf2 1000000000 iterations is over 2000000".to_owned(),
+        ),
+        (
+            "{\"email\": \"x@shop.example\"".to_owned(),
+            "not a JSON object".to_owned(),
+        ),
+        (
+            "[\"x@shop.example\", \"hash\"]".to_owned(),
+            "not a JSON object".to_owned(),
+        ),
+        (
+            json!({"email": "nohash@shop.example"}).to_string(),
+            "missing or mistyped fields: missing `password_hash`".to_owned(),
+        ),
+        (
+            json!({"email": "when@shop.example", "password_hash": VECTORS[2].1,
+                "created_at": "last Tuesday"})
+            .to_string(),
+            "invalid created_at".to_owned(),
+        ),
+        (
+            line("Wordpress@Shop.Example", VECTORS[3].1),
+            "email repeated in the file (first on line 3)".to_owned(),
+        ),
+    ];
+    lines.extend(bad.iter().map(|(text, _)| text.clone()));
+
+    // Act
+    let (code, stdout, stderr) = import(&app, &["-"], &lines).await;
+
+    // Assert: exit 3, each bad line named with its reason and nothing else.
+    assert_eq!(code, Some(3), "{stdout}{stderr}");
+    let expected: Vec<String> = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (_, why))| format!("line {}: skipped: {why}", good + i + 1))
+        .collect();
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), expected, "{stderr}");
+    for (_, hash) in VECTORS {
+        assert!(!stderr.contains(&hash[hash.len() - 10..]), "never a hash");
+    }
+    assert!(!stderr.contains("ZLTLxgUN") && !stderr.contains("5f4dcc3b"));
+    assert!(
+        stdout.starts_with(&format!("imported {good} of {} users into ", lines.len())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 invalid email"), "{stdout}");
+    // Every imported user signs in with the old password, at once ours after.
+    for (name, _) in VECTORS.iter().skip(2) {
+        let email = format!("{name}@shop.example");
+        assert_eq!(
+            app.login(&email, "Imported-Pass-124").await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{name}"
+        );
+        assert_eq!(
+            app.login(&email, IMPORTED_PASSWORD).await.status(),
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+    // The verified one's address is verified, its creation time kept, its email normalised.
+    let (status, body) =
+        status_and_json(app.login("argon2id@shop.example", IMPORTED_PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(access)["email_verified"], true);
+    let user = app
+        .store
+        .find_user_by_email("argon2id@shop.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.created_at.to_rfc3339(), "2019-05-06T05:08:09+00:00");
+    // The disabled one is disabled.
+    let (status, body) =
+        status_and_json(app.login("argon2i@shop.example", IMPORTED_PASSWORD).await).await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("ACCOUNT_DISABLED")),
+        "{body}"
+    );
+    // Refused lines left nothing behind.
+    for email in [
+        "costly@shop.example",
+        "md5@shop.example",
+        "when@shop.example",
+    ] {
+        assert!(app.store.find_user_by_email(email).await.unwrap().is_none());
+    }
+}
+
+async fn a_second_import_imports_nothing_and_a_dry_run_writes_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("EMAIL_VERIFICATION", "off")]).await;
+    let lines: Vec<String> = (0..2500)
+        .map(|i| line(&format!("bulk{i}@shop.example"), VECTORS[4].1))
+        .collect();
+    // A dry run: the answer a real run would give, nothing written.
+    let (code, stdout, stderr) = import(&app, &["--dry-run", "-"], &lines).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("would import 2500 of 2500 users"),
+        "{stdout}"
+    );
+    assert!(
+        app.store
+            .find_user_by_email("bulk0@shop.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The real run (three batches), then the same file again.
+    let (code, stdout, _) = import(&app, &["-"], &lines).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.starts_with("imported 2500 of 2500 users"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("skipped: none\n"), "{stdout}");
+    let (code, stdout, stderr) = import(&app, &["-"], &lines).await;
+    assert_eq!(code, Some(0), "existing emails are not a fault: {stderr}");
+    assert!(stdout.starts_with("imported 0 of 2500 users"), "{stdout}");
+    assert!(stdout.contains("2500 email already exists"), "{stdout}");
+    assert_eq!(stderr.lines().count(), 2500);
+    assert_eq!(
+        stderr.lines().next(),
+        Some("line 1: skipped: email already exists")
+    );
+    // A dry run now says the same, and a missing file is a usage error.
+    let (code, stdout, _) = import(&app, &["--dry-run", "-"], &lines[..3]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("would import 0 of 3 users"), "{stdout}");
+    let (code, _, stderr) = import(&app, &["/nonexistent/users.jsonl"], &[]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.starts_with("auth-service: cannot read /nonexistent/users.jsonl"),
+        "{stderr}"
+    );
+    assert_eq!(
+        app.login("bulk2499@shop.example", IMPORTED_PASSWORD)
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }

@@ -206,6 +206,38 @@ impl crate::store::HousekeepingStore for Dialect {
         .await?)
     }
 
+    async fn insert_imported_users(
+        &self,
+        users: &[crate::store::ImportedUser],
+        updated_at: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<Vec<String>, crate::store::StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut insert = sqlx::QueryBuilder::new(
+            "insert into users (email, password_hash, is_active, created_at, updated_at, \
+             email_verified_at) ",
+        );
+        insert.push_values(users, |mut row, user| {
+            row.push_bind(&user.email)
+                .push_bind(&user.password_hash)
+                .push_bind(user.is_active)
+                .push_bind(user.created_at)
+                .push_bind(updated_at)
+                .push_bind(user.email_verified_at);
+        });
+        insert.push(" on conflict do nothing returning email");
+        let inserted: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(inserted)
+    }
+
     async fn export_second_factors(
         &self,
     ) -> Result<
