@@ -26,7 +26,9 @@ and the JSON answer), then prints:
 - a full server: every slot held by silent sockets from 1, 4 and 16 addresses, then new
   /auth/verify clients from other addresses: their latency and how many went unanswered;
 - the auth-verifier crate: requests/s of examples/orders_service's protected route (local
-  ES256 verification) against the same route unprotected, alternating; target >= 0.8.
+  ES256 verification) against the same route unprotected, alternating; target >= 0.8;
+- `user import` of 100,000 and 1,000,000 users into SQLite and PostgreSQL: users/s (target:
+  100,000 in under a minute) and the command's peak RSS (it should not grow with the file).
 
 Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
 to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
@@ -669,6 +671,48 @@ def full_server_latency(holders=(1, 4, 16), slots=256, clients=30):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def user_import(counts=(100_000, 1_000_000)):
+    """`auth-service user import` of `count` users (a Django PBKDF2 hash each, half verified)
+    into a fresh SQLite file and a fresh PostgreSQL database: users per second and the peak
+    RSS of the command (the file is streamed: memory should not follow its size)."""
+    workdir = tempfile.mkdtemp()
+    django = "pbkdf2_sha256$10000$UDjDB2JGS0eY$6oEtxscgUtsjZE4UKRWM594+GTl0aKrZBy4HuB12/Q0="
+    try:
+        for count in counts:
+            path = os.path.join(workdir, f"users-{count}.jsonl")
+            with open(path, "w") as out:
+                for i in range(count):
+                    out.write(json.dumps({"email": f"user{i}@import.example",
+                                          "password_hash": django,
+                                          "email_verified": i % 2 == 0}) + "\n")
+            size = os.path.getsize(path) / (1 << 20)
+            admin, name = postgres_database()
+            targets = [("SQLite", f"sqlite://{workdir}/import-{count}.db"),
+                       ("PostgreSQL", f"{admin}/{name}")]
+            try:
+                for label, url in targets:
+                    env = {"PATH": os.environ["PATH"], "DATABASE_URL": url,
+                           "JWT_SECRET_KEY": SECRET, "MAIL_URL": "log"}
+                    subprocess.run([SERVICE, "migrate"], env=env, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    # Peak RSS of the command alone, as /usr/bin/time reports it (%M, KiB).
+                    started = time.perf_counter()
+                    done = subprocess.run(["/usr/bin/time", "-f", "%M", SERVICE, "user", "import", path],
+                                          env=env, capture_output=True, text=True)
+                    took = time.perf_counter() - started
+                    peak_kib = int(done.stderr.strip().splitlines()[-1])
+                    if done.returncode != 0 or f"imported {count} of {count}" not in done.stdout:
+                        raise SystemExit(f"import failed: {done.returncode} {done.stdout} {done.stderr[-500:]}")
+                    print(f"user import {label:<10} {count:>9,} users ({size:.0f} MiB)  "
+                          f"{took:6.1f} s  {count / took:9,.0f} users/s  peak RSS {peak_kib / 1024:.1f} MiB")
+            finally:
+                subprocess.run(["psql", admin + "/postgres", "-qc",
+                                f"drop database {name} with (force)"], check=False)
+            os.remove(path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def postgres_database():
     admin = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
     name = f"bench_{uuid.uuid4().hex[:12]}"
@@ -693,6 +737,8 @@ def main():
                         help="only the logout-all over 10,000 sessions line")
     parser.add_argument("--verifier-only", action="store_true",
                         help="only the auth-verifier crate's ratio")
+    parser.add_argument("--import-only", action="store_true",
+                        help="only the user import lines (100,000 and 1,000,000 users)")
     parser.add_argument("--slots-only", action="store_true",
                         help="only the full-server lines (new clients while slots are held)")
     args = parser.parse_args()
@@ -716,6 +762,9 @@ def main():
         return
     if args.slots_only:
         full_server_latency()
+        return
+    if args.import_only:
+        user_import()
         return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
@@ -749,6 +798,7 @@ def main():
     logout_all_timing(10_000)
     full_server_latency()
     verifier_ratio(seconds, rounds)
+    user_import()
 
 
 def rotation_storage(refreshes):
