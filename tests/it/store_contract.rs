@@ -26,6 +26,7 @@
 //! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
 //! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
 //! | | `export_users`, `export_refresh_tokens`, `export_second_factors`, `import` | `export_and_import_round_trip` |
+//! | | `insert_imported_users` | `imported_users_are_inserted_once_and_a_dry_run_writes_nothing` |
 
 use std::sync::Arc;
 
@@ -80,6 +81,7 @@ dual_backend!(
     revocations_end_sessions_once_and_append_events,
     events_are_read_in_order_and_signalled,
     export_and_import_round_trip,
+    imported_users_are_inserted_once_and_a_dry_run_writes_nothing,
     users_insert_find_and_duplicate,
     login_attempts_count_lock_and_reset,
     fifty_parallel_reservations_are_counted_exactly,
@@ -1484,6 +1486,100 @@ async fn export_and_import_round_trip(backend: Backend) {
             .unwrap()
             .email,
         "x@example.com"
+    );
+}
+
+async fn imported_users_are_inserted_once_and_a_dry_run_writes_nothing(backend: Backend) {
+    use auth_service::store::ImportedUser;
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    store
+        .insert_user("taken@example.com", "h", now)
+        .await
+        .unwrap();
+    let user = |email: &str, active: bool| ImportedUser {
+        email: email.to_owned(),
+        password_hash: "$P$6maPPE8TkQ5VY.lVM2wfxDbKNGdRu41".to_owned(),
+        is_active: active,
+        created_at: now - Duration::days(400),
+        email_verified_at: active.then_some(now - Duration::days(400)),
+    };
+    let batch = [
+        user("new@example.com", true),
+        user("taken@example.com", true),
+        user("off@example.com", false),
+    ];
+    // A dry run answers as a real one would and writes nothing.
+    let mut would = store
+        .insert_imported_users(&batch, now, true)
+        .await
+        .unwrap();
+    would.sort();
+    assert_eq!(would, ["new@example.com", "off@example.com"]);
+    assert!(
+        store
+            .find_user_by_email("new@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The real run: the existing email is left alone, the rest inserted as given.
+    let mut inserted = store
+        .insert_imported_users(&batch, now, false)
+        .await
+        .unwrap();
+    inserted.sort();
+    assert_eq!(inserted, would);
+    let new = store
+        .find_user_by_email("new@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            new.password_hash.as_str(),
+            new.is_active,
+            new.created_at,
+            new.updated_at,
+            new.email_verified_at
+        ),
+        (
+            "$P$6maPPE8TkQ5VY.lVM2wfxDbKNGdRu41",
+            true,
+            now - Duration::days(400),
+            now,
+            Some(now - Duration::days(400))
+        )
+    );
+    let off = store
+        .find_user_by_email("off@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!off.is_active && off.email_verified_at.is_none());
+    assert_eq!(
+        store
+            .find_user_by_email("taken@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "h"
+    );
+    // Again: nothing new.
+    assert!(
+        store
+            .insert_imported_users(&batch, now, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .insert_imported_users(&[], now, false)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
