@@ -63,6 +63,18 @@ async fn imported(app: &TestApp, email: &str, hash: &str) -> i64 {
         .id
 }
 
+/// A login with `password` answers 401 `INVALID_CREDENTIALS`.
+async fn refused(app: &TestApp, email: &str, password: &str) {
+    let (status, body) = status_and_json(app.login(email, password).await).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "Invalid email or password",
+        "INVALID_CREDENTIALS",
+    );
+}
+
 async fn stored_hash(app: &TestApp, id: i64) -> String {
     app.store
         .find_user_by_id(id)
@@ -86,14 +98,7 @@ async fn each_format_signs_in_once_then_the_hash_is_ours(backend: Backend) {
         let email = format!("{name}@example.com");
         let id = imported(&app, &email, &hash).await;
         // Act + Assert: a wrong password is refused and changes nothing.
-        let (status, body) = status_and_json(app.login(&email, "Imported-Pass-124").await).await;
-        assert_error(
-            status,
-            &body,
-            StatusCode::UNAUTHORIZED,
-            "Invalid email or password",
-            "INVALID_CREDENTIALS",
-        );
+        refused(&app, &email, "Imported-Pass-124").await;
         assert_eq!(stored_hash(&app, id).await, hash, "{name}");
         // The right one signs in, and the stored hash is now bcrypt at BCRYPT_ROUNDS (4).
         let (status, body) = status_and_json(app.login(&email, IMPORTED_PASSWORD).await).await;
@@ -147,14 +152,7 @@ async fn a_hash_with_costly_parameters_never_signs_in_and_is_kept(backend: Backe
     ] {
         let email = format!("costly-{name}@example.com");
         let id = imported(&app, &email, hash).await;
-        let (status, body) = status_and_json(app.login(&email, IMPORTED_PASSWORD).await).await;
-        assert_error(
-            status,
-            &body,
-            StatusCode::UNAUTHORIZED,
-            "Invalid email or password",
-            "INVALID_CREDENTIALS",
-        );
+        refused(&app, &email, IMPORTED_PASSWORD).await;
         assert_eq!(stored_hash(&app, id).await, hash, "{name}");
     }
     // The service still answers at once: no hashing thread is stuck.
