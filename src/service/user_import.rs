@@ -4,11 +4,13 @@
 //! transaction each, and every skipped line is reported with its number and the reason, never
 //! its hash. Login verifies the hash in its own format and replaces it with ours.
 //!
-//! The file is streamed: memory holds one batch and, to tell a repeated email from one that was
-//! in the database before, 16 bytes per line read (a 64-bit digest of each email and its line).
+//! The file is streamed and memory stays flat: one batch at a time. An email repeated across
+//! batches is told apart from one that was there before by the id now holding it: ids only
+//! grow, so a row at or above the first id this run inserted was inserted by this run. A dry
+//! run writes nothing, so it keeps a digest of every email read instead (16 bytes per line).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     hash::BuildHasher as _,
     io::BufRead,
 };
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use super::email::Email;
 use crate::{
     password_formats::{self, Refusal},
-    store::{ImportedUser, Store, StoreError},
+    store::{ImportedRow, ImportedUser, Store, StoreError},
 };
 
 /// Users per transaction.
@@ -56,8 +58,8 @@ pub enum Skip {
     CreatedAt,
     /// The same email (after normalisation) on an earlier line, which wins.
     Duplicate {
-        /// The earlier line.
-        first: u64,
+        /// The earlier line, when it is known (in the same batch, or in a dry run).
+        first: Option<u64>,
     },
     /// A user with this email is in the database already (a second run of the same file).
     Exists,
@@ -92,7 +94,10 @@ impl std::fmt::Display for Skip {
         match self {
             Self::Fields(why) => write!(f, "{}: {why}", self.kind()),
             Self::Hash(refusal) => write!(f, "{refusal}"),
-            Self::Duplicate { first } => write!(f, "{} (first on line {first})", self.kind()),
+            Self::Duplicate { first: Some(first) } => {
+                write!(f, "{} (first on line {first})", self.kind())
+            }
+            Self::Duplicate { first: None } => write!(f, "{} (an earlier line wins)", self.kind()),
             _ => f.write_str(self.kind()),
         }
     }
@@ -126,8 +131,11 @@ pub async fn import_users(
     mut on_read: impl FnMut(u64),
 ) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
-    let mut seen: HashMap<u64, u64> = HashMap::new();
+    // Emails of the batch being filled; in a dry run, digests of every email read.
+    let mut in_batch: HashMap<String, u64> = HashMap::new();
+    let mut dry_seen: HashMap<u64, u64> = HashMap::new();
     let digests = std::hash::RandomState::new();
+    let mut first_id: Option<i64> = None;
     let mut batch: Vec<(u64, ImportedUser)> = Vec::with_capacity(BATCH);
     let mut skip = |summary: &mut ImportSummary, number: u64, why: Skip| {
         *summary.skipped.entry(why.kind()).or_default() += 1;
@@ -155,18 +163,39 @@ pub async fn import_users(
                 continue;
             }
         };
-        let digest = digests.hash_one(&user.email);
-        if let Some(first) = seen.get(&digest) {
-            skip(&mut summary, number, Skip::Duplicate { first: *first });
+        let earlier = if dry_run {
+            let digest = digests.hash_one(&user.email);
+            let earlier = dry_seen.get(&digest).copied();
+            dry_seen.entry(digest).or_insert(number);
+            earlier
+        } else {
+            in_batch.get(&user.email).copied()
+        };
+        if let Some(first) = earlier {
+            skip(&mut summary, number, Skip::Duplicate { first: Some(first) });
             continue;
         }
-        seen.insert(digest, number);
+        in_batch.insert(user.email.clone(), number);
         batch.push((number, user));
         if batch.len() == BATCH {
-            flush(store, &mut batch, dry_run, now, &mut summary, &mut skip).await?;
+            let flushed = Flush {
+                store,
+                dry_run,
+                now,
+            };
+            flushed
+                .run(&mut batch, &mut first_id, &mut summary, &mut skip)
+                .await?;
+            in_batch.clear();
         }
     }
-    flush(store, &mut batch, dry_run, now, &mut summary, &mut skip).await?;
+    Flush {
+        store,
+        dry_run,
+        now,
+    }
+    .run(&mut batch, &mut first_id, &mut summary, &mut skip)
+    .await?;
     Ok(summary)
 }
 
@@ -181,32 +210,49 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
-/// Inserts the batch; lines whose email exists are skipped as such.
-async fn flush(
-    store: &dyn Store,
-    batch: &mut Vec<(u64, ImportedUser)>,
+/// Where a batch goes.
+struct Flush<'a> {
+    store: &'a dyn Store,
     dry_run: bool,
     now: DateTime<Utc>,
-    summary: &mut ImportSummary,
-    skip: &mut impl FnMut(&mut ImportSummary, u64, Skip),
-) -> Result<(), StoreError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let users: Vec<ImportedUser> = batch.iter().map(|(_, user)| user.clone()).collect();
-    let inserted: HashSet<String> = store
-        .insert_imported_users(&users, now, dry_run)
-        .await?
-        .into_iter()
-        .collect();
-    for (number, user) in batch.drain(..) {
-        if inserted.contains(&user.email) {
-            summary.imported += 1;
-        } else {
-            skip(summary, number, Skip::Exists);
+}
+
+impl Flush<'_> {
+    /// Inserts the batch. A line whose email was there is skipped: as repeated when this run
+    /// inserted the row holding it (at or above `first_id`, the first id this run inserted),
+    /// else as existing.
+    async fn run(
+        &self,
+        batch: &mut Vec<(u64, ImportedUser)>,
+        first_id: &mut Option<i64>,
+        summary: &mut ImportSummary,
+        skip: &mut impl FnMut(&mut ImportSummary, u64, Skip),
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
         }
+        let users: Vec<ImportedUser> = batch.iter().map(|(_, user)| user.clone()).collect();
+        let rows: HashMap<String, ImportedRow> = self
+            .store
+            .insert_imported_users(&users, self.now, self.dry_run)
+            .await?
+            .into_iter()
+            .map(|row| (row.email.clone(), row))
+            .collect();
+        if !self.dry_run && first_id.is_none() {
+            *first_id = rows.values().filter(|r| r.inserted).map(|r| r.id).min();
+        }
+        for (number, user) in batch.drain(..) {
+            match rows.get(&user.email) {
+                Some(row) if row.inserted => summary.imported += 1,
+                Some(row) if first_id.is_some_and(|first| row.id >= first) => {
+                    skip(summary, number, Skip::Duplicate { first: None });
+                }
+                _ => skip(summary, number, Skip::Exists),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One line, checked: the user to insert, or why not.

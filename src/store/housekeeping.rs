@@ -42,6 +42,17 @@ pub struct ImportedUser {
     pub email_verified_at: Option<DateTime<Utc>>,
 }
 
+/// Where one email of an import batch ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRow {
+    /// The email.
+    pub email: String,
+    /// The id of the user holding it now.
+    pub id: i64,
+    /// Whether this batch inserted it (else it was there).
+    pub inserted: bool,
+}
+
 /// What an import wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportReport {
@@ -163,14 +174,15 @@ pub trait HousekeepingStore: Send + Sync {
     ) -> Result<Vec<RefreshTokenRow>, StoreError>;
 
     /// Inserts one batch of `user import` in one transaction, skipping users whose email
-    /// exists (ids are new); the emails inserted. With `dry_run` the transaction is rolled
-    /// back: the answer is the same, nothing is written.
+    /// exists (ids are new); for each email of the batch, the id holding it and whether this
+    /// batch inserted it. With `dry_run` the transaction is rolled back: the answer is the
+    /// same, nothing is written.
     async fn insert_imported_users(
         &self,
         users: &[ImportedUser],
         updated_at: DateTime<Utc>,
         dry_run: bool,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<ImportedRow>, StoreError>;
 
     /// Every confirmed second factor, and every unused recovery code (for `copy-data`).
     async fn export_second_factors(

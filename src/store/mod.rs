@@ -47,7 +47,9 @@ use events::RawEventRow;
 use housekeeping::{APPLIED_MIGRATIONS, covers};
 
 pub use events::{EventKind, EventRow, EventStore, not_before};
-pub use housekeeping::{HousekeepingStore, ImportReport, ImportedUser, PoolStats, Purge, Transfer};
+pub use housekeeping::{
+    HousekeepingStore, ImportReport, ImportedRow, ImportedUser, PoolStats, Purge, Transfer,
+};
 pub use lockout::{AttemptLimits, AttemptRow, LockoutStore};
 pub use mfa::{
     Confirmation, FactorConfirmation, FactorRow, NewFactor, RecoveryCodeRow, SecondFactorStore,

@@ -219,6 +219,27 @@ async fn user_import_brings_every_format_and_reports_each_bad_line(backend: Back
             "not a JSON object".to_owned(),
         ),
         (
+            line(
+                "argon2-4g@shop.example",
+                "$argon2id$v=19$m=4194304,t=2,p=1$rFMgd7i5EvW0QEjRdeq/Fw$TaOkx8zceq7FNapIgKs5x2gS6EbU5tOlcds2CMeNyN0",
+            ),
+            "argon2 memory 4194304 KiB is over 262144 KiB".to_owned(),
+        ),
+        (
+            line(
+                "scrypt-2-30@shop.example",
+                "$scrypt$ln=30,r=8,p=1$c2FsdHNhbHRzYWx0MTIzNA$PDALpEiyzT7uqFe4EtSQKeNbGFHk6htxeFLI2QR8DXg",
+            ),
+            "scrypt ln=30 r=8 p=1 is over ln=20, 1 GiB, p=4".to_owned(),
+        ),
+        (
+            line(
+                "phpass-2-63@shop.example",
+                "$P$zmaPPE8TkQ5VY.lVM2wfxDbKNGdRu41",
+            ),
+            "phpass 2^63 rounds is over 2^20".to_owned(),
+        ),
+        (
             json!({"email": "nohash@shop.example"}).to_string(),
             "missing or mistyped fields: missing `password_hash`".to_owned(),
         ),
@@ -310,6 +331,30 @@ async fn a_second_import_imports_nothing_and_a_dry_run_writes_nothing(backend: B
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.starts_with("would import 2500 of 2500 users"),
+        "{stdout}"
+    );
+    // A repeated email, in another batch than its first line: the first wins, in a dry run
+    // and in a real one (there found through the database, with memory flat).
+    let mut repeated = lines[..1001].to_vec();
+    repeated[1000] = lines[0].clone();
+    let (code, _, stderr) = import(&app, &["--dry-run", "-"], &repeated).await;
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        stderr.trim_end(),
+        "line 1001: skipped: email repeated in the file (first on line 1)"
+    );
+    let mut fresh: Vec<String> = (0..1001)
+        .map(|i| line(&format!("repeat{i}@shop.example"), VECTORS[4].1))
+        .collect();
+    fresh[1000] = fresh[0].clone();
+    let (code, stdout, stderr) = import(&app, &["-"], &fresh).await;
+    assert_eq!(code, Some(3), "{stdout}");
+    assert_eq!(
+        stderr.trim_end(),
+        "line 1001: skipped: email repeated in the file (an earlier line wins)"
+    );
+    assert!(
+        stdout.starts_with("imported 1000 of 1001 users"),
         "{stdout}"
     );
     assert!(

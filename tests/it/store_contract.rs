@@ -1509,13 +1509,35 @@ async fn imported_users_are_inserted_once_and_a_dry_run_writes_nothing(backend: 
         user("taken@example.com", true),
         user("off@example.com", false),
     ];
-    // A dry run answers as a real one would and writes nothing.
-    let mut would = store
-        .insert_imported_users(&batch, now, true)
+    let taken = store
+        .find_user_by_email("taken@example.com")
         .await
-        .unwrap();
-    would.sort();
-    assert_eq!(would, ["new@example.com", "off@example.com"]);
+        .unwrap()
+        .unwrap()
+        .id;
+    let outcome = |mut rows: Vec<auth_service::store::ImportedRow>| {
+        rows.sort_by(|a, b| a.email.cmp(&b.email));
+        rows.into_iter()
+            .map(|row| (row.email, row.inserted, row.id))
+            .collect::<Vec<_>>()
+    };
+    // A dry run answers as a real one would and writes nothing.
+    let would = outcome(
+        store
+            .insert_imported_users(&batch, now, true)
+            .await
+            .unwrap(),
+    );
+    let inserted: Vec<_> = would.iter().map(|(e, i, _)| (e.clone(), *i)).collect();
+    assert_eq!(
+        inserted,
+        [
+            ("new@example.com".to_owned(), true),
+            ("off@example.com".to_owned(), true),
+            ("taken@example.com".to_owned(), false)
+        ]
+    );
+    assert_eq!(would[2].2, taken, "the id holding an existing email");
     assert!(
         store
             .find_user_by_email("new@example.com")
@@ -1523,13 +1545,21 @@ async fn imported_users_are_inserted_once_and_a_dry_run_writes_nothing(backend: 
             .unwrap()
             .is_none()
     );
-    // The real run: the existing email is left alone, the rest inserted as given.
-    let mut inserted = store
-        .insert_imported_users(&batch, now, false)
-        .await
-        .unwrap();
-    inserted.sort();
-    assert_eq!(inserted, would);
+    // The real run: the existing email is left alone, the rest inserted as given, with new
+    // ids above the existing one.
+    let done = outcome(
+        store
+            .insert_imported_users(&batch, now, false)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        done.iter()
+            .map(|(e, i, _)| (e.clone(), *i))
+            .collect::<Vec<_>>(),
+        inserted
+    );
+    assert!(done[0].2 > taken && done[1].2 > taken);
     let new = store
         .find_user_by_email("new@example.com")
         .await
@@ -1566,13 +1596,18 @@ async fn imported_users_are_inserted_once_and_a_dry_run_writes_nothing(backend: 
             .password_hash,
         "h"
     );
-    // Again: nothing new.
-    assert!(
+    // Again: nothing new, each email with the id now holding it.
+    let again = outcome(
         store
             .insert_imported_users(&batch, now, false)
             .await
-            .unwrap()
-            .is_empty()
+            .unwrap(),
+    );
+    assert_eq!(
+        again,
+        done.iter()
+            .map(|(e, _, id)| (e.clone(), false, *id))
+            .collect::<Vec<_>>()
     );
     assert!(
         store

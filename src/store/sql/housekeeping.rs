@@ -211,7 +211,7 @@ impl crate::store::HousekeepingStore for Dialect {
         users: &[crate::store::ImportedUser],
         updated_at: chrono::DateTime<chrono::Utc>,
         dry_run: bool,
-    ) -> Result<Vec<String>, crate::store::StoreError> {
+    ) -> Result<Vec<crate::store::ImportedRow>, crate::store::StoreError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -228,14 +228,48 @@ impl crate::store::HousekeepingStore for Dialect {
                 .push_bind(updated_at)
                 .push_bind(user.email_verified_at);
         });
-        insert.push(" on conflict do nothing returning email");
-        let inserted: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+        insert.push(" on conflict do nothing returning id, email");
+        let inserted: Vec<(i64, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+        let fresh: std::collections::HashSet<&str> =
+            inserted.iter().map(|(_, email)| email.as_str()).collect();
+        let mut rows: Vec<crate::store::ImportedRow> = inserted
+            .iter()
+            .map(|(id, email)| crate::store::ImportedRow {
+                email: email.clone(),
+                id: *id,
+                inserted: true,
+            })
+            .collect();
+        let taken: Vec<&str> = users
+            .iter()
+            .map(|u| u.email.as_str())
+            .filter(|email| !fresh.contains(email))
+            .collect();
+        if !taken.is_empty() {
+            let mut select =
+                sqlx::QueryBuilder::new("select id, email from users where email in (");
+            let mut list = select.separated(", ");
+            for email in &taken {
+                list.push_bind(*email);
+            }
+            select.push(")");
+            let existing: Vec<(i64, String)> = select.build_query_as().fetch_all(&mut *tx).await?;
+            rows.extend(
+                existing
+                    .into_iter()
+                    .map(|(id, email)| crate::store::ImportedRow {
+                        email,
+                        id,
+                        inserted: false,
+                    }),
+            );
+        }
         if dry_run {
             tx.rollback().await?;
         } else {
             tx.commit().await?;
         }
-        Ok(inserted)
+        Ok(rows)
     }
 
     async fn export_second_factors(
