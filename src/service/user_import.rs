@@ -136,6 +136,11 @@ pub async fn import_users(
     let mut dry_seen: HashMap<u64, u64> = HashMap::new();
     let digests = std::hash::RandomState::new();
     let mut first_id: Option<i64> = None;
+    let flush = Flush {
+        store,
+        dry_run,
+        now,
+    };
     let mut batch: Vec<(u64, ImportedUser)> = Vec::with_capacity(BATCH);
     let mut skip = |summary: &mut ImportSummary, number: u64, why: Skip| {
         *summary.skipped.entry(why.kind()).or_default() += 1;
@@ -178,24 +183,15 @@ pub async fn import_users(
         in_batch.insert(user.email.clone(), number);
         batch.push((number, user));
         if batch.len() == BATCH {
-            let flushed = Flush {
-                store,
-                dry_run,
-                now,
-            };
-            flushed
+            flush
                 .run(&mut batch, &mut first_id, &mut summary, &mut skip)
                 .await?;
             in_batch.clear();
         }
     }
-    Flush {
-        store,
-        dry_run,
-        now,
-    }
-    .run(&mut batch, &mut first_id, &mut summary, &mut skip)
-    .await?;
+    flush
+        .run(&mut batch, &mut first_id, &mut summary, &mut skip)
+        .await?;
     Ok(summary)
 }
 
