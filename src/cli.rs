@@ -653,13 +653,17 @@ async fn import_users(state: &AppState, file: &str, dry_run: bool, database: &st
         }
     };
     // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
-    let progress = size.map_or_else(
-        indicatif::ProgressBar::new_spinner,
-        indicatif::ProgressBar::new,
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {bytes}/{total_bytes} read, {msg} [{elapsed}]",
-    ) {
+    let (progress, template) = match size {
+        Some(size) => (
+            indicatif::ProgressBar::new(size),
+            "{spinner} {bytes}/{total_bytes} read [{elapsed}]",
+        ),
+        None => (
+            indicatif::ProgressBar::new_spinner(),
+            "{spinner} {bytes} read [{elapsed}]",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         progress.set_style(style);
     }
     let result = state

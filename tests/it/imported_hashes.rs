@@ -398,3 +398,34 @@ async fn a_second_import_imports_nothing_and_a_dry_run_writes_nothing(backend: B
         StatusCode::OK
     );
 }
+
+/// The progress bar shows on a terminal (here a pseudo-terminal made by `script`) and not in a
+/// pipe, where stderr holds only the skipped lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_sees_the_progress_and_a_pipe_does_not() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("EMAIL_VERIFICATION", "off")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.jsonl");
+    let lines: Vec<String> = (0..3000)
+        .map(|i| line(&format!("tty{i}@shop.example"), VECTORS[4].1))
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let file = file.display().to_string();
+    let command = format!("{BIN} user import {file}");
+    let on_terminal = tokio::task::block_in_place(|| {
+        std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("DATABASE_URL", app.db.url_string())
+            .env("JWT_SECRET_KEY", SECRET)
+            .output()
+            .unwrap()
+    });
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(shown.contains(" read ["), "a progress line: {shown}");
+    assert!(shown.contains("imported 3000 of 3000 users"), "{shown}");
+    let (code, _, stderr) = import(&app, &[&file], &[]).await;
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains(" read ["), "{stderr}");
+    assert_eq!(stderr.lines().count(), 3000, "only the skipped lines");
+}
