@@ -429,3 +429,51 @@ async fn a_terminal_sees_the_progress_and_a_pipe_does_not() {
     assert!(!stderr.contains(" read ["), "{stderr}");
     assert_eq!(stderr.lines().count(), 3000, "only the skipped lines");
 }
+
+/// Every imported format is verified on the password-hashing pool (its jobs are counted by
+/// `password_hash_wait_seconds`), not on an async worker: the real binary, whose metrics count
+/// this test's jobs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_hashes_are_verified_on_the_hashing_pool() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    for (name, hash) in VECTORS {
+        store
+            .insert_user(&format!("{name}@pool.example"), hash, Utc::now())
+            .await
+            .unwrap();
+    }
+    let url = db.url_string();
+    let mut binary = Binary::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("EMAIL_VERIFICATION", "off"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let client = reqwest::Client::new();
+    for (name, _) in VECTORS {
+        let response = client
+            .post(binary.url("/auth/login"))
+            .json(&json!({"email": format!("{name}@pool.example"), "password": "Wrong-Pass-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+    }
+    let metrics = client
+        .get(binary.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| binary.terminate());
+    let jobs = crate::api_health::metric_value(&metrics, "password_hash_wait_seconds_count");
+    assert_eq!(
+        jobs,
+        Some(8.0),
+        "one pool job per imported format: {metrics}"
+    );
+}
