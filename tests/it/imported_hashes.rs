@@ -5,7 +5,9 @@
 //! lockout, and a hash with costly parameters is never run. The hashes were made by someone
 //! else's code (argon2-cffi, passlib, Python's hashlib), not by the crates that verify them.
 //! `auth-service user import` brings them in from JSON Lines: every bad line reported with its
-//! number and reason (never its hash), a second run imports nothing, `--dry-run` writes nothing.
+//! number and reason (never its hash), a second run imports nothing, `--dry-run` writes nothing,
+//! a repeated email is caught across batches, progress shows on a terminal only, and every
+//! format is verified on the password-hashing pool.
 
 use chrono::Utc;
 use reqwest::StatusCode;
