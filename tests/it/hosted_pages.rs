@@ -470,6 +470,21 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
     let (app, sink) = app_with_sink(Backend::Sqlite, &[("EMAIL_VERIFICATION", "off")]).await;
     let email = "two-step@example.com";
     app.register(email, PASSWORD).await;
+    // At a desktop's width first, for the screenshot of an enrolment (left unconfirmed: the
+    // phone's below replaces it).
+    {
+        let (_driver, desktop) = chromium(1280, 1500).await;
+        desktop.goto(&app.url("/account")).await.unwrap();
+        sign_in(&desktop, email, PASSWORD).await;
+        shown(&desktop, "#account").await;
+        click(&desktop, "#mfa-add").await;
+        poll_until("the QR code drawn", MAIL_WITHIN, || async {
+            count(&desktop, "#mfa-qr svg").await == 1
+        })
+        .await;
+        screenshot(&desktop, "account-mfa-enrol-desktop").await;
+        desktop.close().await.unwrap();
+    }
     let (_, other) = status_and_json(app.login(email, PASSWORD).await).await;
     let (_driver, browser) = chromium(375, 1800).await;
     browser.goto(&app.url("/account")).await.unwrap();
