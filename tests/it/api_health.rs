@@ -208,14 +208,7 @@ async fn auth_counters_count_exactly_what_happened(backend: Backend) {
         let wrong = json!({"email": "m@example.com", "password": "WrongPass123"});
         post("/auth/login", wrong).await.unwrap();
     }
-    let text = client
-        .get(binary.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = binary.metrics().await;
     tokio::task::block_in_place(|| binary.terminate());
     // Assert: every series is explained.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

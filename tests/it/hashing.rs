@@ -100,14 +100,7 @@ async fn a_registration_of_a_taken_email_spends_no_hash(backend: Backend) {
     for _ in 0..3 {
         assert_eq!(register().await.unwrap().status(), StatusCode::CONFLICT);
     }
-    let metrics = client
-        .get(binary.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = binary.metrics().await;
     tokio::task::block_in_place(|| binary.terminate());
     let hashes = metrics
         .lines()

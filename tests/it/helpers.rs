@@ -798,6 +798,16 @@ impl Binary {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The text of its `GET /metrics` (the process's own: only this test's requests count).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// SIGTERM, then the exit code, stdout and stderr.
     pub fn terminate(mut self) -> (Option<i32>, String, String) {
         let _ = Command::new("kill")

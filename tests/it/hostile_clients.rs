@@ -155,12 +155,7 @@ async fn made_up_methods_neither_grow_the_metrics_nor_reach_the_logs() {
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink).await;
     }
-    let metrics = reqwest::get(binary.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = binary.metrics().await;
     let (_, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
     assert!(
         !metrics.contains("MADEUP"),

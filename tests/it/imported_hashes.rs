@@ -463,14 +463,7 @@ async fn imported_hashes_are_verified_on_the_hashing_pool() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
     }
-    let metrics = client
-        .get(binary.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = binary.metrics().await;
     tokio::task::block_in_place(|| binary.terminate());
     let jobs = crate::api_health::metric_value(&metrics, "password_hash_wait_seconds_count");
     assert_eq!(

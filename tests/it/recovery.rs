@@ -687,16 +687,7 @@ async fn a_permanent_refusal_fails_the_message_with_an_error_line_and_no_address
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let metrics = async || {
-        client
-            .get(binary.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = async || binary.metrics().await;
     let mut failed = false;
     for _ in 0..50 {
         let text = metrics().await;
@@ -942,14 +933,7 @@ async fn junk_reset_tokens_cost_no_password_hash(backend: Backend) {
     assert!(server.wait_ready());
     let client = reqwest::Client::new();
     let hashes = || async {
-        let text = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         crate::api_health::metric_value(&text, "password_hash_wait_seconds_count").unwrap_or(0.0)
     };
     let before = hashes().await;

@@ -55,15 +55,7 @@ impl Doors {
     }
 
     async fn metrics(&self, status: StatusCode, result: &str) -> [f64; 3] {
-        let text = self
-            .client
-            .get(self.server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.server.metrics().await;
         let series = [
             format!(
                 r#"http_requests_total{{method="GET",route="/auth/verify",status="{}"}}"#,
