@@ -131,8 +131,10 @@ pub async fn import_users(
     mut on_read: impl FnMut(u64),
 ) -> Result<ImportSummary, ImportError> {
     let mut summary = ImportSummary::default();
-    // Emails of the batch being filled; in a dry run, digests of every email read.
-    let mut in_batch: HashMap<String, u64> = HashMap::new();
+    // The batch being filled, and each of its emails' line; in a dry run, digests of every
+    // email read.
+    let mut batch: Vec<ImportedUser> = Vec::with_capacity(BATCH);
+    let mut in_batch: HashMap<String, u64> = HashMap::with_capacity(BATCH);
     let mut dry_seen: HashMap<u64, u64> = HashMap::new();
     let digests = std::hash::RandomState::new();
     let mut first_id: Option<i64> = None;
@@ -141,7 +143,6 @@ pub async fn import_users(
         dry_run,
         now,
     };
-    let mut batch: Vec<(u64, ImportedUser)> = Vec::with_capacity(BATCH);
     let mut skip = |summary: &mut ImportSummary, number: u64, why: Skip| {
         *summary.skipped.entry(why.kind()).or_default() += 1;
         summary.faults += u64::from(why.is_fault());
@@ -181,16 +182,27 @@ pub async fn import_users(
             continue;
         }
         in_batch.insert(user.email.clone(), number);
-        batch.push((number, user));
+        batch.push(user);
         if batch.len() == BATCH {
             flush
-                .run(&mut batch, &mut first_id, &mut summary, &mut skip)
+                .run(
+                    &mut batch,
+                    &mut in_batch,
+                    &mut first_id,
+                    &mut summary,
+                    &mut skip,
+                )
                 .await?;
-            in_batch.clear();
         }
     }
     flush
-        .run(&mut batch, &mut first_id, &mut summary, &mut skip)
+        .run(
+            &mut batch,
+            &mut in_batch,
+            &mut first_id,
+            &mut summary,
+            &mut skip,
+        )
         .await?;
     Ok(summary)
 }
@@ -214,12 +226,13 @@ struct Flush<'a> {
 }
 
 impl Flush<'_> {
-    /// Inserts the batch. A line whose email was there is skipped: as repeated when this run
-    /// inserted the row holding it (at or above `first_id`, the first id this run inserted),
-    /// else as existing.
+    /// Inserts the batch and empties it (`lines`: each email's line). A line whose email was
+    /// there is skipped: as repeated when this run inserted the row holding it (at or above
+    /// `first_id`, the first id this run inserted), else as existing.
     async fn run(
         &self,
-        batch: &mut Vec<(u64, ImportedUser)>,
+        batch: &mut Vec<ImportedUser>,
+        lines: &mut HashMap<String, u64>,
         first_id: &mut Option<i64>,
         summary: &mut ImportSummary,
         skip: &mut impl FnMut(&mut ImportSummary, u64, Skip),
@@ -227,10 +240,9 @@ impl Flush<'_> {
         if batch.is_empty() {
             return Ok(());
         }
-        let users: Vec<ImportedUser> = batch.iter().map(|(_, user)| user.clone()).collect();
         let rows: HashMap<String, ImportedRow> = self
             .store
-            .insert_imported_users(&users, self.now, self.dry_run)
+            .insert_imported_users(batch, self.now, self.dry_run)
             .await?
             .into_iter()
             .map(|row| (row.email.clone(), row))
@@ -238,7 +250,8 @@ impl Flush<'_> {
         if !self.dry_run && first_id.is_none() {
             *first_id = rows.values().filter(|r| r.inserted).map(|r| r.id).min();
         }
-        for (number, user) in batch.drain(..) {
+        for user in batch.drain(..) {
+            let number = lines.get(&user.email).copied().unwrap_or_default();
             match rows.get(&user.email) {
                 Some(row) if row.inserted => summary.imported += 1,
                 Some(row) if first_id.is_some_and(|first| row.id >= first) => {
@@ -247,6 +260,7 @@ impl Flush<'_> {
                 _ => skip(summary, number, Skip::Exists),
             }
         }
+        lines.clear();
         Ok(())
     }
 }
