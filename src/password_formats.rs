@@ -151,9 +151,13 @@ pub fn verify(password: &str, hash: &str) -> bool {
     }
 }
 
-/// The cost of a bcrypt hash (`$2b$12$...`).
-fn bcrypt_cost(hash: &str) -> Option<u32> {
-    hash.get(4..6)?.parse().ok()
+/// The cost of a bcrypt hash (`$2b$12$...`); `None` for any other format.
+#[must_use]
+pub fn bcrypt_cost(hash: &str) -> Option<u32> {
+    if !is_bcrypt(hash) {
+        return None;
+    }
+    hash.split('$').nth(2).and_then(|c| c.parse().ok())
 }
 
 /// A PHC string of a format we verify, its parameters within the budget.

@@ -119,7 +119,7 @@ impl Passwords {
     ) -> Result<bool, PasswordError> {
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| Arc::clone(&self.0.dummy_hash), Arc::from);
-        let stored_cost = cost_of(&hash);
+        let stored_cost = crate::password_formats::bcrypt_cost(&hash);
         let (matched, took) = self
             .run(move || {
                 // Over-long passwords and malformed hashes are simply not a match; the length
@@ -149,7 +149,7 @@ impl Passwords {
     /// all (imported from another system).
     #[must_use]
     pub fn needs_rehash(&self, hash: &str) -> bool {
-        cost_of(hash) != Some(self.0.cost)
+        crate::password_formats::bcrypt_cost(hash) != Some(self.0.cost)
     }
 
     /// Folds one verification at the configured cost into the moving average.
@@ -210,14 +210,6 @@ impl Passwords {
             .map_err(|_| PasswordError::Failed(anyhow::anyhow!("the bcrypt pool is gone")))?
             .map_err(PasswordError::Failed)
     }
-}
-
-/// The cost in a `$2b$NN$...` hash.
-fn cost_of(hash: &str) -> Option<u32> {
-    if !crate::password_formats::is_bcrypt(hash) {
-        return None;
-    }
-    hash.split('$').nth(2).and_then(|c| c.parse().ok())
 }
 
 /// A hash no password matches, at `cost`, made without spending `cost`: a real hash of a
