@@ -4,9 +4,11 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Every workspace member's manifest must be here before the first build: `verifier/` is a
-# member and a path dependency (tests/it/deploy_files.rs replays these steps).
+# member and a path dependency (tests/it/deploy_files.rs replays these steps); `vendor/` holds a
+# patched dependency (vendor/README.md).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY verifier/Cargo.toml verifier/Cargo.toml
+COPY vendor vendor
 RUN mkdir -p src verifier/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs verifier/src/lib.rs \
