@@ -82,6 +82,102 @@ pub struct Config {
     pub mail: MailConfig,
     /// The keys that seal secrets at rest.
     pub data_keys: DataKeyConfig,
+    /// Where passkeys may be used.
+    pub passkeys: PasskeyConfig,
+}
+
+/// Passkeys: `WEBAUTHN_RP_ID`, `WEBAUTHN_ORIGINS`, `WEBAUTHN_RP_NAME`.
+#[derive(Clone, Debug)]
+pub struct PasskeyConfig {
+    /// `WEBAUTHN_RP_ID` (default `localhost`): the registrable domain the passkeys belong to.
+    pub rp_id: String,
+    /// `WEBAUTHN_ORIGINS` (comma list; default `http://localhost:3000` and `PUBLIC_URL`'s
+    /// origin, those of them on `rp_id`): the exact origins whose pages may use them. Every
+    /// origin set explicitly must be on `rp_id` (its host is `rp_id` or a subdomain of it).
+    pub origins: Vec<url::Url>,
+    /// `WEBAUTHN_RP_NAME` (default `MAIL_PRODUCT_NAME`): the name an authenticator shows.
+    pub rp_name: String,
+}
+
+impl PasskeyConfig {
+    fn read(
+        vars: &Vars<impl Fn(&str) -> Option<String>>,
+        public_url: &str,
+        product_name: &str,
+    ) -> Result<Self, ConfigError> {
+        let rp_id = vars
+            .text("WEBAUTHN_RP_ID", "localhost")
+            .to_ascii_lowercase();
+        if url::Host::parse(&rp_id)
+            .ok()
+            .is_none_or(|host| !matches!(host, url::Host::Domain(_)))
+        {
+            return Err(ConfigError::new(
+                "WEBAUTHN_RP_ID",
+                format!("expected a domain name like shop.example.com, got {rp_id:?}"),
+            ));
+        }
+        let explicit = vars.list("WEBAUTHN_ORIGINS");
+        let origins = if explicit.is_empty() {
+            let defaults = ["http://localhost:3000", public_url];
+            let mut origins: Vec<url::Url> = defaults
+                .iter()
+                .filter_map(|raw| url::Url::parse(raw).ok())
+                .map(|url| origin_of(&url))
+                .filter(|origin| on_rp_id(origin, &rp_id))
+                .collect();
+            origins.dedup();
+            if origins.is_empty() {
+                return Err(ConfigError::new(
+                    "WEBAUTHN_ORIGINS",
+                    format!(
+                        "neither default origin (http://localhost:3000, PUBLIC_URL) is on \
+                         WEBAUTHN_RP_ID {rp_id:?}: set the origins of the pages that use \
+                         passkeys, like https://shop.example.com"
+                    ),
+                ));
+            }
+            origins
+        } else {
+            explicit
+                .iter()
+                .map(|raw| match url::Url::parse(raw) {
+                    Ok(url)
+                        if matches!(url.scheme(), "http" | "https")
+                            && origin_of(&url).as_str().trim_end_matches('/')
+                                == raw.trim_end_matches('/')
+                            && on_rp_id(&url, &rp_id) =>
+                    {
+                        Ok(origin_of(&url))
+                    }
+                    _ => Err(ConfigError::new(
+                        "WEBAUTHN_ORIGINS",
+                        format!(
+                            "expected origins (scheme, host, optional port) on WEBAUTHN_RP_ID \
+                             {rp_id:?}, like https://{rp_id}, got {raw:?}"
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Self {
+            rp_id,
+            origins,
+            rp_name: vars.text("WEBAUTHN_RP_NAME", product_name),
+        })
+    }
+}
+
+/// The origin of `url` (scheme, host, port) as a URL.
+fn origin_of(url: &url::Url) -> url::Url {
+    url::Url::parse(&url.origin().ascii_serialization()).unwrap_or_else(|_| url.clone())
+}
+
+/// Whether `origin`'s host is `rp_id` or a subdomain of it (what WebAuthn lets it use).
+fn on_rp_id(origin: &url::Url, rp_id: &str) -> bool {
+    origin
+        .domain()
+        .is_some_and(|host| host == rp_id || host.ends_with(&format!(".{rp_id}")))
 }
 
 /// Secrets at rest (the TOTP keys): `DATA_ENCRYPTION_KEY`, `DATA_ENCRYPTION_KEYS_PREVIOUS`.
@@ -455,6 +551,11 @@ impl Config {
             log: LogConfig::read(&vars)?,
             mail: MailConfig::read(&vars, &server.public_url)?,
             data_keys: DataKeyConfig::read(&vars)?,
+            passkeys: PasskeyConfig::read(
+                &vars,
+                &server.public_url,
+                &vars.text("MAIL_PRODUCT_NAME", "auth-service"),
+            )?,
             server,
         })
     }

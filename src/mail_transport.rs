@@ -87,6 +87,8 @@ message!(mfa_enrolled, "mail/mfa_enrolled.mail", { product: &'a str });
 message!(mfa_removed, "mail/mfa_removed.mail", { product: &'a str });
 message!(recovery_code_used, "mail/recovery_code_used.mail", { product: &'a str });
 message!(recovery_codes_regenerated, "mail/recovery_codes_regenerated.mail", { product: &'a str });
+message!(passkey_added, "mail/passkey_added.mail", { product: &'a str });
+message!(passkey_removed, "mail/passkey_removed.mail", { product: &'a str });
 
 /// Renders `template`.
 ///
@@ -102,6 +104,8 @@ pub fn render(template: MailTemplate, ctx: Context<'_>) -> Result<Rendered, aska
         MailTemplate::MfaRemoved => mfa_removed::render(ctx),
         MailTemplate::RecoveryCodeUsed => recovery_code_used::render(ctx),
         MailTemplate::RecoveryCodesRegenerated => recovery_codes_regenerated::render(ctx),
+        MailTemplate::PasskeyAdded => passkey_added::render(ctx),
+        MailTemplate::PasskeyRemoved => passkey_removed::render(ctx),
     }
 }
 

@@ -264,6 +264,8 @@ impl AppState {
             feed_readers,
             mail,
             config.data_keys.keys(),
+            crate::service::passkeys::RelyingParty::new(&config.passkeys)
+                .map_err(|err| StartupError::Other(anyhow::anyhow!(err)))?,
         );
         let clients = ClientAddresses::new(
             config.limits.trusted_proxies.clone(),

@@ -68,6 +68,12 @@ pub enum ErrorCode {
     MfaNotEnrolled,
     /// 403: a sensitive action needs an aal2 session.
     MfaStepUpRequired,
+    /// 400 on a passkey registration, 401 on a passkey sign-in: the credential did not verify.
+    InvalidPasskey,
+    /// 400: a passkey registration's ceremony that is unknown, expired, used or another user's.
+    InvalidCeremony,
+    /// 404: not a passkey of the caller.
+    PasskeyNotFound,
     /// 404: no such route.
     NotFound,
     /// 405: route exists, method does not.
@@ -185,11 +191,14 @@ impl ApiError {
         match self {
             Self::Auth(err) => match err {
                 AuthError::UserExists => StatusCode::CONFLICT,
-                AuthError::InvalidResetToken | AuthError::InvalidVerificationToken => {
-                    StatusCode::BAD_REQUEST
-                }
+                AuthError::InvalidResetToken
+                | AuthError::InvalidVerificationToken
+                | AuthError::InvalidPasskey
+                | AuthError::InvalidCeremony => StatusCode::BAD_REQUEST,
                 AuthError::EmailNotVerified | AuthError::StepUpRequired => StatusCode::FORBIDDEN,
-                AuthError::SessionNotFound | AuthError::FactorNotFound => StatusCode::NOT_FOUND,
+                AuthError::SessionNotFound
+                | AuthError::FactorNotFound
+                | AuthError::PasskeyNotFound => StatusCode::NOT_FOUND,
                 AuthError::FactorLimit | AuthError::MfaNotEnrolled => StatusCode::CONFLICT,
                 AuthError::InvalidEmail | AuthError::WeakPassword(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
@@ -200,13 +209,15 @@ impl ApiError {
                 | AuthError::InvalidToken
                 | AuthError::InvalidRefreshToken
                 | AuthError::InvalidMfaCode
-                | AuthError::InvalidMfaToken => StatusCode::UNAUTHORIZED,
+                | AuthError::InvalidMfaToken
+                | AuthError::PasskeySignInFailed => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } | AuthError::IpBlocked { .. } => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
                 AuthError::Unavailable(_)
                 | AuthError::RevocationsStale
-                | AuthError::HashQueueFull => StatusCode::SERVICE_UNAVAILABLE,
+                | AuthError::HashQueueFull
+                | AuthError::CeremoniesFull => StatusCode::SERVICE_UNAVAILABLE,
                 AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             // 422 for bodies, as the original (FastAPI) answered and its clients expect.
@@ -251,9 +262,15 @@ impl ApiError {
                 AuthError::FactorLimit => ErrorCode::FactorLimit,
                 AuthError::MfaNotEnrolled => ErrorCode::MfaNotEnrolled,
                 AuthError::StepUpRequired => ErrorCode::MfaStepUpRequired,
+                AuthError::InvalidPasskey | AuthError::PasskeySignInFailed => {
+                    ErrorCode::InvalidPasskey
+                }
+                AuthError::InvalidCeremony => ErrorCode::InvalidCeremony,
+                AuthError::PasskeyNotFound => ErrorCode::PasskeyNotFound,
                 AuthError::Unavailable(_)
                 | AuthError::RevocationsStale
-                | AuthError::HashQueueFull => ErrorCode::ServiceUnavailable,
+                | AuthError::HashQueueFull
+                | AuthError::CeremoniesFull => ErrorCode::ServiceUnavailable,
                 AuthError::Internal(_) => ErrorCode::InternalError,
             },
             Self::InvalidJson => ErrorCode::InvalidJson,
@@ -282,7 +299,8 @@ impl ApiError {
                 | AuthError::MissingToken
                 | AuthError::InvalidRefreshToken
                 | AuthError::InvalidMfaCode
-                | AuthError::InvalidMfaToken,
+                | AuthError::InvalidMfaToken
+                | AuthError::PasskeySignInFailed,
             )
             | Self::NotBearer => Some("Bearer"),
             _ => None,
@@ -302,7 +320,9 @@ impl ApiError {
             )
             | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::Auth(AuthError::HashQueueFull) => Some(HASH_QUEUE_RETRY_AFTER_SECS),
-            Self::Auth(AuthError::Unavailable(_) | AuthError::RevocationsStale)
+            Self::Auth(
+                AuthError::Unavailable(_) | AuthError::RevocationsStale | AuthError::CeremoniesFull,
+            )
             | Self::Unavailable => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }

@@ -30,6 +30,7 @@ use crate::{service::AuthService, state::AppState};
         (name = "auth", description = "Registration, login and tokens"),
         (name = "account", description = "The signed-in user's password, sessions (devices) and account"),
         (name = "mfa", description = "The second factor: authenticator apps (TOTP), recovery codes, sign-in with a code and step-up"),
+        (name = "passkeys", description = "Passkeys (WebAuthn): registration, the list, removal, and sign-in without a password at aal2"),
         (name = "health", description = "Probes"),
         (name = "meta", description = "Service information and metrics"),
     )

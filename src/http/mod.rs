@@ -12,6 +12,7 @@ pub mod meta;
 pub mod mfa;
 pub mod middleware;
 pub mod pages;
+pub mod passkeys;
 pub mod rate_limit;
 pub mod recovery;
 pub mod responses;
@@ -131,7 +132,8 @@ fn areas(
         .merge(auth::routes())
         .merge(recovery::routes())
         .merge(account::routes())
-        .merge(mfa::routes());
+        .merge(mfa::routes())
+        .merge(passkeys::routes());
     OpenApiRouter::with_openapi(meta::ApiDoc::openapi())
         .merge(meta::routes(metrics_here))
         .merge(health::routes())

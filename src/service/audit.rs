@@ -78,6 +78,12 @@ pub enum Event {
     RecoveryCodeUsed,
     /// `recovery_codes_regenerated`
     RecoveryCodesRegenerated,
+    /// `passkey_added`: a passkey registered.
+    PasskeyAdded,
+    /// `passkey_removed`
+    PasskeyRemoved,
+    /// `passkey_login`: a sign-in with a passkey (or one refused).
+    PasskeyLogin,
     /// `admin_user_create`, `admin_user_disable`, ... (admin commands).
     Admin(&'static str),
 }
@@ -108,6 +114,9 @@ impl Event {
             Self::MfaStepUp => "mfa_step_up",
             Self::RecoveryCodeUsed => "recovery_code_used",
             Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Self::PasskeyAdded => "passkey_added",
+            Self::PasskeyRemoved => "passkey_removed",
+            Self::PasskeyLogin => "passkey_login",
             Self::Admin(name) => name,
         }
     }

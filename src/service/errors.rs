@@ -77,6 +77,23 @@ pub enum AuthError {
     /// A sensitive action from an aal1 session of a user with a confirmed factor.
     #[error("A second factor is required for this action")]
     StepUpRequired,
+    /// A passkey registration whose credential does not verify (wrong challenge, origin or RP
+    /// ID, no user verification, registered already).
+    #[error("Passkey verification failed")]
+    InvalidPasskey,
+    /// A passkey sign-in that does not verify (unknown credential, bad signature, wrong origin,
+    /// replayed or unknown ceremony, a counter that did not move forward).
+    #[error("Passkey sign-in failed")]
+    PasskeySignInFailed,
+    /// A passkey registration's ceremony that is unknown, expired, used or another user's.
+    #[error("Invalid or expired ceremony")]
+    InvalidCeremony,
+    /// A passkey id that is not the caller's.
+    #[error("Passkey not found")]
+    PasskeyNotFound,
+    /// Too many passkey sign-ins are started and unfinished: come back shortly.
+    #[error("Service temporarily unavailable")]
+    CeremoniesFull,
     /// A refresh token that does not verify, was revoked, or was reused.
     #[error("Invalid or expired refresh token")]
     InvalidRefreshToken,

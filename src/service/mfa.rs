@@ -668,7 +668,7 @@ impl AuthService {
 
     /// The user's row, for signing tokens: refused as an invalid token when the user is gone
     /// or disabled.
-    async fn active_user(&self, user_id: i64) -> Result<UserRow, AuthError> {
+    pub(super) async fn active_user(&self, user_id: i64) -> Result<UserRow, AuthError> {
         self.0
             .store
             .find_user_by_id(user_id)

@@ -15,6 +15,7 @@ pub mod lockout;
 mod login;
 pub mod mfa;
 pub mod outbox;
+pub mod passkeys;
 pub mod password_policy;
 pub mod purge;
 pub mod recovery;
@@ -148,6 +149,8 @@ struct Inner {
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
     /// Seal the TOTP secrets at rest.
     data_keys: crate::data_keys::DataKeys,
+    /// Runs the passkey ceremonies.
+    passkeys: passkeys::RelyingParty,
 }
 
 /// What [`Inner::verified_access`] may hold, in bytes as [`TokenWeight`] weighs them: 10,000
@@ -199,6 +202,7 @@ impl AuthService {
         feed_readers: feed::FeedReaders,
         mail: recovery::MailSettings,
         data_keys: crate::data_keys::DataKeys,
+        passkeys: passkeys::RelyingParty,
     ) -> Self {
         let revocations = Arc::new(Revocations::new(Arc::clone(&store)));
         Self(Arc::new(Inner {
@@ -215,6 +219,7 @@ impl AuthService {
             mail_wakeup: Arc::new(tokio::sync::Notify::new()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(recovery::FORGOT_IN_FLIGHT)),
             data_keys,
+            passkeys,
         }))
     }
 
@@ -363,6 +368,7 @@ impl AuthService {
             Ok(evicted) => evicted,
             Err(SessionRefused::Disabled) => return Err(AuthError::AccountDisabled),
             Err(SessionRefused::ChallengeUsed) => return Err(AuthError::InvalidMfaToken),
+            Err(SessionRefused::PasskeyUsed) => return Err(AuthError::PasskeySignInFailed),
             Err(refused @ (SessionRefused::UserGone | SessionRefused::PasswordChanged)) => {
                 tracing::info!(
                     reason = ?refused,

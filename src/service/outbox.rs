@@ -224,7 +224,9 @@ async fn issue_link(
         | MailTemplate::MfaEnrolled
         | MailTemplate::MfaRemoved
         | MailTemplate::RecoveryCodeUsed
-        | MailTemplate::RecoveryCodesRegenerated => return Ok(Issued::Link(String::new())),
+        | MailTemplate::RecoveryCodesRegenerated
+        | MailTemplate::PasskeyAdded
+        | MailTemplate::PasskeyRemoved => return Ok(Issued::Link(String::new())),
     };
     if let Some(link) = &mail.link {
         return Ok(Issued::Link(link.clone()));

@@ -9,7 +9,8 @@
 //! - revocation events older than an access token lives (the feed keeps that long);
 //! - mail sent or failed more than [`MAIL_RETENTION`] ago, expired one-time tokens, and the
 //!   per-address mail counts of more than an hour ago;
-//! - expired second-factor challenges (`mfa_token`s) and factors never confirmed in time.
+//! - expired second-factor challenges (`mfa_token`s) and factors never confirmed in time;
+//! - expired passkey ceremonies.
 
 use std::sync::{Arc, Weak};
 
@@ -45,6 +46,8 @@ pub struct PurgeReport {
     pub mfa_challenges: u64,
     /// Factors not confirmed in time.
     pub unconfirmed_factors: u64,
+    /// Expired passkey ceremonies.
+    pub passkey_ceremonies: u64,
 }
 
 /// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
@@ -95,6 +98,10 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
         (
             Purge::UnconfirmedFactors(now - super::mfa::UNCONFIRMED_LIFETIME),
             &mut report.unconfirmed_factors,
+        ),
+        (
+            Purge::PasskeyCeremonies(now),
+            &mut report.passkey_ceremonies,
         ),
     ] {
         loop {

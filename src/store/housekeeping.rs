@@ -95,6 +95,8 @@ pub enum Purge {
     MfaChallenges(DateTime<Utc>),
     /// Factors created before this and never confirmed.
     UnconfirmedFactors(DateTime<Utc>),
+    /// Passkey ceremonies that expired before this.
+    PasskeyCeremonies(DateTime<Utc>),
 }
 
 impl Purge {
@@ -111,6 +113,7 @@ impl Purge {
             Self::MailSends(_) => "mail_sends",
             Self::MfaChallenges(_) => "mfa_challenges",
             Self::UnconfirmedFactors(_) => "mfa_factors",
+            Self::PasskeyCeremonies(_) => "passkey_ceremonies",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Persistence: the [`Store`] the service holds, in eight chapters, each a trait of its own
+//! Persistence: the [`Store`] the service holds, in nine chapters, each a trait of its own
 //! with its rows beside it; its SQL is written once (`sql/`, a file per chapter) and compiled
 //! for SQLite and PostgreSQL, whose files hold only what differs.
 //!
@@ -10,6 +10,7 @@
 //! | `events.rs` | [`EventStore`] | the revocation events a verifier follows |
 //! | `tokens.rs` | [`TokenStore`] | one-time tokens: reset and verification links, the reset itself |
 //! | `mfa.rs` | [`SecondFactorStore`] | TOTP factors, recovery codes, sign-in challenges |
+//! | `passkeys.rs` | [`PasskeyStore`] | passkeys and their ceremonies |
 //! | `outbox.rs` | [`OutboxStore`] | the mail outbox |
 //! | `housekeeping.rs` | [`HousekeepingStore`] | health, schema, purges, `copy-data` |
 //!
@@ -24,7 +25,7 @@
 macro_rules! known_templates {
     () => {
         "'password_reset', 'password_changed', 'verify_email', 'mfa_enrolled', 'mfa_removed', \
-         'recovery_code_used', 'recovery_codes_regenerated'"
+         'recovery_code_used', 'recovery_codes_regenerated', 'passkey_added', 'passkey_removed'"
     };
 }
 
@@ -33,6 +34,7 @@ mod housekeeping;
 mod lockout;
 mod mfa;
 mod outbox;
+mod passkeys;
 mod postgres;
 mod sessions;
 mod sqlite;
@@ -56,6 +58,9 @@ pub use mfa::{
 };
 pub use outbox::{
     MAIL_PER_ADDRESS_PER_HOUR, MailOutcome, MailTemplate, NewMail, OutboxMail, OutboxStore,
+};
+pub use passkeys::{
+    CeremonyKind, NewCeremony, NewPasskey, PasskeyRefused, PasskeyRow, PasskeyStore, PasskeyUse,
 };
 pub use postgres::PgStore;
 pub use sessions::{
@@ -188,6 +193,7 @@ pub trait Store:
     + EventStore
     + TokenStore
     + SecondFactorStore
+    + PasskeyStore
     + OutboxStore
     + HousekeepingStore
     + 'static
@@ -201,6 +207,7 @@ impl<T> Store for T where
         + EventStore
         + TokenStore
         + SecondFactorStore
+        + PasskeyStore
         + OutboxStore
         + HousekeepingStore
         + 'static

@@ -26,6 +26,10 @@ pub enum MailTemplate {
     RecoveryCodeUsed,
     /// "New recovery codes were made; the old ones no longer work".
     RecoveryCodesRegenerated,
+    /// "A passkey was added to your account".
+    PasskeyAdded,
+    /// "A passkey was removed from your account".
+    PasskeyRemoved,
 }
 
 impl MailTemplate {
@@ -40,12 +44,14 @@ impl MailTemplate {
             Self::MfaRemoved => "mfa_removed",
             Self::RecoveryCodeUsed => "recovery_code_used",
             Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Self::PasskeyAdded => "passkey_added",
+            Self::PasskeyRemoved => "passkey_removed",
         }
     }
 
     /// Every kind; the outbox claims only these (`known_templates!` in `store/mod.rs`
     /// lists the same names for the SQL).
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::VerifyEmail,
@@ -53,6 +59,8 @@ impl MailTemplate {
         Self::MfaRemoved,
         Self::RecoveryCodeUsed,
         Self::RecoveryCodesRegenerated,
+        Self::PasskeyAdded,
+        Self::PasskeyRemoved,
     ];
 
     /// Whether the message carries a one-time link (the others are notifications).

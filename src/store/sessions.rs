@@ -131,6 +131,9 @@ pub enum SignInProof<'a> {
     /// factor: the challenge is used up by the session, so it must still be unused and
     /// unexpired (a password writer deletes the user's challenges).
     Challenge(&'a [u8; 32]),
+    /// A passkey's signature: its counter moves forward here, once, only from the value the
+    /// sign-in was checked against.
+    Passkey(&'a super::PasskeyUse<'a>),
 }
 
 /// Why [`Store::start_session`] stored nothing.
@@ -145,6 +148,8 @@ pub enum SessionRefused {
     /// The user's password hash is no longer the one the login checked: a reset, a change or
     /// an admin's set committed between the check and the session.
     PasswordChanged,
+    /// The passkey was used by another sign-in meanwhile (its counter moved), or removed.
+    PasskeyUsed,
 }
 
 /// How a rotation attempt ended.

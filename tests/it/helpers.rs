@@ -184,6 +184,31 @@ impl TestDb {
         }
     }
 
+    /// The one `bigint` a query selects (a count), read outside any app.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sqlx::Connection as _;
+        match &self.url {
+            DatabaseUrl::SqliteFile(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = connect_admin(secrecy::ExposeSecret::expose_secret(url)).await;
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            DatabaseUrl::SqliteMemory => panic!("no outside access to an in-memory database"),
+        }
+    }
+
     /// The name of this PostgreSQL test database.
     pub fn postgres_name(&self) -> String {
         self.pg_name.clone().expect("a PostgreSQL test database")
@@ -365,6 +390,19 @@ impl TestApp {
     pub async fn spawn_config(db: Arc<TestDb>, clock: TestClock, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        Self::spawn_listening(db, clock, config, listener, base).await
+    }
+
+    /// An app with a fully built configuration on `127.0.0.1:port` (a port chosen before the
+    /// configuration that names it, as `WEBAUTHN_ORIGINS` does).
+    pub async fn spawn_config_on_port(
+        db: Arc<TestDb>,
+        clock: TestClock,
+        config: Config,
+        port: u16,
+    ) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        let base = format!("http://127.0.0.1:{port}");
         Self::spawn_listening(db, clock, config, listener, base).await
     }
 

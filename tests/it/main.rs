@@ -28,6 +28,7 @@ mod lifecycle;
 mod local_verification;
 mod operations;
 mod outage;
+mod passkeys;
 mod races;
 mod recovery;
 mod second_factor;

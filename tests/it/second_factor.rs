@@ -56,11 +56,11 @@ fn code_now(app: &TestApp, secret: &str) -> String {
 }
 
 /// Moves the app's clock to the next 30-second step (so a new code is not a replay).
-fn next_step(app: &TestApp) {
+pub fn next_step(app: &TestApp) {
     app.clock.advance(Duration::seconds(30));
 }
 
-async fn post_bearer(app: &TestApp, path: &str, token: &str, body: &Value) -> Response {
+pub async fn post_bearer(app: &TestApp, path: &str, token: &str, body: &Value) -> Response {
     app.client
         .post(app.url(path))
         .bearer_auth(token)
@@ -70,7 +70,7 @@ async fn post_bearer(app: &TestApp, path: &str, token: &str, body: &Value) -> Re
         .unwrap()
 }
 
-async fn delete_bearer(app: &TestApp, path: &str, token: &str, body: &Value) -> Response {
+pub async fn delete_bearer(app: &TestApp, path: &str, token: &str, body: &Value) -> Response {
     app.client
         .delete(app.url(path))
         .bearer_auth(token)
@@ -780,7 +780,7 @@ async fn poll_reset_mail(sink: &SmtpSink, to: &str) -> String {
 }
 
 /// Waits for `n` mails to `to` whose subject contains `needle`; those.
-async fn with_subject(
+pub async fn with_subject(
     sink: &SmtpSink,
     to: &str,
     needle: &str,

@@ -43,6 +43,10 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
         ("TRUSTED_PROXIES", "::/0"),
         ("LOG_FORMAT", "xml"),
         ("LOG_LEVEL", "verbose"),
+        ("WEBAUTHN_RP_ID", "127.0.0.1"),
+        ("WEBAUTHN_ORIGINS", "https://evil.example"),
+        ("WEBAUTHN_ORIGINS", "http://localhost:3000/account"),
+        ("WEBAUTHN_ORIGINS", "ftp://localhost"),
     ];
     for (var, value) in cases {
         let output = run_with(&[(var, value)]);
@@ -55,6 +59,17 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn an_rp_id_no_default_origin_is_on_exits_2_asking_for_the_origins() {
+    let output = run_with(&[("WEBAUTHN_RP_ID", "shop.example.com")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("auth-service: invalid WEBAUTHN_ORIGINS: "),
+        "{stderr}"
+    );
 }
 
 #[test]

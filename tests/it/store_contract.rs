@@ -22,6 +22,7 @@
 //! | `OutboxStore` | `claim_mail`, `finish_mail`, `next_mail_due`, `pending_mail` | `reset_tokens_and_the_mail_outbox`, `concurrent_claims_never_share_a_message` |
 //! | `SecondFactorStore` | `add_totp_factor`, `find_factor`, `confirm_factor`, `confirmed_factors`, `use_time_step`, `step_up_session`, `remove_factor`, `factors_to_reseal`, `reseal_factor` | `second_factors_confirm_once_and_accept_each_step_once` |
 //! | | `replace_recovery_codes`, `use_recovery_code`, `recovery_codes_left`, `add_challenge`, `challenge_user`, `reset_second_factor`, `start_session` (a challenge) | `recovery_codes_and_challenges_are_used_once` |
+//! | `PasskeyStore` | `add_ceremony`, `take_ceremony`, `add_passkey`, `user_passkeys`, `find_passkey_by_credential`, `remove_passkey`, `start_session` (a passkey) | `passkeys_and_their_ceremonies_are_used_once` |
 //! | `HousekeepingStore` | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
 //! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
 //! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
@@ -32,9 +33,10 @@ use std::sync::Arc;
 
 use auth_service::assurance::{AuthMethod, Methods};
 use auth_service::store::{
-    AttemptLimits, Confirmation, EventKind, FactorConfirmation, MailOutcome, MailTemplate,
-    NewFactor, NewMail, NewRefreshToken, NewSession, PasswordChange, Purge, ResetRequest,
-    RotateOutcome, SessionRefused, SignInProof, Store, StoreError, TokenMail, Transfer,
+    AttemptLimits, CeremonyKind, Confirmation, EventKind, FactorConfirmation, MailOutcome,
+    MailTemplate, NewCeremony, NewFactor, NewMail, NewPasskey, NewRefreshToken, NewSession,
+    PasskeyRefused, PasskeyUse, PasswordChange, Purge, ResetRequest, RotateOutcome, SessionRefused,
+    SignInProof, Store, StoreError, TokenMail, Transfer,
 };
 use chrono::{Duration, DurationRound as _, Utc};
 use futures::future::join_all;
@@ -94,6 +96,7 @@ dual_backend!(
     data_migrations_are_recorded_once,
     second_factors_confirm_once_and_accept_each_step_once,
     recovery_codes_and_challenges_are_used_once,
+    passkeys_and_their_ceremonies_are_used_once,
     purge_batches_delete_only_what_nothing_needs,
 );
 
@@ -2286,4 +2289,188 @@ async fn recovery_codes_and_challenges_are_used_once(backend: Backend) {
     assert_eq!(store.challenge_user(&[7u8; 32], now).await.unwrap(), None);
     assert!(store.live_sessions(user.id, now).await.unwrap().is_empty());
     assert!(!store.reset_second_factor(user.id, now).await.unwrap());
+}
+
+async fn passkeys_and_their_ceremonies_are_used_once(backend: Backend) {
+    let (_db, store) = store(backend).await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let user = store.insert_user("p@example.com", "h", now).await.unwrap();
+    let other = store.insert_user("q@example.com", "h", now).await.unwrap();
+    let ceremony = |kind, user_id, state| NewCeremony {
+        id: Uuid::new_v4(),
+        kind,
+        user_id,
+        state,
+        created_at: now,
+        expires_at: now + Duration::minutes(5),
+    };
+    // A registration ceremony: its user's only, once; a newer one replaces it.
+    let first = ceremony(CeremonyKind::Register, Some(user.id), "one");
+    assert!(store.add_ceremony(&first, 3).await.unwrap());
+    let take = |id, kind, user_id: Option<i64>, at| {
+        let store = Arc::clone(&store);
+        async move { store.take_ceremony(id, kind, user_id, at).await.unwrap() }
+    };
+    assert_eq!(
+        take(first.id, CeremonyKind::Register, Some(other.id), now).await,
+        None
+    );
+    assert_eq!(take(first.id, CeremonyKind::Login, None, now).await, None);
+    let second = ceremony(CeremonyKind::Register, Some(user.id), "two");
+    assert!(store.add_ceremony(&second, 3).await.unwrap());
+    assert_eq!(
+        take(first.id, CeremonyKind::Register, Some(user.id), now).await,
+        None
+    );
+    let tries =
+        join_all((0..5).map(|_| take(second.id, CeremonyKind::Register, Some(user.id), now))).await;
+    assert_eq!(tries.iter().flatten().collect::<Vec<_>>(), vec!["two"]);
+    // Sign-in ceremonies: bounded while unexpired; expired ones are not taken, and a start
+    // clears them.
+    let sign_ins: Vec<_> = (0..3)
+        .map(|_| ceremony(CeremonyKind::Login, None, "s"))
+        .collect();
+    for c in &sign_ins {
+        assert!(store.add_ceremony(c, 3).await.unwrap());
+    }
+    let full = ceremony(CeremonyKind::Login, None, "s");
+    assert!(!store.add_ceremony(&full, 3).await.unwrap(), "full");
+    let expired_at = now + Duration::minutes(5);
+    assert_eq!(
+        take(sign_ins[0].id, CeremonyKind::Login, None, expired_at).await,
+        None
+    );
+    let later = NewCeremony {
+        created_at: expired_at,
+        expires_at: expired_at + Duration::minutes(5),
+        ..ceremony(CeremonyKind::Login, None, "later")
+    };
+    assert!(
+        store.add_ceremony(&later, 1).await.unwrap(),
+        "the expired made room"
+    );
+    assert_eq!(
+        take(later.id, CeremonyKind::Login, None, expired_at)
+            .await
+            .as_deref(),
+        Some("later")
+    );
+    // A passkey: stored once across users, found by its credential id, listed, removed.
+    let mail = NewMail {
+        template: MailTemplate::PasskeyAdded,
+        link: None,
+    };
+    let passkey = NewPasskey {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        user_handle: Uuid::new_v4(),
+        credential_id: b"cred-1",
+        credential: "{}",
+        name: "Laptop",
+        notification: &mail,
+        created_at: now,
+    };
+    assert_eq!(store.add_passkey(&passkey).await.unwrap(), Ok(()));
+    let stolen = NewPasskey {
+        id: Uuid::new_v4(),
+        user_id: other.id,
+        ..passkey.clone()
+    };
+    assert_eq!(
+        store.add_passkey(&stolen).await.unwrap(),
+        Err(PasskeyRefused::Registered)
+    );
+    let gone = NewPasskey {
+        id: Uuid::new_v4(),
+        user_id: 999_999,
+        credential_id: b"cred-2",
+        ..passkey.clone()
+    };
+    assert_eq!(
+        store.add_passkey(&gone).await.unwrap(),
+        Err(PasskeyRefused::UserGone)
+    );
+    let row = store
+        .find_passkey_by_credential(b"cred-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.id, row.user_id, row.sign_count),
+        (passkey.id, user.id, 0)
+    );
+    assert_eq!(row.last_used_at, None);
+    assert_eq!(store.user_passkeys(user.id).await.unwrap(), vec![row]);
+    assert!(store.user_passkeys(other.id).await.unwrap().is_empty());
+    // Five sign-ins checked against counter 0 race: one session starts, the counter moves.
+    let start = |first: NewRefreshToken, count: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            let new = NewSession {
+                id: first.family_id,
+                user_id: user.id,
+                created_at: first.issued_at,
+                expires_at: first.expires_at,
+                user_agent: None,
+                ip: None,
+                methods: Methods::of(&[AuthMethod::Hwk]),
+            };
+            let used = PasskeyUse {
+                id: passkey.id,
+                seen_count: 0,
+                new_count: count,
+                credential: r#"{"moved": true}"#,
+            };
+            store
+                .start_session(&new, &first, SignInProof::Passkey(&used), 100)
+                .await
+                .unwrap()
+        }
+    };
+    let results = join_all((1..=5).map(|n| start(token(user.id, Uuid::new_v4(), None), n))).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(SessionRefused::PasskeyUsed))
+    );
+    let row = store
+        .find_passkey_by_credential(b"cred-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.sign_count >= 1);
+    assert_eq!(row.credential, r#"{"moved": true}"#);
+    assert!(row.last_used_at.is_some());
+    // Removal: the user's only, once.
+    let removed = NewMail {
+        template: MailTemplate::PasskeyRemoved,
+        link: None,
+    };
+    assert!(
+        !store
+            .remove_passkey(passkey.id, other.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remove_passkey(passkey.id, user.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remove_passkey(passkey.id, user.id, &removed, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.find_passkey_by_credential(b"cred-1").await.unwrap(),
+        None
+    );
 }

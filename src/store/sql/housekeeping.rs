@@ -156,6 +156,15 @@ impl crate::store::HousekeepingStore for Dialect {
             .execute(&mut *tx)
             .await?
             .rows_affected(),
+            Purge::PasskeyCeremonies(before) => sqlx::query(
+                r"delete from passkey_ceremonies where id in (
+                    select id from passkey_ceremonies where expires_at < $1 limit $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
             Purge::MailSends(before) => sqlx::query(
                 r"delete from mail_sends where (address, created_at) in (
                     select address, created_at from mail_sends where created_at < $1

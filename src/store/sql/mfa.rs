@@ -39,7 +39,7 @@ impl Dialect {
     }
 
     /// Queues a security notification for a user (never capped), in the caller's transaction.
-    async fn notify(
+    pub(super) async fn notify(
         tx: &mut sqlx::Transaction<'_, Db>,
         user_id: i64,
         mail: &crate::store::NewMail,

@@ -61,11 +61,20 @@ macro_rules! factor_columns {
     };
 }
 
+/// The `passkeys` columns every `PasskeyRow` query selects.
+macro_rules! passkey_columns {
+    () => {
+        "id, user_id, user_handle, credential_id, credential, sign_count, name, created_at, \
+         last_used_at"
+    };
+}
+
 mod events;
 mod housekeeping;
 mod lockout;
 mod mfa;
 mod outbox;
+mod passkeys;
 mod sessions;
 mod tokens;
 mod users;

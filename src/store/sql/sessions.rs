@@ -204,6 +204,11 @@ impl crate::store::SessionStore for Dialect {
                     return Ok(Err(SessionRefused::ChallengeUsed));
                 }
             }
+            SignInProof::Passkey(used) => {
+                if !Self::use_passkey(&mut tx, used, session.user_id, now).await? {
+                    return Ok(Err(SessionRefused::PasskeyUsed));
+                }
+            }
         }
         sqlx::query(
             r"insert into sessions
