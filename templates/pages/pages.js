@@ -221,7 +221,7 @@
     tokens = answer.body;
     $("who").textContent = email;
     view("account");
-    return Promise.all([loadSessions(), loadFactors()]);
+    return Promise.all([loadSessions(), loadFactors(), loadPasskeys()]);
   }
 
   var mfaToken = null;
@@ -494,6 +494,140 @@
   $("signout-everywhere").addEventListener("click", function () {
     call("POST", "auth/logout-all").then(function () {
       signedOut("You are signed out everywhere.");
+    });
+  });
+
+  // --- passkeys -------------------------------------------------------------------------------
+  var passkeysHere = !!(window.PublicKeyCredential &&
+    PublicKeyCredential.parseCreationOptionsFromJSON && navigator.credentials);
+  $("passkey-signin").hidden = !passkeysHere;
+
+  function passkeyError(element, answer) {
+    element.textContent = answer.body.error_code === "MFA_STEP_UP_REQUIRED"
+      ? "For this, sign out and sign in again with your second step or a passkey."
+      : answer.body.detail || "Something went wrong; try again.";
+    element.hidden = false;
+  }
+
+  // The email a token was issued to (shown at the top of the page).
+  function emailOf(token) {
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part)).email || "";
+    } catch (ignored) {
+      return "";
+    }
+  }
+
+  $("passkey-signin").addEventListener("click", function () {
+    var error = $("signin-error");
+    error.hidden = true;
+    request("POST", "auth/passkeys/login/start", {}).then(function (started) {
+      if (started.status !== 200) {
+        throw started;
+      }
+      return navigator.credentials.get({
+        publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(started.body.options.publicKey)
+      }).then(function (credential) {
+        return request("POST", "auth/passkeys/login/finish", {
+          ceremony_id: started.body.ceremony_id,
+          credential: credential.toJSON()
+        });
+      });
+    }).then(function (answer) {
+      if (answer.status === 200) {
+        return enter(answer, emailOf(answer.body.access_token));
+      }
+      throw answer;
+    }).catch(function (failure) {
+      error.textContent = failure && failure.body
+        ? (failure.body.error_code === "INVALID_PASSKEY"
+          ? "That passkey was not accepted. Try again, or sign in with your password."
+          : failure.body.detail || "Something went wrong; try again.")
+        : "No passkey was used. Try again, or sign in with your password.";
+      error.hidden = false;
+    });
+  });
+
+  function loadPasskeys() {
+    return call("GET", "auth/passkeys").then(function (answer) {
+      if (answer.status !== 200) {
+        return;
+      }
+      var items = $("passkeys");
+      items.textContent = "";
+      answer.body.passkeys.forEach(function (passkey) {
+        var item = document.createElement("li");
+        var name = document.createElement("span");
+        name.className = "device";
+        name.textContent = passkey.name;
+        var used = document.createElement("span");
+        used.className = "when";
+        used.textContent = "Added " + when(passkey.created_at) + "; last used " + when(passkey.last_used_at);
+        var remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "secondary";
+        remove.textContent = "Remove";
+        remove.addEventListener("click", function () {
+          remove.disabled = true;
+          $("passkeys-error").hidden = true;
+          call("DELETE", "auth/passkeys/" + encodeURIComponent(passkey.passkey_id))
+            .then(function (removed) {
+              if (removed.status !== 200) {
+                passkeyError($("passkeys-error"), removed);
+                remove.disabled = false;
+                return null;
+              }
+              return loadPasskeys();
+            });
+        });
+        item.appendChild(name);
+        item.appendChild(used);
+        item.appendChild(remove);
+        items.appendChild(item);
+      });
+      var count = answer.body.passkeys.length;
+      $("passkeys-state").textContent = count > 0
+        ? count + (count === 1 ? " passkey signs" : " passkeys sign") +
+          " you in without a password."
+        : "None yet: a passkey signs you in with your fingerprint, face or device PIN, no password.";
+      $("passkey-add").disabled = !passkeysHere;
+    });
+  }
+
+  $("passkey-add").addEventListener("click", function () {
+    var error = $("passkeys-error");
+    var add = $("passkey-add");
+    error.hidden = true;
+    add.disabled = true;
+    call("POST", "auth/passkeys/register/start", {}).then(function (started) {
+      if (started.status !== 200) {
+        throw started;
+      }
+      return navigator.credentials.create({
+        publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(started.body.options.publicKey)
+      }).then(function (credential) {
+        return call("POST", "auth/passkeys/register/finish", {
+          ceremony_id: started.body.ceremony_id,
+          credential: credential.toJSON(),
+          name: $("passkey-name").value.trim() || undefined
+        });
+      });
+    }).then(function (answer) {
+      if (answer.status !== 201) {
+        throw answer;
+      }
+      $("passkey-name").value = "";
+      return loadPasskeys();
+    }).catch(function (failure) {
+      if (failure && failure.body) {
+        passkeyError(error, failure);
+      } else {
+        error.textContent = "No passkey was made. Try again.";
+        error.hidden = false;
+      }
+    }).then(function () {
+      add.disabled = !passkeysHere;
     });
   });
 

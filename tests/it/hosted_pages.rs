@@ -4,7 +4,8 @@
 //! reasons appear), a good one, then a login with it; a verification link and its one button;
 //! the account page's sign-in, devices, password change, sign-out everywhere and deletion; two-step
 //! sign-in turned on from the page (the QR code, a code typed, the recovery codes) and used to
-//! sign in, with a code and with a recovery code.
+//! sign in, with a code and with a recovery code; a passkey added from the page (Chromium's virtual
+//! authenticator) and used to sign in without email or password, then removed.
 
 use std::time::Duration as StdDuration;
 
@@ -604,4 +605,103 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
     assert!(off.starts_with("Off"), "{off}");
     browser.close().await.unwrap();
     assert_eq!(app.login(email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+/// Chromium's WebDriver extension `POST /session/{id}/webauthn/authenticator`: a virtual
+/// platform authenticator with resident keys that verifies its user.
+#[derive(Debug)]
+struct AddVirtualAuthenticator;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddVirtualAuthenticator {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/webauthn/authenticator",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({
+            "protocol": "ctap2",
+            "transport": "internal",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserConsenting": true,
+            "isUserVerified": true,
+        });
+        (axum::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
+    // Arrange: the page at http://localhost:<port>, an origin passkeys may use (RP ID
+    // `localhost`), a user, and Chromium with a virtual authenticator.
+    let port = free_port();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let origin = format!("http://localhost:{port}");
+    let config = test_config(
+        &db,
+        &[("EMAIL_VERIFICATION", "off"), ("WEBAUTHN_ORIGINS", &origin)],
+    );
+    let app =
+        TestApp::spawn_config_on_port(db, auth_service::clock::TestClock::new(), config, port)
+            .await;
+    let email = "passkey-page@example.com";
+    app.register(email, PASSWORD).await;
+    let (_driver, browser) = chromium(375, 1800).await;
+    browser.issue_cmd(AddVirtualAuthenticator).await.unwrap();
+    browser.goto(&format!("{origin}/account")).await.unwrap();
+    shown(&browser, "#passkey-signin").await;
+    sign_in(&browser, email, PASSWORD).await;
+    shown(&browser, "#account").await;
+    let none = shown(&browser, "#passkeys-state").await;
+    assert!(none.starts_with("None yet"), "{none}");
+
+    // Act: add a passkey named "Phone".
+    fill(&browser, "passkey-name", "Phone").await;
+    click(&browser, "#passkey-add").await;
+    // Assert: listed by its name, never used yet.
+    poll_until("the passkey listed", MAIL_WITHIN, || async {
+        count(&browser, "#passkeys li").await == 1
+    })
+    .await;
+    let listed = texts(&browser, "#passkeys li").await;
+    assert!(listed[0].contains("Phone"), "{listed:?}");
+    assert!(listed[0].contains("last used never"), "{listed:?}");
+    screenshot(&browser, "account-passkey-added-phone").await;
+
+    // Act: sign out, then sign in with the passkey alone (no email, no password).
+    click(&browser, "#signout").await;
+    shown(&browser, "#signed-out").await;
+    click(&browser, "#signin-again").await;
+    screenshot(&browser, "account-passkey-signin-phone").await;
+    click(&browser, "#passkey-signin").await;
+    // Assert: signed in as the user, and the passkey shows its use.
+    shown(&browser, "#account").await;
+    assert_eq!(shown(&browser, "#who").await, email);
+    poll_until("the use shown", MAIL_WITHIN, || async {
+        texts(&browser, "#passkeys li")
+            .await
+            .first()
+            .is_some_and(|item| !item.contains("last used never"))
+    })
+    .await;
+    let (access, _) = app.tokens(email).await;
+    let (_, list) = status_and_json(app.get_bearer("/auth/passkeys", &access).await).await;
+    assert!(list["passkeys"][0]["last_used_at"].is_string(), "{list}");
+
+    // Act: remove it from the page.
+    click(&browser, "#passkeys li button").await;
+    poll_until("the passkey removed", MAIL_WITHIN, || async {
+        count(&browser, "#passkeys li").await == 0
+    })
+    .await;
+    browser.close().await.unwrap();
+    let (_, list) = status_and_json(app.get_bearer("/auth/passkeys", &access).await).await;
+    assert_eq!(list["passkeys"], json!([]));
 }
