@@ -47,7 +47,7 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Copy users, live refresh tokens and second factors from one database to another
+    /// Copy users, live refresh tokens, second factors and passkeys from one database to another
     /// (SQLite or PostgreSQL, either way), in one transaction on the target.
     CopyData {
         /// Source DATABASE_URL (must exist and have users).
@@ -592,11 +592,12 @@ async fn copy_data(
     match copy::copy_data(source, target, merge, allow_empty, now).await {
         Ok(report) => {
             println!(
-                "copied {} users ({} skipped), {} refresh tokens and {} second factors from {} to {}",
+                "copied {} users ({} skipped), {} refresh tokens, {} second factors and {} passkeys from {} to {}",
                 report.users,
                 report.skipped_users,
                 report.tokens,
                 report.factors,
+                report.passkeys,
                 from_url.describe(),
                 to_url.describe()
             );

@@ -1,4 +1,4 @@
-//! `copy-data`: moves users, live refresh tokens and second factors from one database to
+//! `copy-data`: moves users, live refresh tokens, second factors and passkeys from one database to
 //! another, of either kind (the original's "SQLite to PostgreSQL" guide, done in one
 //! transaction on the target).
 
@@ -26,7 +26,8 @@ pub enum CopyError {
 }
 
 /// Copies every user (ids, hashes, flags, timestamps), every refresh token not expired at
-/// `now`, every confirmed second factor and every unused recovery code from `from` into `to`.
+/// `now`, every confirmed second factor, every unused recovery code and every passkey from `from`
+/// into `to`.
 /// A user's second factor must come along: without it the copy would sign them in with the
 /// password alone. Copied sessions are password sign-ins (aal1): a step-up raises them again.
 ///
@@ -47,11 +48,13 @@ pub async fn copy_data(
     }
     let tokens = parents_first(from.export_refresh_tokens(now).await?);
     let (factors, recovery_codes) = from.export_second_factors().await?;
+    let passkeys = from.export_passkeys().await?;
     let transfer = Transfer {
         users,
         tokens,
         factors,
         recovery_codes,
+        passkeys,
     };
     to.import(&transfer, merge)
         .await?

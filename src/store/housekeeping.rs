@@ -1,6 +1,6 @@
 //! Housekeeping: health, schema, purges and `copy-data`.
 
-use super::{FactorRow, RecoveryCodeRow, RefreshTokenRow, StoreError, UserRow};
+use super::{FactorRow, PasskeyRow, RecoveryCodeRow, RefreshTokenRow, StoreError, UserRow};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -25,6 +25,8 @@ pub struct Transfer {
     pub factors: Vec<FactorRow>,
     /// Their unused recovery codes (hashes).
     pub recovery_codes: Vec<RecoveryCodeRow>,
+    /// Their passkeys (public keys and counters: nothing sealed).
+    pub passkeys: Vec<PasskeyRow>,
 }
 
 /// A user read from another system's export, about to be inserted (`user import`).
@@ -64,6 +66,8 @@ pub struct ImportReport {
     pub tokens: u64,
     /// Second factors inserted.
     pub factors: u64,
+    /// Passkeys inserted.
+    pub passkeys: u64,
 }
 
 /// One batch of rows that nothing needs any more, for [`Store::purge_batch`].
@@ -192,7 +196,11 @@ pub trait HousekeepingStore: Send + Sync {
         &self,
     ) -> Result<(Vec<FactorRow>, Vec<RecoveryCodeRow>), StoreError>;
 
-    /// Imports users (ids kept), their refresh tokens, second factors and recovery codes in one
+    /// Every passkey (for `copy-data`).
+    async fn export_passkeys(&self) -> Result<Vec<PasskeyRow>, StoreError>;
+
+    /// Imports users (ids kept), their refresh tokens, second factors, recovery codes and
+    /// passkeys in one
     /// transaction, with a session for each token family (ended when all its tokens are
     /// revoked; a password sign-in, aal1, whatever it was). Refuses (returns `None`) when the
     /// target already has users, unless `merge`, in which case users whose id or email exists

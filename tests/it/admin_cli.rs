@@ -248,8 +248,9 @@ async fn copy_data_moves_users_and_tokens_sqlite_to_postgres_and_back() {
     // Assert
     assert_succeeded(&out);
     assert!(
-        stdout(&out)
-            .starts_with("copied 2 users (0 skipped), 3 refresh tokens and 0 second factors"),
+        stdout(&out).starts_with(
+            "copied 2 users (0 skipped), 3 refresh tokens, 0 second factors and 0 passkeys"
+        ),
         "{}",
         stdout(&out)
     );

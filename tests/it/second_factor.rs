@@ -1013,7 +1013,7 @@ async fn copy_data_takes_the_second_factor_along() {
     );
     assert!(
         stdout.starts_with("copied 2 users (0 skipped), ")
-            && stdout.contains(" refresh tokens and 1 second factors from "),
+            && stdout.contains(" refresh tokens, 1 second factors and 0 passkeys from "),
         "{stdout}"
     );
     let target = TestApp::spawn_on(postgres, source.clock.clone(), &key).await;

@@ -26,7 +26,7 @@
 //! | `HousekeepingStore` | `ping`, `pool_stats`, `migrate`, `schema_is_current` | `housekeeping_methods_answer` |
 //! | | `data_migration_done`, `record_data_migration` | `data_migrations_are_recorded_once` |
 //! | | `purge_batch` | `purge_batches_delete_only_what_nothing_needs`, and through the service `purging_deletes_only_what_nothing_needs` |
-//! | | `export_users`, `export_refresh_tokens`, `export_second_factors`, `import` | `export_and_import_round_trip` |
+//! | | `export_users`, `export_refresh_tokens`, `export_second_factors`, `export_passkeys`, `import` | `export_and_import_round_trip` |
 //! | | `insert_imported_users` | `imported_users_are_inserted_once_and_a_dry_run_writes_nothing` |
 
 use std::sync::Arc;
@@ -1410,9 +1410,26 @@ async fn export_and_import_round_trip(backend: Backend) {
             .await
             .unwrap()
     );
+    let passkey_mail = NewMail {
+        template: MailTemplate::PasskeyAdded,
+        link: None,
+    };
+    let passkey = NewPasskey {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        user_handle: Uuid::new_v4(),
+        credential_id: b"copied-cred",
+        credential: r#"{"cred": 1}"#,
+        name: "Laptop",
+        notification: &passkey_mail,
+        created_at: now,
+    };
+    assert_eq!(store.add_passkey(&passkey).await.unwrap(), Ok(()));
     let users = store.export_users().await.unwrap();
     let tokens = store.export_refresh_tokens(now).await.unwrap();
     assert_eq!((users.len(), tokens.len()), (1, 2));
+    let passkeys = store.export_passkeys().await.unwrap();
+    assert_eq!(passkeys, store.user_passkeys(user.id).await.unwrap());
     let (factors, recovery_codes) = store.export_second_factors().await.unwrap();
     assert_eq!(
         factors.iter().map(|f| f.id).collect::<Vec<_>>(),
@@ -1433,6 +1450,7 @@ async fn export_and_import_round_trip(backend: Backend) {
         tokens,
         factors,
         recovery_codes,
+        passkeys,
     };
     let other_db = TestDb::new(backend).await;
     let target = other_db.store().await;
@@ -1442,9 +1460,15 @@ async fn export_and_import_round_trip(backend: Backend) {
             report.users,
             report.skipped_users,
             report.tokens,
-            report.factors
+            report.factors,
+            report.passkeys
         ),
-        (1, 0, 2, 1)
+        (1, 0, 2, 1, 1)
+    );
+    assert_eq!(
+        target.user_passkeys(user.id).await.unwrap(),
+        store.user_passkeys(user.id).await.unwrap(),
+        "the passkey as it was"
     );
     assert!(
         target.import(&transfer, false).await.unwrap().is_none(),
@@ -1452,8 +1476,13 @@ async fn export_and_import_round_trip(backend: Backend) {
     );
     let merged = target.import(&transfer, true).await.unwrap().unwrap();
     assert_eq!(
-        (merged.users, merged.skipped_users, merged.factors),
-        (0, 1, 0)
+        (
+            merged.users,
+            merged.skipped_users,
+            merged.factors,
+            merged.passkeys
+        ),
+        (0, 1, 0, 0)
     );
     // The factor as it was (sealed, its step), and the unused code alone still works.
     let copied = target.confirmed_factors(user.id).await.unwrap();

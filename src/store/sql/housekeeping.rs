@@ -306,6 +306,18 @@ impl crate::store::HousekeepingStore for Dialect {
         Ok((factors, codes))
     }
 
+    async fn export_passkeys(
+        &self,
+    ) -> Result<Vec<crate::store::PasskeyRow>, crate::store::StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "select ",
+            passkey_columns!(),
+            " from passkeys order by created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn import(
         &self,
         transfer: &crate::store::Transfer,
@@ -316,6 +328,7 @@ impl crate::store::HousekeepingStore for Dialect {
             tokens,
             factors,
             recovery_codes,
+            passkeys,
         } = transfer;
         let mut tx = self.begin_write().await?;
         let existing: i64 = sqlx::query_scalar("select count(*) from users")
@@ -402,6 +415,26 @@ impl crate::store::HousekeepingStore for Dialect {
             .execute(&mut *tx)
             .await?;
         }
+        let mut copied_passkeys = 0;
+        for passkey in passkeys.iter().filter(|p| inserted.contains(&p.user_id)) {
+            copied_passkeys += sqlx::query(concat!(
+                "insert into passkeys (",
+                passkey_columns!(),
+                ") values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing"
+            ))
+            .bind(passkey.id)
+            .bind(passkey.user_id)
+            .bind(passkey.user_handle)
+            .bind(&passkey.credential_id)
+            .bind(&passkey.credential)
+            .bind(passkey.sign_count)
+            .bind(&passkey.name)
+            .bind(passkey.created_at)
+            .bind(passkey.last_used_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         sqlx::query(super::SESSIONS_FROM_TOKENS)
             .execute(&mut *tx)
             .await?;
@@ -413,6 +446,7 @@ impl crate::store::HousekeepingStore for Dialect {
             skipped_users: u64::try_from(users.len()).unwrap_or(u64::MAX) - users_inserted,
             tokens: copied_tokens,
             factors: copied_factors,
+            passkeys: copied_passkeys,
         }))
     }
 }
