@@ -320,6 +320,38 @@
     error.hidden = false;
   }
 
+  // A listed factor or passkey: its label, when it was added and last used, and "Remove", which
+  // DELETEs `route` and reloads the list, or hands the refusal to `failed`.
+  function removableItem(label, listed, route, errorId, failed, reload) {
+    var item = document.createElement("li");
+    var name = document.createElement("span");
+    name.className = "device";
+    name.textContent = label;
+    var used = document.createElement("span");
+    used.className = "when";
+    used.textContent = "Added " + when(listed.created_at) + "; last used " + when(listed.last_used_at);
+    var remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "secondary";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", function () {
+      remove.disabled = true;
+      $(errorId).hidden = true;
+      call("DELETE", route).then(function (removed) {
+        if (removed.status !== 200) {
+          failed(removed);
+          remove.disabled = false;
+          return null;
+        }
+        return reload();
+      });
+    });
+    item.appendChild(name);
+    item.appendChild(used);
+    item.appendChild(remove);
+    return item;
+  }
+
   function loadFactors() {
     return call("GET", "auth/mfa/factors").then(function (answer) {
       if (answer.status !== 200) {
@@ -328,34 +360,9 @@
       var factors = $("factors");
       factors.textContent = "";
       answer.body.factors.forEach(function (factor, index) {
-        var item = document.createElement("li");
-        var name = document.createElement("span");
-        name.className = "device";
-        name.textContent = "Authenticator app " + (index + 1);
-        var used = document.createElement("span");
-        used.className = "when";
-        used.textContent = "Added " + when(factor.created_at) + "; last used " + when(factor.last_used_at);
-        var remove = document.createElement("button");
-        remove.type = "button";
-        remove.className = "secondary";
-        remove.textContent = "Remove";
-        remove.addEventListener("click", function () {
-          remove.disabled = true;
-          $("mfa-section-error").hidden = true;
-          call("DELETE", "auth/mfa/factors/" + encodeURIComponent(factor.factor_id))
-            .then(function (removed) {
-              if (removed.status !== 200) {
-                sectionError(removed);
-                remove.disabled = false;
-                return null;
-              }
-              return loadFactors();
-            });
-        });
-        item.appendChild(name);
-        item.appendChild(used);
-        item.appendChild(remove);
-        factors.appendChild(item);
+        factors.appendChild(removableItem("Authenticator app " + (index + 1), factor,
+          "auth/mfa/factors/" + encodeURIComponent(factor.factor_id), "mfa-section-error",
+          sectionError, loadFactors));
       });
       var on = answer.body.factors.length > 0;
       $("mfa-state").textContent = on
@@ -557,34 +564,9 @@
       var items = $("passkeys");
       items.textContent = "";
       answer.body.passkeys.forEach(function (passkey) {
-        var item = document.createElement("li");
-        var name = document.createElement("span");
-        name.className = "device";
-        name.textContent = passkey.name;
-        var used = document.createElement("span");
-        used.className = "when";
-        used.textContent = "Added " + when(passkey.created_at) + "; last used " + when(passkey.last_used_at);
-        var remove = document.createElement("button");
-        remove.type = "button";
-        remove.className = "secondary";
-        remove.textContent = "Remove";
-        remove.addEventListener("click", function () {
-          remove.disabled = true;
-          $("passkeys-error").hidden = true;
-          call("DELETE", "auth/passkeys/" + encodeURIComponent(passkey.passkey_id))
-            .then(function (removed) {
-              if (removed.status !== 200) {
-                passkeyError($("passkeys-error"), removed);
-                remove.disabled = false;
-                return null;
-              }
-              return loadPasskeys();
-            });
-        });
-        item.appendChild(name);
-        item.appendChild(used);
-        item.appendChild(remove);
-        items.appendChild(item);
+        items.appendChild(removableItem(passkey.name, passkey,
+          "auth/passkeys/" + encodeURIComponent(passkey.passkey_id), "passkeys-error",
+          function (removed) { passkeyError($("passkeys-error"), removed); }, loadPasskeys));
       });
       var count = answer.body.passkeys.length;
       $("passkeys-state").textContent = count > 0

@@ -50,6 +50,20 @@ struct Device {
     user_handle: String,
 }
 
+impl Device {
+    /// What the browser keeps of `credential`, made by `authenticator` for creation `options`.
+    fn made(authenticator: SoftPasskey, credential: &Value, options: &Value) -> Self {
+        Self {
+            authenticator,
+            credential_id: credential["rawId"].as_str().unwrap().to_owned(),
+            user_handle: options["publicKey"]["user"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        }
+    }
+}
+
 /// A new software passkey that performs user verification.
 fn soft_passkey() -> SoftPasskey {
     SoftPasskey::new(true)
@@ -112,14 +126,7 @@ async fn registered(app: &TestApp, access: &str) -> Device {
     let credential = create(&mut authenticator, ORIGIN, &options);
     let (status, body) = register_finish(app, access, &ceremony, &credential).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    Device {
-        authenticator,
-        credential_id: credential["rawId"].as_str().unwrap().to_owned(),
-        user_handle: options["publicKey"]["user"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    }
+    Device::made(authenticator, &credential, &options)
 }
 
 /// `POST /auth/passkeys/login/start`: (ceremony id, options).
@@ -271,11 +278,7 @@ async fn a_passkey_is_registered_listed_signs_in_at_aal2_and_is_removed(backend:
     assert_eq!(list[0]["last_used_at"], Value::Null);
     let added = with_subject(&sink, email, "A passkey was added", 1).await;
     assert!(added[0].text().contains("Shop"), "{}", added[0].text());
-    let mut device = Device {
-        authenticator,
-        credential_id: credential["rawId"].as_str().unwrap().to_owned(),
-        user_handle: public_key["user"]["id"].as_str().unwrap().to_owned(),
-    };
+    let mut device = Device::made(authenticator, &credential, &options);
 
     // A second registration excludes the first passkey and keeps the user handle.
     let (_, options) = register_start(&app, &access).await;
@@ -529,11 +532,7 @@ async fn sign_ins_that_do_not_verify_are_refused(backend: Backend) {
     let (_, options) = register_start(&app, &access).await;
     let mut stranger = soft_passkey();
     let credential = create(&mut stranger, ORIGIN, &options);
-    let mut stranger = Device {
-        authenticator: stranger,
-        credential_id: credential["rawId"].as_str().unwrap().to_owned(),
-        user_handle: device.user_handle.clone(),
-    };
+    let mut stranger = Device::made(stranger, &credential, &options);
     let (status, body) = sign_in(&app, &mut stranger).await;
     assert_sign_in_failed(status, &body);
     // A genuine sign-in works, once per ceremony: replayed, the same finish is refused.
@@ -742,14 +741,7 @@ async fn a_ceremony_started_on_one_replica_finishes_on_another(backend: Backend)
     let credential = create(&mut authenticator, ORIGIN, &options);
     let (status, body) = register_finish(&replica, &access, &ceremony, &credential).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let mut device = Device {
-        authenticator,
-        credential_id: credential["rawId"].as_str().unwrap().to_owned(),
-        user_handle: options["publicKey"]["user"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    };
+    let mut device = Device::made(authenticator, &credential, &options);
     // Sign-in: start there, finish here; the replay on the first replica is refused.
     let (ceremony, options) = login_start(&replica).await;
     let assertion = assert_with(&mut device, ORIGIN, &options);
