@@ -543,19 +543,17 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
         let server = ServerConfig::read(&vars)?;
+        let mail = MailConfig::read(&vars, &server.public_url)?;
+        let passkeys = PasskeyConfig::read(&vars, &server.public_url, &mail.product_name)?;
         Ok(Self {
             database: DatabaseConfig::read(&vars, server.request_timeout)?,
             tokens: TokenConfig::read(&vars)?,
             passwords: PasswordConfig::read(&vars)?,
             limits: LimitConfig::read(&vars)?,
             log: LogConfig::read(&vars)?,
-            mail: MailConfig::read(&vars, &server.public_url)?,
+            mail,
             data_keys: DataKeyConfig::read(&vars)?,
-            passkeys: PasskeyConfig::read(
-                &vars,
-                &server.public_url,
-                &vars.text("MAIL_PRODUCT_NAME", "auth-service"),
-            )?,
+            passkeys,
             server,
         })
     }
