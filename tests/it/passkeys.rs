@@ -3,8 +3,8 @@
 //! removal, notification mails; every refusal the contract lists (wrong origin, wrong RP ID, a
 //! replayed or another user's ceremony, an unknown credential, no user verification, a tampered
 //! signature, a counter that went backwards, a deleted or disabled user, an unverified address);
-//! the step-up rule; a ceremony started on one replica and finished on another; and the per-IP
-//! bucket and purge over unauthenticated starts.
+//! the step-up rule; a ceremony started on one replica and finished on another; the per-IP
+//! bucket and purge over unauthenticated starts; and the audit trail of the built binary.
 //!
 //! The software passkey answers options, not a browser's discovery: for a sign-in the test
 //! plays the browser, naming the credential the user picked (`allowCredentials`) and passing on
@@ -788,4 +788,115 @@ async fn ceremonies(app: &TestApp) -> i64 {
     app.db
         .count("select count(*) from passkey_ceremonies")
         .await
+}
+
+/// POSTs `body` to the binary, with `bearer` when given; the JSON answer.
+async fn post_to(binary: &Binary, path: &str, bearer: Option<&str>, body: &Value) -> Value {
+    let mut request = reqwest::Client::new().post(binary.url(path)).json(body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_passkey_events_without_secrets() {
+    // Arrange: the built binary, logging JSON; a user signed in with the password.
+    // A real mail transport (nobody listening): `MAIL_URL=log` logs each mail's address by design.
+    let mut binary = Binary::spawn(&[
+        ("JWT_SECRET_KEY", SECRET),
+        ("BCRYPT_ROUNDS", "4"),
+        ("MAIL_URL", "smtp://127.0.0.1:1?tls=off"),
+        ("MAIL_FROM", "no-reply@shop.example.com"),
+    ]);
+    assert!(tokio::task::block_in_place(|| binary.wait_ready()));
+    let email = "audited@example.com";
+    post_to(
+        &binary,
+        "/auth/register",
+        None,
+        &json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    let tokens = post_to(
+        &binary,
+        "/auth/login",
+        None,
+        &json!({"email": email, "password": PASSWORD}),
+    )
+    .await;
+    let access = tokens["access_token"].as_str().unwrap();
+    // Act: add a passkey, sign in with it, fail a sign-in, remove it.
+    let started = post_to(
+        &binary,
+        "/auth/passkeys/register/start",
+        Some(access),
+        &json!({}),
+    )
+    .await;
+    let mut authenticator = soft_passkey();
+    let credential = create(&mut authenticator, ORIGIN, &started["options"]);
+    let added = post_to(
+        &binary,
+        "/auth/passkeys/register/finish",
+        Some(access),
+        &json!({"ceremony_id": started["ceremony_id"], "credential": credential}),
+    )
+    .await;
+    let mut device = Device::made(authenticator, &credential, &started["options"]);
+    for tamper in [false, true] {
+        let started = post_to(&binary, "/auth/passkeys/login/start", None, &json!({})).await;
+        let mut assertion = assert_with(&mut device, ORIGIN, &started["options"]);
+        if tamper {
+            assertion = tampered(&assertion, "signature");
+        }
+        post_to(
+            &binary,
+            "/auth/passkeys/login/finish",
+            None,
+            &json!({"ceremony_id": started["ceremony_id"], "credential": assertion}),
+        )
+        .await;
+    }
+    let removed = reqwest::Client::new()
+        .delete(binary.url(&format!(
+            "/auth/passkeys/{}",
+            added["passkey_id"].as_str().unwrap()
+        )))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::OK);
+    let (code, stdout, _) = tokio::task::block_in_place(|| binary.terminate());
+    // Assert: one event per action, with the user; no email, credential or token in the log.
+    assert_eq!(code, Some(0));
+    let events: Vec<(String, String, bool)> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("every line is JSON"))
+        .filter(|l| l["target"] == "audit" && l["event"].as_str().unwrap().starts_with("passkey"))
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap().to_owned(),
+                l["outcome"].as_str().unwrap().to_owned(),
+                l["user.id"].is_i64(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("passkey_added", "success"),
+        ("passkey_login", "success"),
+        ("passkey_login", "invalid"),
+        ("passkey_removed", "success"),
+    ]
+    .map(|(e, o)| (e.to_owned(), o.to_owned(), true));
+    assert_eq!(events, expected);
+    for secret in [
+        email,
+        access,
+        device.credential_id.as_str(),
+        device.user_handle.as_str(),
+    ] {
+        assert!(!stdout.contains(secret), "the log contains {secret}");
+    }
 }
