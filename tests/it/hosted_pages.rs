@@ -674,6 +674,25 @@ async fn a_person_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     assert!(listed[0].contains("Phone"), "{listed:?}");
     assert!(listed[0].contains("last used never"), "{listed:?}");
     screenshot(&browser, "account-passkey-added-phone").await;
+    // The same section at a desktop's width, in a second browser signed in with the password.
+    {
+        let (_driver, desktop) = chromium(1280, 1500).await;
+        desktop.goto(&format!("{origin}/account")).await.unwrap();
+        sign_in(&desktop, email, PASSWORD).await;
+        poll_until("the passkey listed", MAIL_WITHIN, || async {
+            count(&desktop, "#passkeys li").await == 1
+        })
+        .await;
+        desktop
+            .execute(
+                "document.getElementById('passkeys-title').scrollIntoView();",
+                vec![],
+            )
+            .await
+            .unwrap();
+        screenshot(&desktop, "account-passkey-added-desktop").await;
+        desktop.close().await.unwrap();
+    }
 
     // Act: sign out, then sign in with the passkey alone (no email, no password).
     click(&browser, "#signout").await;
