@@ -328,7 +328,8 @@ impl AuthService {
     /// with its first refresh token (under the user's lock; the least recently used sessions
     /// beyond `MAX_SESSIONS_PER_USER` end) and signs the pair. `proof` is checked again under
     /// the lock: a password hash that is no longer the user's, or a user gone, is refused as a
-    /// wrong password; a challenge used or voided meanwhile as `InvalidMfaToken`; a user
+    /// wrong password; a challenge used or voided meanwhile as `InvalidMfaToken`; a passkey
+    /// whose counter moved meanwhile, or a passkey's user gone, as `PasskeySignInFailed`; a user
     /// disabled meanwhile as disabled.
     async fn start_session(
         &self,
@@ -369,6 +370,10 @@ impl AuthService {
             Err(SessionRefused::Disabled) => return Err(AuthError::AccountDisabled),
             Err(SessionRefused::ChallengeUsed) => return Err(AuthError::InvalidMfaToken),
             Err(SessionRefused::PasskeyUsed) => return Err(AuthError::PasskeySignInFailed),
+            Err(SessionRefused::UserGone) if matches!(proof, SignInProof::Passkey(_)) => {
+                tracing::info!("passkey sign-in refused: the account was deleted meanwhile");
+                return Err(AuthError::PasskeySignInFailed);
+            }
             Err(refused @ (SessionRefused::UserGone | SessionRefused::PasswordChanged)) => {
                 tracing::info!(
                     reason = ?refused,

@@ -415,11 +415,7 @@ impl AuthService {
                 caller,
             )
             .await
-            .map_err(|err| match err {
-                // The user was deleted since it was read.
-                AuthError::InvalidCredentials => failed("user gone", None),
-                other => (other, user_id),
-            })?;
+            .map_err(|err| (err, user_id))?;
         Ok((pair, user.id))
     }
 
