@@ -28,7 +28,10 @@ and the JSON answer), then prints:
 - the auth-verifier crate: requests/s of examples/orders_service's protected route (local
   ES256 verification) against the same route unprotected, alternating; target >= 0.8;
 - `user import` of 100,000 and 1,000,000 users into SQLite and PostgreSQL: users/s (target:
-  100,000 in under a minute) and the command's peak RSS (it should not grow with the file).
+  100,000 in under a minute) and the command's peak RSS (it should not grow with the file);
+- webhooks: the medians of a registration and of a logout-all (both now write an event) with
+  webhooks off and on, on SQLite and PostgreSQL, and the events one process then delivers per
+  second to a local receiver.
 
 Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
 to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
@@ -739,6 +742,8 @@ def main():
                         help="only the auth-verifier crate's ratio")
     parser.add_argument("--import-only", action="store_true",
                         help="only the user import lines (100,000 and 1,000,000 users)")
+    parser.add_argument("--webhooks-only", action="store_true",
+                        help="only the webhook lines (request paths off/on, delivery rate)")
     parser.add_argument("--slots-only", action="store_true",
                         help="only the full-server lines (new clients while slots are held)")
     args = parser.parse_args()
@@ -765,6 +770,9 @@ def main():
         return
     if args.import_only:
         user_import()
+        return
+    if args.webhooks_only:
+        webhook_lines(2000)
         return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
@@ -799,6 +807,7 @@ def main():
     full_server_latency()
     verifier_ratio(seconds, rounds)
     user_import()
+    webhook_lines(2000)
 
 
 def rotation_storage(refreshes):
@@ -944,6 +953,114 @@ def logout_all_timing(sessions, bystanders=20):
               f"({len(during)} logouts; {events} events before it)")
     finally:
         service.stop()
+        subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
+                       check=False)
+
+
+class WebhookReceiver:
+    """A local webhook receiver: answers 204 on keep-alive connections and notes when each
+    delivery arrived (no signature check: the bench measures the sender)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        arrivals = self.arrivals = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                arrivals.append(time.perf_counter())
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def webhook_lines(users):
+    """Registration and logout-all medians with webhooks off and on (one binary, one keep-alive
+    connection, BCRYPT_ROUNDS=4 so the hash does not hide the write), then the rate at which
+    one process delivers the events those left (rows reset to undelivered, the service
+    restarted) to a local receiver."""
+    receiver = WebhookReceiver()
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    hooks = {"WEBHOOK_URLS": receiver.url, "WEBHOOK_SECRET": secret}
+    workdir = tempfile.mkdtemp()
+    admin, name = postgres_database()
+    try:
+        for label, url in [("SQLite", f"sqlite://{workdir}/hooks.db"), ("PostgreSQL", f"{admin}/{name}")]:
+            medians = {}
+            for mode in ("off", "on"):
+                service = Service(url, BCRYPT_ROUNDS=4, **(hooks if mode == "on" else {}))
+                try:
+                    connection = httpclient.HTTPConnection("127.0.0.1", service.port, timeout=30)
+                    took = {"register": [], "logout-all": []}
+
+                    def post(path, body, token=None):
+                        headers = {"Content-Type": "application/json"}
+                        if token:
+                            headers["Authorization"] = f"Bearer {token}"
+                        started = time.perf_counter()
+                        connection.request("POST", path, json.dumps(body), headers)
+                        response = connection.getresponse()
+                        answer = json.loads(response.read() or b"null")
+                        return response.status, answer, time.perf_counter() - started
+
+                    for i in range(users):
+                        email = f"hooks-{mode}-{i}@example.com"
+                        account = {"email": email, "password": PASSWORD}
+                        status, _, spent = post("/auth/register", account)
+                        took["register"].append(spent)
+                        status, body, _ = post("/auth/login", account)
+                        status, _, spent = post("/auth/logout-all", {}, body["access_token"])
+                        if status != 200:
+                            raise SystemExit(f"logout-all answered {status}")
+                        took["logout-all"].append(spent)
+                    connection.close()
+                    medians[mode] = {k: statistics.median(v) * 1000 for k, v in took.items()}
+                finally:
+                    service.stop()
+            for kind in ("register", "logout-all"):
+                off, on = medians["off"][kind], medians["on"][kind]
+                print(f"webhooks {label:<10} {kind:<10} off {off:.3f} ms   on {on:.3f} ms   "
+                      f"ratio {on / off:.3f}   (medians of {users})")
+            # Every event again, undelivered; one process delivers them.
+            reset = ("update webhook_outbox set delivered_at = null, failed_at = null, "
+                     "leased_until = null, attempts = 0, next_attempt_at = created_at")
+            if label == "SQLite":
+                with sqlite3.connect(f"{workdir}/hooks.db") as db:
+                    events = db.execute("select count(*) from webhook_outbox").fetchone()[0]
+                    db.execute(reset)
+            else:
+                subprocess.run(["psql", f"{admin}/{name}", "-qc", reset], check=True)
+                events = int(subprocess.run(
+                    ["psql", f"{admin}/{name}", "-tAc", "select count(*) from webhook_outbox"],
+                    check=True, capture_output=True, text=True).stdout)
+            receiver.arrivals.clear()
+            service = Service(url, **hooks)
+            try:
+                deadline = time.perf_counter() + 300
+                while len(receiver.arrivals) < events and time.perf_counter() < deadline:
+                    time.sleep(0.05)
+                arrived = list(receiver.arrivals)
+                spent = arrived[-1] - arrived[0] if len(arrived) > 1 else float("nan")
+                print(f"webhooks {label:<10} delivery   {len(arrived):,} of {events:,} events in "
+                      f"{spent:.1f} s: {len(arrived) / spent:,.0f} events/s (one process, 4 lanes)")
+            finally:
+                service.stop()
+    finally:
+        receiver.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         subprocess.run(["psql", admin + "/postgres", "-qc", f"drop database {name} with (force)"],
                        check=False)
 

@@ -619,7 +619,7 @@ async fn open_copy_store(
     create: bool,
 ) -> Option<Arc<dyn store::Store>> {
     let settings = crate::state::pool_settings(&config.database, url, 2, create);
-    let connected = match store::connect(url, settings).await {
+    let connected = match store::connect(url, settings, store::Subscriptions::default()).await {
         Ok(s) => s.migrate().await.map(|()| s),
         Err(err) => Err(err),
     };
@@ -760,14 +760,15 @@ async fn purge(config: Config) -> ExitCode {
     let result = state.auth().purge().await.map(|report| {
         format!(
             "purged {} login counters, {} refresh tokens, {} sessions, {} revocation events, \
-             {} mails, {} one-time tokens, {} mail counts from {database}",
+             {} mails, {} one-time tokens, {} mail counts, {} webhook events from {database}",
             report.login_attempts,
             report.refresh_tokens,
             report.sessions,
             report.events,
             report.mail,
             report.user_tokens,
-            report.mail_sends
+            report.mail_sends,
+            report.webhooks
         )
     });
     finish(result, &database)

@@ -84,6 +84,178 @@ pub struct Config {
     pub data_keys: DataKeyConfig,
     /// Where passkeys may be used.
     pub passkeys: PasskeyConfig,
+    /// Who learns of account changes.
+    pub webhooks: WebhookConfig,
+}
+
+/// Webhooks: `WEBHOOK_URLS`, `WEBHOOK_SECRET`, `WEBHOOK_SECRET_PREVIOUS`, `WEBHOOK_EVENTS`,
+/// `WEBHOOK_MAX_RETRY_HOURS`. `Debug` shows each endpoint's origin only (a path or query may
+/// carry a token) and never a secret.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// `WEBHOOK_URLS` (comma list of `http(s)://` URLs; unset: webhooks off).
+    pub endpoints: Vec<url::Url>,
+    /// `WEBHOOK_SECRET` (`whsec_` + base64 of 24 to 64 random bytes; required with URLs).
+    pub secret: Option<SecretString>,
+    /// `WEBHOOK_SECRET_PREVIOUS` (optional): the secret being rotated out, signing too.
+    pub previous_secret: Option<SecretString>,
+    /// `WEBHOOK_EVENTS` (comma list; default every event).
+    pub events: Vec<crate::store::WebhookEvent>,
+    /// `WEBHOOK_MAX_RETRY_HOURS` (default 24): how long an event is retried before it fails.
+    pub max_retry_hours: u32,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origins: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|url| url.origin().ascii_serialization())
+            .collect();
+        f.debug_struct("WebhookConfig")
+            .field("endpoints", &origins)
+            .field("secret", &self.secret)
+            .field("previous_secret", &self.previous_secret)
+            .field("events", &self.events)
+            .field("max_retry_hours", &self.max_retry_hours)
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let mut endpoints: Vec<url::Url> = Vec::new();
+        for raw in vars.list("WEBHOOK_URLS") {
+            let endpoint = url::Url::parse(&raw)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "WEBHOOK_URLS",
+                        format!(
+                            "expected http:// or https:// URLs, got {:?}",
+                            raw.split(['?', '#', '@']).next().unwrap_or_default()
+                        ),
+                    )
+                })?;
+            if !endpoint.username().is_empty() || endpoint.password().is_some() {
+                return Err(ConfigError::new(
+                    "WEBHOOK_URLS",
+                    "a user or password in a URL is not sent: receivers check the signature",
+                ));
+            }
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        let secret = webhook_secret(vars, "WEBHOOK_SECRET")?;
+        if !endpoints.is_empty() && secret.is_none() {
+            return Err(ConfigError::new(
+                "WEBHOOK_SECRET",
+                "required when WEBHOOK_URLS is set (make one with: echo whsec_$(openssl rand \
+                 -base64 32))",
+            ));
+        }
+        let events = match vars.list("WEBHOOK_EVENTS") {
+            names if names.is_empty() => crate::store::WebhookEvent::ALL.to_vec(),
+            names => names
+                .iter()
+                .map(|name| {
+                    crate::store::WebhookEvent::parse(name).ok_or_else(|| {
+                        let known: Vec<&str> = crate::store::WebhookEvent::ALL
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect();
+                        ConfigError::new(
+                            "WEBHOOK_EVENTS",
+                            format!(
+                                "unknown event {name:?}; expected some of {}",
+                                known.join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            endpoints,
+            secret,
+            previous_secret: webhook_secret(vars, "WEBHOOK_SECRET_PREVIOUS")?,
+            events,
+            max_retry_hours: vars.number("WEBHOOK_MAX_RETRY_HOURS", 24, 1, 24 * 30)?,
+        })
+    }
+
+    /// The store's view: where each event goes.
+    #[must_use]
+    pub fn subscriptions(&self) -> crate::store::Subscriptions {
+        crate::store::Subscriptions {
+            endpoints: self.endpoints.iter().map(ToString::to_string).collect(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// The smallest and largest webhook secret, in bytes (API.md).
+const WEBHOOK_SECRET_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+
+/// A webhook secret from `var`: `whsec_` + standard base64 of 24 to 64 bytes that are not
+/// guessable. The error never shows the value.
+fn webhook_secret(
+    vars: &Vars<impl Fn(&str) -> Option<String>>,
+    var: &'static str,
+) -> Result<Option<SecretString>, ConfigError> {
+    let Some(raw) = vars.get(var) else {
+        return Ok(None);
+    };
+    let hint = "make one with: echo whsec_$(openssl rand -base64 32)";
+    let bytes = raw
+        .strip_prefix("whsec_")
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .ok_or_else(|| {
+            ConfigError::new(var, format!("expected whsec_ followed by base64 ({hint})"))
+        })?;
+    if !WEBHOOK_SECRET_BYTES.contains(&bytes.len()) {
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "expected {} to {} bytes after whsec_, got {} ({hint})",
+                WEBHOOK_SECRET_BYTES.start(),
+                WEBHOOK_SECRET_BYTES.end(),
+                bytes.len()
+            ),
+        ));
+    }
+    if let Some(why) = guessable_bytes(&bytes) {
+        return Err(ConfigError::new(var, format!("guessable: {why} ({hint})")));
+    }
+    Ok(Some(SecretString::from(raw)))
+}
+
+/// Why the key bytes of a webhook secret are not random, or `None`: fewer than 10 distinct
+/// bytes, a pattern repeated, or printable text. Random bytes are text with odds of
+/// (95/256)^24, about 1 in 10^10, so text means a phrase typed by hand (or a secret encoded
+/// twice). zxcvbn was tried here and cannot tell the two apart at this length: its estimate
+/// saturates at 10^19.3 guesses, and summed over 12-character windows it scored 24 random hex
+/// digits (19.5) below "correct horse battery staple" (21.5).
+fn guessable_bytes(bytes: &[u8]) -> Option<&'static str> {
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    if distinct < 10 {
+        return Some("fewer than 10 distinct bytes");
+    }
+    if (1..=bytes.len() / 2).any(|period| bytes[period..] == bytes[..bytes.len() - period]) {
+        return Some("a short pattern repeated");
+    }
+    if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Some(
+            "the key is text (a typed phrase, or a secret encoded twice), not random bytes",
+        );
+    }
+    None
 }
 
 /// Passkeys: `WEBAUTHN_RP_ID`, `WEBAUTHN_ORIGINS`, `WEBAUTHN_RP_NAME`.
@@ -554,6 +726,7 @@ impl Config {
             mail,
             data_keys: DataKeyConfig::read(&vars)?,
             passkeys,
+            webhooks: WebhookConfig::read(&vars)?,
             server,
         })
     }
@@ -1149,6 +1322,7 @@ fn parse_proxies(items: &[String]) -> Result<Vec<IpNet>, ConfigError> {
 mod tests {
     use std::collections::HashMap;
 
+    use base64::engine::general_purpose::STANDARD;
     use secrecy::ExposeSecret as _;
 
     use super::*;
@@ -1270,6 +1444,34 @@ mod tests {
         assert!(
             shown.contains(r#"postgresql database "auth" on db:5432"#),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_webhook_settings_print_origins_and_no_secret() {
+        let secret = format!(
+            "whsec_{}",
+            STANDARD.encode([
+                3_u8, 200, 17, 99, 41, 250, 8, 130, 77, 5, 190, 66, 12, 240, 31, 88, 160, 2, 219,
+                54, 123, 9, 171, 45
+            ])
+        );
+        let config = Config::from_lookup(|name| match name {
+            "WEBHOOK_URLS" => {
+                Some("https://crm.example.com/in/tok3n-in-path?key=tok3n-in-query".into())
+            }
+            "WEBHOOK_SECRET" => Some(secret.clone()),
+            _ => None,
+        })
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(printed.contains("https://crm.example.com"), "{printed}");
+        assert!(!printed.contains("tok3n"), "{printed}");
+        assert!(!printed.contains(&secret[6..]), "{printed}");
+        // The store gets the whole URL: it is where the events go.
+        assert_eq!(
+            config.webhooks.subscriptions().endpoints,
+            ["https://crm.example.com/in/tok3n-in-path?key=tok3n-in-query"]
         );
     }
 

@@ -254,7 +254,7 @@ impl AppState {
             verify_url: config.mail.email_verify_url.clone(),
             verify_hours: config.mail.email_verify_token_hours,
         };
-        let outbox = Arc::new(Outbox::new(&config.mail)?);
+        let outbox = Arc::new(Outbox::new(&config.mail, &config.webhooks)?);
         let auth = AuthService::new(
             store,
             keys,
@@ -381,7 +381,13 @@ async fn connect_with_retry(config: &Config, create: bool) -> Result<Arc<dyn Sto
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store::connect(&config.database.url, settings).await {
+        match store::connect(
+            &config.database.url,
+            settings,
+            config.webhooks.subscriptions(),
+        )
+        .await
+        {
             Ok(store) => return Ok(store),
             Err(StoreError::Unavailable(err))
                 if config.database.url.is_postgres()

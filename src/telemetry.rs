@@ -192,6 +192,19 @@ fn describe_metrics() {
         "Messages in the outbox neither sent nor failed"
     );
     describe_counter!(
+        "webhook_deliveries_total",
+        "Webhook delivery attempts, by result: delivered (2xx), retry, failed (given up after \
+         WEBHOOK_MAX_RETRY_HOURS), gone (410: the endpoint stopped until restart)"
+    );
+    describe_gauge!(
+        "webhook_outbox_pending",
+        "Webhook events (one per endpoint) neither delivered nor failed"
+    );
+    describe_counter!(
+        "passkey_ceremonies_total",
+        "Passkey ceremonies finished, by kind (register, login) and result"
+    );
+    describe_counter!(
         "connections_refused_total",
         "Connections closed at accept: per_ip (the peer held MAX_CONNECTIONS_PER_IP, none of them \
          idle) or full (every slot held by a connection with a request in flight)"

@@ -179,7 +179,7 @@ impl AuthService {
         // Here at once (the caller's own session reloads as live); other replicas and the feed
         // through the events.
         self.0.revocations.user_changed(user.id);
-        self.mail_queued();
+        self.outbox_queued();
         Ok(())
     }
 
@@ -229,6 +229,7 @@ impl AuthService {
             return Ok(false);
         }
         self.0.revocations.user_deleted(user.id);
+        self.outbox_queued();
         let email = Email::stored(user.email.clone());
         store
             .clear_login_attempts(&LockoutKey::Email(&email).stored())

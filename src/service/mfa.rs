@@ -309,7 +309,7 @@ impl AuthService {
             } => {
                 self.right_code(user.id).await?;
                 self.0.revocations.user_changed(user.id);
-                self.mail_queued();
+                self.outbox_queued();
                 audit::record(Event::MfaEnrolled, Outcome::Success, Some(user.id), caller);
                 let row = self.active_user(user.id).await?;
                 Ok(EnrolmentConfirmed {
@@ -367,7 +367,7 @@ impl AuthService {
         {
             return Err(AuthError::FactorNotFound);
         }
-        self.mail_queued();
+        self.outbox_queued();
         audit::record(Event::MfaRemoved, Outcome::Success, Some(user.id), caller);
         Ok(())
     }
@@ -396,7 +396,7 @@ impl AuthService {
         {
             return Err(AuthError::MfaNotEnrolled);
         }
-        self.mail_queued();
+        self.outbox_queued();
         audit::record(
             Event::RecoveryCodesRegenerated,
             Outcome::Success,
@@ -577,7 +577,7 @@ impl AuthService {
                         .use_recovery_code(user_id, &hash, &notification, now)
                         .await?;
                     if used {
-                        self.mail_queued();
+                        self.outbox_queued();
                         audit::record(
                             Event::RecoveryCodeUsed,
                             Outcome::Success,

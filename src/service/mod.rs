@@ -24,6 +24,7 @@ pub mod rekey;
 pub mod revocations;
 pub mod rotation;
 pub mod user_import;
+pub mod webhooks;
 
 pub use self::{
     account::{ActiveSession, Credentialed},
@@ -143,8 +144,8 @@ struct Inner {
     verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>, TokenWeight>,
     /// Account recovery's settings.
     mail: recovery::MailSettings,
-    /// Wakes the outbox worker when this process queued a message.
-    mail_wakeup: Arc<tokio::sync::Notify>,
+    /// Wakes the outbox worker's queues when this process queued a message or an event.
+    outbox_wakeup: tokio::sync::watch::Sender<()>,
     /// Forgot requests queued in the background at once (see `recovery::FORGOT_IN_FLIGHT`).
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
     /// Seal the TOTP secrets at rest.
@@ -216,7 +217,7 @@ impl AuthService {
             feed_readers,
             verified_access: verified_access_cache(),
             mail,
-            mail_wakeup: Arc::new(tokio::sync::Notify::new()),
+            outbox_wakeup: tokio::sync::watch::Sender::new(()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(recovery::FORGOT_IN_FLIGHT)),
             data_keys,
             passkeys,
@@ -311,8 +312,9 @@ impl AuthService {
                 verification.as_ref(),
             )
             .await;
-        if registered.is_ok() && verification.is_some() {
-            self.mail_queued();
+        // The verification mail, the `user.created` event.
+        if registered.is_ok() {
+            self.outbox_queued();
         }
         match registered {
             Ok(user) => Ok(RegisteredUser {

@@ -10,9 +10,11 @@
 //!
 //! Between drains the worker sleeps until the next message is due (a read of the outbox), this
 //! process queues one, or [`RECHECK`] passes; it claims (a write transaction) only when that
-//! read says a message is due: an idle outbox costs reads, never a write transaction. Mail is the one kind of message today; another kind (webhooks) gets its own
-//! claim and attempt beside [`drain_mail`] and its due time in [`Outbox::next_due`], in this
-//! same loop.
+//! read says a message is due: an idle outbox costs reads, never a write transaction.
+//!
+//! Webhook events (`webhooks.rs`) are the second kind: the same worker follows one queue per
+//! endpoint beside the mail's, each with its own claim, lanes and sleep, so an endpoint that
+//! hangs holds back neither the mail nor the other endpoints.
 
 use std::{
     sync::{Arc, Weak},
@@ -22,12 +24,16 @@ use std::{
 use chrono::{DateTime, Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{AuthService, Inner, recovery::new_token};
+use super::{
+    AuthService, Inner,
+    recovery::new_token,
+    webhooks::{Endpoint, Webhooks},
+};
 use crate::{
     background::Background,
-    config::MailConfig,
+    config::{MailConfig, WebhookConfig},
     mail_transport::{self, Mailer, SendError},
-    store::{MailOutcome, MailTemplate, OutboxMail, StoreError},
+    store::{DeliveryOutcome, MailOutcome, MailTemplate, OutboxMail, StoreError},
 };
 
 /// How long a claimed message is reserved for the worker that claimed it. Each message is
@@ -52,19 +58,31 @@ const NAP: StdDuration = StdDuration::from_millis(100);
 /// Messages one process sends at once (lettre's pool keeps up to this many SMTP connections).
 const LANES: usize = 4;
 
-/// The outbox worker and its transport.
+/// The outbox worker, its mail transport and its webhook endpoints.
 pub struct Outbox {
     mailer: Mailer,
+    webhooks: Option<Webhooks>,
+}
+
+/// One queue the worker follows: the mail, or the webhook rows of one endpoint (each endpoint
+/// its own, so one that hangs or is down never holds back the mail or the others).
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    Mail,
+    /// The endpoint at this index of `WEBHOOK_URLS`.
+    Webhooks(usize),
 }
 
 impl Outbox {
-    /// The worker for `MAIL_URL`, not started.
+    /// The worker for `MAIL_URL` and `WEBHOOK_URLS`, not started.
     ///
     /// # Errors
-    /// When the transport cannot be built (a malformed `MAIL_URL`).
-    pub fn new(config: &MailConfig) -> anyhow::Result<Self> {
+    /// When the transport cannot be built (a malformed `MAIL_URL`) or the webhook client
+    /// cannot.
+    pub fn new(mail: &MailConfig, webhooks: &WebhookConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            mailer: Mailer::new(config)?,
+            mailer: Mailer::new(mail)?,
+            webhooks: Webhooks::new(webhooks)?,
         })
     }
 
@@ -81,34 +99,67 @@ impl Outbox {
         background.spawn_with("outbox", move |stop| outbox.run(service, stop));
     }
 
-    /// Drains, then sleeps until the next message is due, until `stop`.
+    /// Follows every queue until `stop`.
     async fn run(self: Arc<Self>, service: Weak<Inner>, stop: CancellationToken) {
+        let endpoints = self.webhooks.as_ref().map_or(0, |w| w.endpoints().len());
+        let queues = std::iter::once(Queue::Mail).chain((0..endpoints).map(Queue::Webhooks));
+        futures_util::future::join_all(
+            queues.map(|queue| self.follow(queue, Weak::clone(&service), &stop)),
+        )
+        .await;
+    }
+
+    /// Drains `queue`, then sleeps until its next row is due, until `stop`.
+    async fn follow(&self, queue: Queue, service: Weak<Inner>, stop: &CancellationToken) {
+        let Some(mut wake) = service
+            .upgrade()
+            .map(|inner| inner.outbox_wakeup.subscribe())
+        else {
+            return;
+        };
         while !stop.is_cancelled() {
             let Some(inner) = service.upgrade() else {
                 return;
             };
-            // Claims (a write transaction) only when a message is due: idle, a look is a read.
-            let mut due = Self::next_due(&inner).await;
+            // Claims (a write transaction) only when a row is due: idle, a look is a read.
+            let mut due = self.next_due(&inner, queue).await;
             if due.is_some_and(|due| due <= inner.clock.now()) {
-                drain_mail(&inner, &self.mailer, &stop).await;
-                due = Self::next_due(&inner).await;
+                self.drain(&inner, queue, stop).await;
+                due = self.next_due(&inner, queue).await;
             }
-            record_pending(&inner).await;
+            record_pending(&inner, queue).await;
             let nap = due.map_or(RECHECK, |due| until(inner.clock.now(), due));
-            let wake = Arc::clone(&inner.mail_wakeup);
             drop(inner);
             tokio::select! {
                 () = tokio::time::sleep(nap) => {}
-                () = wake.notified() => {}
+                _ = wake.changed() => {}
                 () = stop.cancelled() => {}
             }
         }
     }
 
-    /// When the next message of any kind falls due, if one is queued (`None` also when the
-    /// outbox cannot be read: the worker looks again after [`RECHECK`]).
-    async fn next_due(inner: &Inner) -> Option<DateTime<Utc>> {
-        match inner.store.next_mail_due().await {
+    /// The endpoint a webhook queue serves (`None` for mail, or a stopped endpoint).
+    fn endpoint(&self, queue: Queue) -> Option<(&Webhooks, &Endpoint)> {
+        let Queue::Webhooks(index) = queue else {
+            return None;
+        };
+        let webhooks = self.webhooks.as_ref()?;
+        let endpoint = webhooks.endpoints().get(index)?;
+        (!endpoint.stopped()).then_some((webhooks, endpoint))
+    }
+
+    /// When the next row of `queue` falls due, if one is queued (`None` also when the outbox
+    /// cannot be read, or the endpoint was stopped: the worker looks again after
+    /// [`RECHECK`]).
+    async fn next_due(&self, inner: &Inner, queue: Queue) -> Option<DateTime<Utc>> {
+        let due = match (queue, self.endpoint(queue)) {
+            (Queue::Mail, _) => inner.store.next_mail_due().await,
+            (Queue::Webhooks(_), Some((_, endpoint))) => {
+                inner.store.next_webhook_due(&endpoint.url).await
+            }
+            (Queue::Webhooks(_), None) => Ok(None),
+        };
+        match due {
             Ok(due) => due,
             // An outage is logged once when it starts and once when it ends, by the revocation
             // follower; the worker only looks again.
@@ -116,10 +167,21 @@ impl Outbox {
             Err(err) => {
                 tracing::warn!(
                     error = %crate::error_chain::error_chain(&err),
-                    "the mail outbox cannot be read; retrying"
+                    "the outbox cannot be read; retrying"
                 );
                 None
             }
+        }
+    }
+
+    /// Sends every row of `queue` due now.
+    async fn drain(&self, inner: &Inner, queue: Queue, stop: &CancellationToken) {
+        match (queue, self.endpoint(queue)) {
+            (Queue::Mail, _) => drain_mail(inner, &self.mailer, stop).await,
+            (Queue::Webhooks(_), Some((webhooks, endpoint))) => {
+                drain_webhooks(inner, webhooks, endpoint, stop).await;
+            }
+            (Queue::Webhooks(_), None) => {}
         }
     }
 }
@@ -142,12 +204,74 @@ async fn drain_mail(inner: &Inner, mailer: &Mailer, stop: &CancellationToken) {
     }
 }
 
-/// The `mail_outbox_pending` gauge, as the outbox stands (every replica reports the shared
-/// count).
-async fn record_pending(inner: &Inner) {
-    if let Ok(pending) = inner.store.pending_mail().await {
+/// Delivers every webhook row of `endpoint` due now, [`LANES`] at a time, as [`drain_mail`]
+/// does; a lane stops claiming once `stop` is signalled or a 410 stopped the endpoint.
+async fn drain_webhooks(
+    inner: &Inner,
+    webhooks: &Webhooks,
+    endpoint: &Endpoint,
+    stop: &CancellationToken,
+) {
+    let claim = || async {
+        let now = inner.clock.now();
+        if stop.is_cancelled() || endpoint.stopped() {
+            return None;
+        }
+        let row = inner
+            .store
+            .claim_webhook(&endpoint.url, now, now + LEASE)
+            .await
+            .inspect_err(|err| {
+                tracing::debug!(
+                    error = %crate::error_chain::error_chain(err),
+                    "the webhook outbox cannot be read; retrying"
+                );
+            })
+            .ok()
+            .flatten()?;
+        // A 410 answered another lane while this claim waited for the database: the row goes
+        // back, due as it was, and nothing more is sent here.
+        if endpoint.stopped() {
+            let released = DeliveryOutcome::RetryAt(now);
+            if let Err(err) = inner.store.finish_webhook(row.id, released, now).await {
+                tracing::debug!(
+                    error = %crate::error_chain::error_chain(&err),
+                    "a webhook could not be released; its lease runs out"
+                );
+            }
+            return None;
+        }
+        Some(row)
+    };
+    if let Some(first) = claim().await {
+        let lanes = std::iter::once(Some(first))
+            .chain(std::iter::repeat_with(|| None).take(LANES - 1))
+            .map(|mut first| async move {
+                while let Some(row) = match first.take() {
+                    Some(row) => Some(row),
+                    None => claim().await,
+                } {
+                    webhooks.attempt(inner, endpoint, row).await;
+                }
+            });
+        futures_util::future::join_all(lanes).await;
+    }
+}
+
+/// The `mail_outbox_pending` gauge (the mail queue) or `webhook_outbox_pending` (the first
+/// endpoint's queue), as the outbox stands (every replica reports the shared count).
+async fn record_pending(inner: &Inner, queue: Queue) {
+    let (gauge, pending) = match queue {
+        Queue::Mail => ("mail_outbox_pending", inner.store.pending_mail().await),
+        Queue::Webhooks(0) => (
+            "webhook_outbox_pending",
+            inner.store.pending_webhooks().await,
+        ),
+        Queue::Webhooks(_) => return,
+    };
+    if let Ok(pending) = pending {
         #[expect(clippy::cast_precision_loss, reason = "a count of messages")]
-        metrics::gauge!("mail_outbox_pending").set(pending as f64);
+        metrics::gauge!(gauge).set(pending as f64);
     }
 }
 

@@ -222,7 +222,7 @@ impl AuthService {
             Err(PasskeyRefused::UserGone) => return Err(AuthError::InvalidToken),
         }
         count_ceremony(KIND, "success");
-        self.mail_queued();
+        self.outbox_queued();
         audit::record(Event::PasskeyAdded, Outcome::Success, Some(user.id), caller);
         Ok(PasskeyView {
             passkey_id: new.id,
@@ -278,7 +278,7 @@ impl AuthService {
         {
             return Err(AuthError::PasskeyNotFound);
         }
-        self.mail_queued();
+        self.outbox_queued();
         audit::record(
             Event::PasskeyRemoved,
             Outcome::Success,

@@ -10,7 +10,9 @@
 //! - mail sent or failed more than [`MAIL_RETENTION`] ago, expired one-time tokens, and the
 //!   per-address mail counts of more than an hour ago;
 //! - expired second-factor challenges (`mfa_token`s) and factors never confirmed in time;
-//! - expired passkey ceremonies.
+//! - expired passkey ceremonies;
+//! - webhook events delivered or failed more than [`MAIL_RETENTION`] ago, and those of an
+//!   endpoint no longer configured.
 
 use std::sync::{Arc, Weak};
 
@@ -48,9 +50,11 @@ pub struct PurgeReport {
     pub unconfirmed_factors: u64,
     /// Expired passkey ceremonies.
     pub passkey_ceremonies: u64,
+    /// Delivered, failed and abandoned webhook events.
+    pub webhooks: u64,
 }
 
-/// How long sent and failed messages stay in the outbox (to answer "did the mail go?"); their
+/// How long sent and failed messages (and webhook events) stay in the outbox (to answer "did the mail go?"); their
 /// links hold no usable token (see `service::outbox::issue_link`).
 pub const MAIL_RETENTION: chrono::Duration = chrono::Duration::days(7);
 
@@ -102,6 +106,15 @@ async fn purge(inner: &Inner, now: DateTime<Utc>) -> Result<PurgeReport, AuthErr
         (
             Purge::PasskeyCeremonies(now),
             &mut report.passkey_ceremonies,
+        ),
+        (
+            Purge::Webhooks {
+                finished_before: now - MAIL_RETENTION,
+                // Past the longest WEBHOOK_MAX_RETRY_HOURS, a row that never finished belongs
+                // to an endpoint no longer configured.
+                abandoned_before: now - MAIL_RETENTION - chrono::Duration::days(30),
+            },
+            &mut report.webhooks,
         ),
     ] {
         loop {

@@ -169,7 +169,7 @@ impl AuthService {
         };
         let outcome = match self.0.store.queue_password_reset(&request, now).await {
             Ok(true) => {
-                self.mail_queued();
+                self.outbox_queued();
                 Outcome::Success
             }
             Ok(false) => Outcome::Ignored,
@@ -233,7 +233,7 @@ impl AuthService {
         };
         // Here at once; other replicas and the feed through the event.
         self.0.revocations.user_changed(user_id);
-        self.mail_queued();
+        self.outbox_queued();
         audit::record(
             Event::PasswordReset,
             Outcome::Success,
@@ -284,9 +284,9 @@ impl AuthService {
         })
     }
 
-    /// Wakes this process's outbox worker (a message was just queued).
-    pub(super) fn mail_queued(&self) {
-        self.0.mail_wakeup.notify_one();
+    /// Wakes this process's outbox worker (a message or a webhook event was just queued).
+    pub(super) fn outbox_queued(&self) {
+        self.0.outbox_wakeup.send_replace(());
     }
 
     /// `POST /auth/email/verify`: marks the address of the token's user verified.
@@ -302,6 +302,7 @@ impl AuthService {
             audit::record(Event::EmailVerify, Outcome::Invalid, None, caller);
             return Err(AuthError::InvalidVerificationToken);
         };
+        self.outbox_queued();
         audit::record(Event::EmailVerify, Outcome::Success, Some(user_id), caller);
         Ok(())
     }
@@ -325,7 +326,7 @@ impl AuthService {
             .queue_email_verification(user_id, &verification, RESEND_MIN_INTERVAL, self.instant())
             .await?;
         if queued {
-            self.mail_queued();
+            self.outbox_queued();
         }
         let outcome = if queued {
             Outcome::Success

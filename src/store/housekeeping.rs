@@ -101,6 +101,14 @@ pub enum Purge {
     UnconfirmedFactors(DateTime<Utc>),
     /// Passkey ceremonies that expired before this.
     PasskeyCeremonies(DateTime<Utc>),
+    /// Webhook rows delivered or failed before `finished_before`, and rows written before
+    /// `abandoned_before` that never finished (their endpoint left `WEBHOOK_URLS`).
+    Webhooks {
+        /// Finished rows older than this go.
+        finished_before: DateTime<Utc>,
+        /// Unfinished rows older than this go.
+        abandoned_before: DateTime<Utc>,
+    },
 }
 
 impl Purge {
@@ -118,6 +126,7 @@ impl Purge {
             Self::MfaChallenges(_) => "mfa_challenges",
             Self::UnconfirmedFactors(_) => "mfa_factors",
             Self::PasskeyCeremonies(_) => "passkey_ceremonies",
+            Self::Webhooks { .. } => "webhook_outbox",
         }
     }
 }

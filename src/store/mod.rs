@@ -11,7 +11,7 @@
 //! | `tokens.rs` | [`TokenStore`] | one-time tokens: reset and verification links, the reset itself |
 //! | `mfa.rs` | [`SecondFactorStore`] | TOTP factors, recovery codes, sign-in challenges |
 //! | `passkeys.rs` | [`PasskeyStore`] | passkeys and their ceremonies |
-//! | `outbox.rs` | [`OutboxStore`] | the mail outbox |
+//! | `outbox.rs` | [`OutboxStore`] | the outbox: mail, and webhook events per endpoint |
 //! | `housekeeping.rs` | [`HousekeepingStore`] | health, schema, purges, `copy-data` |
 //!
 //! Every invariant the contract promises under concurrency is enforced here by the database
@@ -26,6 +26,24 @@ macro_rules! known_templates {
     () => {
         "'password_reset', 'password_changed', 'verify_email', 'mfa_enrolled', 'mfa_removed', \
          'recovery_code_used', 'recovery_codes_regenerated', 'passkey_added', 'passkey_removed'"
+    };
+}
+
+/// The next webhook row for endpoint `$1` claimable at `$2`: due, not leased, and not ahead of
+/// an earlier row of its user and endpoint that has not had its first attempt or is in it
+/// (each dialect's `due_webhook` adds its locking).
+macro_rules! claimable_webhook {
+    () => {
+        r"select w.id from webhook_outbox w
+          where w.endpoint = $1 and w.delivered_at is null and w.failed_at is null
+            and w.next_attempt_at <= $2 and (w.leased_until is null or w.leased_until <= $2)
+            and not exists (
+              select 1 from webhook_outbox e
+              where e.endpoint = w.endpoint and e.user_id = w.user_id and e.id < w.id
+                and e.delivered_at is null and e.failed_at is null
+                and (e.attempts = 0 or (e.attempts = 1 and e.leased_until > $2)))
+          order by w.id
+          limit 1"
     };
 }
 
@@ -57,7 +75,8 @@ pub use mfa::{
     Confirmation, FactorConfirmation, FactorRow, NewFactor, RecoveryCodeRow, SecondFactorStore,
 };
 pub use outbox::{
-    MAIL_PER_ADDRESS_PER_HOUR, MailOutcome, MailTemplate, NewMail, OutboxMail, OutboxStore,
+    DeliveryOutcome, MAIL_PER_ADDRESS_PER_HOUR, MailOutcome, MailTemplate, NewMail, OutboxMail,
+    OutboxStore, OutboxWebhook, Subscriptions, WebhookEvent,
 };
 pub use passkeys::{
     CeremonyKind, NewCeremony, NewPasskey, PasskeyRefused, PasskeyRow, PasskeyStore, PasskeyUse,
@@ -186,6 +205,15 @@ pub struct PoolSettings {
 /// sessions at once names only the sessions that may still hold a live access token that a
 /// user-wide cut-off does not refuse (see [`SessionStore::revoke_user_sessions`]): each use of a
 /// session (`last_used_at`) is recorded before its token is signed, with the token's `iat`.
+///
+/// **The webhooks rule.** Every change a webhook event names writes that event, for every
+/// endpoint subscribed to it ([`Subscriptions`], given when the store is opened), in the
+/// change's own transaction and before its revocation events: registration (`user.created`),
+/// the first proof of the address by a link, a reset or an admin (`user.email_verified`), a
+/// password change, reset or admin set (`user.password_changed`), a disable or enable that
+/// changes the flag, a deletion (written before the row goes), every session ended by
+/// logout-all, a reset, an admin set-password or mfa-reset (`user.sessions_ended`), the first
+/// factor confirmed and the last removed, a passkey added or removed. Imports write none.
 pub trait Store:
     UserStore
     + SessionStore
@@ -214,15 +242,22 @@ impl<T> Store for T where
 {
 }
 
-/// Opens a pool for `url` (without retrying) and returns the matching store.
+/// Opens a pool for `url` (without retrying) and returns the matching store, writing webhook
+/// events for `webhooks`.
 ///
 /// # Errors
 /// `Unavailable` when the database does not answer.
-pub async fn connect(url: &DatabaseUrl, pool: PoolSettings) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(
+    url: &DatabaseUrl,
+    pool: PoolSettings,
+    webhooks: Subscriptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match url {
-        DatabaseUrl::Postgres(_) => Arc::new(PgStore::connect(url, pool).await?),
+        DatabaseUrl::Postgres(_) => {
+            Arc::new(PgStore::connect(url, pool).await?.subscribe(webhooks))
+        }
         DatabaseUrl::SqliteFile(_) | DatabaseUrl::SqliteMemory => {
-            Arc::new(SqliteStore::connect(url, pool).await?)
+            Arc::new(SqliteStore::connect(url, pool).await?.subscribe(webhooks))
         }
     })
 }

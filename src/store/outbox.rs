@@ -1,4 +1,5 @@
-//! The mail outbox: messages queued in the transaction of their cause, sent by the worker.
+//! The outbox: mail and webhook events, queued in the transaction of their cause and sent by
+//! the worker.
 
 use super::StoreError;
 use async_trait::async_trait;
@@ -133,6 +134,125 @@ pub enum MailOutcome {
     Failed,
 }
 
+/// An account change other services learn of (API.md, "Webhooks (Standard Webhooks)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookEvent {
+    /// A registration (or an admin's `user create`).
+    Created,
+    /// The address was proved (a verification link, a reset, an admin), the first time.
+    EmailVerified,
+    /// A new password: the user's change, a reset, an admin's `user set-password`.
+    PasswordChanged,
+    /// Disabled (it was enabled).
+    Disabled,
+    /// Enabled (it was disabled).
+    Enabled,
+    /// The account was deleted (by its user or an admin).
+    Deleted,
+    /// Every session ended: logout-all, a reset, an admin's `user set-password`.
+    SessionsEnded,
+    /// A first second factor was confirmed.
+    MfaEnabled,
+    /// The last second factor was removed (by its user or an admin's `user mfa-reset`).
+    MfaDisabled,
+    /// A passkey was added.
+    PasskeyAdded,
+    /// A passkey was removed.
+    PasskeyRemoved,
+}
+
+impl WebhookEvent {
+    /// Every event, in the contract's order.
+    pub const ALL: [Self; 11] = [
+        Self::Created,
+        Self::EmailVerified,
+        Self::PasswordChanged,
+        Self::Disabled,
+        Self::Enabled,
+        Self::Deleted,
+        Self::SessionsEnded,
+        Self::MfaEnabled,
+        Self::MfaDisabled,
+        Self::PasskeyAdded,
+        Self::PasskeyRemoved,
+    ];
+
+    /// The body's `type`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "user.created",
+            Self::EmailVerified => "user.email_verified",
+            Self::PasswordChanged => "user.password_changed",
+            Self::Disabled => "user.disabled",
+            Self::Enabled => "user.enabled",
+            Self::Deleted => "user.deleted",
+            Self::SessionsEnded => "user.sessions_ended",
+            Self::MfaEnabled => "user.mfa_enabled",
+            Self::MfaDisabled => "user.mfa_disabled",
+            Self::PasskeyAdded => "user.passkey_added",
+            Self::PasskeyRemoved => "user.passkey_removed",
+        }
+    }
+
+    /// The event a `type` names.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// Who receives which events (`WEBHOOK_URLS`, `WEBHOOK_EVENTS`), given to the store when it is
+/// opened: every change that causes a subscribed event writes one outbox row per endpoint in
+/// its own transaction. Empty (the default): no rows, nothing written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// The endpoints, as configured.
+    pub endpoints: Vec<String>,
+    /// The events they receive.
+    pub events: Vec<WebhookEvent>,
+}
+
+impl Subscriptions {
+    /// Whether `event` is sent anywhere.
+    #[must_use]
+    pub fn wants(&self, event: WebhookEvent) -> bool {
+        !self.endpoints.is_empty() && self.events.contains(&event)
+    }
+}
+
+/// A webhook event for one endpoint, as a worker claimed it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxWebhook {
+    /// The row.
+    pub id: i64,
+    /// Where it goes.
+    pub endpoint: String,
+    /// The `webhook-id`, the same on every attempt (and for every endpoint of one event).
+    pub message_id: String,
+    /// The body's `type` (as the replica that wrote it named it).
+    pub event_type: String,
+    /// Whose account changed.
+    pub user_id: i64,
+    /// The address at the time of the change (empty once the row is finished).
+    pub email: String,
+    /// When the change happened: the body's `timestamp`.
+    pub created_at: DateTime<Utc>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+/// How an attempt to deliver a webhook ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// A 2xx: done (the address is cleared).
+    Delivered,
+    /// Not delivered: try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Not delivered, and retried long enough: given up (the address is cleared).
+    Failed,
+}
+
 /// The store's outbox chapter (see [`Store`](super::Store) for the rules every chapter keeps).
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
@@ -161,6 +281,33 @@ pub trait OutboxStore: Send + Sync {
 
     /// Messages neither sent nor failed.
     async fn pending_mail(&self) -> Result<i64, StoreError>;
+
+    /// Claims the next webhook row for `endpoint` due at `now` (not delivered, not failed, not
+    /// leased by a live lease), leasing it until `lease_until` and counting the attempt; oldest
+    /// first, and never ahead of an earlier row of the same user and endpoint that has not had
+    /// its first attempt or is in it (so a user's events are first attempted in order). On
+    /// PostgreSQL rows claimed by another replica are skipped (`FOR UPDATE SKIP LOCKED`).
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<OutboxWebhook>, StoreError>;
+
+    /// Records how delivering row `id` ended, at `now`.
+    async fn finish_webhook(
+        &self,
+        id: i64,
+        outcome: DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// When the next row for `endpoint` falls due (due and not leased), if one is queued: a
+    /// read, so the worker sleeps until then.
+    async fn next_webhook_due(&self, endpoint: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Webhook rows neither delivered nor failed.
+    async fn pending_webhooks(&self) -> Result<i64, StoreError>;
 }
 
 #[cfg(test)]

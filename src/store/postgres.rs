@@ -22,13 +22,15 @@ use sqlx::{
 };
 use tokio::sync::Notify;
 
-use super::{PoolSettings, StoreError};
+use super::{PoolSettings, StoreError, Subscriptions};
 use crate::database_url::DatabaseUrl;
 
 /// [`Store`] on a PostgreSQL database shared by every replica.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Who receives webhook events (none unless [`Self::subscribe`] said).
+    webhooks: Arc<Subscriptions>,
     /// Woken on every `NOTIFY auth_revocations`.
     signal: Arc<Notify>,
     /// The `LISTEN` task, started by the first [`Store::event_signal`] (admin commands never
@@ -80,6 +82,31 @@ impl PgStore {
         .bind(limit)
         .fetch_all(&mut **tx)
         .await
+    }
+
+    /// The id of the next webhook row for `endpoint` due at `now` that may be claimed (see
+    /// [`OutboxStore::claim_webhook`](crate::store::OutboxStore::claim_webhook)), locked; rows
+    /// another replica holds are skipped.
+    async fn due_webhook(
+        tx: &mut Transaction<'_, Postgres>,
+        endpoint: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(concat!(
+            claimable_webhook!(),
+            " for update of w skip locked"
+        ))
+        .bind(endpoint)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+    }
+
+    /// Webhook events go to `subscriptions` from now on.
+    #[must_use]
+    pub fn subscribe(mut self, subscriptions: Subscriptions) -> Self {
+        self.webhooks = Arc::new(subscriptions);
+        self
     }
 
     /// The transaction-scoped advisory lock that makes event-writing transactions take their
@@ -165,6 +192,7 @@ impl PgStore {
             .map_err(StoreError::Unavailable)?;
         Ok(Self {
             pool,
+            webhooks: Arc::default(),
             signal: Arc::new(Notify::new()),
             listener: OnceLock::new(),
         })

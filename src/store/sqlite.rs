@@ -14,7 +14,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{PoolSettings, StoreError, UserRow};
+use super::{PoolSettings, StoreError, Subscriptions, UserRow};
 use crate::database_url::DatabaseUrl;
 
 /// How long a writer waits for SQLite's write lock before giving up.
@@ -24,6 +24,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Who receives webhook events (none unless [`Self::subscribe`] said).
+    webhooks: Arc<Subscriptions>,
 }
 
 impl SqliteStore {
@@ -70,6 +72,28 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(&mut **tx)
         .await
+    }
+
+    /// The id of the next webhook row for `endpoint` due at `now` that may be claimed (see
+    /// [`OutboxStore::claim_webhook`](crate::store::OutboxStore::claim_webhook)); the
+    /// transaction holds the one write lock.
+    async fn due_webhook(
+        tx: &mut Transaction<'_, Sqlite>,
+        endpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(claimable_webhook!())
+            .bind(endpoint)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await
+    }
+
+    /// Webhook events go to `subscriptions` from now on.
+    #[must_use]
+    pub fn subscribe(mut self, subscriptions: Subscriptions) -> Self {
+        self.webhooks = Arc::new(subscriptions);
+        self
     }
 
     /// Events need no ordering of their own: the single writer commits them in id order.
@@ -144,7 +168,10 @@ impl SqliteStore {
                 }
                 _ => StoreError::Unavailable(err),
             })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            webhooks: Arc::default(),
+        })
     }
 }
 

@@ -143,8 +143,19 @@ impl TestDb {
         store
     }
 
+    /// A store on this database writing webhook events for `webhooks`.
+    pub async fn subscribed_store(&self, webhooks: store::Subscriptions) -> Arc<dyn Store> {
+        let store = self.connect_store(webhooks).await;
+        store.migrate().await.expect("migrate");
+        store
+    }
+
     /// A store on this database as it is, without running the migrations.
     pub async fn unmigrated_store(&self) -> Arc<dyn Store> {
+        self.connect_store(store::Subscriptions::default()).await
+    }
+
+    async fn connect_store(&self, webhooks: store::Subscriptions) -> Arc<dyn Store> {
         let settings = PoolSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(10),
@@ -152,7 +163,7 @@ impl TestDb {
             statement_timeout: Duration::from_secs(20),
             create_if_missing: true,
         };
-        store::connect(&self.url, settings)
+        store::connect(&self.url, settings, webhooks)
             .await
             .expect("connect test store")
     }
@@ -202,6 +213,31 @@ impl TestDb {
                 let mut conn = connect_admin(secrecy::ExposeSecret::expose_secret(url)).await;
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
                     .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            DatabaseUrl::SqliteMemory => panic!("no outside access to an in-memory database"),
+        }
+    }
+
+    /// The `text` column a query selects, one per row, read outside any app.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        use sqlx::Connection as _;
+        match &self.url {
+            DatabaseUrl::SqliteFile(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = connect_admin(secrecy::ExposeSecret::expose_secret(url)).await;
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_all(&mut conn)
                     .await
                     .unwrap()
             }
@@ -844,6 +880,15 @@ impl Binary {
             .text()
             .await
             .unwrap()
+    }
+
+    /// SIGKILL: gone at once, nothing flushed or finished.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers {
+            reader.join().unwrap();
+        }
     }
 
     /// SIGTERM, then the exit code, stdout and stderr.

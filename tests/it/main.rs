@@ -39,3 +39,5 @@ mod startup_config;
 mod store_contract;
 mod verifier_crate;
 mod verify_doors;
+mod webhook_receiver;
+mod webhooks;

@@ -42,7 +42,7 @@ dual_backend!(
 const ORIGIN: &str = "http://localhost:3000";
 
 /// A software passkey and what the browser knows of the credential it made.
-struct Device {
+pub struct Device {
     authenticator: SoftPasskey,
     /// base64url of the credential id.
     credential_id: String,
@@ -120,7 +120,7 @@ async fn register_finish(
 }
 
 /// Registers a new software passkey for the holder of `access`.
-async fn registered(app: &TestApp, access: &str) -> Device {
+pub async fn registered(app: &TestApp, access: &str) -> Device {
     let mut authenticator = soft_passkey();
     let (ceremony, options) = register_start(app, access).await;
     let credential = create(&mut authenticator, ORIGIN, &options);

@@ -51,7 +51,7 @@ pub fn code_at(secret: &str, at: DateTime<Utc>) -> String {
 }
 
 /// The code at the app's clock now.
-fn code_now(app: &TestApp, secret: &str) -> String {
+pub fn code_now(app: &TestApp, secret: &str) -> String {
     code_at(secret, app.clock.now())
 }
 
@@ -81,7 +81,7 @@ pub async fn delete_bearer(app: &TestApp, path: &str, token: &str, body: &Value)
 }
 
 /// `POST /auth/mfa/totp`: (factor id, secret, the whole body).
-async fn enrol(app: &TestApp, access: &str) -> (String, String, Value) {
+pub async fn enrol(app: &TestApp, access: &str) -> (String, String, Value) {
     let (status, body) =
         status_and_json(post_bearer(app, "/auth/mfa/totp", access, &json!({})).await).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -92,7 +92,7 @@ async fn enrol(app: &TestApp, access: &str) -> (String, String, Value) {
     )
 }
 
-async fn confirm(app: &TestApp, access: &str, factor: &str, code: &str) -> (StatusCode, Value) {
+pub async fn confirm(app: &TestApp, access: &str, factor: &str, code: &str) -> (StatusCode, Value) {
     status_and_json(
         post_bearer(
             app,
@@ -106,19 +106,19 @@ async fn confirm(app: &TestApp, access: &str, factor: &str, code: &str) -> (Stat
 }
 
 /// A user with a confirmed factor.
-struct Enrolled {
-    id: i64,
-    email: String,
-    factor: String,
-    secret: String,
+pub struct Enrolled {
+    pub id: i64,
+    pub email: String,
+    pub factor: String,
+    pub secret: String,
     /// The access token of the enrolling session from before its confirmation (aal1).
-    aal1_access: String,
+    pub aal1_access: String,
     /// The confirmation's tokens (aal2).
-    access: String,
-    recovery_codes: Vec<String>,
+    pub access: String,
+    pub recovery_codes: Vec<String>,
 }
 
-async fn enrolled(app: &TestApp, email: &str) -> Enrolled {
+pub async fn enrolled(app: &TestApp, email: &str) -> Enrolled {
     let (id, aal1_access, _) = app.user_with_tokens(email).await;
     let (factor, secret, _) = enrol(app, &aal1_access).await;
     let (status, body) = confirm(app, &aal1_access, &factor, &code_now(app, &secret)).await;

@@ -140,6 +140,170 @@ fn secrets_from_openssl_rand_always_pass() {
     }
 }
 
+/// Every webhook misconfiguration the contract names exits 2 with one line naming the
+/// variable, and never repeats a secret.
+#[test]
+fn webhook_misconfigurations_exit_2_naming_the_variable() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let secret_of = |bytes: &[u8]| format!("whsec_{}", STANDARD.encode(bytes));
+    let good = secret_of(&[
+        7, 1, 99, 200, 13, 42, 250, 3, 77, 18, 161, 9, 240, 33, 5, 88, 144, 61, 2, 190, 71, 123, 6,
+        222,
+    ]);
+    let url = "https://crm.example.com/hooks";
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (vec![("WEBHOOK_URLS", url.into())], "WEBHOOK_SECRET"),
+        (
+            vec![
+                ("WEBHOOK_URLS", "ftp://crm.example.com/".into()),
+                ("WEBHOOK_SECRET", good.clone()),
+            ],
+            "WEBHOOK_URLS",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", "crm.example.com/hooks".into()),
+                ("WEBHOOK_SECRET", good.clone()),
+            ],
+            "WEBHOOK_URLS",
+        ),
+        (
+            vec![
+                (
+                    "WEBHOOK_URLS",
+                    "https://user:hunter2-hook@crm.example.com/".into(),
+                ),
+                ("WEBHOOK_SECRET", good.clone()),
+            ],
+            "WEBHOOK_URLS",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", "hunter2-hook-secret".into()),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", "whsec_!!not-base64!!".into()),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(&[9; 16])),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(&[9; 65])),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(b"passwordpasswordpassword")),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(b"correct horse battery staple")),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(b"qwertyuiopasdfghjklzxcvbnm")),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", secret_of(b"shop-webhook-secret-2026!")),
+            ],
+            "WEBHOOK_SECRET",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", good.clone()),
+                (
+                    "WEBHOOK_SECRET_PREVIOUS",
+                    secret_of(b"changemechangemechangeme"),
+                ),
+            ],
+            "WEBHOOK_SECRET_PREVIOUS",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", good.clone()),
+                ("WEBHOOK_EVENTS", "user.created,user.logged_in".into()),
+            ],
+            "WEBHOOK_EVENTS",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URLS", url.into()),
+                ("WEBHOOK_SECRET", good.clone()),
+                ("WEBHOOK_MAX_RETRY_HOURS", "0".into()),
+            ],
+            "WEBHOOK_MAX_RETRY_HOURS",
+        ),
+    ];
+    for (vars, var) in cases {
+        let mut all: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.push(("PORT", "0"));
+        let output = run_with(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{vars:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{vars:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("auth-service: invalid {var}: ")),
+            "{vars:?}: {stderr}"
+        );
+        for (name, value) in &vars {
+            if name.contains("SECRET") {
+                let encoded = value.trim_start_matches("whsec_");
+                assert!(!stderr.contains(encoded), "a secret echoed: {stderr}");
+            }
+        }
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
+
+/// Secrets made as the README says (`whsec_` and `openssl rand -base64 32`), of every allowed
+/// size, pass; so does a configuration without webhooks.
+#[test]
+fn random_webhook_secrets_always_pass() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    for n in 0..300 {
+        let bytes: Vec<u8> = (0..24 + n % 41).map(|_| rand::random::<u8>()).collect();
+        let secret = format!("whsec_{}", STANDARD.encode(&bytes));
+        let config = auth_service::config::Config::from_lookup(|name| match name {
+            "WEBHOOK_URLS" => Some("https://a.example/hooks, http://b.example:8080/in".into()),
+            "WEBHOOK_SECRET" => Some(secret.clone()),
+            _ => None,
+        });
+        let config = config.unwrap_or_else(|err| panic!("{} bytes refused: {err}", bytes.len()));
+        assert_eq!(config.webhooks.endpoints.len(), 2);
+        assert_eq!(config.webhooks.events.len(), 11);
+        assert_eq!(config.webhooks.max_retry_hours, 24);
+    }
+    let none = auth_service::config::Config::from_lookup(|_| None).unwrap();
+    assert!(none.webhooks.endpoints.is_empty());
+}
+
 #[test]
 fn an_unreachable_database_exits_2_naming_database_url() {
     // Nothing listens on port 1; retries stop after DATABASE_CONNECT_TIMEOUT_SECONDS.

@@ -20,6 +20,7 @@
 //! | `TokenStore` | `queue_password_reset`, `reissue_token`, `token_is_usable`, `reset_password_by_token` | `reset_tokens_and_the_mail_outbox` |
 //! | | `queue_email_verification`, `verify_email` | `registration_queues_verification_and_its_token_verifies_once` |
 //! | `OutboxStore` | `claim_mail`, `finish_mail`, `next_mail_due`, `pending_mail` | `reset_tokens_and_the_mail_outbox`, `concurrent_claims_never_share_a_message` |
+//! | | `claim_webhook`, `finish_webhook`, `next_webhook_due`, `pending_webhooks`, `purge_batch` (webhooks) | `webhook_events_are_written_with_their_change_and_claimed_in_order` |
 //! | `SecondFactorStore` | `add_totp_factor`, `find_factor`, `confirm_factor`, `confirmed_factors`, `use_time_step`, `step_up_session`, `remove_factor`, `factors_to_reseal`, `reseal_factor` | `second_factors_confirm_once_and_accept_each_step_once` |
 //! | | `replace_recovery_codes`, `use_recovery_code`, `recovery_codes_left`, `add_challenge`, `challenge_user`, `reset_second_factor`, `start_session` (a challenge) | `recovery_codes_and_challenges_are_used_once` |
 //! | `PasskeyStore` | `add_ceremony`, `take_ceremony`, `add_passkey`, `user_passkeys`, `find_passkey_by_credential`, `remove_passkey`, `start_session` (a passkey) | `passkeys_and_their_ceremonies_are_used_once` |
@@ -71,6 +72,7 @@ fn token(user_id: i64, family: Uuid, parent: Option<Uuid>) -> NewRefreshToken {
 }
 
 dual_backend!(
+    webhook_events_are_written_with_their_change_and_claimed_in_order,
     registration_queues_verification_and_its_token_verifies_once,
     purging_deletes_only_what_nothing_needs,
     housekeeping_methods_answer,
@@ -2502,4 +2504,161 @@ async fn passkeys_and_their_ceremonies_are_used_once(backend: Backend) {
         store.find_passkey_by_credential(b"cred-1").await.unwrap(),
         None
     );
+}
+
+async fn webhook_events_are_written_with_their_change_and_claimed_in_order(backend: Backend) {
+    use auth_service::store::{DeliveryOutcome, Subscriptions, WebhookEvent};
+    let db = TestDb::new(backend).await;
+    let (a, b) = ("http://a.example/hooks", "http://b.example/hooks");
+    let store = db
+        .subscribed_store(Subscriptions {
+            endpoints: vec![a.into(), b.into()],
+            events: WebhookEvent::ALL.to_vec(),
+        })
+        .await;
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let lease = now + Duration::seconds(30);
+    // An unsubscribed store writes nothing; one subscribed writes one row per endpoint.
+    db.store()
+        .await
+        .register_user("quiet@example.com", "quiet@example.com", "h", now, None)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_webhooks().await.unwrap(), 0);
+    let anna = store
+        .register_user("anna@example.com", "anna@example.com", "h", now, None)
+        .await
+        .unwrap();
+    store.revoke_user_sessions(anna.id, now).await.unwrap();
+    let bert = store
+        .register_user("bert@example.com", "bert@example.com", "h", now, None)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_webhooks().await.unwrap(), 6);
+    assert_eq!(store.next_webhook_due(a).await.unwrap(), Some(now));
+    assert_eq!(
+        store
+            .next_webhook_due("http://other.example/")
+            .await
+            .unwrap(),
+        None
+    );
+    // Anna's first event, then Bert's: Anna's second waits for her first's first attempt.
+    let first = store.claim_webhook(a, now, lease).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            first.event_type.as_str(),
+            first.user_id,
+            first.email.as_str(),
+            first.attempts
+        ),
+        ("user.created", anna.id, "anna@example.com", 1)
+    );
+    assert!(first.message_id.starts_with("msg_"));
+    let second = store.claim_webhook(a, now, lease).await.unwrap().unwrap();
+    assert_eq!(
+        (second.event_type.as_str(), second.user_id),
+        ("user.created", bert.id)
+    );
+    assert!(store.claim_webhook(a, now, lease).await.unwrap().is_none());
+    // The other endpoint has its own rows, the event's id shared.
+    let other = store.claim_webhook(b, now, lease).await.unwrap().unwrap();
+    assert_eq!(other.message_id, first.message_id);
+    assert_eq!(other.endpoint, b);
+    // A failed first attempt does not hold back the next event.
+    store
+        .finish_webhook(
+            first.id,
+            DeliveryOutcome::RetryAt(now + Duration::minutes(5)),
+            now,
+        )
+        .await
+        .unwrap();
+    let third = store.claim_webhook(a, now, lease).await.unwrap().unwrap();
+    assert_eq!(
+        (third.event_type.as_str(), third.user_id),
+        ("user.sessions_ended", anna.id)
+    );
+    assert_eq!(
+        store.next_webhook_due(a).await.unwrap(),
+        Some(lease),
+        "the earliest of a lease and a retry"
+    );
+    // Due again at its time, the attempt counted; a lease that ran out is claimable.
+    assert!(
+        store
+            .claim_webhook(a, now + Duration::seconds(20), lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = now + Duration::minutes(6);
+    let mut again = Vec::new();
+    while let Some(row) = store
+        .claim_webhook(a, later, later + Duration::seconds(30))
+        .await
+        .unwrap()
+    {
+        again.push((row.id, row.attempts));
+    }
+    again.sort_unstable();
+    let mut expected = [(first.id, 2), (second.id, 2), (third.id, 2)];
+    expected.sort_unstable();
+    assert_eq!(again, expected);
+    store
+        .finish_webhook(first.id, DeliveryOutcome::Delivered, later)
+        .await
+        .unwrap();
+    store
+        .finish_webhook(second.id, DeliveryOutcome::Failed, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.count("select count(*) from webhook_outbox where email is null")
+            .await,
+        2,
+        "a finished row forgets the address"
+    );
+    assert_eq!(store.pending_webhooks().await.unwrap(), 4);
+    // user.deleted outlives its user; a filtered store writes only its events.
+    let filtered = db
+        .subscribed_store(Subscriptions {
+            endpoints: vec![a.into()],
+            events: vec![WebhookEvent::Deleted],
+        })
+        .await;
+    filtered.revoke_user_sessions(bert.id, now).await.unwrap();
+    assert!(filtered.delete_user(bert.id, now).await.unwrap());
+    assert_eq!(store.pending_webhooks().await.unwrap(), 5);
+    assert_eq!(
+        db.count("select count(*) from webhook_outbox where event_type = 'user.deleted'")
+            .await,
+        1
+    );
+    // Disabling twice is one event; enabling an enabled user none.
+    store.set_user_active(anna.id, false, now).await.unwrap();
+    store.set_user_active(anna.id, false, now).await.unwrap();
+    store.set_user_active(anna.id, true, now).await.unwrap();
+    store.set_user_active(anna.id, true, now).await.unwrap();
+    assert_eq!(
+        db.count(
+            "select count(*) from webhook_outbox \
+             where event_type in ('user.disabled', 'user.enabled')"
+        )
+        .await,
+        4
+    );
+    // The purge: finished rows after their retention, unfinished ones once abandoned.
+    let purge = |finished, abandoned| Purge::Webhooks {
+        finished_before: finished,
+        abandoned_before: abandoned,
+    };
+    assert_eq!(store.purge_batch(purge(later, now), 100).await.unwrap(), 0);
+    let after = later + Duration::seconds(1);
+    assert_eq!(store.purge_batch(purge(after, now), 100).await.unwrap(), 2);
+    assert_eq!(
+        store.purge_batch(purge(after, after), 100).await.unwrap(),
+        9
+    );
+    assert_eq!(store.pending_webhooks().await.unwrap(), 0);
 }

@@ -165,6 +165,21 @@ impl crate::store::HousekeepingStore for Dialect {
             .execute(&mut *tx)
             .await?
             .rows_affected(),
+            Purge::Webhooks {
+                finished_before,
+                abandoned_before,
+            } => sqlx::query(
+                r"delete from webhook_outbox where id in (
+                    select id from webhook_outbox
+                    where delivered_at < $1 or failed_at < $1 or created_at < $2
+                    limit $3)",
+            )
+            .bind(finished_before)
+            .bind(abandoned_before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
             Purge::MailSends(before) => sqlx::query(
                 r"delete from mail_sends where (address, created_at) in (
                     select address, created_at from mail_sends where created_at < $1

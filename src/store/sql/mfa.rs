@@ -256,6 +256,13 @@ impl crate::store::SecondFactorStore for Dialect {
         let codes_stored = others == 0;
         if codes_stored {
             Self::store_recovery_codes(&mut tx, c.user_id, c.recovery_codes, now).await?;
+            self.record_webhooks(
+                &mut tx,
+                &[crate::store::WebhookEvent::MfaEnabled],
+                c.user_id,
+                now,
+            )
+            .await?;
         }
         Self::notify(&mut tx, c.user_id, c.notification, now).await?;
         // The events are the transaction's last writes (see append_event).
@@ -321,6 +328,13 @@ impl crate::store::SecondFactorStore for Dialect {
         let left = Self::confirmed_count(&mut tx, user_id).await?;
         if left == 0 {
             Self::store_recovery_codes(&mut tx, user_id, &[], now).await?;
+            self.record_webhooks(
+                &mut tx,
+                &[crate::store::WebhookEvent::MfaDisabled],
+                user_id,
+                now,
+            )
+            .await?;
         }
         Self::notify(&mut tx, user_id, notification, now).await?;
         tx.commit().await?;
@@ -442,6 +456,22 @@ impl crate::store::SecondFactorStore for Dialect {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        if factors > 0 {
+            self.record_webhooks(
+                &mut tx,
+                &[crate::store::WebhookEvent::MfaDisabled],
+                user_id,
+                now,
+            )
+            .await?;
+        }
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::SessionsEnded],
+            user_id,
+            now,
+        )
+        .await?;
         Self::log_out_everywhere(&mut tx, user_id, now).await?;
         tx.commit().await?;
         Ok(factors > 0)

@@ -74,6 +74,37 @@ impl Dialect {
         .await?;
         Ok(())
     }
+
+    /// Writes `events` about `user_id` for every endpoint subscribed to each, inside the
+    /// transaction of the change that causes them (before the user's row is deleted: the
+    /// address is read from it). Nothing for an event no endpoint receives.
+    pub(super) async fn record_webhooks(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Db>,
+        events: &[crate::store::WebhookEvent],
+        user_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), sqlx::Error> {
+        for &event in events.iter().filter(|&&event| self.webhooks.wants(event)) {
+            let message_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+            for endpoint in &self.webhooks.endpoints {
+                sqlx::query(
+                    r"insert into webhook_outbox
+                        (endpoint, message_id, event_type, user_id, email, created_at,
+                         next_attempt_at)
+                      select $1, $2, $3, id, email, $4, $4 from users where id = $5",
+                )
+                .bind(endpoint)
+                .bind(&message_id)
+                .bind(event.as_str())
+                .bind(now)
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -154,6 +185,85 @@ impl crate::store::OutboxStore for Dialect {
     async fn pending_mail(&self) -> Result<i64, crate::store::StoreError> {
         Ok(sqlx::query_scalar(
             "select count(*) from mail_outbox where sent_at is null and failed_at is null",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        lease_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<crate::store::OutboxWebhook>, crate::store::StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(id) = Self::due_webhook(&mut tx, endpoint, now).await? else {
+            return Ok(None);
+        };
+        let claimed = sqlx::query_as(
+            r"update webhook_outbox set leased_until = $2, attempts = attempts + 1
+              where id = $1
+              returning id, endpoint, message_id, event_type, user_id,
+                coalesce(email, '') as email, created_at, attempts",
+        )
+        .bind(id)
+        .bind(lease_until)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(claimed))
+    }
+
+    async fn finish_webhook(
+        &self,
+        id: i64,
+        outcome: crate::store::DeliveryOutcome,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), crate::store::StoreError> {
+        use crate::store::DeliveryOutcome;
+        let query = match outcome {
+            // A finished row forgets the address.
+            DeliveryOutcome::Delivered => sqlx::query(
+                r"update webhook_outbox set delivered_at = $2, email = null, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(now),
+            DeliveryOutcome::RetryAt(at) => sqlx::query(
+                r"update webhook_outbox set next_attempt_at = $2, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(at),
+            DeliveryOutcome::Failed => sqlx::query(
+                r"update webhook_outbox set failed_at = $2, email = null, leased_until = null
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(now),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn next_webhook_due(
+        &self,
+        endpoint: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::store::StoreError> {
+        Ok(sqlx::query_scalar(
+            r"select min(case when leased_until > next_attempt_at then leased_until
+                              else next_attempt_at end)
+              from webhook_outbox
+              where endpoint = $1 and delivered_at is null and failed_at is null",
+        )
+        .bind(endpoint)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_webhooks(&self) -> Result<i64, crate::store::StoreError> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from webhook_outbox where delivered_at is null and failed_at is null",
         )
         .fetch_one(&self.pool)
         .await?)

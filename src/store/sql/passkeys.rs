@@ -180,6 +180,13 @@ impl crate::store::PasskeyStore for Dialect {
             passkey.created_at,
         )
         .await?;
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::PasskeyAdded],
+            passkey.user_id,
+            passkey.created_at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -205,6 +212,13 @@ impl crate::store::PasskeyStore for Dialect {
             return Ok(false);
         }
         Self::notify(&mut tx, user_id, notification, now).await?;
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::PasskeyRemoved],
+            user_id,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -460,6 +460,13 @@ impl crate::store::SessionStore for Dialect {
         if Self::lock_user(&mut tx, user_id).await?.is_none() {
             return Ok(0);
         }
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::SessionsEnded],
+            user_id,
+            now,
+        )
+        .await?;
         let ended = Self::log_out_everywhere(&mut tx, user_id, now).await?;
         tx.commit().await?;
         Ok(ended)

@@ -2,6 +2,8 @@
 
 use async_trait::async_trait;
 
+use crate::store::WebhookEvent;
+
 use super::{Db, Dialect};
 
 impl Dialect {
@@ -220,9 +222,9 @@ impl crate::store::TokenStore for Dialect {
             // Rolled back: a disabled user's token is not spent either.
             return Ok(None);
         }
+        self.verify_address(&mut tx, user_id, now).await?;
         let (email, mail_to): (String, String) = sqlx::query_as(
-            r"update users set password_hash = $2, updated_at = $3,
-                email_verified_at = coalesce(email_verified_at, $3)
+            r"update users set password_hash = $2, updated_at = $3
               where id = $1
               returning email, coalesce(mail_to, email)",
         )
@@ -237,6 +239,13 @@ impl crate::store::TokenStore for Dialect {
             .execute(&mut *tx)
             .await?;
         Self::queue_mail(&mut tx, user_id, &mail_to, notification, now).await?;
+        self.record_webhooks(
+            &mut tx,
+            &[WebhookEvent::PasswordChanged, WebhookEvent::SessionsEnded],
+            user_id,
+            now,
+        )
+        .await?;
         // The event is the transaction's last write (see append_event).
         Self::log_out_everywhere(&mut tx, user_id, now).await?;
         tx.commit().await?;
@@ -254,14 +263,7 @@ impl crate::store::TokenStore for Dialect {
         else {
             return Ok(None);
         };
-        sqlx::query(
-            r"update users set email_verified_at = coalesce(email_verified_at, $2)
-              where id = $1",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        self.verify_address(&mut tx, user_id, now).await?;
         tx.commit().await?;
         Ok(Some(user_id))
     }

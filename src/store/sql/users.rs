@@ -2,7 +2,39 @@
 
 use async_trait::async_trait;
 
-use super::Dialect;
+use crate::store::WebhookEvent;
+
+use super::{Db, Dialect};
+
+impl Dialect {
+    /// Marks the user's address verified if it was not, inside the caller's transaction, with
+    /// its `user.email_verified` event the first time.
+    pub(super) async fn verify_address(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Db>,
+        user_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let verified = sqlx::query(
+            "update users set email_verified_at = $2 where id = $1 and email_verified_at is null",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if verified == 1 {
+            self.record_webhooks(
+                tx,
+                &[crate::store::WebhookEvent::EmailVerified],
+                user_id,
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl crate::store::UserStore for Dialect {
@@ -46,6 +78,13 @@ impl crate::store::UserStore for Dialect {
         .bind(password_hash)
         .bind(now)
         .fetch_one(&mut *tx)
+        .await?;
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::Created],
+            user.id,
+            now,
+        )
         .await?;
         // The account is created either way; the mail only while the address has its
         // share left this hour (a user past the cap can ask again later).
@@ -95,8 +134,16 @@ impl crate::store::UserStore for Dialect {
     ) -> Result<bool, crate::store::StoreError> {
         use crate::store::EventKind;
         let mut tx = self.begin_write().await?;
-        if Self::lock_user(&mut tx, id).await?.is_none() {
+        let Some(was_active) = Self::lock_user(&mut tx, id).await? else {
             return Ok(false);
+        };
+        if was_active != active {
+            let event = if active {
+                crate::store::WebhookEvent::Enabled
+            } else {
+                crate::store::WebhookEvent::Disabled
+            };
+            self.record_webhooks(&mut tx, &[event], id, now).await?;
         }
         if active {
             sqlx::query("update users set is_active = true, updated_at = $2 where id = $1")
@@ -143,6 +190,8 @@ impl crate::store::UserStore for Dialect {
         if Self::lock_user(&mut tx, id).await?.is_none() {
             return Ok(false);
         }
+        self.record_webhooks(&mut tx, &[crate::store::WebhookEvent::Deleted], id, now)
+            .await?;
         Self::append_event(
             &mut tx,
             crate::store::EventKind::UserDeleted,
@@ -183,16 +232,13 @@ impl crate::store::UserStore for Dialect {
         user_id: i64,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, crate::store::StoreError> {
-        Ok(sqlx::query(
-            r"update users set email_verified_at = coalesce(email_verified_at, $2)
-              where id = $1",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        let mut tx = self.begin_write().await?;
+        if Self::lock_user(&mut tx, user_id).await?.is_none() {
+            return Ok(false);
+        }
+        self.verify_address(&mut tx, user_id, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn rehash_password(
@@ -240,6 +286,13 @@ impl crate::store::UserStore for Dialect {
             return Ok(false);
         };
         Self::queue_mail(&mut tx, change.user_id, &email, change.notification, now).await?;
+        self.record_webhooks(
+            &mut tx,
+            &[crate::store::WebhookEvent::PasswordChanged],
+            change.user_id,
+            now,
+        )
+        .await?;
         Self::void_reset_tokens(&mut tx, change.user_id).await?;
         // The events are the transaction's last writes (see append_event).
         Self::end_user_sessions(
@@ -273,6 +326,13 @@ impl crate::store::UserStore for Dialect {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        self.record_webhooks(
+            &mut tx,
+            &[WebhookEvent::PasswordChanged, WebhookEvent::SessionsEnded],
+            user_id,
+            now,
+        )
+        .await?;
         Self::log_out_everywhere(&mut tx, user_id, now).await?;
         tx.commit().await?;
         Ok(true)
