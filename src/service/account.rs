@@ -229,7 +229,7 @@ impl AuthService {
             return Ok(false);
         }
         self.0.revocations.user_deleted(user.id);
-        self.outbox_queued();
+        self.events_queued();
         let email = Email::stored(user.email.clone());
         store
             .clear_login_attempts(&LockoutKey::Email(&email).stored())

@@ -396,7 +396,7 @@ impl AuthService {
         {
             return Err(AuthError::MfaNotEnrolled);
         }
-        self.outbox_queued();
+        self.mail_queued();
         audit::record(
             Event::RecoveryCodesRegenerated,
             Outcome::Success,
@@ -577,7 +577,7 @@ impl AuthService {
                         .use_recovery_code(user_id, &hash, &notification, now)
                         .await?;
                     if used {
-                        self.outbox_queued();
+                        self.mail_queued();
                         audit::record(
                             Event::RecoveryCodeUsed,
                             Outcome::Success,

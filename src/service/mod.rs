@@ -144,8 +144,10 @@ struct Inner {
     verified_access: quick_cache::sync::Cache<Arc<str>, Arc<Claims>, TokenWeight>,
     /// Account recovery's settings.
     mail: recovery::MailSettings,
-    /// Wakes the outbox worker's queues when this process queued a message or an event.
-    outbox_wakeup: tokio::sync::watch::Sender<()>,
+    /// Wakes the outbox worker's mail queue when this process queued a message.
+    mail_wakeup: tokio::sync::watch::Sender<()>,
+    /// Wakes its webhook queues when this process wrote events.
+    webhook_wakeup: tokio::sync::watch::Sender<()>,
     /// Forgot requests queued in the background at once (see `recovery::FORGOT_IN_FLIGHT`).
     forgot_in_flight: Arc<tokio::sync::Semaphore>,
     /// Seal the TOTP secrets at rest.
@@ -217,7 +219,8 @@ impl AuthService {
             feed_readers,
             verified_access: verified_access_cache(),
             mail,
-            outbox_wakeup: tokio::sync::watch::Sender::new(()),
+            mail_wakeup: tokio::sync::watch::Sender::new(()),
+            webhook_wakeup: tokio::sync::watch::Sender::new(()),
             forgot_in_flight: Arc::new(tokio::sync::Semaphore::new(recovery::FORGOT_IN_FLIGHT)),
             data_keys,
             passkeys,
@@ -312,9 +315,11 @@ impl AuthService {
                 verification.as_ref(),
             )
             .await;
-        // The verification mail, the `user.created` event.
         if registered.is_ok() {
-            self.outbox_queued();
+            if verification.is_some() {
+                self.mail_queued();
+            }
+            self.events_queued();
         }
         match registered {
             Ok(user) => Ok(RegisteredUser {

@@ -111,10 +111,10 @@ impl Outbox {
 
     /// Drains `queue`, then sleeps until its next row is due, until `stop`.
     async fn follow(&self, queue: Queue, service: Weak<Inner>, stop: &CancellationToken) {
-        let Some(mut wake) = service
-            .upgrade()
-            .map(|inner| inner.outbox_wakeup.subscribe())
-        else {
+        let Some(mut wake) = service.upgrade().map(|inner| match queue {
+            Queue::Mail => inner.mail_wakeup.subscribe(),
+            Queue::Webhooks(_) => inner.webhook_wakeup.subscribe(),
+        }) else {
             return;
         };
         while !stop.is_cancelled() {

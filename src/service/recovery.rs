@@ -169,7 +169,7 @@ impl AuthService {
         };
         let outcome = match self.0.store.queue_password_reset(&request, now).await {
             Ok(true) => {
-                self.outbox_queued();
+                self.mail_queued();
                 Outcome::Success
             }
             Ok(false) => Outcome::Ignored,
@@ -284,9 +284,21 @@ impl AuthService {
         })
     }
 
-    /// Wakes this process's outbox worker (a message or a webhook event was just queued).
+    /// Wakes this process's outbox worker's mail queue (a message was just queued).
+    pub(super) fn mail_queued(&self) {
+        self.0.mail_wakeup.send_replace(());
+    }
+
+    /// Wakes its webhook queues (events were just written); without `WEBHOOK_URLS` nothing
+    /// listens and this costs a lock.
+    pub(super) fn events_queued(&self) {
+        self.0.webhook_wakeup.send_replace(());
+    }
+
+    /// Both: a change that queued a notification and wrote its event.
     pub(super) fn outbox_queued(&self) {
-        self.0.outbox_wakeup.send_replace(());
+        self.mail_queued();
+        self.events_queued();
     }
 
     /// `POST /auth/email/verify`: marks the address of the token's user verified.
@@ -302,7 +314,7 @@ impl AuthService {
             audit::record(Event::EmailVerify, Outcome::Invalid, None, caller);
             return Err(AuthError::InvalidVerificationToken);
         };
-        self.outbox_queued();
+        self.events_queued();
         audit::record(Event::EmailVerify, Outcome::Success, Some(user_id), caller);
         Ok(())
     }
@@ -326,7 +338,7 @@ impl AuthService {
             .queue_email_verification(user_id, &verification, RESEND_MIN_INTERVAL, self.instant())
             .await?;
         if queued {
-            self.outbox_queued();
+            self.mail_queued();
         }
         let outcome = if queued {
             Outcome::Success

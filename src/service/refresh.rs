@@ -270,7 +270,7 @@ impl AuthService {
             .revoke_user_sessions(user_id, self.instant())
             .await?;
         self.0.revocations.user_changed(user_id);
-        self.outbox_queued();
+        self.events_queued();
         audit::record(Event::LogoutAll, Outcome::Success, Some(user_id), caller);
         Ok(())
     }
