@@ -882,13 +882,18 @@ impl Binary {
             .unwrap()
     }
 
-    /// SIGKILL: gone at once, nothing flushed or finished.
-    pub fn kill(mut self) {
+    /// SIGKILL: gone at once, nothing flushed or finished; what it wrote until then (stdout,
+    /// stderr).
+    pub fn kill(mut self) -> (String, String) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for reader in self.readers {
             reader.join().unwrap();
         }
+        let [stdout, stderr] = self
+            .output
+            .map(|out| std::mem::take(&mut *out.lock().unwrap()));
+        (stdout, stderr)
     }
 
     /// SIGTERM, then the exit code, stdout and stderr.

@@ -450,6 +450,10 @@ async fn events_pending_at_a_sigkill_arrive_once_after_the_restart(backend: Back
         ("JWT_SECRET_KEY", SECRET),
         ("WEBHOOK_URLS", url.as_str()),
         ("WEBHOOK_SECRET", secret.as_str()),
+        // A transport that fails (nothing listens on port 1), so no mail line carries an
+        // address and the log can be searched for one.
+        ("MAIL_URL", "smtp://127.0.0.1:1?tls=off"),
+        ("MAIL_FROM", "auth <auth@example.com>"),
     ];
     // The receiver is down: every attempt fails and is retried.
     let mut binary = Binary::spawn(&vars);
@@ -482,7 +486,28 @@ async fn events_pending_at_a_sigkill_arrive_once_after_the_restart(backend: Back
         binary.metrics().await.contains("webhook_outbox_pending 3")
     })
     .await;
-    binary.kill();
+    let (log, _) = binary.kill();
+    // Each failed attempt is a WARN line with the event's type and id, never the address or
+    // the endpoint's path.
+    let retries: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("a webhook was not delivered; retrying"))
+        .collect();
+    assert!(retries.len() >= 3, "{log}");
+    assert!(
+        retries
+            .iter()
+            .all(|line| line.contains("\"webhook.type\":\"user.created\"")
+                && line.contains("\"webhook.id\":\"msg_"))
+    );
+    assert!(
+        !log.contains("@example.com\""),
+        "an address in the log: {log}"
+    );
+    assert!(
+        !log.contains("/hooks"),
+        "the endpoint's path in the log: {log}"
+    );
     let receiver = Receiver::start_on(port, &[&secret]).await;
     let mut binary = Binary::spawn(&vars);
     assert!(binary.wait_ready());
