@@ -22,7 +22,7 @@ pub fn new_secret() -> String {
 }
 
 /// How the receiver answers one delivery.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Reply {
     /// This status at once.
     Status(u16),
@@ -30,6 +30,8 @@ pub enum Reply {
     Hang,
     /// This status after a while.
     Slow(u16, Duration),
+    /// A 307 to this URL.
+    Redirect(String),
 }
 
 /// One delivery as it arrived.
@@ -142,10 +144,14 @@ async fn receive(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> axum::http::StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     let reply = {
         let mut inner = inner.lock().unwrap();
-        let reply = inner.replies.pop_front().unwrap_or(inner.otherwise);
+        let reply = inner
+            .replies
+            .pop_front()
+            .unwrap_or_else(|| inner.otherwise.clone());
         let text = |name: &str| {
             headers
                 .get(name)
@@ -166,20 +172,25 @@ async fn receive(
                 .map(|secret| secret.verify(&body, &headers).is_ok())
                 .collect(),
             content_type: text("content-type"),
-            reply,
+            reply: reply.clone(),
         };
         inner.deliveries.push(delivery);
         reply
     };
     match reply {
-        Reply::Status(status) => axum::http::StatusCode::from_u16(status).unwrap(),
+        Reply::Status(status) => axum::http::StatusCode::from_u16(status)
+            .unwrap()
+            .into_response(),
         Reply::Slow(status, after) => {
             tokio::time::sleep(after).await;
-            axum::http::StatusCode::from_u16(status).unwrap()
+            axum::http::StatusCode::from_u16(status)
+                .unwrap()
+                .into_response()
         }
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            axum::http::StatusCode::OK
+            axum::http::StatusCode::OK.into_response()
         }
+        Reply::Redirect(to) => axum::response::Redirect::temporary(&to).into_response(),
     }
 }

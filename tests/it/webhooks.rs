@@ -26,6 +26,7 @@ dual_backend!(
     a_failed_delivery_is_retried_with_the_same_id_until_it_is_given_up,
     a_410_stops_deliveries_to_that_endpoint_until_restart,
     a_receiver_that_hangs_is_cut_off_and_holds_back_no_other_endpoint,
+    a_redirect_is_not_followed,
     a_users_events_are_first_attempted_in_the_order_they_happened,
     two_replicas_deliver_each_event_once,
     a_rotated_secret_signs_with_both,
@@ -366,6 +367,41 @@ async fn a_receiver_that_hangs_is_cut_off_and_holds_back_no_other_endpoint(backe
             == 0
     })
     .await;
+}
+
+async fn a_redirect_is_not_followed(backend: Backend) {
+    let secret = new_secret();
+    let moved = Receiver::start(&[&secret]).await;
+    let elsewhere = Receiver::start(&[&secret]).await;
+    moved.script([Reply::Redirect(elsewhere.url.clone())]);
+    let app = TestApp::spawn_with(backend, &hooks(&moved.url, &secret)).await;
+    app.user_with_tokens("redirected@example.com").await;
+    moved.wait_for(1, SOON).await;
+    poll_until("the attempt recorded", SOON, || async {
+        app.db
+            .count(
+                "select count(*) from webhook_outbox where attempts = 1 and leased_until is null",
+            )
+            .await
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        elsewhere.deliveries().is_empty(),
+        "the redirect was followed"
+    );
+    // Not delivered: retried at its own endpoint.
+    assert_eq!(
+        app.db
+            .count("select count(*) from webhook_outbox where delivered_at is null")
+            .await,
+        1
+    );
+    app.clock.advance(ChronoDuration::seconds(7));
+    let both = moved.wait_for(2, SOON).await;
+    assert_eq!(both[1].id, both[0].id);
+    assert!(elsewhere.deliveries().is_empty());
 }
 
 async fn a_users_events_are_first_attempted_in_the_order_they_happened(backend: Backend) {
