@@ -162,6 +162,9 @@ impl Webhooks {
                 "a webhook's outcome could not be recorded"
             );
         }
+        // The user's next event may have waited for this first attempt to end: look again
+        // now rather than after the queue's nap.
+        inner.webhook_wakeup.send_replace(());
     }
 
     /// Signs and posts `row`'s event; the answer's status.
@@ -245,11 +248,15 @@ fn client() -> anyhow::Result<Client> {
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // No Nagle delay: a request is small and its answer awaited.
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector),
