@@ -28,3 +28,12 @@ create index webhook_outbox_due on webhook_outbox (endpoint, next_attempt_at)
     where delivered_at is null and failed_at is null;
 create index webhook_outbox_user_order on webhook_outbox (endpoint, user_id, id)
     where delivered_at is null and failed_at is null;
+
+-- The claim's ordering check (an earlier unfinished row of the same user and endpoint) is
+-- planned well only with statistics: on a table that filled faster than autovacuum analysed
+-- it, the planner scanned every pending row of the endpoint per candidate (3 s per claim at
+-- 3,000 rows, 0.13 ms after ANALYZE). Analyse it after every 200 changed rows.
+alter table webhook_outbox set (
+    autovacuum_analyze_threshold = 200,
+    autovacuum_analyze_scale_factor = 0
+);
