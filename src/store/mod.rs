@@ -29,21 +29,16 @@ macro_rules! known_templates {
     };
 }
 
-/// The next webhook row for endpoint `$1` claimable at `$2`: due, not leased, and not ahead of
-/// an earlier row of its user and endpoint that has not had its first attempt or is in it
-/// (each dialect's `due_webhook` adds its locking).
-macro_rules! claimable_webhook {
+/// The webhook rows for endpoint `$1` due at `$2` and not leased, oldest first, at most `$3`:
+/// the candidates of a claim, which then skips those an earlier row of their user holds back
+/// (each dialect's `due_webhooks` adds its locking).
+macro_rules! due_webhooks {
     () => {
-        r"select w.id from webhook_outbox w
+        r"select w.id, w.user_id from webhook_outbox w
           where w.endpoint = $1 and w.delivered_at is null and w.failed_at is null
             and w.next_attempt_at <= $2 and (w.leased_until is null or w.leased_until <= $2)
-            and not exists (
-              select 1 from webhook_outbox e
-              where e.endpoint = w.endpoint and e.user_id = w.user_id and e.id < w.id
-                and e.delivered_at is null and e.failed_at is null
-                and (e.attempts = 0 or (e.attempts = 1 and e.leased_until > $2)))
           order by w.id
-          limit 1"
+          limit $3"
     };
 }
 

@@ -84,22 +84,20 @@ impl PgStore {
         .await
     }
 
-    /// The id of the next webhook row for `endpoint` due at `now` that may be claimed (see
-    /// [`OutboxStore::claim_webhook`](crate::store::OutboxStore::claim_webhook)), locked; rows
-    /// another replica holds are skipped.
-    async fn due_webhook(
+    /// Up to `limit` webhook rows for `endpoint` due at `now` (id, user), oldest first,
+    /// locked; rows another replica holds are skipped.
+    async fn due_webhooks(
         tx: &mut Transaction<'_, Postgres>,
         endpoint: &str,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(concat!(
-            claimable_webhook!(),
-            " for update of w skip locked"
-        ))
-        .bind(endpoint)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(concat!(due_webhooks!(), " for update of w skip locked"))
+            .bind(endpoint)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut **tx)
+            .await
     }
 
     /// Webhook events go to `subscriptions` from now on.

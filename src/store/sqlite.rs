@@ -74,18 +74,19 @@ impl SqliteStore {
         .await
     }
 
-    /// The id of the next webhook row for `endpoint` due at `now` that may be claimed (see
-    /// [`OutboxStore::claim_webhook`](crate::store::OutboxStore::claim_webhook)); the
+    /// Up to `limit` webhook rows for `endpoint` due at `now` (id, user), oldest first; the
     /// transaction holds the one write lock.
-    async fn due_webhook(
+    async fn due_webhooks(
         tx: &mut Transaction<'_, Sqlite>,
         endpoint: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(claimable_webhook!())
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(due_webhooks!())
             .bind(endpoint)
             .bind(now)
-            .fetch_optional(&mut **tx)
+            .bind(limit)
+            .fetch_all(&mut **tx)
             .await
     }
 
