@@ -65,6 +65,11 @@ async fn written_ids(app: &TestApp, user_id: i64) -> Vec<String> {
         .await
 }
 
+/// Waits (at most [`SOON`]) until `sql` counts `expected` rows, naming `what` if it never does.
+async fn rows_become(app: &TestApp, what: &str, sql: &str, expected: i64) {
+    poll_until(what, SOON, || async { app.db.count(sql).await == expected }).await;
+}
+
 #[track_caller]
 fn assert_signed(delivery: &Delivery) {
     assert_eq!(delivery.verified, [true], "{delivery:?}");
@@ -184,12 +189,12 @@ async fn every_event_is_delivered_signed_with_its_body(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.deliveries().len(), expected.len());
     // Delivered rows forget the address.
-    poll_until("every row delivered", SOON, || async {
-        app.db
-            .count("select count(*) from webhook_outbox where delivered_at is null or email is not null")
-            .await
-            == 0
-    })
+    rows_become(
+        &app,
+        "every row delivered",
+        "select count(*) from webhook_outbox where delivered_at is null or email is not null",
+        0,
+    )
     .await;
 }
 
@@ -227,14 +232,12 @@ async fn a_failed_delivery_is_retried_with_the_same_id_until_it_is_given_up(back
     let first = receiver.wait_for(1, SOON).await;
     assert_eq!(first[0].event(), "user.created");
     // The next attempt is due about 5 s later (4 to 6 with the jitter), not before.
-    poll_until("the attempt recorded", SOON, || async {
-        app.db
-            .count(
-                "select count(*) from webhook_outbox where attempts = 1 and leased_until is null",
-            )
-            .await
-            == 1
-    })
+    rows_become(
+        &app,
+        "the attempt recorded",
+        "select count(*) from webhook_outbox where attempts = 1 and leased_until is null",
+        1,
+    )
     .await;
     app.clock.advance(ChronoDuration::seconds(3));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -249,12 +252,12 @@ async fn a_failed_delivery_is_retried_with_the_same_id_until_it_is_given_up(back
     assert_eq!(both[1].body, both[0].body);
     assert_signed(&both[0]);
     assert_signed(&both[1]);
-    poll_until("delivered", SOON, || async {
-        app.db
-            .count("select count(*) from webhook_outbox where delivered_at is not null")
-            .await
-            == 1
-    })
+    rows_become(
+        &app,
+        "delivered",
+        "select count(*) from webhook_outbox where delivered_at is not null",
+        1,
+    )
     .await;
 
     // Given up once the next attempt would fall past WEBHOOK_MAX_RETRY_HOURS: attempts at
@@ -263,27 +266,25 @@ async fn a_failed_delivery_is_retried_with_the_same_id_until_it_is_given_up(back
     app.user_with_tokens("given-up@example.com").await;
     for (attempts, advance) in [(3, 7), (4, 6 * 60), (5, 36 * 60)] {
         receiver.wait_for(attempts, SOON).await;
-        poll_until("the attempt recorded", SOON, || async {
-            app.db
-                .count("select count(*) from webhook_outbox where leased_until is not null")
-                .await
-                == 0
-        })
+        rows_become(
+            &app,
+            "the attempt recorded",
+            "select count(*) from webhook_outbox where leased_until is not null",
+            0,
+        )
         .await;
         app.clock.advance(ChronoDuration::seconds(advance));
     }
     let all = receiver.wait_for(6, SOON).await;
     let given_up = &all[2..];
     assert!(given_up.iter().all(|d| d.id == given_up[0].id));
-    poll_until("failed", SOON, || async {
-        app.db
-            .count(
-                "select count(*) from webhook_outbox \
+    rows_become(
+        &app,
+        "failed",
+        "select count(*) from webhook_outbox \
                  where failed_at is not null and email is null and attempts = 4",
-            )
-            .await
-            == 1
-    })
+        1,
+    )
     .await;
     app.clock.advance(ChronoDuration::hours(12));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -328,10 +329,7 @@ async fn a_410_stops_deliveries_to_that_endpoint_until_restart(backend: Backend)
         deliveries[1..].iter().any(|d| d.id == deliveries[0].id),
         "the 410'd event again"
     );
-    poll_until("delivered", SOON, || async {
-        app.db.count(&waiting).await == 0
-    })
-    .await;
+    rows_become(&app, "delivered", &waiting, 0).await;
 }
 
 async fn a_receiver_that_hangs_is_cut_off_and_holds_back_no_other_endpoint(backend: Backend) {
@@ -352,20 +350,17 @@ async fn a_receiver_that_hangs_is_cut_off_and_holds_back_no_other_endpoint(backe
     );
     assert_eq!(app.db.count(&in_flight).await, 1, "still hanging");
     // Cut off (10 s) and scheduled again, never delivered by the hang.
-    poll_until("the hanging attempt cut off", SOON, || async {
-        app.db.count(&in_flight).await == 0
-    })
-    .await;
+    rows_become(&app, "the hanging attempt cut off", &in_flight, 0).await;
     app.clock.advance(ChronoDuration::seconds(7));
     let deliveries = hanging.wait_for(3, SOON).await;
     let first_event = &deliveries[0].id;
     assert!(deliveries[1..].iter().any(|d| &d.id == first_event));
-    poll_until("delivered", SOON, || async {
-        app.db
-            .count("select count(*) from webhook_outbox where delivered_at is null")
-            .await
-            == 0
-    })
+    rows_become(
+        &app,
+        "delivered",
+        "select count(*) from webhook_outbox where delivered_at is null",
+        0,
+    )
     .await;
 }
 
@@ -377,14 +372,12 @@ async fn a_redirect_is_not_followed(backend: Backend) {
     let app = TestApp::spawn_with(backend, &hooks(&moved.url, &secret)).await;
     app.user_with_tokens("redirected@example.com").await;
     moved.wait_for(1, SOON).await;
-    poll_until("the attempt recorded", SOON, || async {
-        app.db
-            .count(
-                "select count(*) from webhook_outbox where attempts = 1 and leased_until is null",
-            )
-            .await
-            == 1
-    })
+    rows_become(
+        &app,
+        "the attempt recorded",
+        "select count(*) from webhook_outbox where attempts = 1 and leased_until is null",
+        1,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
