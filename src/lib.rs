@@ -37,6 +37,7 @@ pub mod error_chain;
 pub mod http;
 pub mod keys;
 pub mod mail_transport;
+pub mod outbound;
 pub mod password_formats;
 pub mod passwords;
 pub mod server;

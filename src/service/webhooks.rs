@@ -7,10 +7,7 @@
 //! `WEBHOOK_MAX_RETRY_HOURS`, then fails with an ERROR line naming the event's type and id only.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration as StdDuration,
 };
 
@@ -216,8 +213,8 @@ enum PostError {
     Request,
 }
 
-/// The HTTP client: hyper over rustls (ring, the webpki roots, as the mail transport), HTTP/1.1,
-/// plain `http://` too; it follows no redirect (hyper never does).
+/// The HTTP client ([`crate::outbound::https_connector`]); it follows no redirect (hyper never
+/// does).
 type Client = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
@@ -239,27 +236,9 @@ fn body(row: &OutboxWebhook) -> String {
 
 /// The [`Client`].
 fn client() -> anyhow::Result<Client> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    // No Nagle delay: a request is small and its answer awaited.
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector),
+            .build(crate::outbound::https_connector()?),
     )
 }
 
