@@ -31,7 +31,9 @@ and the JSON answer), then prints:
   100,000 in under a minute) and the command's peak RSS (it should not grow with the file);
 - webhooks: the medians of a registration and of a logout-all (both now write an event) with
   webhooks off and on, on SQLite and PostgreSQL, and the events one process then delivers per
-  second to a local receiver.
+  second to a local receiver;
+- traces: the one-token verify ratio with traces off, on and sampled (to a local OTLP/HTTP
+  sink), and on and unsampled, each against the baseline in the same run.
 
 Figures, not assertions: these machines are shared and noisy, absolute numbers drift from run
 to run, ratios from one run hold. Needs wrk (Debian: apt-get install wrk) and, for the
@@ -744,6 +746,8 @@ def main():
                         help="only the user import lines (100,000 and 1,000,000 users)")
     parser.add_argument("--webhooks-only", action="store_true",
                         help="only the webhook lines (request paths off/on, delivery rate)")
+    parser.add_argument("--traces-only", action="store_true",
+                        help="only the verify ratios with traces off, sampled and unsampled")
     parser.add_argument("--slots-only", action="store_true",
                         help="only the full-server lines (new clients while slots are held)")
     args = parser.parse_args()
@@ -773,6 +777,9 @@ def main():
         return
     if args.webhooks_only:
         webhook_lines(2000)
+        return
+    if args.traces_only:
+        traces_lines(seconds, rounds)
         return
     workdir = tempfile.mkdtemp()
     if args.verify_only:
@@ -808,6 +815,7 @@ def main():
     verifier_ratio(seconds, rounds)
     user_import()
     webhook_lines(2000)
+    traces_lines(seconds, rounds)
 
 
 def rotation_storage(refreshes):
@@ -985,6 +993,55 @@ class WebhookReceiver:
 
     def stop(self):
         self.server.shutdown()
+
+
+def traces_lines(seconds, rounds):
+    """`/auth/verify` with one token (SQLite), against the baseline in the same run, with traces
+    off, on with every request sampled (each a new trace, exported to a local OTLP/HTTP sink
+    every 5 s), and on with every request unsampled (`OTEL_TRACES_SAMPLER=always_off`), and
+    what became of the sampled spans."""
+    sink = WebhookReceiver()
+    endpoint = sink.url.rsplit("/", 1)[0]
+    baseline = Baseline()
+    workdir = tempfile.mkdtemp()
+    configs = [
+        ("off", {}),
+        ("sampled", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
+        ("unsampled", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                       "OTEL_TRACES_SAMPLER": "always_off"}),
+    ]
+    try:
+        for name, env in configs:
+            service = Service(f"sqlite://{workdir}/traces-{name}.db", BCRYPT_ROUNDS=4, **env)
+            try:
+                token = service.token(f"traces-{name}@bench.example")
+                wrk(service.base + "/auth/verify", 2, token)
+                wrk(f"http://127.0.0.1:{baseline.port}/verify", 2, baseline.token)
+                ours, theirs = [], []
+                for _ in range(rounds):
+                    rps, errors, _ = wrk(f"http://127.0.0.1:{baseline.port}/verify", seconds,
+                                         baseline.token)
+                    theirs.append(rps)
+                    rps, errors, _ = wrk(service.base + "/auth/verify", seconds, token)
+                    if errors:
+                        raise SystemExit(f"traces {name}: {errors} verify requests failed")
+                    ours.append(rps)
+                with urllib.request.urlopen(service.base + "/metrics", timeout=10) as response:
+                    metrics = response.read().decode()
+                spans = {result: int(float(value)) for result, value in re.findall(
+                    r'^trace_spans_total\{result="(\w+)"\} ([\d.e+]+)$', metrics, re.M)}
+            finally:
+                service.stop()
+            ours, theirs = statistics.median(ours), statistics.median(theirs)
+            fate = ", ".join(f"{n:,} {r}" for r, n in sorted(spans.items())) or "none exported"
+            print(f"verify traces {name:<9}  one token   auth-service {ours:>9,.0f} rps   "
+                  f"baseline {theirs:>9,.0f} rps   ratio {ours / theirs:.2f}   "
+                  f"(median of {rounds} alternating {seconds} s runs, c{CONNECTIONS}; "
+                  f"spans: {fate})")
+    finally:
+        baseline.stop()
+        sink.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def webhook_lines(users):

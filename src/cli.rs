@@ -320,7 +320,13 @@ async fn serve(config: Config) -> ExitCode {
         eprintln!("auth-service: {err}");
         return ExitCode::from(2);
     }
-    telemetry::init(&config.log.level, config.log.format);
+    let traces = match telemetry::init(&config.log.level, config.log.format, &config.traces) {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("auth-service: {err}");
+            return ExitCode::from(2);
+        }
+    };
     if config.tokens.secret_generated && config.tokens.algorithm == JwtAlgorithm::Hs256 {
         tracing::warn!(
             "JWT_SECRET_KEY is not set: using a random secret for this process only; tokens will \
@@ -354,7 +360,11 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match crate::run(config, listener, shutdown_signal()).await {
+    let served = crate::run(config, listener, shutdown_signal()).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => startup_failure(&err),
     }

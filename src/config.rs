@@ -86,6 +86,170 @@ pub struct Config {
     pub passkeys: PasskeyConfig,
     /// Who learns of account changes.
     pub webhooks: WebhookConfig,
+    /// Traces over OTLP.
+    pub traces: TraceConfig,
+}
+
+/// Traces: on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (and neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`), with the standard
+/// variables' meanings; `TRACE_USER_ID` adds `enduser.id`. The variables the OpenTelemetry
+/// crates read themselves (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER_ARG`, ...) are checked here where a typo
+/// would otherwise go unnoticed, so a bad value stops the start like any other.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Where spans go; `None`: tracing off.
+    pub export: Option<OtlpExport>,
+    /// `TRACE_USER_ID` (default false): the user's id as `enduser.id` on spans that know it.
+    pub user_id: bool,
+}
+
+/// An OTLP destination. `Debug` shows the endpoint's origin only: a collector URL may carry a
+/// key in its path or query (headers, which usually do, are never read here).
+#[derive(Clone)]
+pub struct OtlpExport {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: url::Url,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` (default
+    /// `http/protobuf`).
+    pub protocol: OtlpProtocol,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds,
+    /// default 10000): one export's deadline.
+    pub timeout: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): finished spans waiting for export; more are
+    /// dropped and counted.
+    pub max_queue: usize,
+}
+
+impl fmt::Debug for OtlpExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpExport")
+            .field("endpoint", &self.endpoint.origin().ascii_serialization())
+            .field("protocol", &self.protocol)
+            .field("timeout", &self.timeout)
+            .field("max_queue", &self.max_queue)
+            .finish()
+    }
+}
+
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf` (the specification's default).
+    HttpProtobuf,
+    /// `http/json`.
+    HttpJson,
+    /// `grpc`.
+    Grpc,
+}
+
+impl TraceConfig {
+    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
+        let user_id = vars.flag("TRACE_USER_ID", false)?;
+        let disabled = vars.flag("OTEL_SDK_DISABLED", false)?;
+        let exporters = vars.list("OTEL_TRACES_EXPORTER");
+        let exporting = match exporters.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            [] | ["otlp"] => true,
+            ["none"] => false,
+            _ => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_EXPORTER",
+                    format!("expected otlp or none, got {:?}", exporters.join(",")),
+                ));
+            }
+        };
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .into_iter()
+        .find_map(|var| vars.get(var).map(|raw| (var, raw)));
+        let Some((endpoint_var, raw)) = endpoint.filter(|_| exporting && !disabled) else {
+            return Ok(Self {
+                export: None,
+                user_id,
+            });
+        };
+        let endpoint = url::Url::parse(&raw)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    endpoint_var,
+                    "expected an http:// or https:// URL (the collector, e.g. http://otel-collector:4318)",
+                )
+            })?;
+        let (protocol_var, protocol) = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .find_map(|var| vars.get(var).map(|raw| (var, raw)))
+        .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
+        let protocol = match protocol.as_str() {
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            "grpc" => OtlpProtocol::Grpc,
+            other => {
+                return Err(ConfigError::new(
+                    protocol_var,
+                    format!("expected http/protobuf, http/json or grpc, got {other:?}"),
+                ));
+            }
+        };
+        let timeout_var = if vars.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        let timeout = Duration::from_millis(vars.number(timeout_var, 10_000, 1, 600_000)?);
+        check_sampler(vars)?;
+        Ok(Self {
+            export: Some(OtlpExport {
+                endpoint,
+                protocol,
+                timeout,
+                max_queue: vars.number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1 << 20)?,
+            }),
+            user_id,
+        })
+    }
+}
+
+/// `OTEL_TRACES_SAMPLER` and, for the ratio samplers, `OTEL_TRACES_SAMPLER_ARG` (0 to 1): the
+/// SDK reads them, and would fall back to sampling everything on a typo.
+fn check_sampler(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<(), ConfigError> {
+    const SAMPLERS: &[&str] = &[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ];
+    let Some(sampler) = vars.get("OTEL_TRACES_SAMPLER") else {
+        return Ok(());
+    };
+    if !SAMPLERS.contains(&sampler.as_str()) {
+        return Err(ConfigError::new(
+            "OTEL_TRACES_SAMPLER",
+            format!("expected one of {}, got {sampler:?}", SAMPLERS.join(", ")),
+        ));
+    }
+    if sampler.ends_with("traceidratio") {
+        // Unset means 1 (the specification's default).
+        let arg = vars.get("OTEL_TRACES_SAMPLER_ARG");
+        if arg.as_deref().is_some_and(|raw| {
+            !raw.parse::<f64>()
+                .is_ok_and(|ratio| (0.0..=1.0).contains(&ratio))
+        }) {
+            return Err(ConfigError::new(
+                "OTEL_TRACES_SAMPLER_ARG",
+                format!("expected a ratio from 0 to 1 for {sampler}, got {arg:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Webhooks: `WEBHOOK_URLS`, `WEBHOOK_SECRET`, `WEBHOOK_SECRET_PREVIOUS`, `WEBHOOK_EVENTS`,
@@ -727,6 +891,7 @@ impl Config {
             data_keys: DataKeyConfig::read(&vars)?,
             passkeys,
             webhooks: WebhookConfig::read(&vars)?,
+            traces: TraceConfig::read(&vars)?,
             server,
         })
     }
@@ -1473,6 +1638,56 @@ mod tests {
             config.webhooks.subscriptions().endpoints,
             ["https://crm.example.com/in/tok3n-in-path?key=tok3n-in-query"]
         );
+    }
+
+    #[test]
+    fn traces_follow_the_standard_variables_and_print_the_collectors_origin_only() {
+        // Off by default, and when disabled or told `none`, endpoint or not.
+        assert!(config(&[]).unwrap().traces.export.is_none());
+        let endpoint = (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.example.com:4318/k3y-in-path?key=k3y-in-query",
+        );
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert!(config(&[endpoint, off]).unwrap().traces.export.is_none());
+        }
+        // On with an endpoint: http/protobuf, 10 s, 2048 spans unless told otherwise.
+        let c = config(&[endpoint]).unwrap();
+        let export = c.traces.export.clone().unwrap();
+        assert_eq!(export.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(export.timeout, Duration::from_secs(10));
+        assert_eq!(export.max_queue, 2048);
+        assert!(!c.traces.user_id);
+        let printed = format!("{c:?}");
+        assert!(
+            printed.contains("https://collector.example.com:4318"),
+            "{printed}"
+        );
+        assert!(!printed.contains("k3y"), "{printed}");
+        // The traces-only variables win over the general ones.
+        let c = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("TRACE_USER_ID", "true"),
+        ])
+        .unwrap();
+        let export = c.traces.export.unwrap();
+        assert_eq!(export.protocol, OtlpProtocol::Grpc);
+        assert_eq!(export.timeout, Duration::from_millis(2500));
+        assert!(c.traces.user_id);
+        let c = config(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:4318/v1/traces",
+        )]);
+        assert!(c.unwrap().traces.export.is_some());
     }
 
     #[test]

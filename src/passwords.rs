@@ -191,9 +191,13 @@ impl Passwords {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let span = tracing::Span::current();
+        // For traces: the wait for a thread, then the work (in the caller's span), apart.
+        let queued =
+            tracing::info_span!(target: crate::telemetry::traces::SPANS, "password_hash.queue");
         let shared = Arc::clone(&self.0);
         let submitted = Instant::now();
         inner.pool.spawn(move || {
+            drop(queued);
             shared.queued.fetch_sub(1, Ordering::SeqCst);
             metrics::histogram!("password_hash_wait_seconds")
                 .record(submitted.elapsed().as_secs_f64());
@@ -203,7 +207,10 @@ impl Passwords {
             }
             let _in_flight = InFlight::start();
             let started = Instant::now();
-            let result = span.in_scope(job);
+            let result = span.in_scope(|| {
+                tracing::info_span!(target: crate::telemetry::traces::SPANS, "password_hash")
+                    .in_scope(job)
+            });
             let _ = tx.send(result.map(|value| (value, started.elapsed())));
         });
         rx.await

@@ -19,6 +19,10 @@ use tracing::{Level, Span, field::Empty};
 
 use super::errors::ApiError;
 
+/// The target of the request spans of probes and scrapes: logged as every request span is,
+/// never exported as traces (a trace per probe every few seconds says nothing).
+pub const PROBES: &str = "auth_service::http::probes";
+
 /// Label for requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
@@ -212,7 +216,7 @@ impl RequestSpan {
         request_id: Option<&HeaderValue>,
         level: SpanLevel,
     ) -> Span {
-        self.span_of(
+        let span = self.span_of(
             RequestHead {
                 method: req.method(),
                 headers: req.headers(),
@@ -221,7 +225,14 @@ impl RequestSpan {
             route,
             request_id,
             level,
-        )
+        );
+        crate::telemetry::traces::continue_trace(
+            &span,
+            req.headers(),
+            method_label(req.method()),
+            route,
+        );
+        span
     }
 
     /// [`Self::span`] from the parts of a request it reads.
@@ -233,15 +244,20 @@ impl RequestSpan {
         level: SpanLevel,
     ) -> Span {
         macro_rules! request_span {
-            ($level:expr) => {
+            ($target:expr, $level:expr) => {
                 // The field values are only computed when the span is enabled.
                 tracing::span!(
+                    target: $target,
                     $level,
                     "request",
-                    http.method = method_label(req.method),
+                    http.request.method = method_label(req.method),
                     http.route = route,
-                    http.status = Empty,
+                    http.response.status_code = Empty,
                     duration_ms = Empty,
+                    trace_id = Empty,
+                    otel.name = Empty,
+                    otel.kind = Empty,
+                    otel.status_code = Empty,
                     request_id = request_id
                         .and_then(|id| id.to_str().ok())
                         .unwrap_or_default(),
@@ -253,12 +269,14 @@ impl RequestSpan {
                 )
             };
         }
-        let quiet =
-            route.starts_with("/health") || route == "/metrics" || route == super::hot_path::VERIFY;
-        if quiet && level == SpanLevel::Route {
-            request_span!(Level::DEBUG)
-        } else {
-            request_span!(Level::INFO)
+        let probe = route.starts_with("/health") || route == "/metrics";
+        match level {
+            // Probes and scrapes under a target of their own, which traces leave out.
+            SpanLevel::Route if probe => request_span!(PROBES, Level::DEBUG),
+            SpanLevel::Route if route == super::hot_path::VERIFY => {
+                request_span!(module_path!(), Level::DEBUG)
+            }
+            SpanLevel::Route | SpanLevel::Info => request_span!(module_path!(), Level::INFO),
         }
     }
 }
@@ -278,8 +296,11 @@ impl<B> MakeSpan<B> for RequestSpan {
 pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span: &Span) {
     let status = response.status().as_u16();
     let duration_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
-    span.record("http.status", status);
+    span.record("http.response.status_code", status);
     span.record("duration_ms", duration_ms);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let quiet = match span.metadata() {
         Some(meta) => *meta.level() == Level::DEBUG,
         None => return,
@@ -287,14 +308,14 @@ pub fn on_response<B>(response: &Response<B>, latency: std::time::Duration, span
     if quiet {
         tracing::event!(
             Level::DEBUG,
-            http.status = status,
+            http.response.status_code = status,
             duration_ms,
             "request completed"
         );
     } else {
         tracing::event!(
             Level::INFO,
-            http.status = status,
+            http.response.status_code = status,
             duration_ms,
             "request completed"
         );

@@ -23,6 +23,7 @@ use std::{
 
 use chrono::{DateTime, Duration, Utc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{
     AuthService, Inner,
@@ -251,7 +252,19 @@ async fn drain_webhooks(
                     Some(row) => Some(row),
                     None => claim().await,
                 } {
-                    webhooks.attempt(inner, endpoint, row).await;
+                    let span = tracing::info_span!(
+                        target: crate::telemetry::traces::ROOT_SPANS,
+                        parent: None,
+                        "webhook send",
+                        otel.kind = "client",
+                        webhook.r#type = %row.event_type,
+                        http.response.status_code = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                    );
+                    webhooks
+                        .attempt(inner, endpoint, row)
+                        .instrument(span)
+                        .await;
                 }
             });
         futures_util::future::join_all(lanes).await;
@@ -288,7 +301,14 @@ async fn lane(
         None if stop.is_cancelled() => None,
         None => claim_one(inner).await,
     } {
-        attempt(inner, mailer, mail).await;
+        let span = tracing::info_span!(
+            target: crate::telemetry::traces::ROOT_SPANS,
+            parent: None,
+            "mail send",
+            otel.kind = "client",
+            mail.template = mail.template.as_str(),
+        );
+        attempt(inner, mailer, mail).instrument(span).await;
     }
 }
 

@@ -145,6 +145,14 @@ impl Webhooks {
                 }
             }
         };
+        // The send's span (traces only): the answer, and whether it failed.
+        let span = tracing::Span::current();
+        if let Ok(status) = answered {
+            span.record("http.response.status_code", status.as_u16());
+        }
+        if result != "delivered" {
+            span.record("otel.status_code", "ERROR");
+        }
         metrics::counter!("webhook_deliveries_total", "result" => result).increment(1);
         if let Err(err) = inner
             .store

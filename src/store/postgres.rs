@@ -201,6 +201,8 @@ impl PgStore {
 type Db = Postgres;
 /// The store type the shared SQL implements the chapters for here.
 type Dialect = PgStore;
+/// `db.system` of its spans (the semantic conventions' name).
+const DB_SYSTEM: &str = "postgresql";
 
 #[expect(
     clippy::duplicate_mod,

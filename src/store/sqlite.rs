@@ -268,6 +268,8 @@ fn parse_original_time(raw: &str) -> Option<DateTime<Utc>> {
 type Db = Sqlite;
 /// The store type the shared SQL implements the chapters for here.
 type Dialect = SqliteStore;
+/// `db.system` of its spans (the semantic conventions' name).
+const DB_SYSTEM: &str = "sqlite";
 
 #[expect(
     clippy::duplicate_mod,

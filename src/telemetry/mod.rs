@@ -1,13 +1,25 @@
-//! Logging and metrics set-up.
+//! Logging, traces and metrics set-up.
 //!
 //! Logs are JSON by default (`LOG_FORMAT=pretty` for people), filtered by `LOG_LEVEL` unless
-//! `RUST_LOG` is set. The Prometheus recorder is process-global by nature (the `metrics` facade
-//! has one global recorder), so it is installed once and its handle shared.
+//! `RUST_LOG` is set. Traces ([`traces`]) are a second layer with a filter of its own, present
+//! only when an OTLP endpoint is configured. The Prometheus recorder is process-global by
+//! nature (the `metrics` facade has one global recorder), so it is installed once and its
+//! handle shared.
+
+pub mod traces;
 
 use std::{io::IsTerminal as _, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _,
+    filter::{FilterExt as _, LevelFilter, filter_fn},
+    layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
+};
+
+use crate::config::TraceConfig;
+use traces::{TraceError, TraceLayer, Traces};
 
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
 ///
@@ -25,13 +37,23 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber for the server (stdout, `LOG_LEVEL` as `level`, unless
-/// `RUST_LOG` is set). Call once, from `main`.
-pub fn init(level: &str, format: LogFormat) {
+/// `RUST_LOG` is set), with the trace layer when `traces` exports. Call once, from `main`,
+/// inside the Tokio runtime; keep what it returns to flush the traces at shutdown.
+///
+/// # Errors
+/// When the trace exporter refuses its configuration.
+pub fn init(
+    level: &str,
+    format: LogFormat,
+    traces: &TraceConfig,
+) -> Result<Option<Traces>, TraceError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stdout().is_terminal();
-    install(format, filter, std::io::stdout, ansi);
+    let (traces, layer) = Traces::start(traces)?.unzip();
+    install(format, filter, std::io::stdout, ansi, layer);
+    Ok(traces)
 }
 
 /// Installs the subscriber for admin commands: stderr, warnings plus the audit events, so
@@ -43,11 +65,17 @@ pub fn init_cli(format: LogFormat) {
         EnvFilter::new("warn,audit=info"),
         std::io::stderr,
         ansi,
+        None,
     );
 }
 
-fn install<W>(format: LogFormat, mut filter: EnvFilter, writer: W, ansi: bool)
-where
+fn install<W>(
+    format: LogFormat,
+    mut filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+    traces: Option<TraceLayer>,
+) where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     for directive in QUIET {
@@ -55,7 +83,12 @@ where
             filter = filter.add_directive(d);
         }
     }
-    let registry = tracing_subscriber::registry().with(filter);
+    // The log's own filter: a per-layer one, so the trace layer can see the DEBUG request
+    // spans of verify and the probes without the log printing them.
+    // (`filter_fn` says it may pass any level, so the pair keeps the level filter's maximum
+    // and disabled levels stay as cheap as with a global filter.)
+    let logged = filter.and(filter_fn(traces::logged).with_max_level_hint(LevelFilter::TRACE));
+    let registry = tracing_subscriber::registry().with(traces);
     let result = match format {
         LogFormat::Json => registry
             .with(
@@ -64,7 +97,8 @@ where
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_filter(logged),
             )
             .try_init(),
         LogFormat::Pretty => registry
@@ -72,7 +106,8 @@ where
                 tracing_subscriber::fmt::layer()
                     .with_writer(writer)
                     .with_ansi(ansi)
-                    .pretty(),
+                    .pretty()
+                    .with_filter(logged),
             )
             .try_init(),
     };
@@ -199,6 +234,11 @@ fn describe_metrics() {
     describe_gauge!(
         "webhook_outbox_pending",
         "Webhook events (one per endpoint) neither delivered nor failed"
+    );
+    describe_counter!(
+        "trace_spans_total",
+        "Finished spans by result: exported, failed (the collector refused or did not answer in \
+         OTEL_EXPORTER_OTLP_TIMEOUT), dropped (OTEL_BSP_MAX_QUEUE_SIZE spans already waited)"
     );
     describe_counter!(
         "passkey_ceremonies_total",

@@ -60,7 +60,15 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            auth_service::telemetry::init("info", auth_service::telemetry::LogFormat::Pretty);
+            let off = auth_service::config::TraceConfig {
+                export: None,
+                user_id: false,
+            };
+            let _ = auth_service::telemetry::init(
+                "info",
+                auth_service::telemetry::LogFormat::Pretty,
+                &off,
+            );
         }
     });
 }

@@ -62,6 +62,57 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
 }
 
 #[test]
+fn bad_trace_variables_exit_2_with_one_line_naming_them() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+    let ratio = ("OTEL_TRACES_SAMPLER", "traceidratio");
+    let cases: [(&str, Vec<(&str, &str)>); 9] = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector")],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")],
+        ),
+        (
+            "OTEL_TRACES_SAMPLER",
+            vec![endpoint, ("OTEL_TRACES_SAMPLER", "sometimes")],
+        ),
+        (
+            "OTEL_TRACES_SAMPLER_ARG",
+            vec![endpoint, ratio, ("OTEL_TRACES_SAMPLER_ARG", "2")],
+        ),
+        (
+            "OTEL_TRACES_EXPORTER",
+            vec![endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")],
+        ),
+        (
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            vec![endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+        ),
+        ("TRACE_USER_ID", vec![("TRACE_USER_ID", "maybe")]),
+    ];
+    for (var, vars) in cases {
+        let output = run_with(&vars);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{vars:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{var}: one line, got {stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("auth-service: invalid {var}: ")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn an_rp_id_no_default_origin_is_on_exits_2_asking_for_the_origins() {
     let output = run_with(&[("WEBAUTHN_RP_ID", "shop.example.com")]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -476,9 +527,12 @@ async fn logs_are_json_spans_without_emails_passwords_or_tokens() {
         .iter()
         .find(|l| l["span"]["request_id"] == "req-login-1" && l["message"] == "request completed")
         .expect("a completion line for the login request");
-    assert_eq!(login["span"]["http.method"], "POST");
+    assert_eq!(login["span"]["http.request.method"], "POST");
     assert_eq!(login["span"]["http.route"], "/auth/login");
-    assert_eq!(login["span"]["http.status"], 200);
+    assert_eq!(login["span"]["http.response.status_code"], 200);
+    // Traces are off: no trace id, no span name for them.
+    assert!(login["span"].get("trace_id").is_none());
+    assert!(login["span"].get("otel.name").is_none());
     assert!(login["span"]["duration_ms"].is_u64());
     assert_eq!(login["span"]["client.ip"], "127.0.0.1");
     // The audit trail: one event per action on target `audit`.

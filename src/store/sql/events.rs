@@ -35,6 +35,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::EventStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn events_since(
         &self,
         after: i64,
@@ -54,6 +55,7 @@ impl crate::store::EventStore for Dialect {
             .collect()
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn event_bounds(&self) -> Result<Option<(i64, i64)>, crate::store::StoreError> {
         let (first, last): (Option<i64>, Option<i64>) =
             sqlx::query_as("select min(id), max(id) from revocation_events")
@@ -62,6 +64,7 @@ impl crate::store::EventStore for Dialect {
         Ok(first.zip(last))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn last_event_id(&self) -> Result<i64, crate::store::StoreError> {
         Ok(
             sqlx::query_scalar("select coalesce(max(id), 0) from revocation_events")

@@ -6,6 +6,7 @@ use super::Dialect;
 
 #[async_trait]
 impl crate::store::HousekeepingStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
@@ -20,6 +21,7 @@ impl crate::store::HousekeepingStore for Dialect {
         crate::store::PoolStats { size, idle }
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn migrate(&self) -> Result<(), crate::store::StoreError> {
         Self::MIGRATOR
             .run(&self.pool)
@@ -27,6 +29,7 @@ impl crate::store::HousekeepingStore for Dialect {
             .map_err(|e| crate::store::StoreError::Other(e.into()))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn schema_is_current(&self) -> Result<bool, crate::store::StoreError> {
         let applied = sqlx::query_scalar(crate::store::APPLIED_MIGRATIONS)
             .fetch_all(&self.pool)
@@ -34,6 +37,7 @@ impl crate::store::HousekeepingStore for Dialect {
         crate::store::covers(applied, &Self::MIGRATOR)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn data_migration_done(&self, name: &str) -> Result<bool, crate::store::StoreError> {
         Ok(
             sqlx::query_scalar::<_, i64>("select count(*) from data_migrations where name = $1")
@@ -44,6 +48,7 @@ impl crate::store::HousekeepingStore for Dialect {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn record_data_migration(
         &self,
         name: &str,
@@ -60,6 +65,7 @@ impl crate::store::HousekeepingStore for Dialect {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn purge_batch(
         &self,
         purge: crate::store::Purge,
@@ -206,6 +212,7 @@ impl crate::store::HousekeepingStore for Dialect {
         Ok(deleted)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn export_users(&self) -> Result<Vec<crate::store::UserRow>, crate::store::StoreError> {
         Ok(sqlx::query_as(concat!(
             "select ",
@@ -216,6 +223,7 @@ impl crate::store::HousekeepingStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn export_refresh_tokens(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -230,6 +238,7 @@ impl crate::store::HousekeepingStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn insert_imported_users(
         &self,
         users: &[crate::store::ImportedUser],
@@ -296,6 +305,7 @@ impl crate::store::HousekeepingStore for Dialect {
         Ok(rows)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn export_second_factors(
         &self,
     ) -> Result<
@@ -321,6 +331,7 @@ impl crate::store::HousekeepingStore for Dialect {
         Ok((factors, codes))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn export_passkeys(
         &self,
     ) -> Result<Vec<crate::store::PasskeyRow>, crate::store::StoreError> {
@@ -333,6 +344,7 @@ impl crate::store::HousekeepingStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn import(
         &self,
         transfer: &crate::store::Transfer,

@@ -6,6 +6,7 @@ use super::Dialect;
 
 #[async_trait]
 impl crate::store::LockoutStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn reserve_login_attempt(
         &self,
         key: &str,
@@ -51,6 +52,7 @@ impl crate::store::LockoutStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_login_attempt(
         &self,
         key: &str,
@@ -63,6 +65,7 @@ impl crate::store::LockoutStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn clear_login_attempts(&self, key: &str) -> Result<(), crate::store::StoreError> {
         sqlx::query("delete from login_attempts where key = $1")
             .bind(key)

@@ -139,6 +139,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::SecondFactorStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn add_totp_factor(
         &self,
         factor: &crate::store::NewFactor<'_>,
@@ -171,6 +172,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_factor(&self, id: uuid::Uuid) -> Result<Option<FactorRow>, StoreError> {
         Ok(sqlx::query_as(concat!(
             "select ",
@@ -182,6 +184,7 @@ impl crate::store::SecondFactorStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn confirmed_factors(&self, user_id: i64) -> Result<Vec<FactorRow>, StoreError> {
         Ok(sqlx::query_as(concat!(
             "select ",
@@ -194,6 +197,7 @@ impl crate::store::SecondFactorStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn use_time_step(
         &self,
         factor_id: uuid::Uuid,
@@ -214,6 +218,7 @@ impl crate::store::SecondFactorStore for Dialect {
             == 1)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn confirm_factor(
         &self,
         confirmation: &crate::store::FactorConfirmation<'_>,
@@ -283,6 +288,7 @@ impl crate::store::SecondFactorStore for Dialect {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn step_up_session(
         &self,
         session: uuid::Uuid,
@@ -301,6 +307,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(raised)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn remove_factor(
         &self,
         factor_id: uuid::Uuid,
@@ -341,6 +348,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn replace_recovery_codes(
         &self,
         user_id: i64,
@@ -362,6 +370,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn use_recovery_code(
         &self,
         user_id: i64,
@@ -389,6 +398,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn recovery_codes_left(&self, user_id: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "select count(*) from mfa_recovery_codes where user_id = $1 and used_at is null",
@@ -398,6 +408,7 @@ impl crate::store::SecondFactorStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn add_challenge(
         &self,
         token_hash: &[u8; 32],
@@ -422,6 +433,7 @@ impl crate::store::SecondFactorStore for Dialect {
             == 1)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn challenge_user(
         &self,
         token_hash: &[u8; 32],
@@ -437,6 +449,7 @@ impl crate::store::SecondFactorStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn reset_second_factor(
         &self,
         user_id: i64,
@@ -477,6 +490,7 @@ impl crate::store::SecondFactorStore for Dialect {
         Ok(factors > 0)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn factors_to_reseal(
         &self,
         current_key: Option<&str>,
@@ -496,6 +510,7 @@ impl crate::store::SecondFactorStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn reseal_factor(
         &self,
         id: uuid::Uuid,

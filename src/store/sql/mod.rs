@@ -19,6 +19,9 @@
 //! | `after_import(tx)` | nothing: `AUTOINCREMENT` follows explicit ids | move the identity sequence |
 //! | `MIGRATOR`, `connect`, `notifications()` | its migrations, file options | its migrations, pool options, `LISTEN` |
 //!
+//! Every chapter method is a span (`#[tracing::instrument]`, named after the method, with
+//! `db.system`): the database calls of a request's trace. Its arguments are never recorded.
+//!
 //! Why not a generic over `sqlx::Database`: a generic body needs, per method, an
 //! `Encode + Type` bound for every bound type, a `Decode` bound for every column, `FromRow`
 //! bounds for every row and a higher-ranked `Executor` bound on the connection, which together
@@ -79,7 +82,7 @@ mod sessions;
 mod tokens;
 mod users;
 
-use super::{Db, Dialect};
+use super::{DB_SYSTEM, Db, Dialect};
 
 /// A session for every refresh-token family that has none (imports), ended when every token
 /// of it is revoked.

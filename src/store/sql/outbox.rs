@@ -113,6 +113,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::OutboxStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn claim_mail(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -139,6 +140,7 @@ impl crate::store::OutboxStore for Dialect {
         Ok(claimed)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn finish_mail(
         &self,
         id: i64,
@@ -171,6 +173,7 @@ impl crate::store::OutboxStore for Dialect {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn next_mail_due(
         &self,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::store::StoreError> {
@@ -186,6 +189,7 @@ impl crate::store::OutboxStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn pending_mail(&self) -> Result<i64, crate::store::StoreError> {
         Ok(sqlx::query_scalar(
             "select count(*) from mail_outbox where sent_at is null and failed_at is null",
@@ -194,6 +198,7 @@ impl crate::store::OutboxStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn claim_webhook(
         &self,
         endpoint: &str,
@@ -242,6 +247,7 @@ impl crate::store::OutboxStore for Dialect {
         Ok(Some(claimed))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn finish_webhook(
         &self,
         id: i64,
@@ -274,6 +280,7 @@ impl crate::store::OutboxStore for Dialect {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn next_webhook_due(
         &self,
         endpoint: &str,
@@ -289,6 +296,7 @@ impl crate::store::OutboxStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn pending_webhooks(&self) -> Result<i64, crate::store::StoreError> {
         Ok(sqlx::query_scalar(
             "select count(*) from webhook_outbox where delivered_at is null and failed_at is null",

@@ -39,6 +39,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::PasskeyStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn add_ceremony(
         &self,
         ceremony: &NewCeremony<'_>,
@@ -91,6 +92,7 @@ impl crate::store::PasskeyStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn take_ceremony(
         &self,
         id: uuid::Uuid,
@@ -121,6 +123,7 @@ impl crate::store::PasskeyStore for Dialect {
             .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn user_passkeys(&self, user_id: i64) -> Result<Vec<PasskeyRow>, StoreError> {
         Ok(sqlx::query_as(concat!(
             "select ",
@@ -132,6 +135,7 @@ impl crate::store::PasskeyStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_passkey_by_credential(
         &self,
         credential_id: &[u8],
@@ -146,6 +150,7 @@ impl crate::store::PasskeyStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn add_passkey(
         &self,
         passkey: &NewPasskey<'_>,
@@ -191,6 +196,7 @@ impl crate::store::PasskeyStore for Dialect {
         Ok(Ok(()))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn remove_passkey(
         &self,
         id: uuid::Uuid,

@@ -170,6 +170,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::SessionStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn start_session(
         &self,
         session: &crate::store::NewSession,
@@ -259,6 +260,7 @@ impl crate::store::SessionStore for Dialect {
         Ok(Ok(evicted))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn touch_session(
         &self,
         id: uuid::Uuid,
@@ -278,6 +280,7 @@ impl crate::store::SessionStore for Dialect {
         row.map(Self::assurance).transpose()
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn live_sessions(
         &self,
         user_id: i64,
@@ -296,6 +299,7 @@ impl crate::store::SessionStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_session(
         &self,
         id: uuid::Uuid,
@@ -310,6 +314,7 @@ impl crate::store::SessionStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_refresh_token(
         &self,
         jti: uuid::Uuid,
@@ -324,6 +329,7 @@ impl crate::store::SessionStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_child_token(
         &self,
         parent: uuid::Uuid,
@@ -338,6 +344,7 @@ impl crate::store::SessionStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn rotate_refresh_token(
         &self,
         parent: uuid::Uuid,
@@ -425,6 +432,7 @@ impl crate::store::SessionStore for Dialect {
         Ok(RotateOutcome::Rotated(assurance))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn revoke_session(
         &self,
         id: uuid::Uuid,
@@ -451,6 +459,7 @@ impl crate::store::SessionStore for Dialect {
         Ok(ended)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn revoke_user_sessions(
         &self,
         user_id: i64,

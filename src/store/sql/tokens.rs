@@ -94,6 +94,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::TokenStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn queue_password_reset(
         &self,
         request: &crate::store::ResetRequest<'_>,
@@ -128,6 +129,7 @@ impl crate::store::TokenStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn queue_email_verification(
         &self,
         user_id: i64,
@@ -158,6 +160,7 @@ impl crate::store::TokenStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn reissue_token(
         &self,
         user_id: i64,
@@ -187,6 +190,7 @@ impl crate::store::TokenStore for Dialect {
         Ok(issued)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn token_is_usable(
         &self,
         token_hash: &[u8; 32],
@@ -205,6 +209,7 @@ impl crate::store::TokenStore for Dialect {
         Ok(found.is_some())
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn reset_password_by_token(
         &self,
         token_hash: &[u8; 32],
@@ -252,6 +257,7 @@ impl crate::store::TokenStore for Dialect {
         Ok(Some(user_id))
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn verify_email(
         &self,
         token_hash: &[u8; 32],

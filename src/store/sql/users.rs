@@ -38,6 +38,7 @@ impl Dialect {
 
 #[async_trait]
 impl crate::store::UserStore for Dialect {
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn insert_user(
         &self,
         email: &str,
@@ -57,6 +58,7 @@ impl crate::store::UserStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn register_user(
         &self,
         email: &str,
@@ -98,6 +100,7 @@ impl crate::store::UserStore for Dialect {
         Ok(user)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_user_by_email(
         &self,
         email: &str,
@@ -112,6 +115,7 @@ impl crate::store::UserStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn find_user_by_id(
         &self,
         id: i64,
@@ -126,6 +130,7 @@ impl crate::store::UserStore for Dialect {
         .await?)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn set_user_active(
         &self,
         id: i64,
@@ -181,6 +186,7 @@ impl crate::store::UserStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn delete_user(
         &self,
         id: i64,
@@ -209,6 +215,7 @@ impl crate::store::UserStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn update_user_email(
         &self,
         id: i64,
@@ -227,6 +234,7 @@ impl crate::store::UserStore for Dialect {
         )
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn mark_email_verified(
         &self,
         user_id: i64,
@@ -241,6 +249,7 @@ impl crate::store::UserStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn rehash_password(
         &self,
         id: i64,
@@ -262,6 +271,7 @@ impl crate::store::UserStore for Dialect {
             == 1)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn change_password_by_user(
         &self,
         change: &crate::store::PasswordChange<'_>,
@@ -310,6 +320,7 @@ impl crate::store::UserStore for Dialect {
         Ok(true)
     }
 
+    #[tracing::instrument(skip_all, fields(otel.kind = "client", db.system = super::DB_SYSTEM))]
     async fn set_password_by_admin(
         &self,
         user_id: i64,
