@@ -142,6 +142,17 @@ async fn login(client: &Client, binary: &Binary, email: &str, traceparent: &str)
         .to_owned()
 }
 
+/// `GET /auth/verify` without a token, in the caller's trace: a 401.
+async fn verify_without_a_token(client: &Client, binary: &Binary, traceparent: &str) {
+    let refused = client
+        .get(binary.url("/auth/verify"))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}
+
 async fn a_login_carrying_a_traceparent_is_the_callers_child_with_its_hash_and_database_calls(
     backend: Backend,
 ) {
@@ -255,6 +266,10 @@ async fn verify_is_traced_alike_through_the_hot_path_and_the_router(backend: Bac
     let user_id = verify(hot, None).await;
     let (routed, routed_trace, routed_parent) = caller(true);
     verify(routed, Some("http://localhost:3000")).await;
+    // A malformed `traceparent` is no error: the request starts a trace of its own.
+    let malformed = format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16));
+    verify(malformed, None).await;
+    verify("not a traceparent".to_owned(), None).await;
     // Assert
     let hot_spans = collector
         .trace(&hot_trace, &["GET /auth/verify", "verify_access"], SOON)
@@ -282,6 +297,17 @@ async fn verify_is_traced_alike_through_the_hot_path_and_the_router(backend: Bac
             Some(user_id.to_string().as_str())
         );
     }
+    // The malformed ones: two new traces, their server spans roots.
+    let roots = collector
+        .wait_until("two root verify spans", SOON, |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "GET /auth/verify" && s.parent_span_id.is_empty())
+                .count()
+                == 2
+        })
+        .await;
+    assert!(roots.iter().all(|s| s.trace_id != "0".repeat(32)));
     // The caller that did not sample: nothing of its trace was exported.
     assert!(
         collector
@@ -394,13 +420,7 @@ async fn grpc_and_http_json_reach_the_collector_with_its_headers_and_resource(ba
         let client = Client::new();
         let (traceparent, trace_id, parent) = caller(true);
         // Act
-        let refused = client
-            .get(binary.url("/auth/verify"))
-            .header("traceparent", traceparent)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        verify_without_a_token(&client, &binary, &traceparent).await;
         // Assert
         let spans = collector
             .trace(&trace_id, &["GET /auth/verify"], SOON)
@@ -437,13 +457,7 @@ async fn shutdown_flushes_the_spans_still_queued(backend: Backend) {
     );
     let client = Client::new();
     let (traceparent, trace_id, _) = caller(true);
-    let refused = client
-        .get(binary.url("/auth/verify"))
-        .header("traceparent", traceparent)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    verify_without_a_token(&client, &binary, &traceparent).await;
     assert!(collector.spans().is_empty());
     // Act
     let (code, _, _) = tokio::task::block_in_place(|| binary.terminate());
