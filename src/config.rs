@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use secrecy::ExposeSecret as _;
 use secrecy::SecretString;
 
-use crate::telemetry::LogFormat;
+use crate::telemetry::{
+    LogFormat,
+    traces::{OtlpExport, OtlpProtocol, TraceConfig},
+};
 
 pub use crate::{
     database_url::DatabaseUrl,
@@ -90,130 +93,81 @@ pub struct Config {
     pub traces: TraceConfig,
 }
 
-/// Traces: on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-/// (and neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`), with the standard
-/// variables' meanings; `TRACE_USER_ID` adds `enduser.id`. The variables the OpenTelemetry
-/// crates read themselves (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-/// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER_ARG`, ...) are checked here where a typo
-/// would otherwise go unnoticed, so a bad value stops the start like any other.
-#[derive(Clone, Debug)]
-pub struct TraceConfig {
-    /// Where spans go; `None`: tracing off.
-    pub export: Option<OtlpExport>,
-    /// `TRACE_USER_ID` (default false): the user's id as `enduser.id` on spans that know it.
-    pub user_id: bool,
-}
-
-/// An OTLP destination. `Debug` shows the endpoint's origin only: a collector URL may carry a
-/// key in its path or query (headers, which usually do, are never read here).
-#[derive(Clone)]
-pub struct OtlpExport {
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub endpoint: url::Url,
-    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` (default
-    /// `http/protobuf`).
-    pub protocol: OtlpProtocol,
-    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds,
-    /// default 10000): one export's deadline.
-    pub timeout: Duration,
-    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): finished spans waiting for export; more are
-    /// dropped and counted.
-    pub max_queue: usize,
-}
-
-impl fmt::Debug for OtlpExport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OtlpExport")
-            .field("endpoint", &self.endpoint.origin().ascii_serialization())
-            .field("protocol", &self.protocol)
-            .field("timeout", &self.timeout)
-            .field("max_queue", &self.max_queue)
-            .finish()
-    }
-}
-
-/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    /// `http/protobuf` (the specification's default).
-    HttpProtobuf,
-    /// `http/json`.
-    HttpJson,
-    /// `grpc`.
-    Grpc,
-}
-
-impl TraceConfig {
-    fn read(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<Self, ConfigError> {
-        let user_id = vars.flag("TRACE_USER_ID", false)?;
-        let disabled = vars.flag("OTEL_SDK_DISABLED", false)?;
-        let exporters = vars.list("OTEL_TRACES_EXPORTER");
-        let exporting = match exporters.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            [] | ["otlp"] => true,
-            ["none"] => false,
-            _ => {
-                return Err(ConfigError::new(
-                    "OTEL_TRACES_EXPORTER",
-                    format!("expected otlp or none, got {:?}", exporters.join(",")),
-                ));
-            }
-        };
-        let endpoint = [
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .into_iter()
-        .find_map(|var| vars.get(var).map(|raw| (var, raw)));
-        let Some((endpoint_var, raw)) = endpoint.filter(|_| exporting && !disabled) else {
-            return Ok(Self {
-                export: None,
-                user_id,
-            });
-        };
-        let endpoint = url::Url::parse(&raw)
-            .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    endpoint_var,
-                    "expected an http:// or https:// URL (the collector, e.g. http://otel-collector:4318)",
-                )
-            })?;
-        let (protocol_var, protocol) = [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]
-        .into_iter()
-        .find_map(|var| vars.get(var).map(|raw| (var, raw)))
-        .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
-        let protocol = match protocol.as_str() {
-            "http/protobuf" => OtlpProtocol::HttpProtobuf,
-            "http/json" => OtlpProtocol::HttpJson,
-            "grpc" => OtlpProtocol::Grpc,
-            other => {
-                return Err(ConfigError::new(
-                    protocol_var,
-                    format!("expected http/protobuf, http/json or grpc, got {other:?}"),
-                ));
-            }
-        };
-        let timeout_var = if vars.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
-        } else {
-            "OTEL_EXPORTER_OTLP_TIMEOUT"
-        };
-        let timeout = Duration::from_millis(vars.number(timeout_var, 10_000, 1, 600_000)?);
-        check_sampler(vars)?;
-        Ok(Self {
-            export: Some(OtlpExport {
-                endpoint,
-                protocol,
-                timeout,
-                max_queue: vars.number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1 << 20)?,
-            }),
+/// Traces ([`TraceConfig`]): on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and neither `OTEL_SDK_DISABLED=true` nor
+/// `OTEL_TRACES_EXPORTER=none`), with the standard variables' meanings; `TRACE_USER_ID` adds
+/// `enduser.id`. The variables the OpenTelemetry crates read themselves
+/// (`OTEL_TRACES_SAMPLER_ARG`, ...) are checked here where a typo would otherwise go unnoticed,
+/// so a bad value stops the start like any other.
+fn read_traces(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<TraceConfig, ConfigError> {
+    let user_id = vars.flag("TRACE_USER_ID", false)?;
+    let disabled = vars.flag("OTEL_SDK_DISABLED", false)?;
+    let exporters = vars.list("OTEL_TRACES_EXPORTER");
+    let exporting = match exporters.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["otlp"] => true,
+        ["none"] => false,
+        _ => {
+            return Err(ConfigError::new(
+                "OTEL_TRACES_EXPORTER",
+                format!("expected otlp or none, got {:?}", exporters.join(",")),
+            ));
+        }
+    };
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .into_iter()
+    .find_map(|var| vars.get(var).map(|raw| (var, raw)));
+    let Some((endpoint_var, raw)) = endpoint.filter(|_| exporting && !disabled) else {
+        return Ok(TraceConfig {
+            export: None,
             user_id,
-        })
-    }
+        });
+    };
+    let endpoint = url::Url::parse(&raw)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        .ok_or_else(|| {
+            ConfigError::new(
+                endpoint_var,
+                "expected an http:// or https:// URL (the collector, e.g. http://otel-collector:4318)",
+            )
+        })?;
+    let (protocol_var, protocol) = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|var| vars.get(var).map(|raw| (var, raw)))
+    .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
+    let protocol = match protocol.as_str() {
+        "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        "http/json" => OtlpProtocol::HttpJson,
+        "grpc" => OtlpProtocol::Grpc,
+        other => {
+            return Err(ConfigError::new(
+                protocol_var,
+                format!("expected http/protobuf, http/json or grpc, got {other:?}"),
+            ));
+        }
+    };
+    let timeout_var = if vars.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+    } else {
+        "OTEL_EXPORTER_OTLP_TIMEOUT"
+    };
+    let timeout = Duration::from_millis(vars.number(timeout_var, 10_000, 1, 600_000)?);
+    check_sampler(vars)?;
+    Ok(TraceConfig {
+        export: Some(OtlpExport {
+            endpoint,
+            protocol,
+            timeout,
+            max_queue: vars.number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1, 1 << 20)?,
+        }),
+        user_id,
+    })
 }
 
 /// `OTEL_TRACES_SAMPLER` and, for the ratio samplers, `OTEL_TRACES_SAMPLER_ARG` (0 to 1): the
@@ -891,7 +845,7 @@ impl Config {
             data_keys: DataKeyConfig::read(&vars)?,
             passkeys,
             webhooks: WebhookConfig::read(&vars)?,
-            traces: TraceConfig::read(&vars)?,
+            traces: read_traces(&vars)?,
             server,
         })
     }

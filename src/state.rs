@@ -133,6 +133,8 @@ pub struct HttpSettings {
     pub clients: ClientAddresses,
     /// `MAIL_PRODUCT_NAME`: the name the hosted pages carry.
     pub product: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set: request spans continue their callers' traces.
+    pub traces: bool,
 }
 
 /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`.
@@ -282,6 +284,7 @@ impl AppState {
             },
             clients: clients.clone(),
             product: config.mail.product_name.clone(),
+            traces: config.traces.export.is_some(),
         };
         let server = ServerSettings {
             header_read_timeout: config.server.header_read_timeout,

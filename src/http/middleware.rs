@@ -19,10 +19,6 @@ use tracing::{Level, Span, field::Empty};
 
 use super::errors::ApiError;
 
-/// The target of the request spans of probes and scrapes: logged as every request span is,
-/// never exported as traces (a trace per probe every few seconds says nothing).
-pub const PROBES: &str = "auth_service::http::probes";
-
 /// Label for requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
@@ -168,6 +164,8 @@ fn json_errors(response: axum::response::Response) -> axum::response::Response {
 pub struct RequestSpan {
     /// Needed to name the real client behind a trusted proxy.
     pub clients: ClientAddresses,
+    /// Traces are exported: a request's span continues its caller's trace.
+    pub traces: bool,
 }
 
 /// What a request span reads of a request (its body aside).
@@ -226,12 +224,14 @@ impl RequestSpan {
             request_id,
             level,
         );
-        crate::telemetry::traces::continue_trace(
-            &span,
-            req.headers(),
-            method_label(req.method()),
-            route,
-        );
+        if self.traces {
+            crate::telemetry::traces::continue_trace(
+                &span,
+                req.headers(),
+                method_label(req.method()),
+                route,
+            );
+        }
         span
     }
 
@@ -272,7 +272,9 @@ impl RequestSpan {
         let probe = route.starts_with("/health") || route == "/metrics";
         match level {
             // Probes and scrapes under a target of their own, which traces leave out.
-            SpanLevel::Route if probe => request_span!(PROBES, Level::DEBUG),
+            SpanLevel::Route if probe => {
+                request_span!(crate::telemetry::traces::PROBES, Level::DEBUG)
+            }
             SpanLevel::Route if route == super::hot_path::VERIFY => {
                 request_span!(module_path!(), Level::DEBUG)
             }

@@ -66,6 +66,7 @@ pub fn app(state: AppState) -> hot_path::App {
 fn request_span(state: &AppState) -> middleware::RequestSpan {
     middleware::RequestSpan {
         clients: state.http().clients.clone(),
+        traces: state.http().traces,
     }
 }
 

@@ -18,8 +18,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt as _,
 };
 
-use crate::config::TraceConfig;
-use traces::{TraceError, TraceLayer, Traces};
+use traces::{TraceConfig, TraceError, TraceLayer, Traces};
 
 /// Directives added to every filter: sqlx's migration notices and per-statement logs are noise.
 ///

@@ -31,7 +31,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -59,7 +59,53 @@ use tracing_subscriber::{
     layer::Context,
 };
 
-use crate::config::{OtlpExport, OtlpProtocol, TraceConfig};
+/// The trace settings, read by `config.rs` (`OTEL_*`, `TRACE_USER_ID`).
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Where spans go; `None`: tracing off.
+    pub export: Option<OtlpExport>,
+    /// `TRACE_USER_ID` (default false): the user's id as `enduser.id` on spans that know it.
+    pub user_id: bool,
+}
+
+/// An OTLP destination. `Debug` shows the endpoint's origin only: a collector URL may carry a
+/// key in its path or query (headers, which usually do, are never read here).
+#[derive(Clone)]
+pub struct OtlpExport {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: url::Url,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` (default
+    /// `http/protobuf`).
+    pub protocol: OtlpProtocol,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds,
+    /// default 10000): one export's deadline.
+    pub timeout: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): finished spans waiting for export; more are
+    /// dropped and counted.
+    pub max_queue: usize,
+}
+
+impl std::fmt::Debug for OtlpExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpExport")
+            .field("endpoint", &self.endpoint.origin().ascii_serialization())
+            .field("protocol", &self.protocol)
+            .field("timeout", &self.timeout)
+            .field("max_queue", &self.max_queue)
+            .finish()
+    }
+}
+
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf` (the specification's default).
+    HttpProtobuf,
+    /// `http/json`.
+    HttpJson,
+    /// `grpc`.
+    Grpc,
+}
 
 /// The target of spans only traces see, made inside a request or another exported span: the
 /// password hash's two.
@@ -67,6 +113,10 @@ pub const SPANS: &str = "auth_service::spans";
 
 /// The target of spans only traces see that begin a trace of their own: the outbox sends.
 pub const ROOT_SPANS: &str = "auth_service::spans::root";
+
+/// The target of the request spans of probes and scrapes: logged as every request span is,
+/// never exported (a trace per probe every few seconds says nothing).
+pub const PROBES: &str = "auth_service::http::probes";
 
 /// Where the store's spans live (a span per method, `#[tracing::instrument]`): exported inside
 /// a trace only, never logged.
@@ -88,15 +138,6 @@ const EXPORTED: &[&str] = &[
     "mail.template",
     "webhook.type",
 ];
-
-/// Whether traces are on (set once, at start-up).
-static ON: AtomicBool = AtomicBool::new(false);
-
-/// Whether spans are exported: when not, [`continue_trace`] costs one load.
-#[must_use]
-pub fn on() -> bool {
-    ON.load(Ordering::Relaxed)
-}
 
 /// Whether the log layer formats a span or event: the spans that exist for traces only (the
 /// hash, the store, the sends) never reach the logs, whatever the level.
@@ -128,10 +169,7 @@ fn exported(meta: &Metadata<'_>, cx: &Context<'_, Registry>) -> bool {
 /// scrapes', never an event or another crate's span.
 fn may_export(meta: &'static Metadata<'static>) -> Interest {
     let target = meta.target();
-    if meta.is_span()
-        && target.starts_with("auth_service")
-        && target != crate::http::middleware::PROBES
-    {
+    if meta.is_span() && target.starts_with("auth_service") && target != PROBES {
         Interest::sometimes()
     } else {
         Interest::never()
@@ -196,7 +234,6 @@ impl Traces {
                     .with_callsite_filter(may_export)
                     .with_max_level_hint(LevelFilter::DEBUG),
             );
-        ON.store(true, Ordering::Relaxed);
         Ok(Some((Self { provider }, Box::new(layer))))
     }
 
@@ -273,17 +310,17 @@ fn resource() -> Resource {
     .build()
 }
 
-/// Makes `span` (a request's, just made) a child of the caller's span when the request
-/// carries a W3C `traceparent` (its `tracestate` kept), names and kinds it as the semantic
-/// conventions' server span, and records its trace id for the logs. Nothing when traces are
-/// off or the span is not exported.
+/// Makes `span` (a request's, just made, of a process whose traces are on) a child of the
+/// caller's span when the request carries a W3C `traceparent` (its `tracestate` kept), names
+/// and kinds it as the semantic conventions' server span, and records its trace id for the
+/// logs. Nothing for a span that is not exported.
 pub fn continue_trace(
     span: &tracing::Span,
     headers: &axum::http::HeaderMap,
     method: &'static str,
     route: &str,
 ) {
-    if !on() || span.is_disabled() {
+    if span.is_disabled() {
         return;
     }
     let parent =

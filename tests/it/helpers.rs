@@ -60,7 +60,7 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let off = auth_service::config::TraceConfig {
+            let off = auth_service::telemetry::traces::TraceConfig {
                 export: None,
                 user_id: false,
             };
