@@ -158,6 +158,20 @@ fn read_traces(vars: &Vars<impl Fn(&str) -> Option<String>>) -> Result<TraceConf
         "OTEL_EXPORTER_OTLP_TIMEOUT"
     };
     let timeout = Duration::from_millis(vars.number(timeout_var, 10_000, 1, 600_000)?);
+    // The crate would send uncompressed after a warning; a typo should stop the start.
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ] {
+        if let Some(raw) = vars.get(var)
+            && !matches!(raw.to_ascii_lowercase().as_str(), "gzip" | "none")
+        {
+            return Err(ConfigError::new(
+                var,
+                format!("expected gzip or none, got {raw:?}"),
+            ));
+        }
+    }
     check_sampler(vars)?;
     Ok(TraceConfig {
         export: Some(OtlpExport {

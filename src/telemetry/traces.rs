@@ -134,7 +134,6 @@ const EXPORTED: &[&str] = &[
     "request_id",
     "db.system",
     "db.operation.name",
-    "server.address",
     "mail.template",
     "webhook.type",
 ];

@@ -1,5 +1,5 @@
 //! An OpenTelemetry collector on a port of its own, as the shop runs one: it accepts OTLP trace
-//! exports over HTTP (protobuf or JSON, `POST /v1/traces`) or gRPC, decodes them with the
+//! exports over HTTP (protobuf or JSON, `POST /v1/traces`, gzipped or not) or gRPC, decodes them with the
 //! protocol's own types (`opentelemetry-proto`), and keeps every span with its resource.
 
 use std::{
@@ -102,7 +102,8 @@ impl Collector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let service = TraceServiceServer::new(Grpc(Arc::clone(&inner)));
+        let service = TraceServiceServer::new(Grpc(Arc::clone(&inner)))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -188,6 +189,20 @@ async fn http_export(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let gzipped = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .is_err()
+        {
+            return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
+        }
+        Bytes::from(plain)
+    } else {
+        body
+    };
     let request = if content_type.starts_with("application/json") {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).ok()
     } else {

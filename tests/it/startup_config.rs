@@ -65,7 +65,7 @@ fn every_bad_variable_exits_2_with_one_line_naming_it() {
 fn bad_trace_variables_exit_2_with_one_line_naming_them() {
     let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
     let ratio = ("OTEL_TRACES_SAMPLER", "traceidratio");
-    let cases: [(&str, Vec<(&str, &str)>); 9] = [
+    let cases: [(&str, Vec<(&str, &str)>); 10] = [
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
@@ -99,6 +99,10 @@ fn bad_trace_variables_exit_2_with_one_line_naming_them() {
             vec![endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
         ),
         ("TRACE_USER_ID", vec![("TRACE_USER_ID", "maybe")]),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")],
+        ),
     ];
     for (var, vars) in cases {
         let output = run_with(&vars);

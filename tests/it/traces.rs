@@ -23,7 +23,7 @@ dual_backend!(
     a_login_carrying_a_traceparent_is_the_callers_child_with_its_hash_and_database_calls,
     verify_is_traced_alike_through_the_hot_path_and_the_router,
     outbox_sends_begin_traces_of_their_own,
-    grpc_and_http_json_reach_the_collector_with_its_headers_and_resource,
+    grpc_and_http_json_reach_the_collector_gzipped_with_its_headers_and_resource,
     shutdown_flushes_the_spans_still_queued,
     a_dead_or_silent_collector_changes_no_answer_and_drops_are_counted,
 );
@@ -395,7 +395,9 @@ async fn outbox_sends_begin_traces_of_their_own(backend: Backend) {
     assert_no_personal_data(&spans, &[], &[email]);
 }
 
-async fn grpc_and_http_json_reach_the_collector_with_its_headers_and_resource(backend: Backend) {
+async fn grpc_and_http_json_reach_the_collector_gzipped_with_its_headers_and_resource(
+    backend: Backend,
+) {
     for protocol in ["grpc", "http/json"] {
         // Arrange
         let db = TestDb::new(backend).await;
@@ -410,6 +412,7 @@ async fn grpc_and_http_json_reach_the_collector_with_its_headers_and_resource(ba
             &[
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
                 ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k-123"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
                 ("OTEL_SERVICE_NAME", "shop-auth"),
                 (
                     "OTEL_RESOURCE_ATTRIBUTES",
@@ -441,6 +444,12 @@ async fn grpc_and_http_json_reach_the_collector_with_its_headers_and_resource(ba
             "application/json"
         };
         assert_eq!(export.content_type, expected);
+        let encoding = if protocol == "grpc" {
+            "grpc-encoding"
+        } else {
+            "content-encoding"
+        };
+        assert_eq!(export.headers[encoding], "gzip", "{protocol}");
         let (code, _, _) = tokio::task::block_in_place(|| binary.terminate());
         assert_eq!(code, Some(0));
     }
