@@ -233,9 +233,18 @@ async fn choose(browser: &Client, password: &str, again: &str) {
 }
 
 async fn fill(browser: &Client, id: &str, text: &str) {
-    let field = browser.find(Locator::Id(id)).await.unwrap();
-    field.clear().await.unwrap();
-    field.send_keys(text).await.unwrap();
+    let field = browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|err| panic!("#{id} is on the page: {err}"));
+    field
+        .clear()
+        .await
+        .unwrap_or_else(|err| panic!("#{id} can be cleared: {err}"));
+    field
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|err| panic!("#{id} can be typed in: {err}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,10 +334,10 @@ async fn click(browser: &Client, selector: &str) {
     browser
         .find(Locator::Css(selector))
         .await
-        .unwrap()
+        .unwrap_or_else(|err| panic!("{selector} is on the page: {err}"))
         .click()
         .await
-        .unwrap();
+        .unwrap_or_else(|err| panic!("{selector} can be clicked: {err}"));
 }
 
 /// Fills the account page's password change and submits.
@@ -578,6 +587,7 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
 
     // And with a recovery code instead.
     click(&browser, "#signout").await;
+    shown(&browser, "#signed-out").await;
     click(&browser, "#signin-again").await;
     sign_in(&browser, email, PASSWORD).await;
     shown(&browser, "#mfa-form").await;
