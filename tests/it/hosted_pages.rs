@@ -217,6 +217,23 @@ async fn shown(browser: &Client, selector: &str) -> String {
         .unwrap()
 }
 
+/// The text of an element that is shown from the start and written once the API answers (a
+/// section's state line): waits for it to be non-empty.
+async fn written(browser: &Client, selector: &str) -> String {
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    loop {
+        let text = shown(browser, selector).await;
+        if !text.is_empty() {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{selector} is written"
+        );
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+}
+
 /// For a person to look at: the page as it is now.
 async fn screenshot(browser: &Client, name: &str) {
     let png = browser.screenshot().await.unwrap();
@@ -500,7 +517,7 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
     browser.goto(&app.url("/account")).await.unwrap();
     sign_in(&browser, email, PASSWORD).await;
     shown(&browser, "#account").await;
-    let off = shown(&browser, "#mfa-state").await;
+    let off = written(&browser, "#mfa-state").await;
     assert!(off.starts_with("Off"), "{off}");
 
     // Act: add an app; the service draws the QR code, the key is there to type.
@@ -553,7 +570,7 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
         count(&browser, "#factors li").await == 1
     })
     .await;
-    let on = shown(&browser, "#mfa-state").await;
+    let on = written(&browser, "#mfa-state").await;
     assert!(on.contains("10 recovery codes left"), "{on}");
     screenshot(&browser, "account-mfa-codes-phone").await;
     assert_eq!(
@@ -611,7 +628,7 @@ async fn a_person_turns_on_two_step_sign_in_on_the_account_page_and_signs_in_wit
         count(&browser, "#factors li").await == 0
     })
     .await;
-    let off = shown(&browser, "#mfa-state").await;
+    let off = written(&browser, "#mfa-state").await;
     assert!(off.starts_with("Off"), "{off}");
     browser.close().await.unwrap();
     assert_eq!(app.login(email, PASSWORD).await.status(), StatusCode::OK);
@@ -669,7 +686,7 @@ async fn a_person_adds_a_passkey_on_the_account_page_and_signs_in_with_it() {
     shown(&browser, "#passkey-signin").await;
     sign_in(&browser, email, PASSWORD).await;
     shown(&browser, "#account").await;
-    let none = shown(&browser, "#passkeys-state").await;
+    let none = written(&browser, "#passkeys-state").await;
     assert!(none.starts_with("None yet"), "{none}");
 
     // Act: add a passkey named "Phone".
