@@ -220,18 +220,11 @@ async fn shown(browser: &Client, selector: &str) -> String {
 /// The text of an element that is shown from the start and written once the API answers (a
 /// section's state line): waits for it to be non-empty.
 async fn written(browser: &Client, selector: &str) -> String {
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
-    loop {
-        let text = shown(browser, selector).await;
-        if !text.is_empty() {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{selector} is written"
-        );
-        tokio::time::sleep(StdDuration::from_millis(10)).await;
-    }
+    poll_until(&format!("{selector} written"), MAIL_WITHIN, || async {
+        !shown(browser, selector).await.is_empty()
+    })
+    .await;
+    shown(browser, selector).await
 }
 
 /// For a person to look at: the page as it is now.
